@@ -1,0 +1,639 @@
+"""GenFT layers: the layer-shared generator and the ``GenFTLinear`` adapter.
+
+The maths follows ``GENFT_SPEC.md`` (arXiv 2506.11042 and its authors' code).
+A frozen weight ``W0`` of shape ``(out, in)`` is adapted by ``W = W0 + dW`` with
+``dW = G(W0)`` produced in two stages::
+
+    H1    = act_in(ratio * W0 @ D1.T + c1)      D1 = [P1; A1]  (a+b, in)
+    F_row = drop(act_out(H1 @ E1.T + d1))       E1 = [Q1 | B1] (in, a+b)
+    H2    = act_in(F_row.T @ D2.T + c2)         D2 = [P2; A2]  (a+b, out)
+    F_col = drop(act_out(H2 @ E2.T + d2))       E2 = [Q2 | B2] (out, a+b)
+    dW    = scaling * F_col.T
+
+``P*``/``Q*`` (and the biases) live in a :class:`GenFTGenerator` shared by every
+layer with the same ``(out, in)``; ``A*``/``B*`` belong to each :class:`GenFTLinear`.
+"""
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from torchao.dtypes.nf4tensor import linear_nf4, NF4Tensor, to_nf4
+from torchtune.modules.low_precision import _register_nf4_dispatch_ops  # noqa: F401
+from torchtune.modules.peft import AdapterModule
+
+ACTIVATIONS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "identity": lambda t: t,
+    "relu": F.relu,
+    "leaky_relu": F.leaky_relu,
+    "gelu": F.gelu,
+    "tanh": torch.tanh,
+}
+
+FACTOR_INITS = ("zeros", "kaiming_uniform", "xavier_uniform", "normal")
+
+
+def _check_choice(field: str, value: str, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{field} must be one of {list(allowed)}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class GenFTConfig:
+    """Hyperparameters of a GenFT adapter, shared by every adapted layer of a model.
+
+    Defaults follow the authors' LLaMA setup (``a=4, b=4``, gelu/gelu) with the
+    ``ratio``/``scaling`` of their GLUE runs. ``zero_init=True`` is our default, not
+    the authors': it makes step 0 exactly the base model (like LoRA), so a fresh
+    adapter never degrades the model before training and merged/unmerged checks
+    are meaningful from the start.
+
+    Args:
+        shared_dim (int): ``a``, latent width of the layer-shared factors ``P``/``Q``.
+        specific_dim (int): ``b``, latent width of the per-layer factors ``A``/``B``.
+        ratio (float): scale applied to ``W0`` inside the generator.
+        scaling (float): scale applied to ``dW``.
+        act_in (str): activation after the ``D`` projections (one of ``ACTIVATIONS``).
+        act_out (str): activation after the ``E`` projections (one of ``ACTIVATIONS``).
+        dropout (float): dropout probability on ``F_row`` and ``F_col`` (training only).
+        init_a (str): init of ``A1``/``A2``: zeros, kaiming_uniform, xavier_uniform, normal.
+        init_b (str): init of ``B1``/``B2``, same choices.
+        generator_bias (bool): learn the shared biases ``c1, d1, c2, d2``.
+        zero_init (bool): zero ``Q2``, ``B2`` and ``d2`` so that ``dW = 0`` at step 0.
+        recompute (bool): recompute the generator in backward instead of keeping its
+            ``(out, in)`` intermediates alive between forward and backward (memory
+            for compute, like activation checkpointing).
+
+    Raises:
+        ValueError: if any field is out of its allowed range.
+    """
+
+    shared_dim: int = 4
+    specific_dim: int = 4
+    ratio: float = 0.5
+    scaling: float = 0.05
+    act_in: str = "gelu"
+    act_out: str = "gelu"
+    dropout: float = 0.0
+    init_a: str = "kaiming_uniform"
+    init_b: str = "kaiming_uniform"
+    generator_bias: bool = False
+    zero_init: bool = True
+    recompute: bool = True
+
+    def __post_init__(self):
+        for field in ("shared_dim", "specific_dim"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{field} must be an integer >= 0, got {value!r}")
+        if self.shared_dim + self.specific_dim == 0:
+            raise ValueError(
+                "shared_dim + specific_dim must be > 0 (a + b = 0 leaves the generator empty)"
+            )
+        _check_choice("act_in", self.act_in, list(ACTIVATIONS))
+        _check_choice("act_out", self.act_out, list(ACTIVATIONS))
+        _check_choice("init_a", self.init_a, FACTOR_INITS)
+        _check_choice("init_b", self.init_b, FACTOR_INITS)
+        if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        for field in ("ratio", "scaling"):
+            value = getattr(self, field)
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{field} must be a finite number, got {value!r}")
+
+    @property
+    def latent_dim(self) -> int:
+        """``a + b``: the generator's latent width."""
+        return self.shared_dim + self.specific_dim
+
+    @property
+    def lowrank(self) -> bool:
+        """Whether ``dW`` has rank <= a+b+1 and can be applied without forming it.
+
+        True when ``act_out`` is identity; dropout must also be inactive (``p = 0`` or
+        evaluation), which :class:`GenFTLinear` checks per call.
+        """
+        return self.act_out == "identity"
+
+    def to_dict(self) -> Dict:
+        return asdict(self)
+
+
+def _init_factor(tensor: torch.Tensor, method: str) -> None:
+    """Initialise a specific factor (``A`` or ``B``) in place."""
+    if method == "zeros":
+        nn.init.zeros_(tensor)
+    elif method == "kaiming_uniform":
+        nn.init.kaiming_uniform_(tensor, a=math.sqrt(5))
+    elif method == "xavier_uniform":
+        nn.init.xavier_uniform_(tensor)
+    elif method == "normal":
+        nn.init.normal_(tensor, std=0.01)
+    else:  # GenFTConfig validates names, so this is a programming error
+        raise ValueError(f"unknown factor init {method!r}; allowed: {list(FACTOR_INITS)}")
+
+
+def _linear_default_init(weight: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
+    """``nn.Linear``'s default init for a ``(fan_out, fan_in)`` weight and its bias."""
+    nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+    if bias is not None:
+        fan_in = weight.shape[1]
+        bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+        nn.init.uniform_(bias, -bound, bound)
+
+
+def _cat(parts: Sequence[Optional[torch.Tensor]], dim: int) -> torch.Tensor:
+    present = [p for p in parts if p is not None]
+    return present[0] if len(present) == 1 else torch.cat(present, dim=dim)
+
+
+def generator_key(out_dim: int, in_dim: int) -> str:
+    """Name of the generator for weights of shape ``(out_dim, in_dim)``."""
+    return f"{out_dim}x{in_dim}"
+
+
+class GenFTGenerator(nn.Module):
+    """The layer-shared half of a GenFT generator for one weight shape ``(out, in)``.
+
+    Holds ``P1 (a, in)``, ``Q1 (in, a)``, ``P2 (a, out)``, ``Q2 (out, a)`` and, with
+    ``generator_bias``, ``c1 (a+b)``, ``d1 (in)``, ``c2 (a+b)``, ``d2 (out)``. The
+    layer-specific factors are passed in by each :class:`GenFTLinear`.
+
+    Args:
+        in_dim (int): input dimension of the adapted weights.
+        out_dim (int): output dimension of the adapted weights.
+        config (GenFTConfig): hyperparameters.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, *, config: GenFTConfig):
+        super().__init__()
+        self.in_dim = in_dim
+        self.out_dim = out_dim
+        self.config = config
+        a, r = config.shared_dim, config.latent_dim
+
+        def param(*shape):
+            return nn.Parameter(torch.empty(*shape)) if 0 not in shape else None
+
+        self.P1 = param(a, in_dim)
+        self.Q1 = param(in_dim, a)
+        self.P2 = param(a, out_dim)
+        self.Q2 = param(out_dim, a)
+        bias = config.generator_bias
+        self.c1 = param(r) if bias else None
+        self.d1 = param(in_dim) if bias else None
+        self.c2 = param(r) if bias else None
+        self.d2 = param(out_dim) if bias else None
+        self.initialize_parameters()
+
+    def to_empty(
+        self, *, device: Optional[Union[str, torch.device, int]], recurse: bool = True
+    ):
+        return super().to_empty(device=device, recurse=recurse)
+
+    def initialize_parameters(self) -> None:
+        """(Re)initialise the shared parameters: ``nn.Linear`` defaults, ``Q2 = d2 = 0``
+        under ``zero_init``."""
+        with torch.no_grad():
+            if self.P1 is not None:
+                _linear_default_init(self.P1, None)  # nn.Linear(in, a)
+                _linear_default_init(self.Q1, None)  # nn.Linear(a, in)
+                _linear_default_init(self.P2, None)  # nn.Linear(out, a)
+                _linear_default_init(self.Q2, None)  # nn.Linear(a, out)
+            if self.config.generator_bias:
+                r = self.config.latent_dim
+                for bias, fan_in in (
+                    (self.c1, self.in_dim),
+                    (self.d1, r),
+                    (self.c2, self.out_dim),
+                    (self.d2, r),
+                ):
+                    bound = 1 / math.sqrt(fan_in)
+                    nn.init.uniform_(bias, -bound, bound)
+            if self.config.zero_init:
+                for t in (self.Q2, self.d2):
+                    if t is not None:
+                        nn.init.zeros_(t)
+
+    def adapter_params(self) -> List[str]:
+        return [n for n, _ in self.named_parameters(recurse=False)]
+
+    def shared_tensors(self) -> List[torch.Tensor]:
+        return [p for _, p in self.named_parameters(recurse=False)]
+
+    def _row_stage_input(self, weight, A1):
+        """``H1 = act_in(ratio * W0 @ D1.T + c1)``: ``(out, a+b)``."""
+        cfg = self.config
+        D1 = _cat([self.P1, A1], dim=0)
+        pre = cfg.ratio * (weight @ D1.T)
+        if self.c1 is not None:
+            pre = pre + self.c1
+        return ACTIVATIONS[cfg.act_in](pre)
+
+    def delta_weight(
+        self,
+        weight: torch.Tensor,
+        A1: Optional[torch.Tensor],
+        B1: Optional[torch.Tensor],
+        A2: Optional[torch.Tensor],
+        B2: Optional[torch.Tensor],
+        *,
+        training: bool = False,
+    ) -> torch.Tensor:
+        """Dense ``dW`` of shape ``(out, in)``: the spec's reference formula.
+
+        Args:
+            weight (torch.Tensor): the frozen ``W0``, ``(out, in)``, plain dtype.
+            A1 (Optional[torch.Tensor]): ``(b, in)`` or None when ``b = 0``.
+            B1 (Optional[torch.Tensor]): ``(in, b)`` or None.
+            A2 (Optional[torch.Tensor]): ``(b, out)`` or None.
+            B2 (Optional[torch.Tensor]): ``(out, b)`` or None.
+            training (bool): apply the ``F_row``/``F_col`` dropout.
+
+        Returns:
+            torch.Tensor: ``dW``, ``(out, in)``.
+        """
+        cfg = self.config
+        act_in, act_out = ACTIVATIONS[cfg.act_in], ACTIVATIONS[cfg.act_out]
+        p = cfg.dropout if training else 0.0
+
+        H1 = self._row_stage_input(weight, A1)
+        E1 = _cat([self.Q1, B1], dim=1)
+        F_row = H1 @ E1.T
+        if self.d1 is not None:
+            F_row = F_row + self.d1
+        F_row = F.dropout(act_out(F_row), p, training=p > 0)
+
+        D2 = _cat([self.P2, A2], dim=0)
+        pre = F_row.T @ D2.T
+        if self.c2 is not None:
+            pre = pre + self.c2
+        H2 = act_in(pre)
+        E2 = _cat([self.Q2, B2], dim=1)
+        F_col = H2 @ E2.T
+        if self.d2 is not None:
+            F_col = F_col + self.d2
+        F_col = F.dropout(act_out(F_col), p, training=p > 0)
+        return cfg.scaling * F_col.T
+
+    def forward(self, weight, A1, B1, A2, B2, *, training: bool = False) -> torch.Tensor:
+        """Same as :meth:`delta_weight`."""
+        return self.delta_weight(weight, A1, B1, A2, B2, training=training)
+
+    def lowrank_factors(
+        self,
+        weight: torch.Tensor,
+        A1: Optional[torch.Tensor],
+        B1: Optional[torch.Tensor],
+        A2: Optional[torch.Tensor],
+        B2: Optional[torch.Tensor],
+    ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """Factors of ``dW`` when ``act_out`` is identity and dropout is inactive.
+
+        Then ``F_row = H1 @ E1.T + d1`` is low rank, so ``F_row.T @ D2.T`` is
+        ``E1 @ (H1.T @ D2.T) + outer(d1, D2.sum(1))`` and
+        ``dW = scaling * (E2 @ H2.T + d2 1^T)``: nothing of size ``(out, in)`` is formed.
+
+        Returns:
+            Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]: ``H2 (in, a+b)``,
+            ``E2 (out, a+b)`` and ``d2 (out)`` (or None), so that
+            ``dW = scaling * (E2 @ H2.T + d2[:, None])``.
+        """
+        if not self.config.lowrank:
+            raise ValueError("lowrank_factors needs act_out='identity'")
+        H1 = self._row_stage_input(weight, A1)
+        E1 = _cat([self.Q1, B1], dim=1)
+        D2 = _cat([self.P2, A2], dim=0)
+        pre = E1 @ (H1.T @ D2.T)
+        if self.d1 is not None:
+            pre = pre + torch.outer(self.d1, D2.sum(dim=1))
+        if self.c2 is not None:
+            pre = pre + self.c2
+        H2 = ACTIVATIONS[self.config.act_in](pre)
+        E2 = _cat([self.Q2, B2], dim=1)
+        return H2, E2, self.d2
+
+
+class GenFTGenerators(nn.ModuleDict):
+    """All shared generators of a model, one per adapted weight shape.
+
+    Register it once on the model (``model.genft_generators``) so the shared
+    parameters appear once in the state dict and in the optimizer.
+
+    Args:
+        config (GenFTConfig): hyperparameters shared by every generator.
+    """
+
+    def __init__(self, config: GenFTConfig):
+        super().__init__()
+        self.config = config
+
+    def get(self, out_dim: int, in_dim: int) -> GenFTGenerator:
+        """The generator for ``(out_dim, in_dim)`` weights, created on first use."""
+        key = generator_key(out_dim, in_dim)
+        if key not in self:
+            self[key] = GenFTGenerator(in_dim, out_dim, config=self.config)
+        return self[key]
+
+
+class GenFTLinear(nn.Module, AdapterModule):
+    """GenFT linear layer: ``y = x @ (W0 + G(W0)).T + bias`` with a frozen ``W0``.
+
+    Only the layer-specific factors ``A1 (b, in)``, ``B1 (in, b)`` and, for
+    non-square weights, ``A2 (b, out)``, ``B2 (out, b)`` are parameters of this
+    module; square weights tie ``A2 = A1``, ``B2 = B1`` as the authors' code does.
+    The shared half lives in ``generator``, registered elsewhere (see
+    :class:`GenFTGenerators`).
+
+    The forward picks the cheapest exact path:
+
+    - no gradient needed (eval, generation, ``torch.no_grad``): the merged weight
+      ``W0 + dW`` is cached and reused until any input tensor changes (tracked by
+      tensor identity and version counter, so an optimizer step or
+      ``load_state_dict`` invalidates it);
+    - ``act_out == "identity"`` and no active dropout: low-rank path
+      ``x @ W0.T + scaling * ((x @ H2) @ E2.T + sum(x) d2)``;
+    - otherwise the merged forward ``F.linear(x, W0 + dW)``, one matmul, with the
+      generator recomputed in backward when ``config.recompute``.
+
+    Args:
+        in_dim (int): input dimension.
+        out_dim (int): output dimension.
+        generator (GenFTGenerator): shared generator for ``(out_dim, in_dim)``.
+        use_bias (bool): whether the frozen base layer has a bias. Default: False
+        quantize_base (bool): store ``W0`` as a torchao NF4 tensor. Default: False
+        **quantization_kwargs: passed to ``to_nf4`` (``block_size``, ``scaler_block_size``).
+
+    Raises:
+        ValueError: if the generator's shape does not match, or quantization
+            kwargs are given without ``quantize_base``.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        *,
+        generator: GenFTGenerator,
+        use_bias: bool = False,
+        quantize_base: bool = False,
+        **quantization_kwargs,
+    ):
+        super().__init__()
+        if (generator.out_dim, generator.in_dim) != (out_dim, in_dim):
+            raise ValueError(
+                f"generator is for weights of shape ({generator.out_dim}, {generator.in_dim}), "
+                f"layer has ({out_dim}, {in_dim})"
+            )
+        if not quantize_base and any(v for v in quantization_kwargs.values()):
+            raise ValueError(
+                f"quantize_base is False, but received quantization arguments: {quantization_kwargs}"
+            )
+        self.in_dim = in_dim
+        self.out_dim = out_dim
+        self.use_bias = use_bias
+        self._quantize_base = quantize_base
+        self.config = generator.config
+        # A plain attribute (not a submodule): the generator is registered once on the
+        # model, and fetched from there at every call so FSDP's parameter swaps are seen.
+        self._generator = (generator,)
+
+        linear = nn.Linear(in_dim, out_dim, bias=use_bias)
+        weight = to_nf4(linear.weight, **quantization_kwargs) if quantize_base else linear.weight
+        self.weight = nn.Parameter(weight, requires_grad=False)
+        self.bias = nn.Parameter(linear.bias, requires_grad=False) if use_bias else None
+
+        b = self.config.specific_dim
+        self.tied = in_dim == out_dim
+        self.A1 = nn.Parameter(torch.empty(b, in_dim)) if b else None
+        self.B1 = nn.Parameter(torch.empty(in_dim, b)) if b else None
+        self.A2 = nn.Parameter(torch.empty(b, out_dim)) if b and not self.tied else None
+        self.B2 = nn.Parameter(torch.empty(out_dim, b)) if b and not self.tied else None
+
+        self.disabled = False
+        self.merged = False
+        self._unmerged_weight: Optional[torch.Tensor] = None
+        self._cache: Optional[Tuple[List[Tuple[torch.Tensor, int]], bool, torch.Tensor]] = None
+        self.initialize_parameters()
+
+    @property
+    def generator(self) -> GenFTGenerator:
+        return self._generator[0]
+
+    def to_empty(
+        self, *, device: Optional[Union[str, torch.device, int]], recurse: bool = True
+    ):
+        # Like LoRALinear: only the adapter's own parameters; W0 comes from a checkpoint.
+        for name in self.adapter_params():
+            param = getattr(self, name)
+            setattr(self, name, nn.Parameter(torch.empty_like(param, device=device)))
+        self._cache = None
+        return self
+
+    def initialize_parameters(self) -> None:
+        """Initialise ``A``/``B`` per ``init_a``/``init_b``; ``B2 = 0`` under ``zero_init``."""
+        cfg = self.config
+        with torch.no_grad():
+            for name in ("A1", "A2"):
+                if getattr(self, name) is not None:
+                    _init_factor(getattr(self, name), cfg.init_a)
+            for name in ("B1", "B2"):
+                if getattr(self, name) is not None:
+                    _init_factor(getattr(self, name), cfg.init_b)
+            if cfg.zero_init and self.B1 is not None:
+                _init_factor(self.B1 if self.tied else self.B2, "zeros")
+        self._cache = None
+
+    def adapter_params(self) -> List[str]:
+        """Names of this layer's trainable parameters (the shared ones are the
+        generator's, see :meth:`GenFTGenerator.adapter_params`)."""
+        return [n for n in ("A1", "B1", "A2", "B2") if getattr(self, n) is not None]
+
+    def specific_factors(self) -> Tuple[Optional[torch.Tensor], ...]:
+        """``(A1, B1, A2, B2)`` with the square-weight tie applied."""
+        if self.tied:
+            return self.A1, self.B1, self.A1, self.B1
+        return self.A1, self.B1, self.A2, self.B2
+
+    def base_weight(self) -> torch.Tensor:
+        """``W0`` as a plain tensor (NF4 is dequantised)."""
+        if isinstance(self.weight, NF4Tensor):
+            return self.weight.get_original_weight()
+        return self.weight
+
+    def delta_weight(self, *, training: bool = False) -> torch.Tensor:
+        """``dW = G(W0)`` in the generator's dtype, from the original (unmerged) ``W0``."""
+        W0 = self._unmerged_weight if self.merged else self.base_weight()
+        gen = self.generator
+        dtype = gen.P1.dtype if gen.P1 is not None else self.A1.dtype
+        return gen.delta_weight(W0.to(dtype), *self.specific_factors(), training=training)
+
+    # ---- forward paths -------------------------------------------------------
+
+    def _base_forward(self, x: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if weight is None and self._quantize_base and not self.merged:
+            out = linear_nf4(input=x, weight=self.weight)
+            return out + self.bias if self.bias is not None else out
+        return F.linear(x, self.weight if weight is None else weight, self.bias)
+
+    def _merged_weight(self, training: bool) -> torch.Tensor:
+        W0 = self.base_weight()
+        return W0 + self.delta_weight(training=training).to(W0.dtype)
+
+    def _merged_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self._merged_weight(self.training), self.bias)
+
+    def _lowrank_forward(self, x: torch.Tensor) -> torch.Tensor:
+        W0 = self.base_weight()
+        gen = self.generator
+        dtype = gen.P1.dtype if gen.P1 is not None else self.A1.dtype
+        H2, E2, d2 = gen.lowrank_factors(W0.to(dtype), *self.specific_factors())
+        delta = (x.to(dtype) @ H2) @ E2.T
+        if d2 is not None:
+            delta = delta + x.to(dtype).sum(dim=-1, keepdim=True) * d2
+        return self._base_forward(x) + (self.config.scaling * delta).to(x.dtype)
+
+    def _tracked_tensors(self) -> List[torch.Tensor]:
+        tensors = [self.weight] + self.generator.shared_tensors()
+        return tensors + [getattr(self, n) for n in self.adapter_params()]
+
+    def _cached_merged_weight(self) -> torch.Tensor:
+        tensors = self._tracked_tensors()
+        if self._cache is not None:
+            key, training, weight = self._cache
+            fresh = len(key) == len(tensors) and all(
+                t is kt and t._version == v for (kt, v), t in zip(key, tensors)
+            )
+            if fresh and training == self.training:
+                return weight
+        with torch.no_grad():
+            weight = self._merged_weight(self.training)
+        self._cache = ([(t, t._version) for t in tensors], self.training, weight)
+        return weight
+
+    def clear_cache(self) -> None:
+        """Drop the cached merged weight (it is rebuilt on the next no-grad call)."""
+        self._cache = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            x (torch.Tensor): input tensor with shape ``(..., in_dim)``
+
+        Returns:
+            torch.Tensor: output tensor with shape ``(..., out_dim)``
+        """
+        if self.disabled:
+            return self._base_forward(x, self._unmerged_weight if self.merged else None)
+        if self.merged:
+            return self._base_forward(x)
+        dropout_active = self.training and self.config.dropout > 0
+        needs_graph = torch.is_grad_enabled() and any(
+            t.requires_grad for t in self._tracked_tensors()[1:]
+        )
+        if not needs_graph and not dropout_active:
+            return F.linear(x, self._cached_merged_weight(), self.bias)
+        self._cache = None  # training: free the eval copy
+        if self.config.lowrank and not dropout_active:
+            return self._lowrank_forward(x)
+        if self.config.recompute and needs_graph:
+            return checkpoint(self._merged_forward, x, use_reentrant=False)
+        return self._merged_forward(x)
+
+    # ---- merge ---------------------------------------------------------------
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Fold ``dW`` into ``weight`` (computed in fp32 from the original ``W0``).
+
+        The original ``W0`` is kept so that :meth:`unmerge` restores it bit for bit.
+
+        Raises:
+            RuntimeError: if the base weight is NF4 (there is no NF4 ``W0 + dW``).
+        """
+        if self.merged:
+            return
+        if self._quantize_base:
+            raise RuntimeError(
+                "cannot merge into an NF4 base weight; merge the state dict into a "
+                "bf16/fp32 checkpoint with genft_tune.modules.merge_genft_state_dict"
+            )
+        W0 = self.weight.detach().clone()
+        merged = merged_weight_fp32(W0, self.generator, self.specific_factors())
+        self.weight.copy_(merged)
+        self._unmerged_weight = W0
+        self.merged = True
+        self._cache = None
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Restore the original ``W0`` saved by :meth:`merge` (no subtraction)."""
+        if not self.merged:
+            return
+        self.weight.copy_(self._unmerged_weight)
+        self._unmerged_weight = None
+        self.merged = False
+        self._cache = None
+
+
+@torch.no_grad()
+def merged_weight_fp32(
+    weight: torch.Tensor,
+    generator: GenFTGenerator,
+    specific: Sequence[Optional[torch.Tensor]],
+) -> torch.Tensor:
+    """``W0 + dW`` computed in fp32 (evaluation mode, no dropout) and cast back to
+    ``weight``'s dtype.
+
+    Args:
+        weight (torch.Tensor): the original ``W0``.
+        generator (GenFTGenerator): its shared generator.
+        specific (Sequence[Optional[torch.Tensor]]): ``(A1, B1, A2, B2)``, tie applied.
+
+    Returns:
+        torch.Tensor: the merged weight, same dtype and device as ``weight``.
+    """
+    shared = {n: p.float() for n, p in generator.named_parameters(recurse=False)}
+    args = [t.float() if t is not None else None for t in specific]
+    w32 = weight.float()
+    # functional_call evaluates the generator with fp32 copies, leaving it untouched.
+    delta = torch.func.functional_call(generator, shared, (w32, *args))
+    return (w32 + delta).to(weight.dtype)
+
+
+def genft_linear(
+    in_dim: int,
+    out_dim: int,
+    *,
+    generators: GenFTGenerators,
+    use_bias: bool = False,
+    quantize_base: bool = False,
+    **quantization_kwargs,
+) -> GenFTLinear:
+    """Builder for a :class:`GenFTLinear` sharing the generator of its shape.
+
+    Args:
+        in_dim (int): input dimension.
+        out_dim (int): output dimension.
+        generators (GenFTGenerators): the model's shared generators (created per
+            shape on first use).
+        use_bias (bool): base layer bias. Default: False
+        quantize_base (bool): NF4 base weight. Default: False
+        **quantization_kwargs: passed to ``to_nf4``.
+
+    Returns:
+        GenFTLinear: the layer.
+    """
+    return GenFTLinear(
+        in_dim,
+        out_dim,
+        generator=generators.get(out_dim, in_dim),
+        use_bias=use_bias,
+        quantize_base=quantize_base,
+        **quantization_kwargs,
+    )

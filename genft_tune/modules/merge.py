@@ -1,0 +1,147 @@
+"""Merge utilities: fold GenFT's ``dW`` into plain weights, and adapter bookkeeping.
+
+torchtune's ``get_merged_lora_ckpt`` and ``validate_missing_and_unexpected_for_lora``
+hard-code LoRA's key names and merge formula; these are GenFT's counterparts.
+"""
+
+from typing import Any, Dict, Iterable, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+from genft_tune.modules.genft import (
+    GenFTConfig,
+    GenFTGenerator,
+    GenFTGenerators,
+    GenFTLinear,
+    generator_key,
+)
+
+GENERATORS_ATTR = "genft_generators"
+SPECIFIC_NAMES = ("A1", "B1", "A2", "B2")
+
+
+def get_genft_modules(model: nn.Module) -> Dict[str, GenFTLinear]:
+    """All :class:`GenFTLinear` layers of ``model`` by qualified name."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, GenFTLinear)}
+
+
+def get_genft_config(model: nn.Module) -> GenFTConfig:
+    """The :class:`GenFTConfig` of a model built with GenFT layers.
+
+    Raises:
+        ValueError: if the model has no GenFT layers.
+    """
+    for module in model.modules():
+        if isinstance(module, GenFTGenerators):
+            return module.config
+    raise ValueError(f"model has no '{GENERATORS_ATTR}': it was not built with GenFT layers")
+
+
+def is_genft_key(key: str) -> bool:
+    """Whether a state-dict key belongs to the GenFT adapter (shared or specific)."""
+    return key.startswith(GENERATORS_ATTR + ".") or key.rsplit(".", 1)[-1] in SPECIFIC_NAMES
+
+
+def get_genft_adapter_state_dict(
+    state_dict: Dict[str, Any], device: Optional[str] = "cpu"
+) -> Dict[str, Any]:
+    """The adapter's entries of a full state dict: each shared generator once, plus
+    every layer's specific factors."""
+    return {
+        k: (v.to(device) if device is not None else v)
+        for k, v in state_dict.items()
+        if is_genft_key(k)
+    }
+
+
+def validate_missing_and_unexpected_for_genft(
+    *,
+    missing_keys: Iterable[str],
+    unexpected_keys: Iterable[str],
+    base_loaded: bool = True,
+    adapter_loaded: bool = False,
+) -> None:
+    """Check the result of ``model.load_state_dict(..., strict=False)``.
+
+    When only the base model was loaded, the GenFT keys must be the only missing
+    ones; when an adapter was loaded too, nothing may be missing.
+
+    Raises:
+        ValueError: naming the first offending key.
+    """
+    for key in missing_keys:
+        if is_genft_key(key):
+            if adapter_loaded:
+                raise ValueError(f"Missing GenFT adapter key in the adapter checkpoint: {key}")
+        elif base_loaded:
+            raise ValueError(f"Missing base model key in the checkpoint: {key}")
+    unexpected = list(unexpected_keys)
+    if unexpected:
+        raise ValueError(f"Unexpected keys in the checkpoint: {unexpected[:5]}")
+
+
+def _specific_factors(
+    state_dict: Dict[str, torch.Tensor], prefix: str, tied: bool
+) -> List[Optional[torch.Tensor]]:
+    A1, B1 = state_dict.get(f"{prefix}.A1"), state_dict.get(f"{prefix}.B1")
+    if tied:
+        return [A1, B1, A1, B1]
+    return [A1, B1, state_dict.get(f"{prefix}.A2"), state_dict.get(f"{prefix}.B2")]
+
+
+@torch.no_grad()
+def merge_genft_state_dict(
+    state_dict: Dict[str, torch.Tensor],
+    *,
+    config: GenFTConfig,
+    target_modules: Sequence[str],
+) -> Dict[str, torch.Tensor]:
+    """Turn a GenFT model's state dict into a plain one: ``W = W0 + dW`` for every
+    target, computed in fp32 from the original ``W0`` and cast to its dtype; all
+    GenFT keys are dropped.
+
+    Args:
+        state_dict (Dict[str, torch.Tensor]): full state dict (base + adapter keys).
+        config (GenFTConfig): the adapter's hyperparameters.
+        target_modules (Sequence[str]): qualified names of the adapted linears
+            (``layers.0.attn.q_proj``...), e.g. ``list(get_genft_modules(model))``.
+
+    Returns:
+        Dict[str, torch.Tensor]: a new state dict with merged weights.
+
+    Raises:
+        ValueError: if a target's weight or a needed adapter tensor is missing, or
+            shapes disagree with the generator.
+    """
+    merged = {k: v for k, v in state_dict.items() if not is_genft_key(k)}
+    for prefix in target_modules:
+        weight_key = f"{prefix}.weight"
+        if weight_key not in state_dict:
+            raise ValueError(f"target module {prefix!r} has no weight {weight_key!r} in the state dict")
+        W0 = state_dict[weight_key]
+        out_dim, in_dim = W0.shape
+        gkey = f"{GENERATORS_ATTR}.{generator_key(out_dim, in_dim)}"
+        shared = {
+            k[len(gkey) + 1 :]: v.float()
+            for k, v in state_dict.items()
+            if k.startswith(gkey + ".")
+        }
+        specific = _specific_factors(state_dict, prefix, tied=out_dim == in_dim)
+        if config.specific_dim and any(t is None for t in specific):
+            raise ValueError(f"missing specific factors (A1/B1/A2/B2) for {prefix!r}")
+        if config.shared_dim and "P1" not in shared:
+            raise ValueError(f"missing shared generator {gkey!r} for {prefix!r} ({out_dim}x{in_dim})")
+        with torch.device("meta"):
+            generator = GenFTGenerator(in_dim, out_dim, config=config)
+        for name, tensor in shared.items():
+            expected = getattr(generator, name).shape
+            if tensor.shape != expected:
+                raise ValueError(
+                    f"{gkey}.{name} has shape {tuple(tensor.shape)}, expected {tuple(expected)}"
+                )
+        args = [t.float() if t is not None else None for t in specific]
+        w32 = W0.float()
+        delta = torch.func.functional_call(generator, shared, (w32, *args), strict=True)
+        merged[weight_key] = (w32 + delta).to(W0.dtype)
+    return merged
