@@ -8,6 +8,8 @@ from genft_tune.modules.genft import (
     GenFTLinear,
     generator_key,
     merged_weight_fp32,
+    STAGES,
+    tie_specific_factors,
 )
 from genft_tune.modules.merge import (
     get_genft_adapter_state_dict,
@@ -28,6 +30,8 @@ __all__ = [
     "GenFTLinear",
     "generator_key",
     "merged_weight_fp32",
+    "STAGES",
+    "tie_specific_factors",
     "get_genft_adapter_state_dict",
     "get_genft_config",
     "get_genft_modules",

@@ -37,6 +37,9 @@ ACTIVATIONS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 FACTOR_INITS = ("zeros", "kaiming_uniform", "xavier_uniform", "normal")
 
+# The paper's ablations (Table 4): "without column" = row only, "without row" = column only.
+STAGES = ("both", "row", "column")
+
 
 def _check_choice(field: str, value: str, allowed: Sequence[str]) -> None:
     if value not in allowed:
@@ -68,6 +71,11 @@ class GenFTConfig:
         recompute (bool): recompute the generator in backward instead of keeping its
             ``(out, in)`` intermediates alive between forward and backward (memory
             for compute, like activation checkpointing).
+        stages (str): which generator stages run: ``"both"`` (GenFT), ``"row"`` (the
+            paper's "w/o column" ablation: ``dW = scaling * F_row``) or ``"column"``
+            ("w/o row": the column stage reads ``ratio * W0`` directly). The paper's
+            "w/o shared" and "w/o specific" ablations are ``shared_dim=0`` and
+            ``specific_dim=0``.
 
     Raises:
         ValueError: if any field is out of its allowed range.
@@ -85,6 +93,7 @@ class GenFTConfig:
     generator_bias: bool = False
     zero_init: bool = True
     recompute: bool = True
+    stages: str = "both"
 
     def __post_init__(self):
         for field in ("shared_dim", "specific_dim"):
@@ -99,6 +108,7 @@ class GenFTConfig:
         _check_choice("act_out", self.act_out, list(ACTIVATIONS))
         _check_choice("init_a", self.init_a, FACTOR_INITS)
         _check_choice("init_b", self.init_b, FACTOR_INITS)
+        _check_choice("stages", self.stages, STAGES)
         if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         for field in ("ratio", "scaling"):
@@ -110,6 +120,14 @@ class GenFTConfig:
     def latent_dim(self) -> int:
         """``a + b``: the generator's latent width."""
         return self.shared_dim + self.specific_dim
+
+    @property
+    def use_row(self) -> bool:
+        return self.stages in ("both", "row")
+
+    @property
+    def use_column(self) -> bool:
+        return self.stages in ("both", "column")
 
     @property
     def lowrank(self) -> bool:
@@ -180,15 +198,16 @@ class GenFTGenerator(nn.Module):
         def param(*shape):
             return nn.Parameter(torch.empty(*shape)) if 0 not in shape else None
 
-        self.P1 = param(a, in_dim)
-        self.Q1 = param(in_dim, a)
-        self.P2 = param(a, out_dim)
-        self.Q2 = param(out_dim, a)
+        row, col = config.use_row, config.use_column
+        self.P1 = param(a, in_dim) if row else None
+        self.Q1 = param(in_dim, a) if row else None
+        self.P2 = param(a, out_dim) if col else None
+        self.Q2 = param(out_dim, a) if col else None
         bias = config.generator_bias
-        self.c1 = param(r) if bias else None
-        self.d1 = param(in_dim) if bias else None
-        self.c2 = param(r) if bias else None
-        self.d2 = param(out_dim) if bias else None
+        self.c1 = param(r) if bias and row else None
+        self.d1 = param(in_dim) if bias and row else None
+        self.c2 = param(r) if bias and col else None
+        self.d2 = param(out_dim) if bias and col else None
         self.initialize_parameters()
 
     def to_empty(
@@ -199,24 +218,24 @@ class GenFTGenerator(nn.Module):
     def initialize_parameters(self) -> None:
         """(Re)initialise the shared parameters: ``nn.Linear`` defaults, ``Q2 = d2 = 0``
         under ``zero_init``."""
+        r = self.config.latent_dim
         with torch.no_grad():
-            if self.P1 is not None:
-                _linear_default_init(self.P1, None)  # nn.Linear(in, a)
-                _linear_default_init(self.Q1, None)  # nn.Linear(a, in)
-                _linear_default_init(self.P2, None)  # nn.Linear(out, a)
-                _linear_default_init(self.Q2, None)  # nn.Linear(a, out)
-            if self.config.generator_bias:
-                r = self.config.latent_dim
-                for bias, fan_in in (
-                    (self.c1, self.in_dim),
-                    (self.d1, r),
-                    (self.c2, self.out_dim),
-                    (self.d2, r),
-                ):
+            # P like nn.Linear(in, a) / nn.Linear(out, a), Q like nn.Linear(a, in) / (a, out).
+            for weight in (self.P1, self.Q1, self.P2, self.Q2):
+                if weight is not None:
+                    _linear_default_init(weight, None)
+            for bias, fan_in in (
+                (self.c1, self.in_dim),
+                (self.d1, r),
+                (self.c2, self.out_dim),
+                (self.d2, r),
+            ):
+                if bias is not None:
                     bound = 1 / math.sqrt(fan_in)
                     nn.init.uniform_(bias, -bound, bound)
-            if self.config.zero_init:
-                for t in (self.Q2, self.d2):
+            if self.config.zero_init:  # zero the last stage's output projection
+                last = (self.Q2, self.d2) if self.config.use_column else (self.Q1, self.d1)
+                for t in last:
                     if t is not None:
                         nn.init.zeros_(t)
 
@@ -226,14 +245,22 @@ class GenFTGenerator(nn.Module):
     def shared_tensors(self) -> List[torch.Tensor]:
         return [p for _, p in self.named_parameters(recurse=False)]
 
-    def _row_stage_input(self, weight, A1):
-        """``H1 = act_in(ratio * W0 @ D1.T + c1)``: ``(out, a+b)``."""
-        cfg = self.config
-        D1 = _cat([self.P1, A1], dim=0)
-        pre = cfg.ratio * (weight @ D1.T)
-        if self.c1 is not None:
-            pre = pre + self.c1
-        return ACTIVATIONS[cfg.act_in](pre)
+    def _stage_hidden(self, X, P, A, c, scale: float = 1.0):
+        """``act_in(scale * X @ [P; A].T + c)``: a stage's latent, ``(rows of X, a+b)``."""
+        pre = X @ _cat([P, A], dim=0).T
+        if scale != 1.0:
+            pre = scale * pre
+        if c is not None:
+            pre = pre + c
+        return ACTIVATIONS[self.config.act_in](pre)
+
+    def _stage_output(self, H, Q, B, d, p: float):
+        """``drop(act_out(H @ [Q | B].T + d))``."""
+        out = H @ _cat([Q, B], dim=1).T
+        if d is not None:
+            out = out + d
+        out = ACTIVATIONS[self.config.act_out](out)
+        return F.dropout(out, p, training=True) if p > 0 else out
 
     def delta_weight(
         self,
@@ -249,9 +276,9 @@ class GenFTGenerator(nn.Module):
 
         Args:
             weight (torch.Tensor): the frozen ``W0``, ``(out, in)``, plain dtype.
-            A1 (Optional[torch.Tensor]): ``(b, in)`` or None when ``b = 0``.
+            A1 (Optional[torch.Tensor]): ``(b, in)`` or None (``b = 0`` or no row stage).
             B1 (Optional[torch.Tensor]): ``(in, b)`` or None.
-            A2 (Optional[torch.Tensor]): ``(b, out)`` or None.
+            A2 (Optional[torch.Tensor]): ``(b, out)`` or None (``b = 0`` or no column stage).
             B2 (Optional[torch.Tensor]): ``(out, b)`` or None.
             training (bool): apply the ``F_row``/``F_col`` dropout.
 
@@ -259,26 +286,16 @@ class GenFTGenerator(nn.Module):
             torch.Tensor: ``dW``, ``(out, in)``.
         """
         cfg = self.config
-        act_in, act_out = ACTIVATIONS[cfg.act_in], ACTIVATIONS[cfg.act_out]
         p = cfg.dropout if training else 0.0
-
-        H1 = self._row_stage_input(weight, A1)
-        E1 = _cat([self.Q1, B1], dim=1)
-        F_row = H1 @ E1.T
-        if self.d1 is not None:
-            F_row = F_row + self.d1
-        F_row = F.dropout(act_out(F_row), p, training=p > 0)
-
-        D2 = _cat([self.P2, A2], dim=0)
-        pre = F_row.T @ D2.T
-        if self.c2 is not None:
-            pre = pre + self.c2
-        H2 = act_in(pre)
-        E2 = _cat([self.Q2, B2], dim=1)
-        F_col = H2 @ E2.T
-        if self.d2 is not None:
-            F_col = F_col + self.d2
-        F_col = F.dropout(act_out(F_col), p, training=p > 0)
+        if cfg.use_row:
+            H1 = self._stage_hidden(weight, self.P1, A1, self.c1, cfg.ratio)
+            F_row = self._stage_output(H1, self.Q1, B1, self.d1, p)  # (out, in)
+            if not cfg.use_column:
+                return cfg.scaling * F_row
+            H2 = self._stage_hidden(F_row.T, self.P2, A2, self.c2)
+        else:
+            H2 = self._stage_hidden(weight.T, self.P2, A2, self.c2, cfg.ratio)
+        F_col = self._stage_output(H2, self.Q2, B2, self.d2, p)  # (in, out)
         return cfg.scaling * F_col.T
 
     def forward(self, weight, A1, B1, A2, B2, *, training: bool = False) -> torch.Tensor:
@@ -292,31 +309,40 @@ class GenFTGenerator(nn.Module):
         B1: Optional[torch.Tensor],
         A2: Optional[torch.Tensor],
         B2: Optional[torch.Tensor],
-    ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
         """Factors of ``dW`` when ``act_out`` is identity and dropout is inactive.
 
-        Then ``F_row = H1 @ E1.T + d1`` is low rank, so ``F_row.T @ D2.T`` is
-        ``E1 @ (H1.T @ D2.T) + outer(d1, D2.sum(1))`` and
-        ``dW = scaling * (E2 @ H2.T + d2 1^T)``: nothing of size ``(out, in)`` is formed.
+        Then every stage output is low rank: ``F_row = H1 @ E1.T + 1 d1^T``, so the
+        column stage's ``F_row.T @ D2.T`` is ``E1 @ (H1.T @ D2.T) + outer(d1, D2.sum(1))``
+        and ``dW = scaling * (E2 @ H2.T + d2 1^T)``: nothing ``(out, in)`` is formed.
 
         Returns:
-            Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]: ``H2 (in, a+b)``,
-            ``E2 (out, a+b)`` and ``d2 (out)`` (or None), so that
-            ``dW = scaling * (E2 @ H2.T + d2[:, None])``.
+            Tuple: ``(L, R, u, v)`` with ``dW = scaling * (L @ R.T + outer(u, v))``;
+            ``L (out, a+b)``, ``R (in, a+b)``; ``u (out)``/``v (in)`` are None when
+            there is no bias term.
         """
-        if not self.config.lowrank:
+        cfg = self.config
+        if not cfg.lowrank:
             raise ValueError("lowrank_factors needs act_out='identity'")
-        H1 = self._row_stage_input(weight, A1)
-        E1 = _cat([self.Q1, B1], dim=1)
-        D2 = _cat([self.P2, A2], dim=0)
-        pre = E1 @ (H1.T @ D2.T)
-        if self.d1 is not None:
-            pre = pre + torch.outer(self.d1, D2.sum(dim=1))
-        if self.c2 is not None:
-            pre = pre + self.c2
-        H2 = ACTIVATIONS[self.config.act_in](pre)
+        act_in = ACTIVATIONS[cfg.act_in]
+        if cfg.use_row:
+            H1 = self._stage_hidden(weight, self.P1, A1, self.c1, cfg.ratio)
+            E1 = _cat([self.Q1, B1], dim=1)
+            if not cfg.use_column:
+                ones = None if self.d1 is None else self.d1.new_ones(self.out_dim)
+                return H1, E1, ones, self.d1
+            D2 = _cat([self.P2, A2], dim=0)
+            pre = E1 @ (H1.T @ D2.T)
+            if self.d1 is not None:
+                pre = pre + torch.outer(self.d1, D2.sum(dim=1))
+            if self.c2 is not None:
+                pre = pre + self.c2
+            H2 = act_in(pre)
+        else:
+            H2 = self._stage_hidden(weight.T, self.P2, A2, self.c2, cfg.ratio)
         E2 = _cat([self.Q2, B2], dim=1)
-        return H2, E2, self.d2
+        ones = None if self.d2 is None else self.d2.new_ones(self.in_dim)
+        return E2, H2, self.d2, ones
 
 
 class GenFTGenerators(nn.ModuleDict):
@@ -403,17 +429,23 @@ class GenFTLinear(nn.Module, AdapterModule):
         # model, and fetched from there at every call so FSDP's parameter swaps are seen.
         self._generator = (generator,)
 
+        if quantize_base:
+            _check_nf4_shape(out_dim, in_dim, **quantization_kwargs)
         linear = nn.Linear(in_dim, out_dim, bias=use_bias)
         weight = to_nf4(linear.weight, **quantization_kwargs) if quantize_base else linear.weight
         self.weight = nn.Parameter(weight, requires_grad=False)
         self.bias = nn.Parameter(linear.bias, requires_grad=False) if use_bias else None
 
-        b = self.config.specific_dim
+        cfg, b = self.config, self.config.specific_dim
+        # Square weights tie the stages' factors (A2 is A1, B2 is B1), as the authors do;
+        # the pair is then named A1/B1 whichever stages run.
         self.tied = in_dim == out_dim
-        self.A1 = nn.Parameter(torch.empty(b, in_dim)) if b else None
-        self.B1 = nn.Parameter(torch.empty(in_dim, b)) if b else None
-        self.A2 = nn.Parameter(torch.empty(b, out_dim)) if b and not self.tied else None
-        self.B2 = nn.Parameter(torch.empty(out_dim, b)) if b and not self.tied else None
+        first = cfg.use_row or self.tied
+        second = cfg.use_column and not self.tied
+        self.A1 = nn.Parameter(torch.empty(b, in_dim)) if b and first else None
+        self.B1 = nn.Parameter(torch.empty(in_dim, b)) if b and first else None
+        self.A2 = nn.Parameter(torch.empty(b, out_dim)) if b and second else None
+        self.B2 = nn.Parameter(torch.empty(out_dim, b)) if b and second else None
 
         self.disabled = False
         self.merged = False
@@ -445,8 +477,10 @@ class GenFTLinear(nn.Module, AdapterModule):
             for name in ("B1", "B2"):
                 if getattr(self, name) is not None:
                     _init_factor(getattr(self, name), cfg.init_b)
-            if cfg.zero_init and self.B1 is not None:
-                _init_factor(self.B1 if self.tied else self.B2, "zeros")
+            if cfg.zero_init:  # the last stage's B, like the generator's Q and d
+                last = self.B2 if cfg.use_column and not self.tied else self.B1
+                if last is not None:
+                    _init_factor(last, "zeros")
         self._cache = None
 
     def adapter_params(self) -> List[str]:
@@ -456,9 +490,7 @@ class GenFTLinear(nn.Module, AdapterModule):
 
     def specific_factors(self) -> Tuple[Optional[torch.Tensor], ...]:
         """``(A1, B1, A2, B2)`` with the square-weight tie applied."""
-        if self.tied:
-            return self.A1, self.B1, self.A1, self.B1
-        return self.A1, self.B1, self.A2, self.B2
+        return tie_specific_factors(self.A1, self.B1, self.A2, self.B2, tied=self.tied)
 
     def base_weight(self) -> torch.Tensor:
         """``W0`` as a plain tensor (NF4 is dequantised)."""
@@ -466,12 +498,14 @@ class GenFTLinear(nn.Module, AdapterModule):
             return self.weight.get_original_weight()
         return self.weight
 
+    def _adapter_dtype(self) -> torch.dtype:
+        return self._tracked_tensors()[1].dtype
+
     def delta_weight(self, *, training: bool = False) -> torch.Tensor:
-        """``dW = G(W0)`` in the generator's dtype, from the original (unmerged) ``W0``."""
+        """``dW = G(W0)`` in the adapter's dtype, from the original (unmerged) ``W0``."""
         W0 = self._unmerged_weight if self.merged else self.base_weight()
-        gen = self.generator
-        dtype = gen.P1.dtype if gen.P1 is not None else self.A1.dtype
-        return gen.delta_weight(W0.to(dtype), *self.specific_factors(), training=training)
+        W0 = W0.to(self._adapter_dtype())
+        return self.generator.delta_weight(W0, *self.specific_factors(), training=training)
 
     # ---- forward paths -------------------------------------------------------
 
@@ -486,16 +520,16 @@ class GenFTLinear(nn.Module, AdapterModule):
         return W0 + self.delta_weight(training=training).to(W0.dtype)
 
     def _merged_forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self._merged_weight(self.training), self.bias)
+        return F.linear(x, self._merged_weight(self.training).to(x.dtype), self.bias)
 
     def _lowrank_forward(self, x: torch.Tensor) -> torch.Tensor:
-        W0 = self.base_weight()
-        gen = self.generator
-        dtype = gen.P1.dtype if gen.P1 is not None else self.A1.dtype
-        H2, E2, d2 = gen.lowrank_factors(W0.to(dtype), *self.specific_factors())
-        delta = (x.to(dtype) @ H2) @ E2.T
-        if d2 is not None:
-            delta = delta + x.to(dtype).sum(dim=-1, keepdim=True) * d2
+        dtype = self._adapter_dtype()
+        W0 = self.base_weight().to(dtype)
+        L, R, u, v = self.generator.lowrank_factors(W0, *self.specific_factors())
+        xa = x.to(dtype)
+        delta = (xa @ R) @ L.T  # x @ dW.T without forming dW
+        if u is not None:
+            delta = delta + (xa @ v).unsqueeze(-1) * u
         return self._base_forward(x) + (self.config.scaling * delta).to(x.dtype)
 
     def _tracked_tensors(self) -> List[torch.Tensor]:
@@ -537,7 +571,7 @@ class GenFTLinear(nn.Module, AdapterModule):
             t.requires_grad for t in self._tracked_tensors()[1:]
         )
         if not needs_graph and not dropout_active:
-            return F.linear(x, self._cached_merged_weight(), self.bias)
+            return F.linear(x, self._cached_merged_weight().to(x.dtype), self.bias)
         self._cache = None  # training: free the eval copy
         if self.config.lowrank and not dropout_active:
             return self._lowrank_forward(x)
@@ -581,6 +615,22 @@ class GenFTLinear(nn.Module, AdapterModule):
         self._cache = None
 
 
+def _check_nf4_shape(out_dim: int, in_dim: int, block_size: int = 64, scaler_block_size: int = 256):
+    """torchao's NF4 needs ``out*in`` divisible by ``block_size * scaler_block_size``."""
+    if (out_dim * in_dim) % (block_size * scaler_block_size) != 0:
+        raise ValueError(
+            f"quantize_base=True cannot store a ({out_dim}, {in_dim}) weight in NF4: its size "
+            f"{out_dim * in_dim} must be divisible by block_size * scaler_block_size = "
+            f"{block_size} * {scaler_block_size}"
+        )
+
+
+def tie_specific_factors(A1, B1, A2, B2, *, tied: bool) -> Tuple[Optional[torch.Tensor], ...]:
+    """The ``(A1, B1, A2, B2)`` a generator reads: for square (tied) weights the one
+    stored pair serves both stages."""
+    return (A1, B1, A1, B1) if tied else (A1, B1, A2, B2)
+
+
 @torch.no_grad()
 def merged_weight_fp32(
     weight: torch.Tensor,
@@ -598,12 +648,13 @@ def merged_weight_fp32(
     Returns:
         torch.Tensor: the merged weight, same dtype and device as ``weight``.
     """
-    shared = {n: p.float() for n, p in generator.named_parameters(recurse=False)}
-    args = [t.float() if t is not None else None for t in specific]
-    w32 = weight.float()
-    # functional_call evaluates the generator with fp32 copies, leaving it untouched.
-    delta = torch.func.functional_call(generator, shared, (w32, *args))
-    return (w32 + delta).to(weight.dtype)
+    dtype = torch.promote_types(weight.dtype, torch.float32)  # fp32, or fp64 for fp64 models
+    shared = {n: p.to(dtype) for n, p in generator.named_parameters(recurse=False)}
+    args = [t.to(dtype) if t is not None else None for t in specific]
+    w = weight.to(dtype)
+    # functional_call evaluates the generator with upcast copies, leaving it untouched.
+    delta = torch.func.functional_call(generator, shared, (w, *args))
+    return (w + delta).to(weight.dtype)
 
 
 def genft_linear(

@@ -15,6 +15,7 @@ from genft_tune.modules.genft import (
     GenFTGenerators,
     GenFTLinear,
     generator_key,
+    tie_specific_factors,
 )
 
 GENERATORS_ATTR = "genft_generators"
@@ -81,13 +82,15 @@ def validate_missing_and_unexpected_for_genft(
         raise ValueError(f"Unexpected keys in the checkpoint: {unexpected[:5]}")
 
 
-def _specific_factors(
-    state_dict: Dict[str, torch.Tensor], prefix: str, tied: bool
-) -> List[Optional[torch.Tensor]]:
-    A1, B1 = state_dict.get(f"{prefix}.A1"), state_dict.get(f"{prefix}.B1")
-    if tied:
-        return [A1, B1, A1, B1]
-    return [A1, B1, state_dict.get(f"{prefix}.A2"), state_dict.get(f"{prefix}.B2")]
+def _check_tensors(found, expected, prefix: str, what: str) -> None:
+    """Every expected (meta) parameter is present in ``found`` with its shape."""
+    for name, param in expected.items():
+        if name not in found or found[name] is None:
+            raise ValueError(f"missing {what} tensor {prefix}.{name} in the state dict")
+        if found[name].shape != param.shape:
+            raise ValueError(
+                f"{prefix}.{name} has shape {tuple(found[name].shape)}, expected {tuple(param.shape)}"
+            )
 
 
 @torch.no_grad()
@@ -127,20 +130,16 @@ def merge_genft_state_dict(
             for k, v in state_dict.items()
             if k.startswith(gkey + ".")
         }
-        specific = _specific_factors(state_dict, prefix, tied=out_dim == in_dim)
-        if config.specific_dim and any(t is None for t in specific):
-            raise ValueError(f"missing specific factors (A1/B1/A2/B2) for {prefix!r}")
-        if config.shared_dim and "P1" not in shared:
-            raise ValueError(f"missing shared generator {gkey!r} for {prefix!r} ({out_dim}x{in_dim})")
         with torch.device("meta"):
             generator = GenFTGenerator(in_dim, out_dim, config=config)
-        for name, tensor in shared.items():
-            expected = getattr(generator, name).shape
-            if tensor.shape != expected:
-                raise ValueError(
-                    f"{gkey}.{name} has shape {tuple(tensor.shape)}, expected {tuple(expected)}"
-                )
-        args = [t.float() if t is not None else None for t in specific]
+            layer = GenFTLinear(in_dim, out_dim, generator=generator)
+        _check_tensors(shared, dict(generator.named_parameters()), gkey, f"generator for {prefix!r}")
+        specific = {n: state_dict.get(f"{prefix}.{n}") for n in layer.adapter_params()}
+        _check_tensors(specific, {n: getattr(layer, n) for n in layer.adapter_params()}, prefix, "specific factors")
+        args = [t.float() if t is not None else None for t in tie_specific_factors(
+            specific.get("A1"), specific.get("B1"), specific.get("A2"), specific.get("B2"),
+            tied=layer.tied,
+        )]
         w32 = W0.float()
         delta = torch.func.functional_call(generator, shared, (w32, *args), strict=True)
         merged[weight_key] = (w32 + delta).to(W0.dtype)

@@ -1,0 +1,338 @@
+"""GenFTLinear against a plain fp64 reference of GENFT_SPEC.md's formula."""
+
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from torchtune.modules.peft import disable_adapter, get_adapter_params, set_trainable_params
+
+from genft_tune.modules import (
+    GenFTConfig,
+    GenFTGenerators,
+    GenFTLinear,
+    genft_linear,
+    get_genft_modules,
+    merge_genft_state_dict,
+)
+
+# ---- the reference, written from the spec's equations alone ------------------------
+
+REF_ACT = {
+    "identity": lambda t: t,
+    "relu": lambda t: torch.where(t > 0, t, torch.zeros_like(t)),
+    "leaky_relu": lambda t: torch.where(t > 0, t, 0.01 * t),
+    "gelu": lambda t: 0.5 * t * (1 + torch.erf(t / math.sqrt(2.0))),
+    "tanh": lambda t: (torch.exp(t) - torch.exp(-t)) / (torch.exp(t) + torch.exp(-t)),
+}
+
+
+def stack(*parts, dim):
+    parts = [p for p in parts if p is not None]
+    return torch.cat(parts, dim=dim)
+
+
+def reference_delta(W0, t, cfg, drop=None):
+    """dW from the spec. ``t`` maps names (P1, Q1, A1, ..., d2) to tensors or None;
+    ``drop`` applies the F_row / F_col dropout (identity by default)."""
+    drop = drop or (lambda x: x)
+    act_in, act_out = REF_ACT[cfg.act_in], REF_ACT[cfg.act_out]
+
+    def bias(name):
+        return t.get(name) if t.get(name) is not None else 0.0
+
+    if cfg.stages in ("both", "row"):
+        D1 = stack(t["P1"], t["A1"], dim=0)
+        E1 = stack(t["Q1"], t["B1"], dim=1)
+        H1 = act_in(cfg.ratio * W0 @ D1.T + bias("c1"))
+        F_row = drop(act_out(H1 @ E1.T + bias("d1")))
+        if cfg.stages == "row":
+            return cfg.scaling * F_row
+        col_in = F_row.T
+    else:
+        col_in = cfg.ratio * W0.T
+    D2 = stack(t["P2"], t["A2"], dim=0)
+    E2 = stack(t["Q2"], t["B2"], dim=1)
+    H2 = act_in(col_in @ D2.T + bias("c2"))
+    F_col = drop(act_out(H2 @ E2.T + bias("d2")))
+    return cfg.scaling * F_col.T
+
+
+def tensors_of(layer):
+    """Name -> tensor for the reference, with the square tie applied by hand."""
+    g = layer.generator
+    t = {n: getattr(g, n) for n in ("P1", "Q1", "P2", "Q2", "c1", "d1", "c2", "d2")}
+    t.update(A1=layer.A1, B1=layer.B1, A2=layer.A2, B2=layer.B2)
+    if layer.in_dim == layer.out_dim:
+        t["A2"], t["B2"] = layer.A1, layer.B1
+    return t
+
+
+def make_layer(in_dim, out_dim, dtype=torch.float64, use_bias=False, **cfg_kwargs):
+    cfg_kwargs.setdefault("zero_init", False)
+    cfg = GenFTConfig(**cfg_kwargs)
+    gens = GenFTGenerators(cfg)
+    layer = genft_linear(in_dim, out_dim, generators=gens, use_bias=use_bias)
+    gens.to(dtype)
+    layer.to(dtype)
+    return layer, gens
+
+
+def reference_output(layer, x):
+    W0 = layer.weight.detach()
+    delta = reference_delta(W0, tensors_of(layer), layer.config)
+    return F.linear(x, W0 + delta, layer.bias)
+
+
+SHAPES = [(6, 6), (5, 7), (7, 5)]  # (in, out): square (tied) and both non-square
+DIMS = [(3, 2), (0, 2), (3, 0)]
+
+
+@pytest.mark.parametrize("in_dim,out_dim", SHAPES)
+@pytest.mark.parametrize("a,b", DIMS)
+@pytest.mark.parametrize("generator_bias", [False, True])
+@pytest.mark.parametrize("stages", ["both", "row", "column"])
+def test_all_paths_equal_reference(in_dim, out_dim, a, b, generator_bias, stages):
+    torch.manual_seed(0)
+    for act_out in ("gelu", "identity"):  # dense path, then low-rank path
+        layer, _ = make_layer(
+            in_dim, out_dim, shared_dim=a, specific_dim=b, generator_bias=generator_bias,
+            act_in="tanh", act_out=act_out, ratio=0.7, scaling=1.3, stages=stages, use_bias=True,
+        )
+        x = torch.randn(3, 4, in_dim, dtype=torch.float64)
+        expected = reference_output(layer, x)
+        # training forward (merged, or low-rank for identity act_out), with and without recompute
+        torch.testing.assert_close(layer(x), expected, rtol=1e-10, atol=1e-10)
+        object.__setattr__(layer, "config", GenFTConfig(**{**layer.config.to_dict(), "recompute": False}))
+        torch.testing.assert_close(layer(x), expected, rtol=1e-10, atol=1e-10)
+        # eval / no-grad: cached merged weight
+        layer.eval()
+        with torch.no_grad():
+            torch.testing.assert_close(layer(x), expected, rtol=1e-10, atol=1e-10)
+            torch.testing.assert_close(layer(x), expected, rtol=1e-10, atol=1e-10)
+        # merged
+        layer.merge()
+        with torch.no_grad():
+            torch.testing.assert_close(layer(x), expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("act_in,act_out", list(itertools.product(REF_ACT, REF_ACT)))
+def test_every_activation_pair(act_in, act_out):
+    torch.manual_seed(1)
+    layer, _ = make_layer(5, 7, shared_dim=2, specific_dim=2, act_in=act_in, act_out=act_out,
+                          generator_bias=True)
+    x = torch.randn(4, 5, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), reference_output(layer, x), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("act_out", ["gelu", "identity"])
+@pytest.mark.parametrize("in_dim,out_dim", SHAPES)
+def test_gradients_equal_reference(act_out, in_dim, out_dim):
+    torch.manual_seed(2)
+    layer, gens = make_layer(in_dim, out_dim, shared_dim=2, specific_dim=2, act_out=act_out,
+                             generator_bias=True)
+    params = [p for p in list(layer.parameters()) + list(gens.parameters()) if p.requires_grad]
+    x = torch.randn(3, in_dim, dtype=torch.float64, requires_grad=True)
+    target = torch.randn(3, out_dim, dtype=torch.float64)
+
+    ours = torch.autograd.grad(((layer(x) - target) ** 2).sum(), [x] + params)
+    ref = torch.autograd.grad(((reference_output(layer, x) - target) ** 2).sum(), [x] + params)
+    for g_ours, g_ref in zip(ours, ref):
+        torch.testing.assert_close(g_ours, g_ref, rtol=1e-9, atol=1e-10)
+    # and the analytic gradients agree with finite differences
+    assert torch.autograd.gradcheck(lambda inp: layer(inp), (x,))
+    assert torch.autograd.gradcheck(lambda A1: torch.func.functional_call(layer, {"A1": A1}, (x,)),
+                                    (layer.A1.detach().clone().requires_grad_(),))
+
+
+def test_dropout_is_on_generator_stages_not_input():
+    torch.manual_seed(3)
+    layer, _ = make_layer(6, 4, shared_dim=2, specific_dim=2, dropout=0.4)
+    x = torch.randn(5, 6, dtype=torch.float64)
+    torch.manual_seed(123)
+    ours = layer(x)
+    torch.manual_seed(123)
+    masks = lambda t: F.dropout(t, 0.4, training=True)  # same RNG order: F_row, then F_col
+    W0 = layer.weight.detach()
+    expected = F.linear(x, W0 + reference_delta(W0, tensors_of(layer), layer.config, drop=masks))
+    torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-10)
+    # evaluation: no dropout at all
+    layer.eval()
+    torch.testing.assert_close(layer(x), reference_output(layer, x), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("in_dim,out_dim", SHAPES)
+@pytest.mark.parametrize("stages", ["both", "row", "column"])
+@pytest.mark.parametrize("act_out", ["gelu", "identity", "tanh"])
+def test_zero_init_is_base_model_at_step_zero(in_dim, out_dim, stages, act_out):
+    layer, _ = make_layer(in_dim, out_dim, dtype=torch.float32, zero_init=True, stages=stages,
+                          act_out=act_out, generator_bias=True, use_bias=True)
+    x = torch.randn(4, in_dim)
+    assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))
+    # ... and it still learns: some trainable tensor gets a non-zero gradient
+    layer(x).sum().backward()
+    grads = [p.grad for p in list(layer.parameters()) + list(layer.generator.parameters())
+             if p.requires_grad]
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_merge_unmerge_exact():
+    torch.manual_seed(4)
+    layer, _ = make_layer(8, 6, dtype=torch.float32, shared_dim=3, specific_dim=2)
+    W0 = layer.weight.detach().clone()
+    x = torch.randn(5, 8)
+    before = layer(x).detach()
+    layer.merge()
+    assert not torch.equal(layer.weight, W0)
+    torch.testing.assert_close(layer(x), before, rtol=1e-5, atol=1e-6)
+    layer.unmerge()
+    assert torch.equal(layer.weight, W0)  # bit for bit, not W - recomputed dW
+    torch.testing.assert_close(layer(x), before, rtol=0, atol=0)
+    with disable_adapter(layer):
+        torch.testing.assert_close(layer(x), F.linear(x, W0))
+
+
+@pytest.mark.parametrize("optim_kwargs", [{"foreach": False}, {"foreach": True}, {"fused": True}])
+def test_cache_never_stale(optim_kwargs):
+    torch.manual_seed(5)
+    layer, gens = make_layer(6, 6, dtype=torch.float32, shared_dim=2, specific_dim=2)
+    params = [p for p in list(layer.parameters()) + list(gens.parameters()) if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-2, **optim_kwargs)
+    x = torch.randn(3, 6)
+    for _ in range(3):
+        layer.eval()
+        with torch.no_grad():
+            torch.testing.assert_close(layer(x), reference_output(layer, x))
+        layer.train()
+        layer(x).pow(2).sum().backward()
+        opt.step()
+        opt.zero_grad()
+    # load_state_dict copies in place: the cache must see it
+    layer.eval()
+    with torch.no_grad():
+        layer(x)
+        new_sd = {k: torch.randn_like(v) for k, v in layer.state_dict().items()}
+        layer.load_state_dict(new_sd)
+        torch.testing.assert_close(layer(x), reference_output(layer, x))
+        gens["6x6"].P1.mul_(2.0)  # an in-place edit of a shared tensor
+        torch.testing.assert_close(layer(x), reference_output(layer, x))
+
+
+def test_generator_shared_once_in_state_dict_and_optimizer():
+    cfg = GenFTConfig(shared_dim=3, specific_dim=2)
+
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.genft_generators = GenFTGenerators(cfg)
+            self.q = genft_linear(8, 8, generators=self.genft_generators)
+            self.v = genft_linear(8, 4, generators=self.genft_generators)
+            self.o = genft_linear(8, 8, generators=self.genft_generators)
+
+    model = Tiny()
+    keys = list(model.state_dict())
+    assert sorted(k for k in keys if k.startswith("genft_generators")) == sorted(
+        f"genft_generators.{s}.{n}" for s in ("8x8", "4x8") for n in ("P1", "Q1", "P2", "Q2")
+    )
+    assert len(keys) == len(set(keys))
+    assert model.q.generator is model.o.generator
+    adapter = get_adapter_params(model)
+    assert "genft_generators.8x8.P1" in adapter and "q.A1" in adapter and "v.B2" in adapter
+    assert "q.A2" not in adapter  # tied square weight
+    assert len({id(p) for p in adapter.values()}) == len(adapter)
+    set_trainable_params(model, adapter)
+    assert not model.q.weight.requires_grad and model.q.A1.requires_grad
+    # the state-dict merge equals the layer merge
+    merged = merge_genft_state_dict(model.state_dict(), config=cfg,
+                                    target_modules=list(get_genft_modules(model)))
+    assert set(merged) == {"q.weight", "v.weight", "o.weight"}
+    for name, layer in get_genft_modules(model).items():
+        layer.merge()
+        torch.testing.assert_close(merged[f"{name}.weight"], layer.weight.detach())
+
+
+def test_merge_state_dict_errors_name_the_key():
+    cfg = GenFTConfig(shared_dim=2, specific_dim=2)
+    gens = GenFTGenerators(cfg)
+    layer = genft_linear(4, 6, generators=gens)
+    sd = {"l.weight": layer.weight.detach(), **{f"l.{n}": getattr(layer, n).detach() for n in layer.adapter_params()},
+          **{f"genft_generators.{k}": v for k, v in gens.state_dict().items()}}
+    with pytest.raises(ValueError, match="l.A2"):
+        merge_genft_state_dict({k: v for k, v in sd.items() if k != "l.A2"}, config=cfg, target_modules=["l"])
+    with pytest.raises(ValueError, match="nope"):
+        merge_genft_state_dict(sd, config=cfg, target_modules=["nope"])
+    bad = dict(sd, **{"genft_generators.6x4.P1": torch.zeros(3, 4)})
+    with pytest.raises(ValueError, match="P1 has shape"):
+        merge_genft_state_dict(bad, config=cfg, target_modules=["l"])
+
+
+def test_nf4_base_forward_backward():
+    from torchao.dtypes.nf4tensor import NF4Tensor
+
+    torch.manual_seed(6)
+    cfg = GenFTConfig(shared_dim=4, specific_dim=2, zero_init=False)
+    gens = GenFTGenerators(cfg).to(torch.bfloat16)
+    with pytest.raises(ValueError, match="cannot store a \\(64, 128\\) weight in NF4"):
+        genft_linear(128, 64, generators=gens, quantize_base=True)
+    layer = genft_linear(256, 128, generators=gens, quantize_base=True)
+    layer.to(torch.bfloat16)
+    assert isinstance(layer.weight, NF4Tensor)
+    x = torch.randn(3, 256, dtype=torch.bfloat16)
+    out = layer(x)
+    out.float().sum().backward()
+    assert layer.A1.grad is not None and gens["128x256"].P1.grad is not None
+    W0 = layer.weight.get_original_weight().double()
+    t = {k: (v.detach().double() if v is not None else None) for k, v in tensors_of(layer).items()}
+    expected = F.linear(x.double(), W0 + reference_delta(W0, t, cfg))
+    torch.testing.assert_close(out.double(), expected, rtol=0.05, atol=0.05)
+    with pytest.raises(RuntimeError, match="NF4"):
+        layer.merge()
+
+
+def test_meta_device_construction_then_initialize():
+    cfg = GenFTConfig(shared_dim=2, specific_dim=2)
+    with torch.device("meta"):
+        gens = GenFTGenerators(cfg)
+        layer = genft_linear(6, 4, generators=gens)
+    layer.weight = nn.Parameter(torch.randn(4, 6), requires_grad=False)  # "loaded from checkpoint"
+    for m in (layer, gens["4x6"]):
+        m.to_empty(device="cpu")
+        m.initialize_parameters()
+    x = torch.randn(2, 6)
+    assert all(torch.isfinite(p).all() for p in layer.parameters())
+    assert torch.equal(layer(x), F.linear(x, layer.weight))  # zero_init default
+
+
+@pytest.mark.parametrize(
+    "kwargs,field",
+    [
+        ({"act_in": "swish"}, "act_in"),
+        ({"act_out": "Gelu"}, "act_out"),
+        ({"shared_dim": 0, "specific_dim": 0}, "shared_dim \\+ specific_dim"),
+        ({"shared_dim": -1}, "shared_dim"),
+        ({"specific_dim": 1.5}, "specific_dim"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"dropout": -0.1}, "dropout"),
+        ({"ratio": float("nan")}, "ratio"),
+        ({"scaling": float("inf")}, "scaling"),
+        ({"init_a": "orthogonal"}, "init_a"),
+        ({"stages": "diagonal"}, "stages"),
+    ],
+)
+def test_bad_config_names_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        GenFTConfig(**kwargs)
+
+
+def test_unknown_activation_lists_allowed_values():
+    with pytest.raises(ValueError, match="identity.*relu.*leaky_relu.*gelu.*tanh"):
+        GenFTConfig(act_in="silu")
+
+
+def test_generator_shape_mismatch_is_an_error():
+    gens = GenFTGenerators(GenFTConfig())
+    with pytest.raises(ValueError, match="generator is for weights of shape"):
+        GenFTLinear(4, 6, generator=gens.get(4, 6))
