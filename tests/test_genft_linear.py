@@ -155,7 +155,12 @@ def test_dropout_is_on_generator_stages_not_input():
     torch.manual_seed(123)
     ours = layer(x)
     torch.manual_seed(123)
-    masks = lambda t: F.dropout(t, 0.4, training=True)  # same RNG order: F_row, then F_col
+    # Same RNG order as the layer: F_row's mask, then F_col's, both drawn in (out, in)
+    # layout (F_col is (in, out), so its mask is drawn on the transpose).
+    def masks(t):
+        if t.shape == (layer.out_dim, layer.in_dim):
+            return F.dropout(t, 0.4, training=True)
+        return F.dropout(t.T.contiguous(), 0.4, training=True).T
     W0 = layer.weight.detach()
     expected = F.linear(x, W0 + reference_delta(W0, tensors_of(layer), layer.config, drop=masks))
     torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-10)

@@ -245,22 +245,64 @@ class GenFTGenerator(nn.Module):
     def shared_tensors(self) -> List[torch.Tensor]:
         return [p for _, p in self.named_parameters(recurse=False)]
 
-    def _stage_hidden(self, X, P, A, c, scale: float = 1.0):
-        """``act_in(scale * X @ [P; A].T + c)``: a stage's latent, ``(rows of X, a+b)``."""
-        pre = X @ _cat([P, A], dim=0).T
-        if scale != 1.0:
-            pre = scale * pre
-        if c is not None:
-            pre = pre + c
-        return ACTIVATIONS[self.config.act_in](pre)
+    def generate(
+        self,
+        weight: torch.Tensor,
+        A1: Optional[torch.Tensor],
+        B1: Optional[torch.Tensor],
+        A2: Optional[torch.Tensor],
+        B2: Optional[torch.Tensor],
+        *,
+        training: bool = False,
+    ) -> torch.Tensor:
+        """``dW / scaling``, shape ``(out, in)``: the spec's formula, evaluated in
+        ``(out, in)`` layout throughout (``F_col.T = act_out(E2 @ H2.T + d2)``) so no
+        ``(out, in)``-sized tensor is ever transposed or made contiguous.
 
-    def _stage_output(self, H, Q, B, d, p: float):
-        """``drop(act_out(H @ [Q | B].T + d))``."""
-        out = H @ _cat([Q, B], dim=1).T
-        if d is not None:
-            out = out + d
-        out = ACTIVATIONS[self.config.act_out](out)
-        return F.dropout(out, p, training=True) if p > 0 else out
+        Args:
+            weight (torch.Tensor): the frozen ``W0``, ``(out, in)``, plain dtype.
+            A1 (Optional[torch.Tensor]): ``(b, in)`` or None (``b = 0`` or no row stage).
+            B1 (Optional[torch.Tensor]): ``(in, b)`` or None.
+            A2 (Optional[torch.Tensor]): ``(b, out)`` or None (``b = 0`` or no column stage).
+            B2 (Optional[torch.Tensor]): ``(out, b)`` or None.
+            training (bool): apply the ``F_row``/``F_col`` dropout.
+
+        Returns:
+            torch.Tensor: ``dW / scaling``, ``(out, in)``.
+        """
+        cfg = self.config
+        act_in, act_out = ACTIVATIONS[cfg.act_in], ACTIVATIONS[cfg.act_out]
+        p = cfg.dropout if training else 0.0
+
+        def drop(t):
+            return F.dropout(t, p, training=True) if p > 0 else t
+
+        D2 = _cat([self.P2, A2], dim=0) if cfg.use_column else None
+        if cfg.use_row:
+            H1 = self._row_hidden(weight, A1)  # (out, a+b)
+            F_row = H1 @ _cat([self.Q1, B1], dim=1).T  # (out, in)
+            if self.d1 is not None:
+                F_row = F_row + self.d1
+            F_row = drop(act_out(F_row))
+            if not cfg.use_column:
+                return F_row
+            H2t = D2 @ F_row  # (F_row.T @ D2.T).T: (a+b, in)
+        else:
+            H2t = cfg.ratio * (D2 @ weight)
+        if self.c2 is not None:
+            H2t = H2t + self.c2[:, None]
+        H2t = act_in(H2t)
+        F_colT = _cat([self.Q2, B2], dim=1) @ H2t  # F_col.T: (out, in)
+        if self.d2 is not None:
+            F_colT = F_colT + self.d2[:, None]
+        return drop(act_out(F_colT))
+
+    def _row_hidden(self, weight, A1):
+        """``H1 = act_in(ratio * W0 @ D1.T + c1)``: ``(out, a+b)``."""
+        pre = self.config.ratio * (weight @ _cat([self.P1, A1], dim=0).T)
+        if self.c1 is not None:
+            pre = pre + self.c1
+        return ACTIVATIONS[self.config.act_in](pre)
 
     def delta_weight(
         self,
@@ -272,31 +314,8 @@ class GenFTGenerator(nn.Module):
         *,
         training: bool = False,
     ) -> torch.Tensor:
-        """Dense ``dW`` of shape ``(out, in)``: the spec's reference formula.
-
-        Args:
-            weight (torch.Tensor): the frozen ``W0``, ``(out, in)``, plain dtype.
-            A1 (Optional[torch.Tensor]): ``(b, in)`` or None (``b = 0`` or no row stage).
-            B1 (Optional[torch.Tensor]): ``(in, b)`` or None.
-            A2 (Optional[torch.Tensor]): ``(b, out)`` or None (``b = 0`` or no column stage).
-            B2 (Optional[torch.Tensor]): ``(out, b)`` or None.
-            training (bool): apply the ``F_row``/``F_col`` dropout.
-
-        Returns:
-            torch.Tensor: ``dW``, ``(out, in)``.
-        """
-        cfg = self.config
-        p = cfg.dropout if training else 0.0
-        if cfg.use_row:
-            H1 = self._stage_hidden(weight, self.P1, A1, self.c1, cfg.ratio)
-            F_row = self._stage_output(H1, self.Q1, B1, self.d1, p)  # (out, in)
-            if not cfg.use_column:
-                return cfg.scaling * F_row
-            H2 = self._stage_hidden(F_row.T, self.P2, A2, self.c2)
-        else:
-            H2 = self._stage_hidden(weight.T, self.P2, A2, self.c2, cfg.ratio)
-        F_col = self._stage_output(H2, self.Q2, B2, self.d2, p)  # (in, out)
-        return cfg.scaling * F_col.T
+        """Dense ``dW = scaling * F_col.T``, ``(out, in)``; arguments as :meth:`generate`."""
+        return self.config.scaling * self.generate(weight, A1, B1, A2, B2, training=training)
 
     def forward(self, weight, A1, B1, A2, B2, *, training: bool = False) -> torch.Tensor:
         """Same as :meth:`delta_weight`."""
@@ -325,21 +344,21 @@ class GenFTGenerator(nn.Module):
         if not cfg.lowrank:
             raise ValueError("lowrank_factors needs act_out='identity'")
         act_in = ACTIVATIONS[cfg.act_in]
+        D2 = _cat([self.P2, A2], dim=0) if cfg.use_column else None
         if cfg.use_row:
-            H1 = self._stage_hidden(weight, self.P1, A1, self.c1, cfg.ratio)
+            H1 = self._row_hidden(weight, A1)
             E1 = _cat([self.Q1, B1], dim=1)
             if not cfg.use_column:
                 ones = None if self.d1 is None else self.d1.new_ones(self.out_dim)
                 return H1, E1, ones, self.d1
-            D2 = _cat([self.P2, A2], dim=0)
-            pre = E1 @ (H1.T @ D2.T)
+            pre = (D2 @ H1) @ E1.T  # D2 @ F_row without forming F_row: (a+b, in)
             if self.d1 is not None:
-                pre = pre + torch.outer(self.d1, D2.sum(dim=1))
-            if self.c2 is not None:
-                pre = pre + self.c2
-            H2 = act_in(pre)
+                pre = pre + torch.outer(D2.sum(dim=1), self.d1)
         else:
-            H2 = self._stage_hidden(weight.T, self.P2, A2, self.c2, cfg.ratio)
+            pre = cfg.ratio * (D2 @ weight)
+        if self.c2 is not None:
+            pre = pre + self.c2[:, None]
+        H2 = act_in(pre).T  # (in, a+b)
         E2 = _cat([self.Q2, B2], dim=1)
         ones = None if self.d2 is None else self.d2.new_ones(self.in_dim)
         return E2, H2, self.d2, ones
@@ -517,7 +536,11 @@ class GenFTLinear(nn.Module, AdapterModule):
 
     def _merged_weight(self, training: bool) -> torch.Tensor:
         W0 = self.base_weight()
-        return W0 + self.delta_weight(training=training).to(W0.dtype)
+        gen = self.generator.generate(
+            W0.to(self._adapter_dtype()), *self.specific_factors(), training=training
+        )
+        # W0 + scaling * F in one elementwise pass
+        return torch.add(W0, gen.to(W0.dtype), alpha=self.config.scaling)
 
     def _merged_forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self._merged_weight(self.training).to(x.dtype), self.bias)

@@ -139,7 +139,7 @@ def _unpermute_qk(weight: np.ndarray, n_heads: int) -> np.ndarray:
     """
     out_dim = weight.shape[0]
     return (
-        weight.reshape(n_heads, 2, out_dim // n_heads // 2, *weight.shape[1:])
+        weight.reshape(n_heads, out_dim // n_heads // 2, 2, *weight.shape[1:])
         .swapaxes(1, 2)
         .reshape(weight.shape)
     )
@@ -395,6 +395,9 @@ def main(argv=None) -> None:
     parser.add_argument("--dtype", default="float32", choices=sorted(_DTYPES))
     parser.add_argument("--overwrite", action="store_true", help="replace an existing conversion")
     args = parser.parse_args(argv)
+    if not args.overwrite and _is_complete(Path(args.output_dir)):
+        print(f"{args.output_dir} already holds a converted model (use --overwrite to redo it)")
+        return
     start = time.perf_counter()
     out = convert_smollm2_gguf_to_hf(
         args.output_dir, gguf_path=args.gguf_path, dtype=args.dtype, overwrite=args.overwrite

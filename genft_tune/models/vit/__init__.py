@@ -1,0 +1,53 @@
+"""ViT image classifiers with GenFT (and LoRA baselines), and their checkpoint converters."""
+
+from genft_tune.models.vit._checkpoint import (
+    read_state_dict,
+    save_hf_vit,
+    save_json,
+    save_safetensors,
+)
+from genft_tune.models.vit._component_builders import ATTN_MODULES, vit, vit_genft, vit_lora
+from genft_tune.models.vit._convert_weights import (
+    convert_timm_vit_state_dict,
+    load_hf_vit_state_dict,
+    load_timm_vit_state_dict,
+    load_vit_state_dict,
+    vit_hf_config,
+    vit_hf_to_tune,
+    vit_tune_to_hf,
+)
+from genft_tune.models.vit._model import StochasticDepth, ViTClassifier
+from genft_tune.models.vit._model_builders import (
+    vit_b16,
+    vit_b16_genft,
+    vit_b16_lora,
+    vit_tiny,
+    vit_tiny_genft,
+    vit_tiny_lora,
+)
+
+__all__ = [
+    "ATTN_MODULES",
+    "convert_timm_vit_state_dict",
+    "load_hf_vit_state_dict",
+    "load_timm_vit_state_dict",
+    "load_vit_state_dict",
+    "read_state_dict",
+    "save_hf_vit",
+    "save_json",
+    "save_safetensors",
+    "StochasticDepth",
+    "vit",
+    "vit_b16",
+    "vit_b16_genft",
+    "vit_b16_lora",
+    "vit_genft",
+    "vit_hf_config",
+    "vit_hf_to_tune",
+    "vit_lora",
+    "vit_tiny",
+    "vit_tiny_genft",
+    "vit_tiny_lora",
+    "vit_tune_to_hf",
+    "ViTClassifier",
+]

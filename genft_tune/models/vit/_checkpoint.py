@@ -1,0 +1,150 @@
+"""Reading ViT checkpoints from disk and writing them atomically (temp name, then rename)."""
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import torch
+from safetensors.torch import load_file, save_file
+
+PathLike = Union[str, Path]
+
+_TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+
+
+def _unwrap(obj: Any, path: Path) -> Dict[str, torch.Tensor]:
+    """Checkpoints saved by training scripts nest the weights under ``model`` or
+    ``state_dict``; return the tensor dict."""
+    for _ in range(3):
+        if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return obj
+        if isinstance(obj, dict):
+            for key in ("model", "state_dict", "module"):
+                if key in obj and isinstance(obj[key], dict):
+                    obj = obj[key]
+                    break
+            else:
+                break
+    raise ValueError(f"{path} does not hold a state dict of tensors")
+
+
+def read_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
+    """Read a state dict from a file or a checkpoint directory.
+
+    Files: ``.safetensors``, or ``.bin``/``.pt``/``.pth``/``.ckpt`` (loaded with
+    ``weights_only=True``; weights nested under ``model``/``state_dict`` are
+    unwrapped). Directories: ``model.safetensors``, a sharded
+    ``model.safetensors.index.json``, ``pytorch_model.bin``, or their only
+    ``.safetensors`` file.
+
+    Args:
+        path (PathLike): file or directory.
+
+    Returns:
+        Dict[str, torch.Tensor]: the tensors, on CPU.
+
+    Raises:
+        FileNotFoundError: if nothing loadable is found.
+        ValueError: for an unsupported format (e.g. a JAX ``.npz``).
+    """
+    path = Path(path)
+    if path.is_dir():
+        index = path / "model.safetensors.index.json"
+        if (path / "model.safetensors").is_file():
+            return load_file(str(path / "model.safetensors"))
+        if index.is_file():
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            state_dict = {}
+            for shard in shards:
+                state_dict.update(load_file(str(path / shard)))
+            return state_dict
+        if (path / "pytorch_model.bin").is_file():
+            return read_state_dict(path / "pytorch_model.bin")
+        candidates = sorted(path.glob("*.safetensors"))
+        if len(candidates) == 1:
+            return load_file(str(candidates[0]))
+        raise FileNotFoundError(
+            f"no checkpoint in {path}: expected model.safetensors, model.safetensors.index.json, "
+            f"pytorch_model.bin or a single .safetensors file"
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    if path.suffix in _TORCH_SUFFIXES:
+        return _unwrap(torch.load(path, map_location="cpu", weights_only=True), path)
+    raise ValueError(
+        f"unsupported checkpoint format {path.suffix!r} ({path}); use .safetensors or one of "
+        f"{list(_TORCH_SUFFIXES)} (JAX .npz ViT checkpoints: convert them with timm first)"
+    )
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_safetensors(
+    state_dict: Dict[str, torch.Tensor], path: PathLike, *, metadata: Optional[Dict[str, str]] = None
+) -> None:
+    """Write tensors to ``path`` atomically (contiguous CPU copies; NF4 dequantised)."""
+    from torchao.dtypes.nf4tensor import NF4Tensor
+
+    tensors = {}
+    for key, value in state_dict.items():
+        value = value.detach()
+        if isinstance(value, NF4Tensor):
+            value = value.get_original_weight()
+        tensors[key] = value.cpu().contiguous().clone()
+    _atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata or {"format": "pt"}))
+
+
+def save_json(obj: Any, path: PathLike) -> None:
+    """Write ``obj`` as indented JSON to ``path`` atomically."""
+
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, sort_keys=True)
+            f.write("\n")
+
+    _atomic_write(Path(path), write)
+
+
+def save_hf_vit(
+    state_dict: Dict[str, torch.Tensor],
+    *,
+    config: Dict[str, Any],
+    output_dir: PathLike,
+) -> Path:
+    """Save a plain (merged) state dict of ours as a Hugging Face
+    ``ViTForImageClassification`` directory: ``model.safetensors`` + ``config.json``.
+
+    Args:
+        state_dict (Dict[str, torch.Tensor]): our layout, no adapter keys.
+        config (Dict[str, Any]): from :func:`vit_hf_config`.
+        output_dir (PathLike): target directory (created).
+
+    Returns:
+        Path: ``output_dir``.
+    """
+    from genft_tune.models.vit._convert_weights import vit_tune_to_hf
+
+    output_dir = Path(output_dir)
+    hf = vit_tune_to_hf(state_dict)
+    dtypes = {v.dtype for v in hf.values() if v.is_floating_point()}
+    config = dict(config)
+    if len(dtypes) == 1:
+        config["torch_dtype"] = str(dtypes.pop()).replace("torch.", "")
+    save_safetensors(hf, output_dir / "model.safetensors")
+    save_json(config, output_dir / "config.json")
+    return output_dir

@@ -1,0 +1,77 @@
+"""Helpers for the GenFT fine-tuning recipes (``recipes/genft_finetune_*.py``)."""
+
+from genft_tune.training._config import (
+    validate_checkpoint_files,
+    validate_components,
+    validate_recipe_config,
+)
+from genft_tune.training._distributed import (
+    all_gather_objects,
+    distributed_backend,
+    gather_adapter_state_dict,
+    init_distributed,
+)
+from genft_tune.training._genft import (
+    check_genft_targets,
+    clean_module_name,
+    clear_genft_caches,
+    dequantize_state_dict,
+    GENFT_ATTN_MODULES,
+    genft_adapter_init_state_dict,
+    genft_target_modules,
+    named_genft_generators,
+    validate_genft_model_config,
+)
+from genft_tune.training._precision import (
+    convert_frozen_linears_to_float8,
+    FP8_RECIPES,
+    supports_float8,
+    validate_fp8_training,
+    validate_optimizer_config,
+)
+from genft_tune.training._state import (
+    ADAPTER_DIR_KEY,
+    atomic_torch_save,
+    GENFT_CONFIG_KEY,
+    get_rng_state,
+    load_recipe_state,
+    recipe_state_path,
+    save_recipe_state,
+    set_rng_state,
+    STEPS_IN_EPOCH_KEY,
+    WORLD_SIZE_KEY,
+)
+
+__all__ = [
+    "ADAPTER_DIR_KEY",
+    "all_gather_objects",
+    "atomic_torch_save",
+    "check_genft_targets",
+    "clean_module_name",
+    "clear_genft_caches",
+    "convert_frozen_linears_to_float8",
+    "dequantize_state_dict",
+    "distributed_backend",
+    "FP8_RECIPES",
+    "gather_adapter_state_dict",
+    "GENFT_ATTN_MODULES",
+    "GENFT_CONFIG_KEY",
+    "genft_adapter_init_state_dict",
+    "genft_target_modules",
+    "get_rng_state",
+    "init_distributed",
+    "load_recipe_state",
+    "named_genft_generators",
+    "recipe_state_path",
+    "save_recipe_state",
+    "set_rng_state",
+    "STEPS_IN_EPOCH_KEY",
+    "supports_float8",
+    "validate_checkpoint_files",
+    "validate_components",
+    "validate_fp8_training",
+    "validate_genft_model_config",
+    "validate_optimizer_config",
+    "validate_recipe_config",
+    "WORLD_SIZE_KEY",
+]

@@ -1,0 +1,138 @@
+"""torchao low-precision switches for the recipes: low-bit / bf16 stochastic-rounding
+optimizers and float8 training of the frozen base matmuls, each with a clear error
+where the device cannot do it."""
+
+from typing import Callable, List, Optional, Sequence
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torchao.dtypes.nf4tensor import NF4Tensor
+
+# torchao.optim optimizers, by what they need.
+_TORCHAO_OPTIMIZERS = {
+    "torchao.optim.AdamW8bit",
+    "torchao.optim.AdamW4bit",
+    "torchao.optim.AdamWFp8",
+    "torchao.optim.Adam8bit",
+    "torchao.optim.Adam4bit",
+    "torchao.optim.AdamFp8",
+    "torchao.optim._AdamW",
+}
+_FP8_OPTIMIZERS = {"torchao.optim.AdamWFp8", "torchao.optim.AdamFp8"}
+FP8_RECIPES = ("tensorwise", "rowwise", "rowwise_with_gw_hp")
+
+
+def supports_float8(device: torch.device) -> bool:
+    """Whether ``device`` has float8 tensor cores (CUDA, compute capability >= 8.9)."""
+    return (
+        device.type == "cuda"
+        and torch.cuda.is_available()
+        and torch.cuda.get_device_capability(device) >= (8, 9)
+    )
+
+
+def _describe(device: torch.device) -> str:
+    if device.type == "cuda" and torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability(device)
+        return f"{torch.cuda.get_device_name(device)} (compute capability {major}.{minor})"
+    return f"device {device.type!r}"
+
+
+def validate_optimizer_config(
+    cfg_optimizer: DictConfig, *, dtype: torch.dtype, device: torch.device
+) -> None:
+    """Check a torchao optimizer config against the run's dtype and device.
+
+    ``torchao.optim.AdamW8bit`` / ``AdamW4bit`` run anywhere ``torch.compile`` does
+    (they keep 8-/4-bit optimizer state); ``AdamWFp8`` needs float8 hardware;
+    ``bf16_stochastic_round=True`` (``torchao.optim._AdamW`` or any of the above)
+    only makes sense for bf16 parameters.
+
+    Raises:
+        ValueError: if ``bf16_stochastic_round`` is set with a non-bf16 ``dtype``.
+        RuntimeError: if an fp8 optimizer is asked for on a device without float8.
+    """
+    component = cfg_optimizer.get("_component_", "")
+    sr = bool(cfg_optimizer.get("bf16_stochastic_round", False))
+    if sr and component not in _TORCHAO_OPTIMIZERS:
+        raise ValueError(
+            f"optimizer.bf16_stochastic_round is a torchao.optim option, but optimizer._component_ "
+            f"is {component!r}; use one of {sorted(_TORCHAO_OPTIMIZERS)}"
+        )
+    if sr and dtype != torch.bfloat16:
+        raise ValueError(
+            "optimizer.bf16_stochastic_round=True rounds bf16 parameters stochastically; "
+            f"it needs dtype: bf16, got {dtype}"
+        )
+    if component in _FP8_OPTIMIZERS and not supports_float8(device):
+        raise RuntimeError(
+            f"optimizer {component} keeps float8 state and needs a CUDA GPU with compute "
+            f"capability 8.9+ (Ada, Hopper or newer); this run uses {_describe(device)}"
+        )
+
+
+def validate_fp8_training(device: torch.device, recipe_name: Optional[str]) -> None:
+    """Raise a clear error if float8 training cannot run on ``device``.
+
+    Raises:
+        RuntimeError: if ``device`` has no float8 tensor cores.
+        ValueError: if ``recipe_name`` is not a torchao float8 recipe.
+    """
+    if recipe_name is not None and recipe_name not in FP8_RECIPES:
+        raise ValueError(f"fp8_recipe_name must be one of {list(FP8_RECIPES)} or null, got {recipe_name!r}")
+    if not supports_float8(device):
+        raise RuntimeError(
+            "enable_fp8_training=True needs a CUDA GPU with compute capability 8.9+ "
+            f"(Ada, Hopper or newer); this run uses {_describe(device)}. Set enable_fp8_training: False."
+        )
+
+
+def _fp8_filter(exclude: Sequence[str]) -> Callable[[nn.Module, str], bool]:
+    def keep(module: nn.Module, fqn: str) -> bool:
+        if not isinstance(module, nn.Linear) or isinstance(module.weight, NF4Tensor):
+            return False
+        if any(fqn == e or fqn.endswith("." + e) for e in exclude):
+            return False
+        # float8 matmuls need both dimensions divisible by 16
+        return module.in_features % 16 == 0 and module.out_features % 16 == 0
+
+    return keep
+
+
+def convert_frozen_linears_to_float8(
+    model: nn.Module,
+    *,
+    recipe_name: Optional[str] = None,
+    exclude: Sequence[str] = ("output",),
+) -> List[str]:
+    """Run the model's plain ``nn.Linear`` layers (the frozen base projections that
+    GenFT does not adapt) in float8 with torchao's ``convert_to_float8_training``.
+
+    GenFT layers are not ``nn.Linear`` and stay in the model dtype: their weight
+    ``W0 + dW`` changes every step. Layers whose dimensions are not multiples of 16
+    and those named in ``exclude`` (the vocabulary projection by default) are left alone.
+
+    Args:
+        model (nn.Module): the model, before sharding and compilation.
+        recipe_name (Optional[str]): torchao float8 recipe, one of ``FP8_RECIPES``;
+            None uses torchao's default (tensorwise scaling).
+        exclude (Sequence[str]): module names (or name suffixes) to leave in high precision.
+
+    Returns:
+        List[str]: names of the converted layers.
+    """
+    from torchao.float8 import convert_to_float8_training, Float8LinearConfig
+
+    config = (
+        Float8LinearConfig.from_recipe_name(recipe_name) if recipe_name else Float8LinearConfig()
+    )
+    keep = _fp8_filter(exclude)
+    converted = [name for name, m in model.named_modules() if keep(m, name)]
+    if not converted:
+        raise ValueError(
+            "enable_fp8_training=True, but the model has no plain nn.Linear layer whose "
+            "dimensions are multiples of 16 to run in float8"
+        )
+    convert_to_float8_training(model, module_filter_fn=keep, config=config)
+    return converted

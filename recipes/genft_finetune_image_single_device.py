@@ -1,0 +1,440 @@
+# Copyright (c) genft-tune authors.
+# All rights reserved.
+#
+# This source code is licensed under the BSD-style license found in the
+# LICENSE file in the root directory of this source tree.
+
+"""Image classification with GenFT on one device: fine-tune a ViT's GenFT adapter and
+classifier head, evaluate top-1 accuracy after every epoch, save the adapter each
+epoch and a merged Hugging Face ViT at the end.
+
+Run it with torchtune's launcher or directly::
+
+    tune run recipes/genft_finetune_image_single_device.py --config configs/vit/tiny_genft_cpu.yaml
+    python recipes/genft_finetune_image_single_device.py --config configs/vit/b16_genft_vtab.yaml \
+        dataset.data_dir=/data/vtab-1k/dtd
+
+The same recipe trains the baselines the GenFT paper compares with: a LoRA model
+(``genft_tune.models.vit.vit_*_lora``), linear probing (a plain ``vit_*`` model with
+``trainable_modules: [head]``) and full fine-tuning (``trainable_modules: all``).
+"""
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from torch import nn
+from torch.utils.data import DataLoader
+from torchtune import config, training, utils
+from torchtune.modules.peft import (
+    get_adapter_params,
+    get_merged_lora_ckpt,
+    LoRALinear,
+    set_trainable_params,
+)
+from torchtune.recipe_interfaces import FTRecipeInterface
+from tqdm import tqdm
+
+from genft_tune.datasets._image import image_collate, top1_correct
+from genft_tune.models.vit import (
+    load_hf_vit_state_dict,
+    load_timm_vit_state_dict,
+    load_vit_state_dict,
+    read_state_dict,
+    save_hf_vit,
+    save_json,
+    save_safetensors,
+    vit_hf_config,
+    ViTClassifier,
+)
+from genft_tune.modules import (
+    get_genft_config,
+    get_genft_modules,
+    is_genft_key,
+    merge_genft_state_dict,
+)
+
+log = utils.get_logger("INFO")
+
+CHECKPOINT_FORMATS = ("hf", "timm", "tune")
+ADAPTER_FILE = "adapter_model.safetensors"
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+EVAL_RESULTS_FILE = "eval_results.json"
+HF_MODEL_DIR = "hf_model"
+
+
+class GenFTImageClassificationRecipeSingleDevice(FTRecipeInterface):
+    """GenFT fine-tuning of a ViT image classifier on a single device (CPU or GPU).
+
+    Features:
+        - Models: any builder returning a :class:`~genft_tune.models.vit.ViTClassifier`
+          (GenFT, LoRA or plain). Trained: the adapter parameters
+          (``get_adapter_params``) plus the modules named in ``trainable_modules``
+          (default ``[head]``; ``all`` trains everything).
+        - Weights: ``checkpoint.path`` in Hugging Face (``ViTModel`` /
+          ``ViTForImageClassification``), timm or our own layout; a fresh head when
+          the checkpoint's is missing, of another size, or ``reset_head``.
+        - Precision: ``dtype`` fp32 or bf16 (everything in that dtype, LayerNorms in
+          fp32, as torchtune's recipes); fp16 is refused.
+        - Optimisation: any optimizer (AdamW in the configs), a per-step
+          learning-rate schedule (warmup + cosine in the configs), label smoothing
+          through the loss, gradient accumulation (the last, partial accumulation of
+          an epoch also steps), optional gradient clipping.
+        - Evaluation: top-1 accuracy on ``eval_dataset`` after every
+          ``eval_every_n_epochs`` epochs, logged and appended to ``eval_results.json``.
+        - Checkpoints: ``epoch_{n}/adapter_model.safetensors`` (GenFT adapter, the
+          trained modules such as the head) with ``adapter_config.json`` after each
+          epoch; at the end a merged Hugging Face ``ViTForImageClassification`` in
+          ``hf_model/`` (``save_merged``) that loads without this package.
+
+    Resuming a run mid-way is not supported.
+
+    Args:
+        cfg (DictConfig): the parsed config.
+
+    Raises:
+        ValueError: for fp16, or an invalid config field (named in the message).
+    """
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self._device = utils.get_device(device=cfg.get("device", "cpu"))
+        self._dtype = training.get_dtype(cfg.get("dtype", "fp32"), device=self._device)
+        if self._dtype == torch.float16:
+            raise ValueError("fp16 is not supported by this recipe: use dtype fp32 or bf16")
+        self._output_dir = Path(cfg.output_dir)
+        self._log_every_n_steps = int(cfg.get("log_every_n_steps", 1))
+        self.seed = training.set_seed(seed=cfg.get("seed", None))
+        self.total_epochs = int(cfg.epochs)
+        self.max_steps_per_epoch = cfg.get("max_steps_per_epoch", None)
+        self._gradient_accumulation_steps = int(cfg.get("gradient_accumulation_steps", 1))
+        if self._gradient_accumulation_steps < 1:
+            raise ValueError(
+                f"gradient_accumulation_steps must be >= 1, got {self._gradient_accumulation_steps}"
+            )
+        self._clip_grad_norm = cfg.get("clip_grad_norm", None)
+        self._eval_every_n_epochs = int(cfg.get("eval_every_n_epochs", 1))
+        self._save_merged = bool(cfg.get("save_merged", True))
+        self.epochs_run = 0
+        self.global_step = 0
+        self.eval_results: List[Dict[str, Any]] = []
+
+    # ---- setup ------------------------------------------------------------------
+
+    def load_checkpoint(self, cfg_checkpoint: Optional[DictConfig]) -> Dict[str, Any]:
+        """Load the base weights named by ``checkpoint`` into ``self._model``.
+
+        Returns:
+            Dict[str, Any]: what the loader reports (``head_reset``, ``pos_embed_resized``);
+            empty when ``checkpoint.path`` is null (training from scratch).
+        """
+        if cfg_checkpoint is None or cfg_checkpoint.get("path") is None:
+            log.info("No checkpoint.path: training from the random init.")
+            return {}
+        fmt = cfg_checkpoint.get("format", "hf")
+        if fmt not in CHECKPOINT_FORMATS:
+            raise ValueError(f"checkpoint.format must be one of {list(CHECKPOINT_FORMATS)}, got {fmt!r}")
+        kwargs = dict(
+            reset_head=bool(cfg_checkpoint.get("reset_head", False)),
+            interpolate_pos_embed=bool(cfg_checkpoint.get("interpolate_pos_embed", True)),
+        )
+        path = cfg_checkpoint.path
+        if fmt == "hf":
+            info = load_hf_vit_state_dict(self._model, path, **kwargs)
+        elif fmt == "timm":
+            info = load_timm_vit_state_dict(self._model, path, **kwargs)
+        else:
+            info = load_vit_state_dict(self._model, read_state_dict(path), **kwargs)
+        log.info(f"Loaded {fmt} weights from {path}: {info}")
+        return info
+
+    def setup(self, cfg: DictConfig) -> None:
+        """Build the metric logger, model (and load its weights), data, optimizer,
+        loss and learning-rate schedule."""
+        self._metric_logger = config.instantiate(cfg.metric_logger)
+        self._metric_logger.log_config(cfg)
+        self._cfg = cfg
+
+        self._model = self._setup_model(cfg.model)
+        self.load_checkpoint(cfg.get("checkpoint", None))
+        self._set_trainable(cfg.get("trainable_modules", ["head"]))
+
+        self._loss_fn = config.instantiate(cfg.loss)
+        self._train_data = self._instantiate_dataset(cfg.dataset, "dataset")
+        self._dataloader = self._setup_dataloader(
+            self._train_data,
+            batch_size=int(cfg.batch_size),
+            shuffle=bool(cfg.get("shuffle", True)),
+            drop_last=bool(cfg.get("drop_last", False)),
+            num_workers=int(cfg.get("num_workers", 0)),
+        )
+        self._eval_data = None
+        if cfg.get("eval_dataset", None) is not None:
+            self._eval_data = self._instantiate_dataset(cfg.eval_dataset, "eval_dataset")
+            self._eval_dataloader = self._setup_dataloader(
+                self._eval_data,
+                batch_size=int(cfg.get("eval_batch_size", cfg.batch_size)),
+                shuffle=False,
+                drop_last=False,
+                num_workers=int(cfg.get("num_workers", 0)),
+            )
+
+        batches = len(self._dataloader)
+        self._steps_per_epoch = math.ceil(batches / self._gradient_accumulation_steps)
+        if self.max_steps_per_epoch is not None:
+            self._steps_per_epoch = min(self._steps_per_epoch, int(self.max_steps_per_epoch))
+        if self._steps_per_epoch == 0:
+            raise ValueError("the training dataset is empty (0 optimizer steps per epoch)")
+
+        params = [p for p in self._model.parameters() if p.requires_grad]
+        self._optimizer = config.instantiate(cfg.optimizer, params)
+        self._lr_scheduler = None
+        if cfg.get("lr_scheduler", None) is not None:
+            self._lr_scheduler = config.instantiate(
+                cfg.lr_scheduler,
+                self._optimizer,
+                num_training_steps=self.total_epochs * self._steps_per_epoch,
+                last_epoch=-1,
+            )
+        log.info(
+            f"{len(self._train_data)} training images, {self._steps_per_epoch} steps/epoch, "
+            f"{self.total_epochs} epochs; {sum(p.numel() for p in params):,} trainable parameters"
+        )
+
+    def _setup_model(self, cfg_model: DictConfig) -> ViTClassifier:
+        with training.set_default_dtype(self._dtype), self._device:
+            model = config.instantiate(cfg_model)
+        if not isinstance(model, ViTClassifier):
+            raise ValueError(
+                f"model must build a genft_tune.models.vit.ViTClassifier, got {type(model).__name__}"
+            )
+        return model
+
+    def _set_trainable(self, trainable_modules: Any) -> None:
+        model = self._model
+        adapter = get_adapter_params(model)
+        if trainable_modules == "all":
+            trainable = dict(model.named_parameters())
+            names = ["all"]
+        else:
+            if isinstance(trainable_modules, str) or not isinstance(trainable_modules, (list, ListConfig)):
+                raise ValueError(
+                    f"trainable_modules must be a list of module names or 'all', got {trainable_modules!r}"
+                )
+            names = list(trainable_modules)
+            trainable = dict(adapter)
+            for name in names:
+                try:
+                    module = model.get_submodule(name)
+                except AttributeError as e:
+                    raise ValueError(f"trainable_modules entry {name!r} is not a module of the model") from e
+                trainable.update({f"{name}.{n}": p for n, p in module.named_parameters()})
+        if not trainable:
+            raise ValueError("nothing to train: the model has no adapter and trainable_modules is empty")
+        set_trainable_params(model, trainable)
+        self._trainable_modules = names
+        self._trainable_names = set(trainable)
+        training.validate_expected_param_dtype(
+            [(n, p) for n, p in model.named_parameters() if p.requires_grad], dtype=self._dtype
+        )
+
+    def _instantiate_dataset(self, cfg_dataset: DictConfig, field: str):
+        dataset = config.instantiate(cfg_dataset)
+        num_classes = getattr(dataset, "num_classes", None)
+        if num_classes is not None and num_classes != self._model.num_classes:
+            raise ValueError(
+                f"{field}.num_classes ({num_classes}) differs from the model's num_classes "
+                f"({self._model.num_classes})"
+            )
+        return dataset
+
+    def _setup_dataloader(self, dataset, *, batch_size: int, shuffle: bool, drop_last: bool, num_workers: int):
+        generator = torch.Generator()
+        generator.manual_seed(self.seed)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            num_workers=num_workers,
+            collate_fn=image_collate,
+            generator=generator,
+        )
+
+    # ---- evaluation -----------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self) -> Dict[str, Any]:
+        """Top-1 accuracy of the current model on ``eval_dataset``.
+
+        Returns:
+            Dict[str, Any]: ``{"top1", "correct", "total"}``.
+        """
+        was_training = self._model.training
+        self._model.eval()
+        correct = total = 0
+        for batch in tqdm(self._eval_dataloader, desc="eval", leave=False):
+            images = batch["images"].to(self._device)
+            labels = batch["labels"].to(self._device)
+            correct += top1_correct(self._model(images).float(), labels)
+            total += labels.numel()
+        self._model.train(was_training)
+        return {"top1": correct / total if total else float("nan"), "correct": correct, "total": total}
+
+    # ---- checkpoints ----------------------------------------------------------------
+
+    def _adapter_config(self) -> Dict[str, Any]:
+        model = self._model
+        genft = get_genft_modules(model)
+        lora = {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
+        cfg: Dict[str, Any] = {
+            "peft_type": "GENFT" if genft else "LORA" if lora else "NONE",
+            "target_modules": sorted(genft or lora),
+            "trainable_modules": self._trainable_modules,
+            "num_classes": model.num_classes,
+            "model": OmegaConf.to_container(self._cfg.model, resolve=True),
+        }
+        if genft:
+            cfg["genft_config"] = get_genft_config(model).to_dict()
+        if lora:
+            first = next(iter(lora.values()))
+            cfg.update({"r": first.rank, "lora_alpha": first.alpha})
+        return cfg
+
+    def _merged_state_dict(self) -> Dict[str, torch.Tensor]:
+        """The model as a plain ViT state dict: GenFT merged in fp32 from the original
+        ``W0``, LoRA merged with torchtune's formula."""
+        model = self._model
+        state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        genft = get_genft_modules(model)
+        if genft:
+            state_dict = merge_genft_state_dict(
+                state_dict, config=get_genft_config(model), target_modules=list(genft)
+            )
+        lora = [m for m in model.modules() if isinstance(m, LoRALinear)]
+        if lora:
+            # get_merged_lora_ckpt edits in place: give it copies, not the model's tensors.
+            state_dict = {k: v.clone() for k, v in state_dict.items()}
+            state_dict = get_merged_lora_ckpt(state_dict, rank=lora[0].rank, alpha=lora[0].alpha)
+        return state_dict
+
+    def save_checkpoint(self, epoch: int) -> None:
+        """Save the adapter and trained modules for ``epoch``; after the last epoch
+        also the merged Hugging Face model."""
+        epoch_dir = self._output_dir / f"epoch_{epoch}"
+        state_dict = self._model.state_dict()
+        adapter = {
+            k: v for k, v in state_dict.items() if k in self._trainable_names or is_genft_key(k)
+        }
+        save_safetensors(adapter, epoch_dir / ADAPTER_FILE)
+        save_json(self._adapter_config(), epoch_dir / ADAPTER_CONFIG_FILE)
+        log.info(f"Adapter and trained modules ({len(adapter)} tensors) saved to {epoch_dir}")
+        if self._save_merged and epoch + 1 == self.total_epochs:
+            class_names = getattr(self._train_data, "class_names", None)
+            id2label = dict(enumerate(class_names)) if class_names else None
+            if id2label is not None and len(id2label) != self._model.num_classes:
+                id2label = None
+            out = save_hf_vit(
+                self._merged_state_dict(),
+                config=vit_hf_config(self._model, id2label=id2label),
+                output_dir=self._output_dir / HF_MODEL_DIR,
+            )
+            log.info(f"Merged Hugging Face ViTForImageClassification saved to {out}")
+
+    # ---- training -------------------------------------------------------------------
+
+    def train(self) -> None:
+        """The training loop: epochs of (accumulated) optimizer steps, evaluation and
+        checkpointing after each epoch."""
+        ga = self._gradient_accumulation_steps
+        self._model.train()
+        for epoch in range(self.epochs_run, self.total_epochs):
+            pbar = tqdm(total=self._steps_per_epoch, desc=f"epoch {epoch + 1}")
+            running_loss, num_samples, steps_this_epoch = 0.0, 0, 0
+            t0 = time.perf_counter()
+            batches = len(self._dataloader)
+            for idx, batch in enumerate(self._dataloader):
+                images = batch["images"].to(self._device)
+                labels = batch["labels"].to(self._device)
+                logits = self._model(images)
+                loss = self._loss_fn(logits.float(), labels)
+                n = labels.numel()
+                (loss * n).backward()  # sum over samples; normalised at the step
+                running_loss += loss.item() * n
+                num_samples += n
+                if (idx + 1) % ga != 0 and idx + 1 != batches:
+                    continue
+                training.scale_grads(self._model, torch.tensor(1.0 / num_samples))
+                grad_norm = None
+                if self._clip_grad_norm is not None:
+                    grad_norm = torch.nn.utils.clip_grad_norm_(
+                        [p for p in self._model.parameters() if p.requires_grad],
+                        max_norm=float(self._clip_grad_norm),
+                    )
+                self._optimizer.step()
+                self._optimizer.zero_grad(set_to_none=True)
+                if self._lr_scheduler is not None:
+                    self._lr_scheduler.step()
+                self.global_step += 1
+                steps_this_epoch += 1
+                loss_value = running_loss / num_samples
+                pbar.update(1)
+                pbar.set_description(f"{epoch + 1}|{self.global_step}|Loss: {loss_value:.4f}")
+                if self.global_step % self._log_every_n_steps == 0:
+                    elapsed = time.perf_counter() - t0
+                    metrics = {
+                        "loss": loss_value,
+                        "lr": self._optimizer.param_groups[0]["lr"],
+                        "images_per_second": num_samples / elapsed if elapsed > 0 else 0.0,
+                    }
+                    if grad_norm is not None:
+                        metrics["grad_norm"] = float(grad_norm)
+                    self._metric_logger.log_dict(metrics, step=self.global_step)
+                running_loss, num_samples = 0.0, 0
+                t0 = time.perf_counter()
+                if steps_this_epoch == self._steps_per_epoch:
+                    break
+            pbar.close()
+            self.epochs_run += 1
+            if self._eval_data is not None and (
+                (epoch + 1) % self._eval_every_n_epochs == 0 or epoch + 1 == self.total_epochs
+            ):
+                result = {"epoch": epoch + 1, "step": self.global_step, **self.evaluate()}
+                self.eval_results.append(result)
+                log.info(
+                    f"Epoch {epoch + 1}: top-1 accuracy {result['top1']:.4f} "
+                    f"({result['correct']}/{result['total']})"
+                )
+                self._metric_logger.log_dict({"eval_top1": result["top1"]}, step=self.global_step)
+                save_json(self.eval_results, self._output_dir / EVAL_RESULTS_FILE)
+            self.save_checkpoint(epoch=epoch)
+
+    def cleanup(self) -> None:
+        self._metric_logger.close()
+
+
+def run(cfg: DictConfig) -> GenFTImageClassificationRecipeSingleDevice:
+    """Set up, train and clean up; returns the recipe (its ``eval_results``, model...)."""
+    config.log_config(recipe_name="GenFTImageClassificationRecipeSingleDevice", cfg=cfg)
+    recipe = GenFTImageClassificationRecipeSingleDevice(cfg=cfg)
+    try:
+        recipe.setup(cfg=cfg)
+        recipe.train()
+    finally:
+        if hasattr(recipe, "_metric_logger"):
+            recipe.cleanup()
+    return recipe
+
+
+@config.parse
+def recipe_main(cfg: DictConfig) -> None:
+    """Entry point: the config file, overridden by ``key=value`` arguments."""
+    run(cfg)
+
+
+if __name__ == "__main__":
+    sys.exit(recipe_main())

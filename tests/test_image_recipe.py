@@ -1,0 +1,364 @@
+"""The image-classification recipe end to end on tiny image folders made here, the image
+datasets and transforms, and their errors. CPU, tiny ViT, seconds per run."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+from safetensors.torch import load_file
+
+from genft_tune.datasets._image import (
+    decode_image,
+    image_classification_dataset,
+    image_collate,
+    ImageClassificationTransform,
+)
+from genft_tune.models.vit import save_hf_vit, vit_hf_config, vit_tiny
+from genft_tune.modules import is_genft_key
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "genft_finetune_image_single_device.py"
+CONFIG = ROOT / "configs" / "vit" / "tiny_genft_cpu.yaml"
+SIZE = 16
+CLASSES = ["blue", "green", "red"]  # sorted: imagefolder's label order
+MEAN = STD = (0.5, 0.5, 0.5)
+
+
+def _load_recipe():
+    spec = importlib.util.spec_from_file_location("genft_finetune_image_single_device", RECIPE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _image(cls: int, rng: np.random.Generator, size: int = SIZE) -> Image.Image:
+    """A noisy image whose dominant channel is the class (red, green or blue), plus a bar
+    whose position is random, so the task is learnable but not trivial at step 0."""
+    arr = rng.integers(0, 90, size=(size, size, 3))
+    channel = {"blue": 2, "green": 1, "red": 0}[CLASSES[cls]]
+    arr[..., channel] += 120
+    row = rng.integers(0, size - 3)
+    arr[row : row + 3] = rng.integers(0, 255)
+    return Image.fromarray(arr.clip(0, 255).astype(np.uint8))
+
+
+def _make_folder(root: Path, n_train: int = 8, n_test: int = 4, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("test", n_test)):
+        for c, name in enumerate(CLASSES):
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                _image(c, rng).save(root / split / name / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def recipe_module():
+    return _load_recipe()
+
+
+@pytest.fixture(scope="module")
+def base_ckpt(tmp_path_factory):
+    """A 'pretrained' tiny ViT saved in HF format (random weights: the recipe only needs
+    a checkpoint to load and adapt)."""
+    torch.manual_seed(0)
+    model = vit_tiny(5, image_size=SIZE, patch_size=4)
+    path = tmp_path_factory.mktemp("base")
+    save_hf_vit(model.state_dict(), config=vit_hf_config(model), output_dir=path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return _make_folder(tmp_path_factory.mktemp("images"))
+
+
+def _cfg(tmp_path: Path, data_dir: Path, base: Path, **overrides):
+    cfg = OmegaConf.load(CONFIG)
+    cfg = OmegaConf.merge(
+        cfg,
+        OmegaConf.create(
+            {
+                "output_dir": str(tmp_path / "out"),
+                "data_dir": str(data_dir),
+                "num_classes": len(CLASSES),
+                "image_size": SIZE,
+                "checkpoint": {"path": str(base) if base else None},
+                "dataset": {"cache_dir": str(tmp_path / "hf_cache")},
+                "eval_dataset": {"cache_dir": str(tmp_path / "hf_cache")},
+                "batch_size": 8,
+                "epochs": 2,
+                "optimizer": {"lr": 1e-2},
+                "lr_scheduler": {"num_warmup_steps": 1},
+                "log_every_n_steps": 1,
+            }
+        ),
+    )
+    for key, value in overrides.items():
+        OmegaConf.update(cfg, key, value, merge=False)
+    return cfg
+
+
+def _hand_preprocess(path: Path) -> torch.Tensor:
+    arr = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0
+    x = torch.from_numpy(arr).permute(2, 0, 1)
+    return (x - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
+
+
+# ---- the recipe ---------------------------------------------------------------------
+
+
+def test_recipe_end_to_end(recipe_module, folder, base_ckpt, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    cfg = _cfg(tmp_path, folder, base_ckpt)
+    recipe = recipe_module.run(cfg)
+    out = Path(cfg.output_dir)
+
+    # top-1 after every epoch, in the recipe and in eval_results.json
+    results = json.loads((out / "eval_results.json").read_text())
+    assert [r["epoch"] for r in results] == [1, 2]
+    assert results == recipe.eval_results
+    assert all(r["total"] == 4 * len(CLASSES) for r in results)
+
+    # an adapter checkpoint per epoch: GenFT keys and the head, no base weights
+    for epoch in (0, 1):
+        adapter = load_file(str(out / f"epoch_{epoch}" / "adapter_model.safetensors"))
+        assert {"head.weight", "head.bias"} <= set(adapter)
+        assert any(k.startswith("genft_generators.") for k in adapter)
+        assert all(is_genft_key(k) or k.startswith("head.") for k in adapter)
+        config = json.loads((out / f"epoch_{epoch}" / "adapter_config.json").read_text())
+        assert config["peft_type"] == "GENFT" and config["num_classes"] == len(CLASSES)
+        assert config["genft_config"]["shared_dim"] == cfg.model.shared_dim
+
+    # the merged model is a plain HF ViT; its accuracy, counted by hand, is the recipe's
+    hf = transformers.ViTForImageClassification.from_pretrained(out / "hf_model").eval()
+    assert hf.config.id2label == dict(enumerate(CLASSES))
+    correct = total = 0
+    for label, name in enumerate(CLASSES):
+        for path in sorted((folder / "test" / name).glob("*.png")):
+            with torch.no_grad():
+                pred = hf(pixel_values=_hand_preprocess(path)[None]).logits.argmax(-1).item()
+            correct += int(pred == label)
+            total += 1
+    assert (results[-1]["correct"], results[-1]["total"]) == (correct, total)
+    assert results[-1]["top1"] == pytest.approx(correct / total)
+
+
+def test_recipe_learns_the_task(recipe_module, folder, base_ckpt, tmp_path):
+    cfg = _cfg(tmp_path, folder, base_ckpt, epochs=6, batch_size=6, save_merged=False)
+    recipe = recipe_module.run(cfg)
+    assert recipe.eval_results[-1]["top1"] > 1 / len(CLASSES) + 0.25  # well above chance
+
+
+def test_gradient_accumulation_equals_a_bigger_batch(recipe_module, folder, base_ckpt, tmp_path):
+    common = dict(epochs=1, max_steps_per_epoch=1, shuffle=False, eval_dataset=None, save_merged=False)
+    one = _cfg(tmp_path / "a", folder, base_ckpt, batch_size=8, gradient_accumulation_steps=1, **common)
+    two = _cfg(tmp_path / "b", folder, base_ckpt, batch_size=4, gradient_accumulation_steps=2, **common)
+    r1, r2 = recipe_module.run(one), recipe_module.run(two)
+    p1 = {n: p for n, p in r1._model.named_parameters() if p.requires_grad}
+    p2 = dict(r2._model.named_parameters())
+    assert p1
+    for name, p in p1.items():
+        torch.testing.assert_close(p, p2[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize(
+    "component,trainable,peft",
+    [
+        ("genft_tune.models.vit.vit_tiny_lora", ["head"], "LORA"),
+        ("genft_tune.models.vit.vit_tiny", ["head"], "NONE"),
+        ("genft_tune.models.vit.vit_tiny", "all", "NONE"),
+    ],
+)
+def test_recipe_baselines(recipe_module, folder, base_ckpt, tmp_path, component, trainable, peft):
+    model = {
+        "_component_": component,
+        "num_classes": len(CLASSES),
+        "image_size": SIZE,
+        "patch_size": 4,
+    }
+    if "lora" in component:
+        model.update(lora_attn_modules=["q_proj", "v_proj"], lora_rank=2, lora_alpha=4)
+    cfg = _cfg(tmp_path, folder, base_ckpt, epochs=1, max_steps_per_epoch=2, trainable_modules=trainable)
+    cfg.model = OmegaConf.create(model)
+    recipe = recipe_module.run(cfg)
+    out = Path(cfg.output_dir)
+    assert json.loads((out / "epoch_0" / "adapter_config.json").read_text())["peft_type"] == peft
+    trainable_count = sum(p.requires_grad for p in recipe._model.parameters())
+    total = sum(1 for _ in recipe._model.parameters())
+    assert (trainable_count == total) == (trainable == "all")
+    assert (out / "hf_model" / "model.safetensors").is_file()
+
+
+def test_recipe_bf16_runs(recipe_module, folder, base_ckpt, tmp_path):
+    cfg = _cfg(tmp_path, folder, base_ckpt, epochs=1, max_steps_per_epoch=1, dtype="bf16")
+    recipe = recipe_module.run(cfg)
+    assert recipe._model.head.weight.dtype == torch.bfloat16
+    merged = load_file(str(Path(cfg.output_dir) / "hf_model" / "model.safetensors"))
+    assert merged["classifier.weight"].dtype == torch.bfloat16
+
+
+def test_recipe_names_a_corrupt_image(recipe_module, base_ckpt, tmp_path):
+    data = _make_folder(tmp_path / "images", n_train=2, n_test=1)
+    (data / "train" / "red" / "broken.png").write_bytes(b"\x89PNG but not really")
+    cfg = _cfg(tmp_path, data, base_ckpt, epochs=1)
+    with pytest.raises(ValueError, match=r"broken\.png"):
+        recipe_module.run(cfg)
+
+
+def test_recipe_rejects_dataset_model_class_mismatch(recipe_module, folder, base_ckpt, tmp_path):
+    cfg = _cfg(tmp_path, folder, base_ckpt)
+    cfg.model.num_classes = 4
+    with pytest.raises(ValueError, match="num_classes"):
+        recipe_module.run(cfg)
+
+
+def test_recipe_rejects_unknown_trainable_module(recipe_module, folder, base_ckpt, tmp_path):
+    cfg = _cfg(tmp_path, folder, base_ckpt, trainable_modules=["classifier"])
+    with pytest.raises(ValueError, match="classifier"):
+        recipe_module.run(cfg)
+
+
+def test_recipe_rejects_unknown_checkpoint_format(recipe_module, folder, base_ckpt, tmp_path):
+    cfg = _cfg(tmp_path, folder, base_ckpt)
+    cfg.checkpoint.format = "jax"
+    with pytest.raises(ValueError, match="checkpoint.format"):
+        recipe_module.run(cfg)
+
+
+# ---- datasets -----------------------------------------------------------------------
+
+
+def test_label_outside_num_classes_is_named(folder, tmp_path):
+    with pytest.raises(ValueError, match=r"label 2 of image file .*red.*outside \[0, 2\)"):
+        image_classification_dataset(
+            "imagefolder", data_dir=str(folder), split="train", num_classes=2, image_size=SIZE, cache_dir=str(tmp_path)
+        )
+
+
+def _hub_style(tmp_path: Path, labels):
+    import datasets
+
+    rng = np.random.default_rng(1)
+    images = [_image(i % 3, rng) for i in range(len(labels))]
+    data = datasets.Dataset.from_dict({"img": images, "fine_label": labels})
+    data = data.cast_column("img", datasets.Image())
+    path = tmp_path / "hub"
+    data.save_to_disk(str(path))
+    return path, images
+
+
+def test_hub_style_columns_and_values(tmp_path):
+    path, images = _hub_style(tmp_path, [0, 1, 2, 1])
+    ds = image_classification_dataset(
+        str(path), image_column="img", label_column="fine_label", num_classes=3, image_size=SIZE, mean=MEAN, std=STD
+    )
+    assert len(ds) == 4 and ds.labels == [0, 1, 2, 1]
+    batch = image_collate([ds[i] for i in range(4)])
+    assert batch["images"].shape == (4, 3, SIZE, SIZE) and batch["labels"].dtype == torch.long
+    for i, image in enumerate(images):
+        arr = np.asarray(image, dtype=np.float32) / 255.0
+        expected = (torch.from_numpy(arr).permute(2, 0, 1) - 0.5) / 0.5
+        torch.testing.assert_close(batch["images"][i], expected)
+
+
+def test_hub_style_bad_label_is_named(tmp_path):
+    path, _ = _hub_style(tmp_path, [0, 7, 1])
+    with pytest.raises(ValueError, match=r"label 7 of .*row 1.*outside \[0, 3\)"):
+        image_classification_dataset(str(path), image_column="img", label_column="fine_label", num_classes=3, image_size=SIZE)
+
+
+def test_missing_column_is_named(tmp_path):
+    path, _ = _hub_style(tmp_path, [0, 1])
+    with pytest.raises(ValueError, match="label_column 'label'"):
+        image_classification_dataset(str(path), image_column="img", num_classes=3, image_size=SIZE)
+
+
+def test_filelist_sources(tmp_path):
+    rng = np.random.default_rng(2)
+    (tmp_path / "imgs").mkdir()
+    for i in range(3):
+        _image(i, rng).save(tmp_path / "imgs" / f"{i}.png")
+    (tmp_path / "train.txt").write_text("imgs/0.png 0\nimgs/1.png 1\n\nimgs/2.png 2\n")
+    (tmp_path / "test.json").write_text(json.dumps({"imgs/0.png": 11, "imgs/1.png": 12, "imgs/2.png": 13}))
+    txt = image_classification_dataset("filelist", data_dir=str(tmp_path), data_files="train.txt", num_classes=3, image_size=8)
+    js = image_classification_dataset("filelist", data_dir=str(tmp_path), data_files="test.json", num_classes=3, image_size=8)
+    assert txt.labels == [0, 1, 2] and js.labels == [0, 1, 2]
+    assert txt[2]["images"].shape == (3, 8, 8)
+    (tmp_path / "bad.txt").write_text("imgs/0.png zero\n")
+    with pytest.raises(ValueError, match=r"bad\.txt:1"):
+        image_classification_dataset("filelist", data_dir=str(tmp_path), data_files="bad.txt", num_classes=3, image_size=8)
+
+
+def test_decode_names_corrupt_and_truncated_files(tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(ValueError, match=r"bad\.jpg"):
+        decode_image({"path": str(bad), "bytes": None}, 3)
+    good = tmp_path / "good.png"
+    _image(0, np.random.default_rng(0), size=64).save(good)
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(good.read_bytes()[:200])
+    with pytest.raises(ValueError, match=r"truncated\.png"):
+        decode_image(str(truncated), 0)
+
+
+# ---- transforms ---------------------------------------------------------------------
+
+
+def _ramp(size: int) -> Image.Image:
+    arr = np.arange(size * size * 3, dtype=np.int64).reshape(size, size, 3) % 251
+    return Image.fromarray(arr.astype(np.uint8))
+
+
+def test_centre_crop_and_flip_match_slicing():
+    image = _ramp(12)
+    full = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    t = ImageClassificationTransform(8, resize_size=12, mean=(0, 0, 0), std=(1, 1, 1))
+    torch.testing.assert_close(t(image), full[:, 2:10, 2:10])
+    flip = ImageClassificationTransform(12, mean=(0, 0, 0), std=(1, 1, 1), hflip=True)
+    torch.manual_seed(0)
+    seen = {tuple(flip(image)[0, 0, :2].tolist()) for _ in range(16)}
+    assert seen == {tuple(full[0, 0, :2].tolist()), tuple(full[0, 0, -2:].flip(0).tolist())}
+
+
+def test_random_crop_is_a_window_of_the_resized_image():
+    image = _ramp(12)
+    full = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    windows = {(i, j): full[:, i : i + 8, j : j + 8] for i in range(5) for j in range(5)}
+    t = ImageClassificationTransform(8, resize_size=12, mean=(0, 0, 0), std=(1, 1, 1), random_crop=True)
+    torch.manual_seed(0)
+    hits = set()
+    for _ in range(20):
+        crop = t(image)
+        hits |= {k for k, w in windows.items() if torch.equal(w, crop)}
+        assert any(torch.equal(w, crop) for w in windows.values())
+    assert len(hits) > 1
+
+
+def test_grayscale_transform():
+    t = ImageClassificationTransform(12, num_channels=1, mean=(0.5,), std=(0.25,))
+    out = t(_ramp(12))
+    gray = np.asarray(_ramp(12).convert("L"), dtype=np.float32) / 255.0
+    torch.testing.assert_close(out, (torch.from_numpy(gray)[None] - 0.5) / 0.25)
+
+
+@pytest.mark.parametrize(
+    "kwargs,field",
+    [
+        (dict(image_size=0), "image_size"),
+        (dict(image_size=8, resize_size=4), "resize_size"),
+        (dict(image_size=8, num_channels=2), "num_channels"),
+        (dict(image_size=8, num_channels=1), "mean"),
+        (dict(image_size=8, interpolation="area"), "interpolation"),
+    ],
+)
+def test_transform_errors_name_the_field(kwargs, field):
+    size = kwargs.pop("image_size")
+    with pytest.raises(ValueError, match=field):
+        ImageClassificationTransform(size, **kwargs)
