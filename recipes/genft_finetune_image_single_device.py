@@ -8,18 +8,25 @@
 classifier head, evaluate top-1 accuracy after every epoch, save the adapter each
 epoch and a merged Hugging Face ViT at the end.
 
-Run it with torchtune's launcher or directly::
+Run it directly, or with torchtune's launcher once the recipe module is importable
+(installed, or from this directory)::
 
-    tune run recipes/genft_finetune_image_single_device.py --config configs/vit/tiny_genft_cpu.yaml
-    python recipes/genft_finetune_image_single_device.py --config configs/vit/b16_genft_vtab.yaml \
-        dataset.data_dir=/data/vtab-1k/dtd
+    python recipes/genft_finetune_image_single_device.py --config configs/vit/tiny_genft_cpu.yaml \
+        data_dir=/path/to/image_folder num_classes=10
+    tune run genft_finetune_image_single_device --config vit/b16_genft_vtab \
+        data_dir=/data/vtab-1k/dtd num_classes=47
+
+``--config`` takes a yaml path or a packaged config name (``vit/tiny_genft_cpu``,
+``vit/b16_genft_vtab``, ``vit/b16_genft_fgvc``; see ``genft-tune ls``).
+
+(``tune run recipes/<file>.py`` does not work: torchtune turns the path into the
+module ``recipes.<file>``, and ``recipes`` is torchtune's own package.)
 
 The same recipe trains the baselines the GenFT paper compares with: a LoRA model
 (``genft_tune.models.vit.vit_*_lora``), linear probing (a plain ``vit_*`` model with
 ``trainable_modules: [head]``) and full fine-tuning (``trainable_modules: all``).
 """
 
-import json
 import math
 import sys
 import time
@@ -28,8 +35,8 @@ from typing import Any, Dict, List, Optional
 
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from torch import nn
 from torch.utils.data import DataLoader
+from torchao.dtypes.nf4tensor import NF4Tensor
 from torchtune import config, training, utils
 from torchtune.modules.peft import (
     get_adapter_params,
@@ -40,6 +47,7 @@ from torchtune.modules.peft import (
 from torchtune.recipe_interfaces import FTRecipeInterface
 from tqdm import tqdm
 
+from genft_tune._recipe_registry import resolve_config_argv
 from genft_tune.datasets._image import image_collate, top1_correct
 from genft_tune.models.vit import (
     load_hf_vit_state_dict,
@@ -52,10 +60,15 @@ from genft_tune.models.vit import (
     vit_hf_config,
     ViTClassifier,
 )
+from genft_tune.checkpointing import save_genft_adapter
 from genft_tune.modules import (
     get_genft_config,
     get_genft_modules,
+    get_wegeft_config,
+    get_wegeft_modules,
+    get_wegeft_target_modules,
     is_genft_key,
+    is_wegeft_key,
     merge_genft_state_dict,
 )
 
@@ -87,9 +100,12 @@ class GenFTImageClassificationRecipeSingleDevice(FTRecipeInterface):
           an epoch also steps), optional gradient clipping.
         - Evaluation: top-1 accuracy on ``eval_dataset`` after every
           ``eval_every_n_epochs`` epochs, logged and appended to ``eval_results.json``.
-        - Checkpoints: ``epoch_{n}/adapter_model.safetensors`` (GenFT adapter, the
-          trained modules such as the head) with ``adapter_config.json`` after each
-          epoch; at the end a merged Hugging Face ``ViTForImageClassification`` in
+        - Checkpoints after each epoch: GenFT/WeGeFT models write
+          ``epoch_{n}/genft_adapter.safetensors`` + ``genft_config.json``
+          (:func:`genft_tune.checkpointing.save_genft_adapter`; the trained head as
+          ``modules_to_save``, so ``genft-tune merge`` can fold it into the base);
+          LoRA and plain models write ``adapter_model.safetensors`` +
+          ``adapter_config.json``; at the end a merged Hugging Face ``ViTForImageClassification`` in
           ``hf_model/`` (``save_merged``) that loads without this package.
 
     Resuming a run mid-way is not supported.
@@ -307,9 +323,13 @@ class GenFTImageClassificationRecipeSingleDevice(FTRecipeInterface):
 
     def _merged_state_dict(self) -> Dict[str, torch.Tensor]:
         """The model as a plain ViT state dict: GenFT merged in fp32 from the original
-        ``W0``, LoRA merged with torchtune's formula."""
+        ``W0`` (dequantised when NF4), LoRA merged with torchtune's formula."""
         model = self._model
-        state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        state_dict = {
+            # NF4 bases (quantize_base) are dequantised: the merged model is a plain one.
+            k: (v.get_original_weight() if isinstance(v, NF4Tensor) else v).detach().cpu()
+            for k, v in model.state_dict().items()
+        }
         genft = get_genft_modules(model)
         if genft:
             state_dict = merge_genft_state_dict(
@@ -328,10 +348,34 @@ class GenFTImageClassificationRecipeSingleDevice(FTRecipeInterface):
         epoch_dir = self._output_dir / f"epoch_{epoch}"
         state_dict = self._model.state_dict()
         adapter = {
-            k: v for k, v in state_dict.items() if k in self._trainable_names or is_genft_key(k)
+            k: v
+            for k, v in state_dict.items()
+            if k in self._trainable_names or is_genft_key(k) or is_wegeft_key(k)
         }
-        save_safetensors(adapter, epoch_dir / ADAPTER_FILE)
-        save_json(self._adapter_config(), epoch_dir / ADAPTER_CONFIG_FILE)
+        genft = get_genft_modules(self._model)
+        wegeft = get_wegeft_modules(self._model)
+        if genft or wegeft:
+            # genft_adapter.safetensors + genft_config.json: what `genft-tune merge` reads;
+            # the trained head (and other trained modules) travel as modules_to_save.
+            targets = list(genft) if genft else get_wegeft_target_modules(self._model)
+            is_key = is_genft_key if genft else is_wegeft_key
+            class_names = getattr(self._train_data, "class_names", None)
+            extra = self._adapter_config()
+            if class_names and len(class_names) == self._model.num_classes:
+                extra["id2label"] = {str(i): str(n) for i, n in enumerate(class_names)}
+            save_genft_adapter(
+                epoch_dir,
+                adapter_state_dict={k: v for k, v in adapter.items() if is_key(k)},
+                config=get_genft_config(self._model) if genft else get_wegeft_config(self._model),
+                target_modules=targets,
+                base_model=self._cfg.get("checkpoint", {}).get("path"),
+                extra=extra,
+                target_shapes={n: tuple(m.weight.shape) for n, m in (genft or wegeft).items()},
+                modules_to_save={k: v for k, v in adapter.items() if not is_key(k)},
+            )
+        else:
+            save_safetensors(adapter, epoch_dir / ADAPTER_FILE)
+            save_json(self._adapter_config(), epoch_dir / ADAPTER_CONFIG_FILE)
         log.info(f"Adapter and trained modules ({len(adapter)} tensors) saved to {epoch_dir}")
         if self._save_merged and epoch + 1 == self.total_epochs:
             class_names = getattr(self._train_data, "class_names", None)
@@ -437,4 +481,5 @@ def recipe_main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    resolve_config_argv(sys.argv)
     sys.exit(recipe_main())

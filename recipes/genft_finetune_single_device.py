@@ -38,6 +38,7 @@ from torchtune.training import DummyProfiler, PROFILER_KEY
 from tqdm import tqdm
 
 from genft_tune import training as genft_training
+from genft_tune._recipe_registry import resolve_config_argv
 from genft_tune.checkpointing import load_genft_adapter, save_genft_adapter
 from genft_tune.modules import (
     get_genft_config,
@@ -449,6 +450,10 @@ class GenFTFinetuneRecipeSingleDevice(FTRecipeInterface):
             log.info(f"float8 training of {len(converted)} frozen base linear layers.")
 
         if compile_model:
+            if self._enable_fp8_training:
+                # float8 kernels need dimensions provably divisible by 16: compile each
+                # (padded) sequence length statically instead of one dynamic graph
+                torch._dynamo.config.automatic_dynamic_shapes = False
             training.compile_model(model)
 
         if enable_activation_checkpointing:
@@ -570,19 +575,35 @@ class GenFTFinetuneRecipeSingleDevice(FTRecipeInterface):
             shuffle=shuffle,
             seed=0,
         )
+        if packed:
+            collate = padded_collate_packed
+            if self._enable_fp8_training:
+                max_seq_len = getattr(self._tokenizer, "max_seq_len", None)
+                if max_seq_len is None or max_seq_len % genft_training.FP8_TOKEN_MULTIPLE:
+                    raise ValueError(
+                        "enable_fp8_training with a packed dataset needs tokenizer.max_seq_len "
+                        f"to be a multiple of {genft_training.FP8_TOKEN_MULTIPLE}, got {max_seq_len}"
+                    )
+        else:
+            collate = partial(
+                collate_fn,
+                padding_idx=self._tokenizer.pad_id,
+                ignore_idx=self._loss_fn.ignore_index,
+            )
+            if self._enable_fp8_training:
+                # float8 matmuls need the number of tokens divisible by 16
+                collate = genft_training.PadToMultiple(
+                    collate,
+                    genft_training.FP8_TOKEN_MULTIPLE,
+                    padding_idx=self._tokenizer.pad_id,
+                    ignore_idx=self._loss_fn.ignore_index,
+                )
+
         dataloader = StatefulDataLoader(
             dataset=ds,
             batch_size=batch_size,
             sampler=sampler,
-            collate_fn=(
-                partial(
-                    collate_fn,
-                    padding_idx=self._tokenizer.pad_id,
-                    ignore_idx=self._loss_fn.ignore_index,
-                )
-                if not packed
-                else padded_collate_packed
-            ),
+            collate_fn=collate,
             # dropping last avoids shape issues with compile + flex attention
             drop_last=True,
             # its own generator: creating an iterator must not draw from the global RNG,
@@ -876,4 +897,5 @@ def recipe_main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    resolve_config_argv(sys.argv)
     sys.exit(recipe_main())

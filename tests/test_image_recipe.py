@@ -3,6 +3,9 @@ datasets and transforms, and their errors. CPU, tiny ViT, seconds per run."""
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +21,9 @@ from genft_tune.datasets._image import (
     image_collate,
     ImageClassificationTransform,
 )
+from genft_tune.checkpointing import load_genft_adapter
 from genft_tune.models.vit import save_hf_vit, vit_hf_config, vit_tiny
-from genft_tune.modules import is_genft_key
+from genft_tune.modules import is_genft_key, is_wegeft_key
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "genft_finetune_image_single_device.py"
@@ -125,15 +129,32 @@ def test_recipe_end_to_end(recipe_module, folder, base_ckpt, tmp_path):
     assert results == recipe.eval_results
     assert all(r["total"] == 4 * len(CLASSES) for r in results)
 
-    # an adapter checkpoint per epoch: GenFT keys and the head, no base weights
+    # an adapter checkpoint per epoch (genft_adapter.safetensors + genft_config.json):
+    # GenFT keys and the head (as modules_to_save), no base weights
     for epoch in (0, 1):
-        adapter = load_file(str(out / f"epoch_{epoch}" / "adapter_model.safetensors"))
+        adapter, config = load_genft_adapter(out / f"epoch_{epoch}")
         assert {"head.weight", "head.bias"} <= set(adapter)
         assert any(k.startswith("genft_generators.") for k in adapter)
         assert all(is_genft_key(k) or k.startswith("head.") for k in adapter)
-        config = json.loads((out / f"epoch_{epoch}" / "adapter_config.json").read_text())
-        assert config["peft_type"] == "GENFT" and config["num_classes"] == len(CLASSES)
-        assert config["genft_config"]["shared_dim"] == cfg.model.shared_dim
+        assert config["modules_to_save"] == ["head.bias", "head.weight"]
+        assert config["method"] == "genft" and config["genft_config"]["shared_dim"] == cfg.model.shared_dim
+        assert config["extra"]["peft_type"] == "GENFT" and config["extra"]["num_classes"] == len(CLASSES)
+        assert config["extra"]["id2label"] == {str(i): c for i, c in enumerate(CLASSES)}
+        assert not (out / f"epoch_{epoch}" / "adapter_model.safetensors").exists()
+
+    # `genft-tune merge` of the last adapter into the base checkpoint gives the
+    # recipe's own merged model: same logits in ViTForImageClassification
+    from genft_tune._cli.genft import main as cli_main
+
+    merged_dir = tmp_path / "merged_cli"
+    assert cli_main(["merge", "--base", str(base_ckpt), "--adapter", str(out / "epoch_1"), "--output", str(merged_dir)]) == 0
+    ours = transformers.ViTForImageClassification.from_pretrained(merged_dir).eval()
+    recipe_hf = transformers.ViTForImageClassification.from_pretrained(out / "hf_model").eval()
+    assert ours.config.id2label == dict(enumerate(CLASSES))
+    pixels = torch.stack([_hand_preprocess(p) for p in sorted((folder / "test" / "red").glob("*.png"))])
+    with torch.no_grad():
+        torch.testing.assert_close(ours(pixel_values=pixels).logits, recipe_hf(pixel_values=pixels).logits, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ours(pixel_values=pixels).logits, recipe._model.eval()(pixels), atol=1e-4, rtol=1e-4)
 
     # the merged model is a plain HF ViT; its accuracy, counted by hand, is the recipe's
     hf = transformers.ViTForImageClassification.from_pretrained(out / "hf_model").eval()
@@ -193,6 +214,67 @@ def test_recipe_baselines(recipe_module, folder, base_ckpt, tmp_path, component,
     total = sum(1 for _ in recipe._model.parameters())
     assert (trainable_count == total) == (trainable == "all")
     assert (out / "hf_model" / "model.safetensors").is_file()
+
+
+def test_recipe_trains_a_wegeft_vit(recipe_module, folder, base_ckpt, tmp_path):
+    """The WeGeFT baseline (``vit_tiny_wegeft``) through the same recipe: only the
+    tied factors and the head train, and both are saved each epoch."""
+    model = {
+        "_component_": "genft_tune.models.vit.vit_tiny_wegeft",
+        "num_classes": len(CLASSES),
+        "image_size": SIZE,
+        "patch_size": 4,
+        "wegeft_attn_modules": ["q_proj", "v_proj"],
+        "wegeft_rank": 4,
+        "wegeft_alpha": 8.0,
+    }
+    # 3 steps: lr is 0 at the warmup's first step, the zero head moves at the second,
+    # so the factors' gradient is non-zero from the third on.
+    cfg = _cfg(tmp_path, folder, base_ckpt, epochs=1, max_steps_per_epoch=3, batch_size=6, save_merged=False)
+    cfg.model = OmegaConf.create(model)
+    recipe = recipe_module.run(cfg)
+    trainable = {n for n, p in recipe._model.named_parameters() if p.requires_grad}
+    factors = {f"wegeft_factors.{t}.{f}" for t in ("q_proj", "v_proj") for f in ("phi", "psi")}
+    assert trainable == factors | {"head.weight", "head.bias"}
+    assert recipe._model.wegeft_factors.q_proj.phi.abs().sum() > 0  # moved from its zero init
+    adapter, adapter_config = load_genft_adapter(Path(cfg.output_dir) / "epoch_0")
+    assert adapter_config["method"] == "wegeft" and adapter_config["modules_to_save"] == ["head.bias", "head.weight"]
+    assert set(adapter) == factors | {"head.weight", "head.bias"}
+    assert all(is_wegeft_key(k) for k in factors)
+    assert len(recipe.eval_results) == 1
+
+
+@pytest.mark.slow  # a subprocess importing torch + torchtune: 15-60 s on shared cores
+def test_tune_run_with_packaged_config_name(folder, base_ckpt, tmp_path):
+    """``tune run genft_finetune_image_single_device --config vit/tiny_genft_cpu``: the
+    recipe as a top-level module, the config by its packaged name, CLI overrides."""
+    out = tmp_path / "out"
+    cmd = [
+        str(Path(sys.executable).parent / "tune"),
+        "run",
+        "genft_finetune_image_single_device",
+        "--config",
+        "vit/tiny_genft_cpu",
+        f"data_dir={folder}",
+        f"output_dir={out}",
+        f"num_classes={len(CLASSES)}",
+        f"image_size={SIZE}",
+        f"checkpoint.path={base_ckpt}",
+        f"dataset.cache_dir={tmp_path / 'hf_cache'}",
+        f"eval_dataset.cache_dir={tmp_path / 'hf_cache'}",
+        "epochs=1",
+        "max_steps_per_epoch=1",
+        "batch_size=4",
+        "save_merged=False",
+    ]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "recipes"), env.get("PYTHONPATH", "")])
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "eval_results.json").read_text())
+    assert [r["epoch"] for r in results] == [1] and results[0]["total"] == 4 * len(CLASSES)
+    assert (out / "epoch_0" / "genft_adapter.safetensors").is_file()
 
 
 def test_recipe_bf16_runs(recipe_module, folder, base_ckpt, tmp_path):

@@ -19,6 +19,20 @@ from genft_tune.modules.merge import (
     merge_genft_state_dict,
     validate_missing_and_unexpected_for_genft,
 )
+from genft_tune.modules.wegeft import (
+    WeGeFTConfig,
+    WeGeFTFactors,
+    WeGeFTSharedFactors,
+    WeGeFTLinear,
+    wegeft_linear,
+    wegeft_merged_weight,
+    get_wegeft_modules,
+    get_wegeft_target_modules,
+    get_wegeft_config,
+    is_wegeft_key,
+    get_wegeft_adapter_state_dict,
+    merge_wegeft_state_dict,
+)
 
 __all__ = [
     "ACTIVATIONS",
@@ -38,4 +52,16 @@ __all__ = [
     "is_genft_key",
     "merge_genft_state_dict",
     "validate_missing_and_unexpected_for_genft",
+    "WeGeFTConfig",
+    "WeGeFTFactors",
+    "WeGeFTSharedFactors",
+    "WeGeFTLinear",
+    "wegeft_linear",
+    "wegeft_merged_weight",
+    "get_wegeft_modules",
+    "get_wegeft_target_modules",
+    "get_wegeft_config",
+    "is_wegeft_key",
+    "get_wegeft_adapter_state_dict",
+    "merge_wegeft_state_dict",
 ]

@@ -243,7 +243,8 @@ class GenFTGenerator(nn.Module):
         return [n for n, _ in self.named_parameters(recurse=False)]
 
     def shared_tensors(self) -> List[torch.Tensor]:
-        return [p for _, p in self.named_parameters(recurse=False)]
+        # read _parameters directly: this runs on every eval forward (cache check)
+        return [p for p in self._parameters.values() if p is not None]
 
     def generate(
         self,
@@ -556,11 +557,13 @@ class GenFTLinear(nn.Module, AdapterModule):
         return self._base_forward(x) + (self.config.scaling * delta).to(x.dtype)
 
     def _tracked_tensors(self) -> List[torch.Tensor]:
-        tensors = [self.weight] + self.generator.shared_tensors()
-        return tensors + [getattr(self, n) for n in self.adapter_params()]
+        """``W0``, the shared generator's tensors and this layer's factors: the merged
+        weight depends on exactly these (kept cheap: it runs on every eval forward)."""
+        params = self._parameters
+        own = [params[n] for n in ("A1", "B1", "A2", "B2") if params.get(n) is not None]
+        return [self.weight] + self.generator.shared_tensors() + own
 
-    def _cached_merged_weight(self) -> torch.Tensor:
-        tensors = self._tracked_tensors()
+    def _cached_merged_weight(self, tensors: List[torch.Tensor]) -> torch.Tensor:
         if self._cache is not None:
             key, training, weight = self._cache
             fresh = len(key) == len(tensors) and all(
@@ -569,7 +572,9 @@ class GenFTLinear(nn.Module, AdapterModule):
             if fresh and training == self.training:
                 return weight
         with torch.no_grad():
-            weight = self._merged_weight(self.training)
+            # exactly what merge() and the merged checkpoint hold (fp32 W0 + dW, cast
+            # once), so eval and generation match the published model
+            weight = merged_weight_fp32(self.base_weight(), self.generator, self.specific_factors())
         self._cache = ([(t, t._version) for t in tensors], self.training, weight)
         return weight
 
@@ -590,11 +595,10 @@ class GenFTLinear(nn.Module, AdapterModule):
         if self.merged:
             return self._base_forward(x)
         dropout_active = self.training and self.config.dropout > 0
-        needs_graph = torch.is_grad_enabled() and any(
-            t.requires_grad for t in self._tracked_tensors()[1:]
-        )
+        tensors = self._tracked_tensors()
+        needs_graph = torch.is_grad_enabled() and any(t.requires_grad for t in tensors[1:])
         if not needs_graph and not dropout_active:
-            return F.linear(x, self._cached_merged_weight().to(x.dtype), self.bias)
+            return F.linear(x, self._cached_merged_weight(tensors).to(x.dtype), self.bias)
         self._cache = None  # training: free the eval copy
         if self.config.lowrank and not dropout_active:
             return self._lowrank_forward(x)

@@ -25,6 +25,8 @@ from genft_tune.training._genft import (
 from genft_tune.training._precision import (
     convert_frozen_linears_to_float8,
     FP8_RECIPES,
+    FP8_TOKEN_MULTIPLE,
+    PadToMultiple,
     supports_float8,
     validate_fp8_training,
     validate_optimizer_config,
@@ -53,6 +55,8 @@ __all__ = [
     "dequantize_state_dict",
     "distributed_backend",
     "FP8_RECIPES",
+    "FP8_TOKEN_MULTIPLE",
+    "PadToMultiple",
     "gather_adapter_state_dict",
     "GENFT_ATTN_MODULES",
     "GENFT_CONFIG_KEY",

@@ -136,3 +136,37 @@ def convert_frozen_linears_to_float8(
         )
     convert_to_float8_training(model, module_filter_fn=keep, config=config)
     return converted
+
+
+# float8 matmuls need every dimension, the number of tokens included, divisible by 16.
+FP8_TOKEN_MULTIPLE = 16
+
+
+class PadToMultiple:
+    """Wrap a collate function so that ``tokens`` and ``labels`` (``[b, s]``) are
+    right-padded along the sequence to a multiple of ``multiple`` (float8 training
+    needs the number of tokens divisible by 16). Padded labels are ``ignore_idx``, so
+    the loss and the token count are unchanged.
+
+    Args:
+        collate_fn (Callable): the batch collate function (e.g. ``padded_collate_sft``
+            with its padding arguments bound).
+        multiple (int): the sequence length is rounded up to a multiple of this.
+        padding_idx (int): token id used to pad ``tokens``.
+        ignore_idx (int): label used to pad ``labels``.
+    """
+
+    def __init__(self, collate_fn: Callable, multiple: int, *, padding_idx: int, ignore_idx: int):
+        self.collate_fn = collate_fn
+        self.multiple = multiple
+        self.padding_idx = padding_idx
+        self.ignore_idx = ignore_idx
+
+    def __call__(self, batch):
+        out = self.collate_fn(batch)
+        seq_len = out["tokens"].shape[-1]
+        extra = -seq_len % self.multiple
+        if extra:
+            out["tokens"] = torch.nn.functional.pad(out["tokens"], (0, extra), value=self.padding_idx)
+            out["labels"] = torch.nn.functional.pad(out["labels"], (0, extra), value=self.ignore_idx)
+        return out

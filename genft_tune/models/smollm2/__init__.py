@@ -10,3 +10,27 @@ The GGUF -> Hugging Face conversion lives in :mod:`._convert_gguf`
 (``python -m genft_tune.models.smollm2._convert_gguf OUTPUT_DIR``); it is not
 imported here so that importing this package does not require ``gguf``.
 """
+
+from genft_tune.models.smollm2._model_builders import (
+    genft_smollm2_135m,
+    qgenft_smollm2_135m,
+    SMOLLM2_135M,
+    smollm2_135m,
+    wegeft_smollm2_135m,
+)
+from genft_tune.models.smollm2._tokenizer import (
+    SMOLLM2_DEFAULT_SYSTEM_PROMPT,
+    SmolLM2Tokenizer,
+    smollm2_tokenizer,
+)
+
+__all__ = [
+    "genft_smollm2_135m",
+    "qgenft_smollm2_135m",
+    "SMOLLM2_135M",
+    "SMOLLM2_DEFAULT_SYSTEM_PROMPT",
+    "smollm2_135m",
+    "SmolLM2Tokenizer",
+    "smollm2_tokenizer",
+    "wegeft_smollm2_135m",
+]

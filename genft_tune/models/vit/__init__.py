@@ -1,4 +1,4 @@
-"""ViT image classifiers with GenFT (and LoRA baselines), and their checkpoint converters."""
+"""ViT image classifiers with GenFT (and WeGeFT / LoRA baselines), and their checkpoint converters."""
 
 from genft_tune.models.vit._checkpoint import (
     read_state_dict,
@@ -6,7 +6,13 @@ from genft_tune.models.vit._checkpoint import (
     save_json,
     save_safetensors,
 )
-from genft_tune.models.vit._component_builders import ATTN_MODULES, vit, vit_genft, vit_lora
+from genft_tune.models.vit._component_builders import (
+    ATTN_MODULES,
+    vit,
+    vit_genft,
+    vit_lora,
+    vit_wegeft,
+)
 from genft_tune.models.vit._convert_weights import (
     convert_timm_vit_state_dict,
     load_hf_vit_state_dict,
@@ -21,9 +27,11 @@ from genft_tune.models.vit._model_builders import (
     vit_b16,
     vit_b16_genft,
     vit_b16_lora,
+    vit_b16_wegeft,
     vit_tiny,
     vit_tiny_genft,
     vit_tiny_lora,
+    vit_tiny_wegeft,
 )
 
 __all__ = [
@@ -41,6 +49,7 @@ __all__ = [
     "vit_b16",
     "vit_b16_genft",
     "vit_b16_lora",
+    "vit_b16_wegeft",
     "vit_genft",
     "vit_hf_config",
     "vit_hf_to_tune",
@@ -48,6 +57,8 @@ __all__ = [
     "vit_tiny",
     "vit_tiny_genft",
     "vit_tiny_lora",
+    "vit_tiny_wegeft",
     "vit_tune_to_hf",
+    "vit_wegeft",
     "ViTClassifier",
 ]

@@ -1,4 +1,4 @@
-"""Component builders for ViT image classifiers: plain, GenFT and LoRA.
+"""Component builders for ViT image classifiers: plain, GenFT, WeGeFT and LoRA.
 
 The transformer layer is torchtune's :class:`~torchtune.modules.TransformerSelfAttentionLayer`
 (pre-norm) with a non-causal :class:`~torchtune.modules.MultiHeadAttention`
@@ -20,7 +20,14 @@ from torchtune.modules import (
 from torchtune.modules.low_precision import FrozenNF4Linear
 from torchtune.modules.peft import LoRALinear
 
-from genft_tune.modules import genft_linear, GenFTConfig, GenFTGenerators
+from genft_tune.modules import (
+    genft_linear,
+    GenFTConfig,
+    GenFTGenerators,
+    WeGeFTConfig,
+    WeGeFTSharedFactors,
+    wegeft_linear,
+)
 from genft_tune.models.vit._model import StochasticDepth, ViTClassifier
 
 ATTN_MODULES = ("q_proj", "k_proj", "v_proj", "output_proj")
@@ -396,3 +403,114 @@ def vit_lora(
         attn_dropout=attn_dropout,
         drop_path=drop_path,
     )
+
+
+def vit_wegeft(
+    *,
+    wegeft_attn_modules: Sequence[str] = ("q_proj", "v_proj"),
+    apply_wegeft_to_mlp: bool = False,
+    image_size: int,
+    patch_size: int,
+    num_channels: int = 3,
+    embed_dim: int,
+    num_layers: int,
+    num_heads: int,
+    mlp_dim: int,
+    num_classes: int,
+    norm_eps: float = 1e-12,
+    attn_dropout: float = 0.0,
+    drop_path: float = 0.0,
+    wegeft_rank: int = 64,
+    wegeft_alpha: float = 128.0,
+    wegeft_dropout: float = 0.0,
+    wegeft_shared: bool = True,
+    recompute: bool = True,
+    quantize_base: bool = False,
+) -> ViTClassifier:
+    """Build a ViT classifier whose chosen linears are :class:`~genft_tune.modules.WeGeFTLinear`
+    (WeGeFT, arXiv 2312.00700: ``dW = (alpha/r) W0 phi^T psi``), the other
+    weight-generative baseline for GenFT comparisons.
+
+    One :class:`~genft_tune.modules.WeGeFTSharedFactors` is registered as
+    ``model.wegeft_factors``. With ``wegeft_shared`` (the authors' ``tied_modules``,
+    the default) each module type (``q_proj``, ``v_proj``, ``w1``...) has one
+    ``(phi, psi)`` pair shared by all layers (keys ``wegeft_factors.<type>.phi``);
+    otherwise every adapted layer owns its pair (keys ``<layer>.wegeft.phi``).
+    ``phi`` starts at zero, so step 0 is the base model. Base linears keep their
+    (frozen) biases. The classifier ``head`` is not an adapter parameter (name it in
+    the recipe's ``trainable_modules``).
+
+    Args:
+        wegeft_attn_modules (Sequence[str]): attention projections to adapt, from
+            ``q_proj``, ``k_proj``, ``v_proj``, ``output_proj``. Default: q_proj, v_proj
+        apply_wegeft_to_mlp (bool): also adapt the MLP's ``w1``/``w2``. Default: False
+        image_size (int): input image side in pixels.
+        patch_size (int): patch side in pixels.
+        num_channels (int): image channels. Default: 3
+        embed_dim (int): token width.
+        num_layers (int): transformer layers.
+        num_heads (int): attention heads.
+        mlp_dim (int): MLP hidden width.
+        num_classes (int): classifier outputs.
+        norm_eps (float): LayerNorm eps (HF 1e-12, timm 1e-6). Default: 1e-12
+        attn_dropout (float): attention dropout. Default: 0.0
+        drop_path (float): stochastic depth rate of the last layer. Default: 0.0
+        wegeft_rank (int): ``r``, rows of ``phi`` and ``psi``. Default: 64
+        wegeft_alpha (float): ``dW`` is scaled by ``alpha / r``. Default: 128.0
+        wegeft_dropout (float): dropout on ``W0`` before ``phi`` (training only). Default: 0.0
+        wegeft_shared (bool): one pair per module type across layers. Default: True
+        recompute (bool): recompute ``(out, in)`` intermediates in backward. Default: True
+        quantize_base (bool): store frozen base linears in NF4. Default: False
+
+    Returns:
+        ViTClassifier: the model, with ``wegeft_factors`` registered on it.
+
+    Raises:
+        ValueError: if a target name is unknown, nothing is adapted, or a WeGeFT
+            hyperparameter is invalid (see :class:`~genft_tune.modules.WeGeFTConfig`).
+    """
+    targets = set(_check_targets("wegeft_attn_modules", wegeft_attn_modules))
+    if apply_wegeft_to_mlp:
+        targets |= {"w1", "w2"}
+    if not targets:
+        raise ValueError(
+            "wegeft_attn_modules is empty and apply_wegeft_to_mlp is False: no layer would be "
+            "adapted (use genft_tune.models.vit.vit for a plain model)"
+        )
+    config = WeGeFTConfig(
+        rank=wegeft_rank,
+        alpha=wegeft_alpha,
+        dropout=wegeft_dropout,
+        shared=wegeft_shared,
+        recompute=recompute,
+    )
+    shared = WeGeFTSharedFactors(config)
+    plain = _plain_linear(quantize_base)
+
+    def linear(name: str, in_dim: int, out_dim: int) -> nn.Module:
+        if name in targets:
+            return wegeft_linear(
+                in_dim,
+                out_dim,
+                factors=shared.factors_for(name, in_dim),
+                use_bias=True,
+                quantize_base=quantize_base,
+            )
+        return plain(in_dim, out_dim)
+
+    model = _vit_from_linears(
+        linear=linear,
+        image_size=image_size,
+        patch_size=patch_size,
+        num_channels=num_channels,
+        embed_dim=embed_dim,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        mlp_dim=mlp_dim,
+        num_classes=num_classes,
+        norm_eps=norm_eps,
+        attn_dropout=attn_dropout,
+        drop_path=drop_path,
+    )
+    model.wegeft_factors = shared
+    return model

@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from genft_tune.modules import is_genft_key
+from genft_tune.modules import is_genft_key, is_wegeft_key
 
 _I, _P = r"(\d+)", r"(weight|bias)"
 
@@ -150,11 +150,12 @@ def vit_tune_to_hf(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tenso
 
     Raises:
         ValueError: if adapter keys are present (merge the adapter first, e.g. with
-            :func:`genft_tune.modules.merge_genft_state_dict`) or a key is unknown.
+            :func:`genft_tune.modules.merge_genft_state_dict` or
+            :func:`genft_tune.modules.merge_wegeft_state_dict`) or a key is unknown.
     """
     converted = {}
     for key, value in state_dict.items():
-        if is_genft_key(key) or ".lora_" in key or key.endswith(".magnitude"):
+        if is_genft_key(key) or is_wegeft_key(key) or ".lora_" in key or key.endswith(".magnitude"):
             raise ValueError(
                 f"adapter key {key!r} in the state dict: merge the adapter into the base "
                 "weights before converting to Hugging Face format"

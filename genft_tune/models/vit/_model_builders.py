@@ -1,9 +1,9 @@
 """Model builders: ViT-B/16 (the GenFT paper's VTAB-1K / FGVC backbone) and a tiny
-ViT for tests and CPU demos, each plain, with GenFT and with LoRA."""
+ViT for tests and CPU demos, each plain, with GenFT, with WeGeFT and with LoRA."""
 
 from typing import Any
 
-from genft_tune.models.vit._component_builders import vit, vit_genft, vit_lora
+from genft_tune.models.vit._component_builders import vit, vit_genft, vit_lora, vit_wegeft
 from genft_tune.models.vit._model import ViTClassifier
 
 # ViT-B/16: google/vit-base-patch16-224(-in21k), timm vit_base_patch16_224.
@@ -204,4 +204,72 @@ def vit_tiny_lora(
         drop_path=drop_path,
         **_TINY,
         **lora_kwargs,
+    )
+
+
+def vit_b16_wegeft(
+    num_classes: int,
+    *,
+    image_size: int = 224,
+    norm_eps: float = 1e-12,
+    drop_path: float = 0.0,
+    **wegeft_kwargs: Any,
+) -> ViTClassifier:
+    """ViT-B/16 classifier with WeGeFT layers (the weight-generative baseline).
+
+    Args:
+        num_classes (int): classifier outputs.
+        image_size (int): input side. Default: 224
+        norm_eps (float): 1e-12 for HF checkpoints, 1e-6 for timm ones. Default: 1e-12
+        drop_path (float): stochastic depth rate of the last layer. Default: 0.0
+        **wegeft_kwargs (Any): ``wegeft_attn_modules``, ``apply_wegeft_to_mlp``,
+            ``wegeft_rank``, ``wegeft_alpha``, ``wegeft_dropout``, ``wegeft_shared``,
+            ``recompute``, ``quantize_base``, ``attn_dropout``; see :func:`vit_wegeft`.
+
+    Returns:
+        ViTClassifier: the model, with ``wegeft_factors``.
+    """
+    return vit_wegeft(
+        image_size=image_size,
+        num_classes=num_classes,
+        norm_eps=norm_eps,
+        drop_path=drop_path,
+        **_B16,
+        **wegeft_kwargs,
+    )
+
+
+def vit_tiny_wegeft(
+    num_classes: int,
+    *,
+    image_size: int = 32,
+    patch_size: int = 4,
+    num_channels: int = 3,
+    norm_eps: float = 1e-12,
+    drop_path: float = 0.0,
+    **wegeft_kwargs: Any,
+) -> ViTClassifier:
+    """The tiny ViT of :func:`vit_tiny` with WeGeFT layers.
+
+    Args:
+        num_classes (int): classifier outputs.
+        image_size (int): input side. Default: 32
+        patch_size (int): patch side. Default: 4
+        num_channels (int): image channels. Default: 3
+        norm_eps (float): LayerNorm eps. Default: 1e-12
+        drop_path (float): stochastic depth rate of the last layer. Default: 0.0
+        **wegeft_kwargs (Any): WeGeFT options, see :func:`vit_b16_wegeft`.
+
+    Returns:
+        ViTClassifier: the model, with ``wegeft_factors``.
+    """
+    return vit_wegeft(
+        image_size=image_size,
+        patch_size=patch_size,
+        num_channels=num_channels,
+        num_classes=num_classes,
+        norm_eps=norm_eps,
+        drop_path=drop_path,
+        **_TINY,
+        **wegeft_kwargs,
     )

@@ -1,0 +1,62 @@
+"""``genft-tune publish``: upload a merged GenFT model folder to the Hugging Face Hub
+with a generated model card (``README.md``) and loss curve.
+
+::
+
+    genft-tune publish --folder ./merged --repo-id me/llama-3.2-1b-genft --private
+    genft-tune publish --folder ./merged --repo-id me/llama-3.2-1b-genft --dry-run ./to_upload
+"""
+
+import argparse
+import logging
+import sys
+import textwrap
+
+from genft_tune.hub import publish_folder
+
+
+def _publish(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    try:
+        result = publish_folder(
+            args.folder,
+            repo_id=args.repo_id,
+            private=args.private,
+            token=args.token,
+            dry_run_dir=args.dry_run,
+            license=args.license,
+        )
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"genft-tune publish: error: {e}", file=sys.stderr)
+        return 1
+    verb = "Would upload" if args.dry_run else "Uploaded"
+    print(f"{verb} {len(result['files'])} files to {args.repo_id}: {result['url']}")
+    for name in result["files"]:
+        print(f"  {name}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``publish`` subcommand."""
+    parser = subparsers.add_parser(
+        "publish",
+        help="Upload a merged model to the Hugging Face Hub with a model card",
+        description="Create a Hub repo and upload a merged GenFT model folder, with a generated "
+        "model card (GenFT hyperparameters, training config, final metrics, loss curve).",
+        epilog=textwrap.dedent(
+            """\
+            The token comes from --token, HF_TOKEN or `hf auth login`; the endpoint from HF_ENDPOINT.
+            examples:
+                $ genft-tune publish --folder ./merged --repo-id me/llama-3.2-1b-genft --private
+                $ genft-tune publish --folder ./merged --repo-id me/llama-3.2-1b-genft --dry-run ./to_upload
+            """
+        ),
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
+    parser.add_argument("--folder", required=True, help="merged model folder (output of `genft-tune merge`)")
+    parser.add_argument("--repo-id", required=True, help="USER/NAME of the Hub repo (created if needed)")
+    parser.add_argument("--private", action="store_true", help="create the repo private")
+    parser.add_argument("--dry-run", metavar="OUT_DIR", default=None, help="write the files that would be uploaded to OUT_DIR instead")
+    parser.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the cached login)")
+    parser.add_argument("--license", default=None, help="license for the model card (default: the base's)")
+    parser.set_defaults(func=_publish, parser=parser)

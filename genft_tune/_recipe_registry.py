@@ -1,0 +1,188 @@
+"""Our recipes and their configs, and how their names resolve to files.
+
+Layout (one source of truth for each file):
+
+- recipes live in the repository's ``recipes/`` folder (no ``__init__.py``: torchtune's
+  wheel owns the importable name ``recipes``) and are installed as top-level modules
+  (``genft_finetune_single_device``...), so ``tune run genft_finetune_single_device``
+  runs them (torchtune runs a recipe name it does not know with ``runpy.run_module``);
+- configs live in the repository's ``configs/<family>/<name>.yaml`` and ship inside
+  the package as ``genft_tune/configs`` (a link to ``../configs`` in a checkout, real
+  files in a wheel), so the same names work from a checkout, an editable install and
+  an installed wheel.
+
+``tune run`` only knows torchtune's own config names, so each recipe calls
+:func:`resolve_config_argv` before parsing its arguments: ``--config
+llama3_2/1B_genft_single_device`` becomes the packaged yaml's path, while a yaml path
+is used as given.
+"""
+
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+import genft_tune
+
+_PACKAGE_DIR = Path(genft_tune.__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class Config:
+    """A packaged config: ``name`` (``family/stem``), ``file_path`` relative to the configs folder."""
+
+    name: str
+    file_path: str
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A recipe: ``name`` (its module), ``file_path`` (its file name), configs, distributed or not."""
+
+    name: str
+    file_path: str
+    configs: List[Config] = field(default_factory=list)
+    supports_distributed: bool = False
+
+
+def _configs(*names: str) -> List[Config]:
+    return [Config(name=n, file_path=f"{n}.yaml") for n in names]
+
+
+_ALL_RECIPES = [
+    Recipe(
+        name="genft_finetune_single_device",
+        file_path="genft_finetune_single_device.py",
+        configs=_configs(
+            "llama3_2/1B_genft_single_device",
+            "llama3_2/3B_genft_single_device",
+            "llama3_2/1B_qgenft_single_device",
+            "llama3_1/8B_genft_single_device",
+            "llama3_1/8B_qgenft_single_device",
+            "llama2/7B_genft_single_device",
+            "smollm2/135M_genft_cpu",
+        ),
+        supports_distributed=False,
+    ),
+    Recipe(
+        name="genft_finetune_distributed",
+        file_path="genft_finetune_distributed.py",
+        configs=_configs(
+            "llama3_1/8B_genft_distributed",
+            "llama3_1/70B_genft_distributed",
+        ),
+        supports_distributed=True,
+    ),
+    Recipe(
+        name="genft_finetune_image_single_device",
+        file_path="genft_finetune_image_single_device.py",
+        configs=_configs(
+            "vit/tiny_genft_cpu",
+            "vit/b16_genft_vtab",
+            "vit/b16_genft_fgvc",
+        ),
+        supports_distributed=False,
+    ),
+]
+
+
+def get_all_recipes() -> List[Recipe]:
+    """Every recipe this package ships, with its configs."""
+    return list(_ALL_RECIPES)
+
+
+def get_recipe(name: str) -> Optional[Recipe]:
+    """The recipe called ``name``, or None."""
+    return next((r for r in _ALL_RECIPES if r.name == name), None)
+
+
+def get_config(name: str) -> Optional[Config]:
+    """The packaged config called ``name`` (``family/stem``, ``.yaml`` optional), or None."""
+    if name.endswith((".yaml", ".yml")):
+        name = name.rsplit(".", 1)[0]
+    for recipe in _ALL_RECIPES:
+        for config in recipe.configs:
+            if config.name == name:
+                return config
+    return None
+
+
+def configs_dir() -> Path:
+    """The folder holding the packaged configs.
+
+    ``genft_tune/configs`` (a wheel, or a checkout where it links to ``../configs``),
+    else the checkout's top-level ``configs/`` (a checkout where the link is missing).
+    """
+    inside = _PACKAGE_DIR / "configs"
+    if inside.is_dir():
+        return inside
+    return _PACKAGE_DIR.parent / "configs"
+
+
+def config_path(name: str) -> Path:
+    """The yaml file of the packaged config ``name``.
+
+    Raises:
+        ValueError: if no packaged config has that name (listing the ones that do).
+    """
+    config = get_config(name)
+    if config is None:
+        known = [c.name for r in _ALL_RECIPES for c in r.configs]
+        raise ValueError(f"no packaged config named {name!r}; known configs: {known}")
+    return configs_dir() / config.file_path
+
+
+def recipe_path(name: str) -> Path:
+    """The file of the recipe ``name``: the installed top-level module, else the
+    checkout's ``recipes/`` file.
+
+    Raises:
+        ValueError: if there is no recipe of that name, or its file cannot be found.
+    """
+    recipe = get_recipe(name)
+    if recipe is None:
+        raise ValueError(
+            f"no recipe named {name!r}; recipes: {[r.name for r in _ALL_RECIPES]}"
+        )
+    spec = importlib.util.find_spec(recipe.name)
+    if spec is not None and spec.origin and Path(spec.origin).is_file():
+        return Path(spec.origin)
+    checkout = _PACKAGE_DIR.parent / "recipes" / recipe.file_path
+    if checkout.is_file():
+        return checkout
+    raise ValueError(f"recipe {name!r} is registered, but its file {recipe.file_path} is not installed")
+
+
+def resolve_config_argv(argv: List[str]) -> List[str]:
+    """Turn ``--config <packaged name>`` in ``argv`` (in place) into the packaged yaml's path.
+
+    A value that is an existing file is left alone, so yaml paths work as usual.
+
+    Args:
+        argv (List[str]): ``sys.argv`` of a recipe.
+
+    Returns:
+        List[str]: ``argv``, modified in place.
+
+    Raises:
+        SystemExit: with a clear message when the value is neither a file nor a packaged
+            config name.
+    """
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            index, value = i + 1, argv[i + 1]
+        elif arg.startswith("--config="):
+            index, value = i, arg.split("=", 1)[1]
+        else:
+            continue
+        if Path(value).is_file():
+            return argv
+        if get_config(value) is not None:
+            path = str(config_path(value))
+            argv[index] = path if index != i else f"--config={path}"
+            return argv
+        raise SystemExit(
+            f"--config {value!r} is neither a yaml file nor a packaged config name; "
+            "`genft-tune ls` lists the packaged configs"
+        )
+    return argv

@@ -1,0 +1,36 @@
+"""Adapter files (``genft_adapter.safetensors`` + ``genft_config.json``) and merging
+adapters into base checkpoints."""
+
+from genft_tune.checkpointing._adapter import (
+    ADAPTER_CONFIG_FILE,
+    ADAPTER_WEIGHTS_FILE,
+    AdapterFileError,
+    check_adapter_matches_model,
+    FORMAT_VERSION,
+    GenFTAdapterConfig,
+    load_genft_adapter,
+    load_genft_adapter_config,
+    save_genft_adapter,
+)
+
+__all__ = [
+    "ADAPTER_CONFIG_FILE",
+    "ADAPTER_WEIGHTS_FILE",
+    "AdapterFileError",
+    "check_adapter_matches_model",
+    "FORMAT_VERSION",
+    "GenFTAdapterConfig",
+    "load_genft_adapter",
+    "load_genft_adapter_config",
+    "save_genft_adapter",
+]
+
+from genft_tune.checkpointing._merge import (  # noqa: E402
+    DTYPES,
+    find_base_checkpoint,
+    merge_adapter_checkpoint,
+    parse_size,
+)
+from genft_tune.checkpointing._verify import verify_merge  # noqa: E402
+
+__all__ += ["DTYPES", "find_base_checkpoint", "merge_adapter_checkpoint", "parse_size", "verify_merge"]

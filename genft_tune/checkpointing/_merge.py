@@ -1,0 +1,466 @@
+"""Merge a saved adapter into a base checkpoint directory, shard by shard.
+
+The adapter's keys are in torchtune naming (``layers.0.attn.q_proj``) and it was
+trained in torchtune's weight layout; Hugging Face Llama checkpoints permute the
+rows of ``q_proj``/``k_proj`` for their RoPE implementation. Each adapted tensor is
+therefore converted to torchtune's layout with the model family's own converter
+(torchtune's ``hf_to_tune`` ...), merged there in fp32 from the original ``W0``, and
+converted back; every other tensor is copied untouched (or cast, with ``dtype``).
+
+Tensors are read one at a time (safetensors) or memory-mapped (``.pt``/``.pth``) and
+written out in shards of at most ``max_shard_size``, so peak memory is about one
+output shard plus the adapter. The result is written into ``OUTPUT.tmp-*`` and
+renamed at the end: an interrupted merge leaves no complete-looking output.
+"""
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Union
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from genft_tune.checkpointing._adapter import (
+    ADAPTER_CONFIG_FILE,
+    check_adapter_matches_model,
+    GenFTAdapterConfig,
+    load_genft_adapter,
+)
+from genft_tune.modules.merge import merge_genft_state_dict
+from genft_tune.modules.wegeft import merge_wegeft_state_dict
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, os.PathLike]
+StateDictFn = Callable[[Dict[str, torch.Tensor]], Dict[str, torch.Tensor]]
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "auto": None}
+HF_INDEX_FILE = "model.safetensors.index.json"
+TORCH_SUFFIXES = (".pth", ".pt")
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+# Files of the training run copied next to the merged weights (for the model card).
+RUN_FILES = ("torchtune_config.yaml",)
+
+
+@dataclass
+class KeyConverter:
+    """Per-tensor conversion between a checkpoint's layout and torchtune's.
+
+    Both functions take and return state dicts and must work key by key (a dict
+    with one entry gives a dict with one entry), as torchtune's converters do.
+    """
+
+    name: str
+    to_tune: StateDictFn
+    from_tune: StateDictFn
+
+    def key_to_tune(self, key: str, shape) -> Optional[str]:
+        """The torchtune key of ``key`` (``None`` when the converter drops or does
+        not know it), computed on a meta tensor of ``shape``."""
+        try:
+            out = self.to_tune({key: torch.empty(tuple(shape), device="meta")})
+        except Exception:  # unknown to this family's mapping: copied untouched
+            return None
+        return next(iter(out)) if len(out) == 1 else None
+
+
+def parse_size(size: Union[str, int]) -> int:
+    """``"5GB"``, ``"500MB"``, ``"10KB"``, ``"1GiB"`` or a byte count -> bytes.
+
+    Raises:
+        ValueError: if the string is not a size.
+    """
+    if isinstance(size, int):
+        return size
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B)?\s*", str(size).upper())
+    if not m:
+        raise ValueError(f"max_shard_size must look like 5GB, 500MB or a byte count, got {size!r}")
+    unit = m.group(2) or "B"
+    base = 1024 if "I" in unit else 1000
+    power = {"B": 0, "K": 1, "M": 2, "G": 3, "T": 4}[unit[0] if unit != "B" else "B"]
+    value = int(float(m.group(1)) * base**power)
+    if value <= 0:
+        raise ValueError(f"max_shard_size must be > 0, got {size!r}")
+    return value
+
+
+def _hf_converter(config: Dict[str, Any]) -> KeyConverter:
+    model_type = config.get("model_type")
+    if model_type == "vit":
+        from genft_tune.models.vit import vit_hf_to_tune, vit_tune_to_hf
+
+        return KeyConverter("vit", vit_hf_to_tune, vit_tune_to_hf)
+    if model_type in ("llama", "mistral", "qwen2"):
+        from torchtune.models import convert_weights
+        from torchtune.models.qwen2._convert_weights import qwen2_hf_to_tune, qwen2_tune_to_hf
+
+        kwargs = dict(
+            num_heads=config["num_attention_heads"],
+            num_kv_heads=config.get("num_key_value_heads", config["num_attention_heads"]),
+            dim=config["hidden_size"],
+            head_dim=config.get("head_dim"),
+        )
+        if model_type == "qwen2":
+            to_tune, from_tune = qwen2_hf_to_tune, qwen2_tune_to_hf
+        else:
+            to_tune, from_tune = convert_weights.hf_to_tune, convert_weights.tune_to_hf
+        return KeyConverter(
+            model_type,
+            lambda sd: to_tune(sd, **kwargs),
+            lambda sd: from_tune(sd, **kwargs),
+        )
+    raise ValueError(
+        f"config.json model_type must be one of ['llama', 'mistral', 'qwen2', 'vit'], got {model_type!r}"
+    )
+
+
+def _torch_converter(keys: List[str]) -> KeyConverter:
+    from torchtune.models import convert_weights
+
+    if any(".attention.wq." in k for k in keys):
+        return KeyConverter("meta", convert_weights.meta_to_tune, convert_weights.tune_to_meta)
+    return KeyConverter("torchtune", dict, dict)  # already torchtune's layout
+
+
+@dataclass
+class _Source:
+    """The weight files of a base checkpoint directory."""
+
+    format: str  # "hf" (safetensors) or "torch" (.pt/.pth)
+    files: List[Path]
+    config: Optional[Dict[str, Any]]
+
+    def iter_file(self, path: Path, lazy: bool = False) -> Iterator[Tuple[str, Any]]:
+        """``(key, tensor)`` of one file, one tensor in memory at a time (safetensors)
+        or memory-mapped (torch); ``lazy`` yields safetensors slices instead."""
+        if self.format == "hf":
+            try:
+                with safe_open(str(path), framework="pt") as f:
+                    for key in f.keys():
+                        yield key, (f.get_slice(key) if lazy else f.get_tensor(key))
+            except Exception as e:
+                if isinstance(e, (KeyboardInterrupt, GeneratorExit)):
+                    raise
+                raise ValueError(f"cannot read base checkpoint file {path}: {e}") from e
+        else:
+            try:
+                sd = torch.load(str(path), map_location="cpu", mmap=True, weights_only=True)
+            except Exception as e:
+                raise ValueError(f"cannot read base checkpoint file {path}: {e}") from e
+            if "model" in sd and isinstance(sd["model"], dict):
+                sd = sd["model"]
+            for key, tensor in sd.items():
+                yield key, tensor
+
+
+def _slice_shape(value: Any) -> Tuple[int, ...]:
+    return tuple(value.get_shape()) if hasattr(value, "get_shape") else tuple(value.shape)
+
+
+def find_base_checkpoint(base_dir: PathLike) -> _Source:
+    """Detect the format and weight files of a base checkpoint directory.
+
+    Raises:
+        FileNotFoundError: if the directory has no supported weight files.
+    """
+    base_dir = Path(base_dir)
+    if not base_dir.is_dir():
+        raise FileNotFoundError(f"base checkpoint directory {base_dir} does not exist")
+    config_path = base_dir / "config.json"
+    config = json.loads(config_path.read_text()) if config_path.is_file() else None
+    index = base_dir / HF_INDEX_FILE
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        files = [base_dir / name for name in sorted(set(weight_map.values()))]
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{index} names missing shard(s) {missing[:3]}")
+        return _Source("hf", files, config)
+    safetensors_files = sorted(base_dir.glob("*.safetensors"))
+    if safetensors_files:
+        return _Source("hf", safetensors_files, config)
+    torch_files = sorted(p for p in base_dir.iterdir() if p.suffix in TORCH_SUFFIXES)
+    if torch_files:
+        return _Source("torch", torch_files, config)
+    raise FileNotFoundError(
+        f"no base weights in {base_dir}: expected {HF_INDEX_FILE}, *.safetensors, "
+        "or consolidated.00.pth / *.pt"
+    )
+
+
+def _merge_one(
+    tune_key: str,
+    weight: torch.Tensor,
+    adapter_sd: Dict[str, torch.Tensor],
+    adapter_cfg: GenFTAdapterConfig,
+) -> torch.Tensor:
+    target = tune_key[: -len(".weight")]
+    sd = dict(adapter_sd)
+    sd[tune_key] = weight
+    if adapter_cfg.method == "genft":
+        merged = merge_genft_state_dict(sd, config=adapter_cfg.config, target_modules=[target])
+    else:
+        targets = adapter_cfg.target_modules
+        merged = merge_wegeft_state_dict(sd, config=adapter_cfg.config, target_modules={target: targets[target]})
+    return merged[tune_key]
+
+
+class _ShardWriter:
+    """Writes safetensors shards of at most ``max_bytes`` under temporary names and
+    renames them ``model-0000i-of-0000N.safetensors`` once ``N`` is known."""
+
+    def __init__(self, out_dir: Path, max_bytes: int):
+        self.out_dir, self.max_bytes = out_dir, max_bytes
+        self.buffer: Dict[str, torch.Tensor] = {}
+        self.size = 0
+        self.files: List[Tuple[Path, List[str]]] = []
+        self.total = 0
+
+    def add(self, key: str, tensor: torch.Tensor) -> None:
+        nbytes = tensor.numel() * tensor.element_size()
+        if self.buffer and self.size + nbytes > self.max_bytes:
+            self.flush()
+        self.buffer[key] = tensor.contiguous()
+        self.size += nbytes
+        self.total += nbytes
+
+    def flush(self) -> None:
+        if not self.buffer:
+            return
+        path = self.out_dir / f".shard-{len(self.files):05d}.tmp"
+        save_file(self.buffer, str(path), metadata={"format": "pt"})
+        self.files.append((path, list(self.buffer)))
+        self.buffer, self.size = {}, 0
+
+    def finish(self) -> List[str]:
+        self.flush()
+        n = len(self.files)
+        names = []
+        weight_map = {}
+        for i, (path, keys) in enumerate(self.files):
+            name = "model.safetensors" if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+            path.rename(self.out_dir / name)
+            names.append(name)
+            weight_map.update({k: name for k in keys})
+        if n > 1:
+            index = {"metadata": {"total_size": self.total}, "weight_map": dict(sorted(weight_map.items()))}
+            (self.out_dir / HF_INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+        return names
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in root.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def merge_adapter_checkpoint(
+    *,
+    base_dir: PathLike,
+    adapter_dir: PathLike,
+    output_dir: PathLike,
+    dtype: str = "auto",
+    max_shard_size: Union[str, int] = "5GB",
+    overwrite: bool = False,
+    _after_shard: Optional[Callable[[int], None]] = None,
+) -> Path:
+    """Write ``W0 + dW`` for every adapted weight of a base checkpoint, in its format.
+
+    Args:
+        base_dir (PathLike): Hugging Face safetensors directory (sharded with
+            ``model.safetensors.index.json`` or one file; ``config.json`` with
+            ``model_type`` llama, mistral, qwen2 or vit) or a torchtune/Meta directory
+            (``consolidated.00.pth`` / ``*.pt``).
+        adapter_dir (PathLike): saved by :func:`save_genft_adapter`.
+        output_dir (PathLike): the merged checkpoint (must not exist unless ``overwrite``).
+        dtype (str): ``auto`` (keep each tensor's dtype), ``bf16``, ``fp16`` or ``fp32``
+            (cast every floating tensor; ``config.json``'s ``torch_dtype`` follows).
+        max_shard_size (Union[str, int]): largest output shard (safetensors only).
+        overwrite (bool): replace an existing ``output_dir``.
+
+    Returns:
+        Path: ``output_dir``.
+
+    Raises:
+        ValueError: for a bad ``dtype``/size, an unknown model family, or an adapter
+            that does not fit the base (naming the target and the shapes).
+        FileExistsError: if ``output_dir`` exists and ``overwrite`` is False.
+        FileNotFoundError: for a missing base or adapter file.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
+    cast = DTYPES[dtype]
+    max_bytes = parse_size(max_shard_size)
+    base_dir, output_dir = Path(base_dir), Path(output_dir)
+    if output_dir.exists() and not overwrite:
+        raise FileExistsError(f"output directory {output_dir} exists (pass overwrite / --overwrite)")
+    if output_dir.resolve() == base_dir.resolve():
+        raise ValueError("output_dir must differ from base_dir")
+    adapter_sd, adapter_cfg = load_genft_adapter(adapter_dir)
+    source = find_base_checkpoint(base_dir)
+
+    shapes: Dict[str, Tuple[int, ...]] = {}
+    for path in source.files:
+        for key, value in source.iter_file(path, lazy=True):
+            shapes[key] = _slice_shape(value)
+    if source.format == "hf":
+        if source.config is None:
+            raise FileNotFoundError(f"{base_dir / 'config.json'} not found: needed to map the weights")
+        converter = _hf_converter(source.config)
+    else:
+        converter = _torch_converter(list(shapes))
+    to_tune = {k: converter.key_to_tune(k, s) for k, s in shapes.items()}
+    tune_shapes = {t: shapes[k] for k, t in to_tune.items() if t is not None}
+    check_adapter_matches_model(adapter_cfg, tune_shapes)
+    target_keys = {f"{t}.weight" for t in adapter_cfg["target_modules"]}
+    # trained non-adapter modules (e.g. a new classifier head) replace or join the base's
+    replacements: Dict[str, torch.Tensor] = {}
+    for tune_key in adapter_cfg.get("modules_to_save") or []:
+        (src_key, value), = converter.from_tune({tune_key: adapter_sd[tune_key]}).items()
+        replacements[src_key] = value
+    config_updates = _config_updates(source.config, replacements, adapter_cfg)
+    log.info(
+        f"Merging {len(target_keys)} adapted weights ({adapter_cfg.method}) into {base_dir} "
+        f"({source.format}, {converter.name} layout, {len(source.files)} file(s))"
+    )
+
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f"{output_dir.name}.tmp-", dir=output_dir.parent))
+    try:
+        merged_count = 0
+        writer = _ShardWriter(tmp_dir, max_bytes) if source.format == "hf" else None
+        for i, path in enumerate(source.files):
+            out_sd: Dict[str, torch.Tensor] = {}
+            for key, tensor in source.iter_file(path):
+                tune_key = to_tune.get(key)
+                if key in replacements:
+                    tensor = replacements.pop(key).to(tensor.dtype)
+                elif tune_key in target_keys:
+                    (tk, tt), = converter.to_tune({key: tensor}).items()
+                    merged = _merge_one(tk, tt, adapter_sd, adapter_cfg)
+                    (back_key, tensor), = converter.from_tune({tk: merged}).items()
+                    if back_key != key:
+                        raise RuntimeError(f"key conversion is not invertible: {key} -> {tk} -> {back_key}")
+                    merged_count += 1
+                if cast is not None and tensor.is_floating_point():
+                    tensor = tensor.to(cast)
+                if writer is not None:
+                    writer.add(key, tensor)
+                else:
+                    out_sd[key] = tensor
+            if i == len(source.files) - 1:  # new tensors (a head the base lacks) go last
+                for key, tensor in replacements.items():
+                    if cast is not None and tensor.is_floating_point():
+                        tensor = tensor.to(cast)
+                    if writer is not None:
+                        writer.add(key, tensor)
+                    else:
+                        out_sd[key] = tensor
+            if writer is None:
+                torch.save(out_sd, tmp_dir / path.name)
+                del out_sd
+            if _after_shard is not None:
+                _after_shard(i)
+        if merged_count != len(target_keys):
+            raise RuntimeError(f"merged {merged_count} weights, expected {len(target_keys)}")
+        if writer is not None:
+            writer.finish()
+        _copy_non_weights(base_dir, tmp_dir, source, cast, config_updates)
+        _copy_run_files(Path(adapter_dir), tmp_dir)
+        _fsync_tree(tmp_dir)
+        if output_dir.exists():
+            old = Path(tempfile.mkdtemp(prefix=f"{output_dir.name}.old-", dir=output_dir.parent))
+            os.replace(output_dir, old / "x")
+            os.replace(tmp_dir, output_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp_dir, output_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    log.info(f"Merged checkpoint ({merged_count} weights updated) written to {output_dir}")
+    return output_dir
+
+
+def _config_updates(
+    config: Optional[Dict[str, Any]], replacements: Dict[str, torch.Tensor], adapter_cfg: GenFTAdapterConfig
+) -> Dict[str, Any]:
+    """``config.json`` changes implied by a replaced classifier (ViT): labels and
+    architecture follow the trained head (labels from the adapter's ``extra.id2label``)."""
+    head = replacements.get("classifier.weight")
+    if not config or config.get("model_type") != "vit" or head is None:
+        return {}
+    n = int(head.shape[0])
+    id2label = (adapter_cfg.get("extra") or {}).get("id2label")
+    if not id2label or len(id2label) != n:
+        old = config.get("id2label") or {}
+        id2label = old if len(old) == n else {str(i): f"LABEL_{i}" for i in range(n)}
+    id2label = {str(k): str(v) for k, v in id2label.items()}
+    return {
+        "architectures": ["ViTForImageClassification"],
+        "id2label": id2label,
+        "label2id": {v: int(k) for k, v in id2label.items()},
+    }
+
+
+def _copy_non_weights(
+    base_dir: Path,
+    out_dir: Path,
+    source: _Source,
+    cast: Optional[torch.dtype],
+    config_updates: Optional[Dict[str, Any]] = None,
+) -> None:
+    """Copy tokenizer, generation config and every other non-weight file; update
+    ``config.json``'s ``torch_dtype``. Subdirectories holding weights (e.g. the
+    ``original/`` Meta copy of Llama 3 repos) are skipped: they would be unmerged."""
+    weight_names = {p.name for p in source.files} | {HF_INDEX_FILE}
+    for path in sorted(base_dir.iterdir()):
+        if path.name in weight_names or path.name.startswith("."):
+            continue
+        if path.is_dir():
+            if any(p.suffix in WEIGHT_SUFFIXES for p in path.rglob("*")):
+                log.warning(f"Not copying {path}: it holds (unmerged) weights")
+                continue
+            shutil.copytree(path, out_dir / path.name)
+        elif path.suffix in WEIGHT_SUFFIXES:
+            log.warning(f"Not copying {path}: an unused weight file")
+        elif path.name == "config.json" and (cast is not None or config_updates):
+            config = json.loads(path.read_text())
+            config.update(config_updates or {})
+            if cast is not None:
+                config["torch_dtype"] = str(cast).replace("torch.", "")
+                if "dtype" in config:
+                    config["dtype"] = config["torch_dtype"]
+            (out_dir / path.name).write_text(json.dumps(config, indent=2) + "\n")
+        else:
+            shutil.copy2(path, out_dir / path.name)
+
+
+def _copy_run_files(adapter_dir: Path, out_dir: Path) -> None:
+    """The adapter's ``genft_config.json`` (GenFT hyperparameters, for the model card)
+    and, when found in the adapter's directory or its parent (the recipe's output
+    dir), the training config and metric log."""
+    shutil.copy2(adapter_dir / ADAPTER_CONFIG_FILE, out_dir / ADAPTER_CONFIG_FILE)
+    for parent in (adapter_dir, adapter_dir.parent):
+        for name in RUN_FILES:
+            if (parent / name).is_file() and not (out_dir / name).exists():
+                shutil.copy2(parent / name, out_dir / name)
+        logs = sorted((parent / "logs").glob("*.txt")) if (parent / "logs").is_dir() else []
+        if logs and not (out_dir / "training_log.txt").exists():
+            shutil.copy2(logs[-1], out_dir / "training_log.txt")
+
+
+__all__ = ["DTYPES", "KeyConverter", "find_base_checkpoint", "merge_adapter_checkpoint", "parse_size"]

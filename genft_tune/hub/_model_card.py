@@ -1,0 +1,206 @@
+"""Model card (``README.md``) and loss curve for a merged GenFT model folder.
+
+Reads what :func:`genft_tune.checkpointing.merge_adapter_checkpoint` leaves in the
+folder: ``genft_config.json`` (hyperparameters, targets, base model),
+``torchtune_config.yaml`` (training config) and ``training_log.txt`` (torchtune's
+``DiskLogger`` lines ``Step N | loss:2.31 lr:0.0002 ...``), each optional, plus the
+base's own ``README.md`` (its ``license``) and ``config.json``.
+"""
+
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, os.PathLike]
+
+CARD_FILE = "README.md"
+LOSS_CURVE_FILE = "loss_curve.png"
+TRAINING_CONFIG_FILE = "torchtune_config.yaml"
+TRAINING_LOG_FILE = "training_log.txt"
+GENFT_CONFIG_FILE = "genft_config.json"
+TAGS = ["genft", "peft", "torchtune"]
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_LOG_LINE = re.compile(r"^Step (\d+) \| (.*)$")
+
+
+def parse_metric_log(path: PathLike) -> Dict[str, List[Tuple[int, float]]]:
+    """``{metric: [(step, value), ...]}`` from a torchtune ``DiskLogger`` file."""
+    metrics: Dict[str, List[Tuple[int, float]]] = {}
+    for line in Path(path).read_text().splitlines():
+        m = _LOG_LINE.match(line.strip())
+        if not m:
+            continue
+        step = int(m.group(1))
+        for item in m.group(2).split():
+            name, sep, value = item.partition(":")
+            if not sep:
+                continue
+            try:
+                metrics.setdefault(name, []).append((step, float(value)))
+            except ValueError:
+                continue
+    return metrics
+
+
+def _front_matter(text: str) -> Dict[str, Any]:
+    if not text.startswith("---"):
+        return {}
+    end = text.find("\n---", 3)
+    if end < 0:
+        return {}
+    try:
+        data = yaml.safe_load(text[3:end])
+    except yaml.YAMLError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def plot_loss_curve(metrics: Dict[str, List[Tuple[int, float]]], path: PathLike) -> Optional[Path]:
+    """Plot ``loss`` (and ``val_loss``) against the step into ``path``; ``None`` when
+    there is no loss or matplotlib is not installed."""
+    curves = {k: v for k, v in metrics.items() if k in ("loss", "val_loss") and v}
+    if not curves:
+        return None
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.info("matplotlib is not installed: the model card has no loss curve")
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    for name, points in sorted(curves.items()):
+        steps, values = zip(*points)
+        ax.plot(steps, values, label=name, marker="." if len(points) < 50 else None)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, metadata={"Software": None})
+    plt.close(fig)
+    return path
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return f"`{value}`" if isinstance(value, str) else str(value)
+
+
+def build_model_card(
+    folder: PathLike,
+    *,
+    repo_id: str,
+    license: Optional[str] = None,
+    loss_curve: Optional[str] = None,
+) -> str:
+    """The ``README.md`` text for a merged GenFT model folder.
+
+    Args:
+        folder (PathLike): the folder to publish.
+        repo_id (str): its Hub id, for the title and the usage snippet.
+        license (Optional[str]): overrides the license of the base's card.
+        loss_curve (Optional[str]): file name of a loss-curve image in the folder.
+
+    Returns:
+        str: YAML front matter (``base_model``, ``library_name``, ``tags``,
+        ``license``) and a Markdown body.
+    """
+    folder = Path(folder)
+    genft = json.loads((folder / GENFT_CONFIG_FILE).read_text()) if (folder / GENFT_CONFIG_FILE).is_file() else {}
+    base_card = _front_matter((folder / CARD_FILE).read_text()) if (folder / CARD_FILE).is_file() else {}
+    hf_format = (folder / "config.json").is_file()
+    base_model = genft.get("base_model")
+    if base_model and not _HUB_ID.match(str(base_model)):
+        base_model = base_card.get("base_model") if isinstance(base_card.get("base_model"), str) else None
+    license = license or base_card.get("license")
+
+    meta: Dict[str, Any] = {}
+    if base_model:
+        meta["base_model"] = base_model
+    meta["library_name"] = "transformers" if hf_format else "torchtune"
+    meta["tags"] = list(TAGS) + [t for t in (base_card.get("tags") or []) if t not in TAGS and isinstance(t, str)]
+    if license:
+        meta["license"] = license
+    if hf_format:
+        meta["pipeline_tag"] = (
+            "image-classification"
+            if json.loads((folder / "config.json").read_text()).get("model_type") == "vit"
+            else "text-generation"
+        )
+
+    method = genft.get("method", "genft")
+    lines = [f"# {repo_id.split('/')[-1]}", ""]
+    what = "GenFT (generative parameter-efficient fine-tuning, arXiv:2506.11042)" if method == "genft" else "WeGeFT"
+    base_txt = f" of [{base_model}](https://huggingface.co/{base_model})" if base_model else ""
+    lines += [
+        f"A fine-tuned version{base_txt}, trained with {what} using "
+        "[torchtune](https://github.com/pytorch/torchtune) and `genft_tune`. The adapter "
+        "(`W = W0 + dW`) is merged into the weights: the model loads like its base, "
+        "with no extra dependency.",
+        "",
+    ]
+    if hf_format:
+        cls = "AutoModelForImageClassification" if meta.get("pipeline_tag") == "image-classification" else "AutoModelForCausalLM"
+        lines += ["## Usage", "", "```python", f"from transformers import {cls}", "", f'model = {cls}.from_pretrained("{repo_id}")', "```", ""]
+    if genft:
+        cfg = genft.get(f"{method}_config", {})
+        lines += [f"## {'GenFT' if method == 'genft' else 'WeGeFT'} hyperparameters", "", "| parameter | value |", "|---|---|"]
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in cfg.items()]
+        targets = genft.get("target_modules", [])
+        suffixes = sorted({t.rsplit(".", 1)[-1] for t in targets})
+        n_params = sum(_numel(s) for s in genft.get("tensor_shapes", {}).values())
+        lines += [
+            f"| target modules | {len(targets)} ({', '.join(suffixes)}) |",
+            f"| adapter parameters | {n_params:,} |",
+            f"| genft_tune version | {genft.get('genft_tune_version', 'unknown')} |",
+            "",
+        ]
+    log_path = folder / TRAINING_LOG_FILE
+    if log_path.is_file():
+        metrics = parse_metric_log(log_path)
+        if metrics:
+            lines += ["## Final metrics", "", "| metric | step | value |", "|---|---|---|"]
+            for name, points in sorted(metrics.items()):
+                step, value = points[-1]
+                lines.append(f"| {name} | {step} | {value:.6g} |")
+            lines.append("")
+    if loss_curve:
+        lines += ["## Training loss", "", f"![training loss]({loss_curve})", ""]
+    cfg_path = folder / TRAINING_CONFIG_FILE
+    if cfg_path.is_file():
+        lines += [
+            "## Training configuration",
+            "",
+            "<details><summary>torchtune config</summary>",
+            "",
+            "```yaml",
+            cfg_path.read_text().rstrip(),
+            "```",
+            "",
+            "</details>",
+            "",
+        ]
+    front = yaml.safe_dump(meta, sort_keys=False).rstrip()
+    return f"---\n{front}\n---\n\n" + "\n".join(lines).rstrip() + "\n"
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+__all__ = ["build_model_card", "parse_metric_log", "plot_loss_curve"]

@@ -1,0 +1,51 @@
+"""Llama-family decoders (Llama 2, 3.1, 3.2 and SmolLM2's architecture) with GenFT
+(and WeGeFT, the weight-generative baseline)."""
+
+from genft_tune.models.llama._checkpoint import check_base_state_dict, load_base_checkpoint
+from genft_tune.models.llama._component_builders import (
+    GENFT_ATTN_MODULES,
+    llama,
+    llama_decoder,
+    llama_genft,
+    llama_wegeft,
+)
+from genft_tune.models.llama._model_builders import (
+    genft_llama2_7b,
+    genft_llama3_1_405b,
+    genft_llama3_1_70b,
+    genft_llama3_1_8b,
+    genft_llama3_2_1b,
+    genft_llama3_2_3b,
+    qgenft_llama2_7b,
+    qgenft_llama3_1_405b,
+    qgenft_llama3_1_70b,
+    qgenft_llama3_1_8b,
+    qgenft_llama3_2_1b,
+    qgenft_llama3_2_3b,
+    wegeft_llama3_1_8b,
+    wegeft_llama3_2_1b,
+)
+
+__all__ = [
+    "check_base_state_dict",
+    "GENFT_ATTN_MODULES",
+    "genft_llama2_7b",
+    "genft_llama3_1_405b",
+    "genft_llama3_1_70b",
+    "genft_llama3_1_8b",
+    "genft_llama3_2_1b",
+    "genft_llama3_2_3b",
+    "llama",
+    "llama_decoder",
+    "llama_genft",
+    "llama_wegeft",
+    "load_base_checkpoint",
+    "qgenft_llama2_7b",
+    "qgenft_llama3_1_405b",
+    "qgenft_llama3_1_70b",
+    "qgenft_llama3_1_8b",
+    "qgenft_llama3_2_1b",
+    "qgenft_llama3_2_3b",
+    "wegeft_llama3_1_8b",
+    "wegeft_llama3_2_1b",
+]

@@ -1,0 +1,1030 @@
+# Copyright (c) genft-tune authors.
+# Adapted from torchtune's recipes/lora_finetune_distributed.py
+# (Copyright (c) Meta Platforms, Inc. and affiliates.)
+# All rights reserved.
+#
+# This source code is licensed under the BSD-style license found in the
+# LICENSE file in the root directory of this source tree.
+
+"""Distributed (FSDP2) GenFT fine-tuning: NCCL on GPUs, gloo on CPU.
+
+Run it with ``tune run --nproc_per_node N genft_finetune_distributed --config <config>``
+(installed module; ``genft-tune ls`` lists the configs), or from a checkout with
+``torchrun --nproc_per_node N recipes/genft_finetune_distributed.py --config <yaml>``.
+"""
+
+import gc
+import sys
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+from warnings import warn
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, ListConfig
+from torch import nn
+from torch.distributed import destroy_process_group
+from torch.optim import Optimizer
+from torchdata.stateful_dataloader import StatefulDataLoader
+from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
+from torchtune import config, modules, training, utils
+from torchtune.config._utils import _get_component_from_path
+from torchtune.data import padded_collate_packed
+from torchtune.datasets import ConcatDataset
+from torchtune.modules.peft import get_adapter_params, set_trainable_params
+from torchtune.recipe_interfaces import FTRecipeInterface
+from torchtune.training import DummyProfiler, PROFILER_KEY
+from tqdm import tqdm
+
+from genft_tune import training as genft_training
+from genft_tune._recipe_registry import resolve_config_argv
+from genft_tune.checkpointing import load_genft_adapter, save_genft_adapter
+from genft_tune.modules import (
+    get_genft_config,
+    merge_genft_state_dict,
+    validate_missing_and_unexpected_for_genft,
+)
+
+log = utils.get_logger("DEBUG")
+
+
+class GenFTFinetuneRecipeDistributed(FTRecipeInterface):
+    """
+    Distributed GenFT fine-tuning recipe for dense transformer LLMs (Llama 2/3.x,
+    SmolLM2), sharded with FSDP2. Runs on GPUs (NCCL) or, for tests and small models,
+    on CPU processes (gloo). Only the GenFT adapter is trained; the shared generators
+    are registered once on the model root, so FSDP shards and reduces them once.
+
+    Features:
+        - FSDP2 through torchtune's ``training.shard_model`` (each transformer layer,
+          then the root). ``fsdp_cpu_offload`` offloads parameters, gradients and
+          optimizer state to CPU; ``fsdp_reshard_after_forward`` (default True)
+          corresponds to FULL_SHARD, False to SHARD_GRAD_OP.
+        - The model is built on the meta device; the base weights are loaded from the
+          checkpoint and the adapter from a full, seed-determined initial state (or the
+          checkpoint being resumed) broadcast from rank 0, so a run with N processes
+          starts from the same adapter as a single-device run with the same seed.
+        - Activation checkpointing and offloading (CUDA only), ``compile``, gradient
+          accumulation (global batch = batch_size * world size * accumulation steps),
+          clipping, LR scheduler, token-normalised loss across ranks, validation
+          (``dataset_val``), metric loggers, profiler, tqdm.
+        - torchao switches as in the single-device recipe (low-bit / bf16
+          stochastic-rounding optimizers, NF4 base, ``enable_fp8_training``).
+        - Checkpoints: adapter + recipe state every ``save_every_n_steps`` steps and at
+          each epoch end (only the adapter is all-gathered for these); resume restores
+          every rank's data position and RNG (same world size needed mid-epoch); at the
+          end the merged model in the base checkpoint's format (rank 0).
+        - CUDA memory statistics are skipped on CPU.
+
+    Args:
+        cfg (DictConfig): OmegaConf object parsed from yaml file
+
+    Raises:
+        ValueError: If ``dtype`` is set to fp16, or the config fails a pre-flight check.
+        RuntimeError: If ``enable_activation_offloading`` is True and device is not CUDA
+            or activation checkpointing is off, or a float8 feature is asked for on a
+            device without float8.
+    """
+
+    def __init__(self, cfg: DictConfig) -> None:
+        # Fail on a bad config before anything is loaded.
+        genft_training.validate_recipe_config(cfg)
+
+        self._device = utils.get_device(device=cfg.device)
+        self._dtype = training.get_dtype(cfg.dtype, device=self._device)
+
+        if self._dtype == torch.float16:
+            raise ValueError(
+                "full fp16 training is not supported with this recipe. Please use bf16 or fp32 instead."
+            )
+
+        self.world_size, self.rank = utils.get_world_size_and_rank()
+
+        self._is_rank_zero = self.rank == 0
+
+        # logging attributes
+        self._output_dir = Path(cfg.output_dir)
+        self._log_every_n_steps = cfg.get("log_every_n_steps", 1)
+        self._log_peak_memory_stats = cfg.get("log_peak_memory_stats", False)
+
+        if self._log_peak_memory_stats and self._device.type != "cuda":
+            utils.log_rank_zero(
+                log,
+                "log_peak_memory_stats was set to True, however, training does not use cuda. Setting log_peak_memory_stats=False.",
+            )
+            self._log_peak_memory_stats = False
+
+        # These attributes constitute the recipe state and are updated by ``load_checkpoint``
+        # when ``resume_from_checkpoint`` is ``True``
+        self.seed = training.set_seed(
+            seed=cfg.seed, debug_mode=cfg.get("cudnn_deterministic_mode", None)
+        )
+        self.epochs_run = 0
+        self.total_epochs = cfg.epochs
+        self.max_steps_per_epoch = cfg.max_steps_per_epoch
+        self.global_step = 0
+        self._steps_in_epoch = 0
+        self._clip_grad_norm = cfg.get("clip_grad_norm", None)
+
+        self._save_adapter_weights_only = cfg.get("save_adapter_weights_only", False)
+        self._save_every_n_steps = cfg.get("save_every_n_steps", None)
+        self._resume_from_checkpoint = cfg.get("resume_from_checkpoint", False)
+        self._gradient_accumulation_steps = cfg.get("gradient_accumulation_steps", 1)
+        self._run_val_every_n_steps = cfg.get("run_val_every_n_steps", None)
+        self._max_validation_steps = cfg.get("max_validation_steps", None)
+
+        # activation checkpointing/offloading
+        self._enable_activation_checkpointing = cfg.get(
+            "enable_activation_checkpointing", False
+        )
+        self._enable_activation_offloading = cfg.get(
+            "enable_activation_offloading", False
+        )
+        if self._enable_activation_offloading:
+            if self._device.type != "cuda":
+                raise RuntimeError(
+                    "enable_activation_offloading should only be True when training on CUDA "
+                    f"(this run uses device {self._device.type!r}); set enable_activation_offloading: False"
+                )
+            if not self._enable_activation_checkpointing:
+                raise RuntimeError(
+                    "enable_activation_offloading should only be True when enable_activation_checkpointing is True"
+                )
+        elif self._enable_activation_checkpointing and self._device.type == "cuda":
+            utils.log_rank_zero(
+                log,
+                "Hint: enable_activation_checkpointing is True, but enable_activation_offloading isn't. "
+                "Enabling activation offloading should reduce memory further.",
+            )
+
+        # torchao low-precision switches
+        self._enable_fp8_training = cfg.get("enable_fp8_training", False)
+        self._fp8_recipe_name = cfg.get("fp8_recipe_name", None)
+        if self._enable_fp8_training:
+            genft_training.validate_fp8_training(self._device, self._fp8_recipe_name)
+        genft_training.validate_optimizer_config(
+            cfg.optimizer, dtype=self._dtype, device=self._device
+        )
+
+    def load_checkpoint(
+        self, cfg_checkpointer: DictConfig
+    ) -> Tuple[Dict[str, Any], Optional[Dict[str, Any]], Optional[Dict[str, Any]]]:
+        """
+        Load the base model weights with the torchtune checkpointer and, when resuming,
+        the recipe state and the GenFT adapter that ``save_checkpoint`` wrote to
+        ``output_dir``.
+
+        Returns:
+            Tuple: (base model state dict, recipe state or None, adapter state dict or None)
+        """
+        self._checkpointer = config.instantiate(
+            cfg_checkpointer, should_load_recipe_state=False
+        )
+        checkpoint_dict = self._checkpointer.load_checkpoint()
+        base_state_dict = checkpoint_dict[training.MODEL_KEY]
+
+        if not self._resume_from_checkpoint:
+            return base_state_dict, None, None
+        recipe_state = genft_training.load_recipe_state(self._output_dir)
+        adapter_dir = self._output_dir / recipe_state[genft_training.ADAPTER_DIR_KEY]
+        adapter_state_dict, adapter_config = load_genft_adapter(adapter_dir)
+        self._resume_adapter_config = adapter_config
+        self._update_recipe_state(recipe_state)
+        utils.log_rank_zero(log, f"Resuming from {adapter_dir} (step {self.global_step}).")
+        return base_state_dict, recipe_state, adapter_state_dict
+
+    def _update_recipe_state(self, ckpt_dict: Dict[str, Any]) -> None:
+        """
+        Updates the recipe state from checkpoint.
+        """
+        try:
+            self.epochs_run = ckpt_dict[training.EPOCHS_KEY]
+            self.global_step = ckpt_dict[training.STEPS_KEY]
+            self._steps_in_epoch = ckpt_dict[genft_training.STEPS_IN_EPOCH_KEY]
+
+            saved_world_size = ckpt_dict[genft_training.WORLD_SIZE_KEY]
+            if training.DATALOADER_KEY in ckpt_dict and saved_world_size != self.world_size:
+                raise ValueError(
+                    f"the checkpoint was saved mid-epoch by {saved_world_size} processes; resuming it "
+                    f"needs the same number of processes (got {self.world_size}), since each "
+                    "process's position in the data is restored"
+                )
+
+            # on mismatch, warn the user and prevent the override
+            if self.seed != ckpt_dict[training.SEED_KEY]:
+                warn(
+                    message=(
+                        "Config value for seed does not match the checkpoint value, "
+                        f"using the checkpoint value: {ckpt_dict[training.SEED_KEY]}"
+                    )
+                )
+                self.seed = ckpt_dict[training.SEED_KEY]
+            if self.max_steps_per_epoch != ckpt_dict[training.MAX_STEPS_KEY]:
+                warn(
+                    message=(
+                        "Config value for max_steps_per_epoch does not match the checkpoint value, "
+                        f"using the checkpoint value: {ckpt_dict[training.MAX_STEPS_KEY]}"
+                    )
+                )
+                self.max_steps_per_epoch = ckpt_dict[training.MAX_STEPS_KEY]
+
+            # on mismatch, warn the user but allow the override
+            if self.total_epochs != ckpt_dict[training.TOTAL_EPOCHS_KEY]:
+                warn(
+                    message=(
+                        "Config value for total_epochs does not match the checkpoint value, "
+                        f"using the config value: {self.total_epochs}"
+                    )
+                )
+
+        except KeyError as e:
+            raise KeyError(
+                "Checkpoint does not contain the required keys needed for updating recipe state. "
+                "Are you sure you passed in the right recipe checkpoint?"
+            ) from e
+
+    def setup(self, cfg: DictConfig) -> None:
+        """
+        Setup the recipe state. This includes recipe state (if resume_from_checkpoint is True),
+        model, tokenizer, loss, optimizer, learning rate scheduler, sampler, and dataloader.
+        """
+        if self._is_rank_zero:
+            self._metric_logger = config.instantiate(cfg.metric_logger)
+
+            # log config with parameter override
+            self._metric_logger.log_config(cfg)
+
+        base_state_dict, recipe_state, adapter_state_dict = self.load_checkpoint(
+            cfg_checkpointer=cfg.checkpointer
+        )
+        self._compile = cfg.get("compile", False)
+
+        self._model = self._setup_model(
+            cfg_model=cfg.model,
+            enable_activation_checkpointing=self._enable_activation_checkpointing,
+            enable_activation_offloading=self._enable_activation_offloading,
+            custom_sharded_layers=cfg.get("custom_sharded_layers", None),
+            fsdp_cpu_offload=cfg.get("fsdp_cpu_offload", False),
+            reshard_after_forward=cfg.get("fsdp_reshard_after_forward", True),
+            base_model_state_dict=base_state_dict,
+            adapter_state_dict=adapter_state_dict,
+        )
+        del base_state_dict
+        self._tokenizer = config.instantiate(cfg.tokenizer)
+
+        self._optimizer = self._setup_optimizer(
+            cfg_optimizer=cfg.optimizer,
+            opt_state_dict=recipe_state[training.OPT_KEY] if recipe_state else None,
+        )
+
+        # initialize loss
+        self._loss_fn = config.instantiate(cfg.loss)
+
+        if self._compile:
+            training.compile_loss(self._loss_fn, verbose=self._is_rank_zero)
+
+        if self._loss_fn.__class__.__name__ == "CEWithChunkedOutputLoss":
+            # set num_output_chunks for model
+            self._model.set_num_output_chunks(self._loss_fn.num_output_chunks)
+        utils.log_rank_zero(log, "Loss is initialized.")
+
+        # sampler and dataloader depend on the tokenizer and loss_fn and should be
+        # setup after all of these are setup
+        collate_name = cfg.get("collate_fn", "torchtune.data.padded_collate_sft")
+        dataloader_state = None
+        if recipe_state is not None and training.DATALOADER_KEY in recipe_state:
+            dataloader_state = recipe_state[training.DATALOADER_KEY][self.rank]
+        self._dataloader = self._setup_data(
+            cfg_dataset=cfg.dataset,
+            shuffle=cfg.shuffle,
+            batch_size=cfg.batch_size,
+            collate_fn=collate_name,
+            dataloader_state_dict=dataloader_state,
+        )
+        self._val_dataloader = None
+        if cfg.get("dataset_val", None) is not None:
+            self._val_dataloader = self._setup_data(
+                cfg_dataset=cfg.dataset_val,
+                shuffle=False,
+                batch_size=cfg.get("batch_size_val", cfg.batch_size),
+                collate_fn=collate_name,
+            )
+
+        # Finally update the recipe state which can only be correctly set after all of the
+        # other components have been initialized and updated.
+
+        # Number of training steps in each epoch depends on the number of batches produced
+        # by the dataloader and the max_steps_per_epoch param set by the user and is used
+        # for logging and tracking training state. This should be computed after the dataloader
+        # has been setup
+        self._steps_per_epoch = (
+            len(self._dataloader) // self._gradient_accumulation_steps
+        )
+        if self._steps_per_epoch == 0:
+            raise ValueError(
+                f"each of the {self.world_size} processes gets {len(self._dataloader)} batches of "
+                f"batch_size={cfg.batch_size}, fewer than gradient_accumulation_steps="
+                f"{self._gradient_accumulation_steps}: no optimizer step would run"
+            )
+        if (
+            self.max_steps_per_epoch is not None
+            and self.max_steps_per_epoch < self._steps_per_epoch
+        ):
+            self._steps_per_epoch = self.max_steps_per_epoch
+        if not self._resume_from_checkpoint:
+            self.global_step = self.epochs_run * self._steps_per_epoch
+
+        # Learning rate scheduler can only be set up after number of steps
+        # has been computed
+        self._lr_scheduler = self._setup_lr_scheduler(
+            cfg_lr_scheduler=cfg.get("lr_scheduler", None),
+            num_training_steps=self.total_epochs * self._steps_per_epoch,
+            last_epoch=self.global_step - 1,
+        )
+
+        # Set up profiler, returns DummyProfiler (nullcontext object with no-op `step` method)
+        # if cfg is missing profiler key or if `cfg.profiler.enabled = False`
+        self._profiler = self._setup_profiler(cfg.get(PROFILER_KEY, None))
+
+        # Restore this rank's random state last, so nothing done during setup consumes it.
+        if recipe_state is not None:
+            rng_states = recipe_state[training.RNG_KEY]
+            if len(rng_states) == self.world_size:
+                genft_training.set_rng_state(rng_states[self.rank])
+            else:
+                utils.log_rank_zero(
+                    log,
+                    f"The checkpoint holds the RNG state of {len(rng_states)} processes, this run has "
+                    f"{self.world_size}: random state not restored (dropout masks will differ).",
+                )
+
+    def _setup_profiler(
+        self, cfg_profiler: Optional[DictConfig] = None
+    ) -> Union[torch.profiler.profile, DummyProfiler]:
+        """
+        Parses the `profiler` section of top-level `cfg` and sets up profiler
+
+        Args:
+            cfg_profiler (Optional[DictConfig]): ``profiler`` section of the top-level ``cfg`` (the main config passed to
+                `recipe.main`). Default None.
+
+        Returns:
+            profiler: Union[torch.profiler.profile, DummyProfiler] - DummyProfiler is a nullcontext with no-op methods
+            for `start`, `stop`, and `step` that can be used in place of `torch.profiler.profile` if profiler is not enabled such
+            that the instrumented training loop does not need to be changed profiling is disabled.
+
+        The profiler config can be provided in configs under the `profiler` key with the following layout:
+
+        .. code-block:: yaml
+            profiler:
+                enabled: bool
+
+                #Output directory of trace artifacts
+                output_dir: str
+
+            #`torch.profiler.ProfilerActivity` types to trace
+            cpu: bool
+            cuda: bool
+
+                #Trace options
+                profile_memory: bool
+                with_stack: bool
+                record_shapes: bool
+                with_flops: bool
+
+            # `torch.profiler.schedule` options:
+            # wait_steps -> wait, warmup_steps -> warmup, active_steps -> active, num_cycles -> repeat
+            wait_steps: int
+            warmup_steps: int
+            active_steps: int
+            num_cycles: int
+        """
+        # Missing profiler section in config, assume disabled
+        if cfg_profiler is None:
+            cfg_profiler = DictConfig({"enabled": False})
+
+        # Check that component is included and set correctly
+        if cfg_profiler.get("_component_", None) is None:
+            cfg_profiler["_component_"] = "torchtune.training.setup_torch_profiler"
+        elif cfg_profiler.get("_component_") != "torchtune.training.setup_torch_profiler":
+            raise ValueError(
+                "Only torch profiler supported currently: profiler._component_ must be "
+                "`torchtune.training.setup_torch_profiler`"
+            )
+
+        profiler, profiler_cfg = config.instantiate(cfg_profiler)
+
+        utils.log_rank_zero(
+            log, f" Profiler config after instantiation: {profiler_cfg}"
+        )
+        self.profiler_profile_memory = False
+        if self._is_rank_zero:
+            self.profiler_profile_memory = profiler_cfg.get("profile_memory", False)
+            if profiler_cfg["enabled"]:
+                self.profiler_wait_steps = profiler_cfg["wait_steps"]
+                self.profiler_warmup_steps = profiler_cfg["warmup_steps"]
+                self.profiler_active_steps = profiler_cfg["active_steps"]
+
+        return profiler
+
+    def _setup_model(
+        self,
+        cfg_model: DictConfig,
+        enable_activation_checkpointing: bool,
+        enable_activation_offloading: bool,
+        fsdp_cpu_offload: bool,
+        reshard_after_forward: bool,
+        base_model_state_dict: Dict[str, Any],
+        custom_sharded_layers: Optional[List[str]] = None,
+        adapter_state_dict: Optional[Dict[str, Any]] = None,
+    ) -> nn.Module:
+        """
+        Model initialization has some important considerations:
+           a. To minimize GPU peak memory, we initialize the model on meta device with
+              the right dtype
+           b. All ranks calls ``load_state_dict`` without peaking CPU RAMs since
+              full state dicts are loaded with ``torch.load(mmap=True)``
+           c. We register (pre-)forward hooks with ``fully_shard`` instead of wrapping `nn.Module`
+           d. The GenFT adapter (shared generators and specific factors) is loaded like the
+              base weights, from a full state dict distributed from rank 0: the checkpoint
+              being resumed, or a fresh initialisation that depends on the seed alone.
+        """
+        utils.log_rank_zero(
+            log,
+            "FSDP is enabled. Instantiating model and loading checkpoint on Rank 0 ...",
+        )
+        init_start = time.perf_counter()
+
+        with training.set_default_dtype(self._dtype), torch.device("meta"):
+            model = config.instantiate(cfg_model)
+
+        self._genft_config = get_genft_config(model)
+        genft_training.check_genft_targets(cfg_model, model)
+        # Names as in the state dict, taken before any wrapping.
+        self._genft_target_modules = genft_training.genft_target_modules(model)
+        if adapter_state_dict is not None:
+            self._check_resume_config()
+        else:
+            adapter_state_dict = genft_training.genft_adapter_init_state_dict(
+                model, seed=self.seed
+            )
+
+        self.adapter_params = get_adapter_params(model)
+        set_trainable_params(model, self.adapter_params)
+        num_trainable = sum(p.numel() for p in self.adapter_params.values())
+        utils.log_rank_zero(
+            log,
+            f"GenFT adapter: {len(self._genft_target_modules)} layers, "
+            f"{num_trainable:,} trainable parameters ({self._genft_config}).",
+        )
+
+        if self._enable_fp8_training:
+            converted = genft_training.convert_frozen_linears_to_float8(
+                model, recipe_name=self._fp8_recipe_name
+            )
+            utils.log_rank_zero(
+                log, f"float8 training of {len(converted)} frozen base linear layers."
+            )
+
+        if self._compile:
+            if self._enable_fp8_training:
+                # float8 kernels need dimensions provably divisible by 16: compile each
+                # (padded) sequence length statically instead of one dynamic graph
+                torch._dynamo.config.automatic_dynamic_shapes = False
+            training.compile_model(model, verbose=self._is_rank_zero)
+
+        if enable_activation_checkpointing:
+            training.set_activation_checkpointing(
+                model, auto_wrap_policy={modules.TransformerSelfAttentionLayer}
+            )
+
+        # For FSDP sharding: every transformer layer, then the root, which owns the
+        # shared generators (``genft_generators``) and so gathers and reduces them once.
+        fsdp_shard_conditions = [
+            partial(
+                training.get_shard_conditions,
+                names_to_match=custom_sharded_layers,
+            )
+        ]
+        training.shard_model(
+            model=model,
+            shard_conditions=fsdp_shard_conditions,
+            cpu_offload=fsdp_cpu_offload,
+            reshard_after_forward=reshard_after_forward,
+        )
+
+        # The adapter: full tensors distributed from rank 0, replacing the meta ones.
+        adapter_missing, adapter_unexpected = training.load_from_full_model_state_dict(
+            model,
+            adapter_state_dict,
+            self._device,
+            cpu_offload=fsdp_cpu_offload,
+        )
+        validate_missing_and_unexpected_for_genft(
+            missing_keys=adapter_missing,
+            unexpected_keys=adapter_unexpected,
+            base_loaded=False,
+            adapter_loaded=True,
+        )
+
+        # RoPE buffers (not in any state dict)
+        with training.set_default_dtype(self._dtype), self._device:
+            for m in model.modules():
+                if hasattr(m, "rope_init"):
+                    m.rope_init()
+
+        base_missing, base_unexpected = training.load_from_full_model_state_dict(
+            model,
+            base_model_state_dict,
+            self._device,
+            cpu_offload=fsdp_cpu_offload,
+        )
+        validate_missing_and_unexpected_for_genft(
+            missing_keys=base_missing,
+            unexpected_keys=base_unexpected,
+            base_loaded=True,
+            adapter_loaded=False,
+        )
+        # Ensure no params and buffers are on meta device
+        training.validate_no_params_on_meta_device(model)
+        training.validate_expected_param_dtype(
+            get_adapter_params(model).items(), dtype=self._dtype
+        )
+
+        # activation offloading
+        self.activations_handling_ctx = training.get_act_offloading_ctx_manager(
+            model, enable_activation_offloading
+        )
+
+        # log
+        utils.log_rank_zero(
+            log,
+            f"Instantiating model and loading checkpoint took {time.perf_counter() - init_start:.2f} secs",
+        )
+        if self._is_rank_zero and self._device.type != "cpu":
+            memory_stats = training.get_memory_stats(device=self._device)
+            training.log_memory_stats(memory_stats)
+
+        # synchronize before training begins
+        torch.distributed.barrier()
+
+        return model
+
+    def _check_resume_config(self) -> None:
+        """The adapter being resumed must have been trained with this GenFT config."""
+        saved = getattr(self, "_resume_adapter_config", None) or {}
+        saved = saved.get("genft_config", saved.get("config", saved))
+        current = self._genft_config.to_dict()
+        diff = {
+            k: (saved[k], v) for k, v in current.items() if k in saved and saved[k] != v
+        }
+        if diff:
+            raise ValueError(
+                "resume_from_checkpoint: the saved adapter's GenFT config differs from the "
+                f"model's (field: (saved, config)): {diff}"
+            )
+
+    def _setup_optimizer(
+        self, cfg_optimizer: DictConfig, opt_state_dict: Optional[Dict[str, Any]] = None
+    ) -> Optimizer:
+        optimizer = config.instantiate(cfg_optimizer, self._model.parameters())
+        if opt_state_dict:
+            training.load_from_full_optimizer_state_dict(
+                self._model,
+                optimizer,
+                opt_state_dict,
+                self._device,
+            )
+
+        utils.log_rank_zero(log, "Optimizer is initialized.")
+        return optimizer
+
+    def _setup_lr_scheduler(
+        self,
+        cfg_lr_scheduler: Optional[DictConfig],
+        num_training_steps: int,
+        last_epoch: int,
+    ) -> Optional[torch.optim.lr_scheduler.LRScheduler]:
+        if cfg_lr_scheduler is None:
+            utils.log_rank_zero(
+                log, "No learning rate scheduler configured: the learning rate stays constant."
+            )
+            return None
+        lr_scheduler = config.instantiate(
+            cfg_lr_scheduler,
+            self._optimizer,
+            num_training_steps=num_training_steps,
+            last_epoch=last_epoch,
+        )
+        utils.log_rank_zero(log, "Learning rate scheduler is initialized.")
+        return lr_scheduler
+
+    def _setup_data(
+        self,
+        cfg_dataset: DictConfig,
+        shuffle: bool,
+        batch_size: int,
+        collate_fn: str,
+        dataloader_state_dict: Optional[Dict[str, Any]] = None,
+    ) -> StatefulDataLoader:
+        """
+        All data related setup happens here. This recipe currently supports only
+        map-style datasets. If a state_dict is provided (meaning we are resuming a training run
+        mid-epoch), it is loaded into the dataloader so that iteration continues where it stopped.
+        """
+        if isinstance(cfg_dataset, ListConfig):
+            datasets = [
+                config.instantiate(single_cfg_dataset, self._tokenizer)
+                for single_cfg_dataset in cfg_dataset
+            ]
+            ds = ConcatDataset(datasets=datasets)
+            packed = getattr(ds, "packed", False)
+        else:
+            ds = config.instantiate(cfg_dataset, self._tokenizer)
+            packed = cfg_dataset.get("packed", False)
+
+        # Instantiate collate_fn
+        if "left_pad_sequence" in collate_fn:
+            raise RuntimeError("left_pad_sequence collator is only for inference.")
+        collate_fn = _get_component_from_path(collate_fn)
+
+        sampler = StatefulDistributedSampler(
+            ds,
+            num_replicas=self.world_size,
+            rank=self.rank,
+            shuffle=shuffle,
+            seed=0,
+        )
+        if packed:
+            collate = padded_collate_packed
+            if self._enable_fp8_training:
+                max_seq_len = getattr(self._tokenizer, "max_seq_len", None)
+                if max_seq_len is None or max_seq_len % genft_training.FP8_TOKEN_MULTIPLE:
+                    raise ValueError(
+                        "enable_fp8_training with a packed dataset needs tokenizer.max_seq_len "
+                        f"to be a multiple of {genft_training.FP8_TOKEN_MULTIPLE}, got {max_seq_len}"
+                    )
+        else:
+            collate = partial(
+                collate_fn,
+                padding_idx=self._tokenizer.pad_id,
+                ignore_idx=self._loss_fn.ignore_index,
+            )
+            if self._enable_fp8_training:
+                # float8 matmuls need the number of tokens divisible by 16
+                collate = genft_training.PadToMultiple(
+                    collate,
+                    genft_training.FP8_TOKEN_MULTIPLE,
+                    padding_idx=self._tokenizer.pad_id,
+                    ignore_idx=self._loss_fn.ignore_index,
+                )
+
+        dataloader = StatefulDataLoader(
+            dataset=ds,
+            batch_size=batch_size,
+            sampler=sampler,
+            collate_fn=collate,
+            # dropping last avoids shape issues with compile + flex attention
+            drop_last=True,
+            # its own generator: creating an iterator must not draw from the global RNG
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+        if dataloader_state_dict is not None:
+            dataloader.load_state_dict(dataloader_state_dict)
+
+        return dataloader
+
+    def save_checkpoint(self, *, epoch: int, end_of_epoch: bool) -> None:
+        """
+        Save the GenFT adapter and the recipe state; after the last epoch, also the
+        merged model through the torchtune checkpointer (see the single-device recipe).
+
+        Every rank takes part in gathering the adapter (and, for the merged model, the
+        full state dict) and the optimizer state; rank 0 writes. The recipe state holds
+        every rank's RNG state and, mid-epoch, every rank's dataloader position.
+        """
+        start = time.perf_counter()
+        done = end_of_epoch and self.epochs_run >= self.total_epochs
+        name = f"epoch_{epoch}" if end_of_epoch else f"step_{self.global_step}"
+        adapter_dir = self._output_dir / name
+        utils.log_rank_zero(log, f"Saving checkpoint {name}...")
+
+        adapter_state_dict = genft_training.gather_adapter_state_dict(
+            self._model, self._is_rank_zero, device=self._device
+        )
+        full_state_dict = None
+        if done and not self._save_adapter_weights_only:
+            full_state_dict = training.gather_cpu_state_dict(
+                self._model, self._is_rank_zero, device=self._device
+            )
+        opt_state_dict = training.get_full_optimizer_state_dict(
+            self._model, self._optimizer, self._is_rank_zero, device=self._device
+        )
+        rng_states = genft_training.all_gather_objects(genft_training.get_rng_state())
+        dataloader_states = (
+            None
+            if end_of_epoch
+            else genft_training.all_gather_objects(self._dataloader.state_dict())
+        )
+
+        if self._is_rank_zero:
+            save_genft_adapter(
+                adapter_dir,
+                adapter_state_dict=adapter_state_dict,
+                config=self._genft_config,
+                target_modules=self._genft_target_modules,
+                base_model=str(self._checkpointer._checkpoint_dir)
+                if hasattr(self._checkpointer, "_checkpoint_dir")
+                else None,
+            )
+            if full_state_dict is not None:
+                merged_state_dict = merge_genft_state_dict(
+                    genft_training.dequantize_state_dict(full_state_dict),
+                    config=self._genft_config,
+                    target_modules=self._genft_target_modules,
+                )
+                del full_state_dict
+                self._checkpointer.save_checkpoint(
+                    {training.MODEL_KEY: merged_state_dict},
+                    epoch=epoch,
+                    intermediate_checkpoint=False,
+                )
+            recipe_state = {
+                training.SEED_KEY: self.seed,
+                training.EPOCHS_KEY: self.epochs_run,
+                training.TOTAL_EPOCHS_KEY: self.total_epochs,
+                training.MAX_STEPS_KEY: self.max_steps_per_epoch,
+                training.STEPS_KEY: self.global_step,
+                genft_training.STEPS_IN_EPOCH_KEY: self._steps_in_epoch,
+                training.OPT_KEY: opt_state_dict,
+                training.RNG_KEY: rng_states,
+                genft_training.ADAPTER_DIR_KEY: name,
+                genft_training.GENFT_CONFIG_KEY: self._genft_config.to_dict(),
+                genft_training.WORLD_SIZE_KEY: self.world_size,
+            }
+            if dataloader_states is not None:
+                recipe_state[training.DATALOADER_KEY] = dataloader_states
+            path = genft_training.save_recipe_state(self._output_dir, recipe_state)
+            log.info(
+                f"Saved the GenFT adapter to {adapter_dir} and the recipe state to {path} "
+                f"in {time.perf_counter() - start:.2f} s."
+            )
+
+        torch.distributed.barrier()
+
+    def _loss_step(self, batch: Dict[str, torch.Tensor], offload: bool = True) -> torch.Tensor:
+        # Shape [b, s], needed for the loss not the model
+        labels = batch.pop("labels")
+        if offload:
+            with self.activations_handling_ctx:
+                logits = self._model(**batch)
+        else:
+            logits = self._model(**batch)
+
+        # Shift labels to compute loss: labels[..., 1:] padded with an ignored position,
+        # so the logits need no slicing.
+        labels = F.pad(labels[..., 1:], (0, 1), value=self._loss_fn.ignore_index)
+        if not isinstance(logits, list):
+            labels = labels.reshape(-1)
+            logits = logits.reshape(-1, logits.size(-1))
+
+        loss = self._loss_fn(logits, labels)
+
+        # free logits otherwise it peaks backward memory
+        del logits
+        return loss
+
+    def validate(self) -> Optional[float]:
+        """Token-normalised loss over ``dataset_val`` across all ranks (at most
+        ``max_validation_steps`` batches per rank); logged as ``val_loss``."""
+        if self._val_dataloader is None:
+            return None
+        self._model.eval()
+        genft_training.clear_genft_caches(self._model)
+        total_loss = torch.zeros((), device=self._device, dtype=torch.float64)
+        total_tokens = torch.zeros((), device=self._device, dtype=torch.int64)
+        with torch.no_grad():
+            for idx, batch in enumerate(self._val_dataloader):
+                if self._max_validation_steps is not None and idx >= self._max_validation_steps:
+                    break
+                utils.batch_to_device(batch, self._device)
+                num_tokens = (batch["labels"] != self._loss_fn.ignore_index).sum()
+                total_loss += self._loss_step(batch, offload=False).double() * num_tokens
+                total_tokens += num_tokens
+        torch.distributed.all_reduce(total_loss)
+        torch.distributed.all_reduce(total_tokens)
+        self._model.train()
+        genft_training.clear_genft_caches(self._model)
+        val_loss = (total_loss / total_tokens.clamp(min=1)).item()
+        if self._is_rank_zero:
+            self._metric_logger.log_dict({"val_loss": val_loss}, step=self.global_step)
+        utils.log_rank_zero(log, f"Step {self.global_step}: validation loss {val_loss:.6f}")
+        return val_loss
+
+    def train(self) -> None:
+        """
+        The core training loop.
+        """
+        # clean up before training begins (torchtune's helper empties the accelerator's
+        # cache, which torch.cpu does not have)
+        if self._device.type != "cpu":
+            training.cleanup_before_training()
+        else:
+            gc.collect()
+
+        # zero out the gradients before starting training
+        self._optimizer.zero_grad()
+
+        # Initialize tokens count and running loss (for grad accumulation)
+        t0 = time.perf_counter()
+        running_loss = 0
+        num_tokens = 0
+
+        self._profiler.start()
+        # self.epochs_run should be non-zero when we're resuming from a checkpoint
+        for curr_epoch in range(self.epochs_run, self.total_epochs):
+            pbar = tqdm(
+                total=self._steps_per_epoch,
+                initial=self._steps_in_epoch,
+                disable=not self._is_rank_zero,
+            )
+            self._dataloader.sampler.set_epoch(curr_epoch)
+            micro_step = 0  # micro-batches accumulated since the last optimizer step
+            for idx, batch in enumerate(self._dataloader):
+                if self._steps_in_epoch >= self._steps_per_epoch:
+                    break
+                # Start tracking CUDA memory for active steps for just the first epoch
+                if (
+                    self._is_rank_zero
+                    and curr_epoch == 0
+                    and self.profiler_profile_memory
+                    and idx == self.profiler_wait_steps + self.profiler_warmup_steps
+                    and self._device.type == "cuda"
+                ):
+                    torch.cuda.memory._record_memory_history()
+
+                utils.batch_to_device(batch, self._device)
+
+                # Calculate the number of unmasked tokens in the current batch
+                # and increment the total number of tokens seen in the step
+                current_num_tokens = (
+                    batch["labels"] != self._loss_fn.ignore_index
+                ).sum()
+                num_tokens += current_num_tokens
+
+                # Compute loss
+                # Loss is normalized by default so we multiply by the number of tokens
+                # This way we can normalize by the total number of tokens if we're accumulating gradients
+                current_loss = self._loss_step(batch) * current_num_tokens
+
+                running_loss += current_loss.detach()
+                current_loss.backward()
+                micro_step += 1
+
+                # Step with optimizer
+                if micro_step == self._gradient_accumulation_steps:
+                    micro_step = 0
+                    # Get total number of tokens across all ranks to normalize gradients
+                    torch.distributed.all_reduce(num_tokens)
+                    # This will ensure that the logged loss matches what we're optimizing
+                    torch.distributed.all_reduce(running_loss)
+                    # Manually scale the gradients from unnormalized loss by total # of tokens
+                    # We multiply by world_size to undo FSDP2 gradient normalization.
+                    training.scale_grads(self._model, self.world_size / num_tokens)
+                    if self._clip_grad_norm is not None:
+                        grad_norm = torch.nn.utils.clip_grad_norm_(
+                            self._model.parameters(),
+                            max_norm=float(self._clip_grad_norm),
+                        )
+                        if hasattr(grad_norm, "full_tensor"):
+                            grad_norm = grad_norm.full_tensor()
+                    self._optimizer.step()
+                    self._optimizer.zero_grad(set_to_none=True)
+                    if self._lr_scheduler is not None:
+                        self._lr_scheduler.step()
+
+                    # Update the number of steps when the weights are updated
+                    self.global_step += 1
+                    self._steps_in_epoch += 1
+
+                    loss_to_log = running_loss.item() / num_tokens.item()
+                    pbar.update(1)
+                    pbar.set_description(
+                        f"{curr_epoch + 1}|{self.global_step}|Loss: {loss_to_log}"
+                    )
+
+                    # Log per-step metrics
+                    if (
+                        self.global_step % self._log_every_n_steps == 0
+                        and self._is_rank_zero
+                    ):
+                        time_per_step = time.perf_counter() - t0
+                        log_dict = {
+                            "loss": loss_to_log,
+                            "lr": float(self._optimizer.param_groups[0]["lr"]),
+                            "tokens_per_second_per_gpu": num_tokens.item()
+                            / (time_per_step * self.world_size),
+                        }
+                        if self._log_peak_memory_stats:
+                            log_dict.update(
+                                training.get_memory_stats(device=self._device)
+                            )
+
+                        if self._clip_grad_norm is not None:
+                            log_dict.update({"grad_norm": float(grad_norm)})
+                        self._metric_logger.log_dict(
+                            log_dict,
+                            step=self.global_step,
+                        )
+
+                    # Reset running stats for the next step
+                    running_loss = 0
+                    num_tokens = 0
+
+                    epoch_done = self._steps_in_epoch >= self._steps_per_epoch
+                    if (
+                        self._run_val_every_n_steps is not None
+                        and self.global_step % self._run_val_every_n_steps == 0
+                        and not epoch_done  # the epoch-end validation follows
+                    ):
+                        self.validate()
+                    if (
+                        self._save_every_n_steps is not None
+                        and self.global_step % self._save_every_n_steps == 0
+                        and not epoch_done  # the epoch-end checkpoint follows
+                    ):
+                        self.save_checkpoint(epoch=curr_epoch, end_of_epoch=False)
+                    t0 = time.perf_counter()
+
+                    # Stop tracking CUDA memory now that active steps are complete
+                    if (
+                        self._is_rank_zero
+                        and curr_epoch == 0
+                        and self.profiler_profile_memory
+                        and idx
+                        == self.profiler_wait_steps
+                        + self.profiler_warmup_steps
+                        + self.profiler_active_steps
+                        and self._device.type == "cuda"
+                    ):
+                        torch.cuda.memory._record_memory_history(enabled=None)
+
+                    # Step profiler
+                    # Note that this is called within gradient accumulation block, hence
+                    # will include multiple forward / backward passes if gradient accumulation > 1
+                    self._profiler.step()
+
+                    if epoch_done:
+                        break
+
+            pbar.close()
+            self.epochs_run += 1
+            self._steps_in_epoch = 0
+            self.validate()
+            self.save_checkpoint(epoch=curr_epoch, end_of_epoch=True)
+
+        self._profiler.stop()
+
+    def cleanup(self) -> None:
+        if self._is_rank_zero:
+            self._metric_logger.close()
+        destroy_process_group()
+
+
+@config.parse
+def recipe_main(cfg: DictConfig) -> None:
+    """
+    Entry point for the recipe.
+
+    Configurable parameters are read in the following order:
+        - Parameters specified in config (see available configs through ``genft-tune ls``)
+        - Overwritten by arguments from the command-line
+    """
+    if not training.is_distributed():
+        raise RuntimeError(
+            "Distributed finetune recipe should be run via a distributed launcher."
+            "If using tune CLI, please specify --nnodes 1 and --nproc_per_node [num_gpus]"
+        )
+    device = torch.device(
+        cfg.get("device", None) or ("cuda" if torch.cuda.is_available() else "cpu")
+    )
+    # NCCL for CUDA, gloo on CPU (so the recipe also runs on a machine without GPUs).
+    genft_training.init_distributed(device)
+    if cfg.get("fsdp_cpu_offload", False) and device.type == "cuda":
+        # Utilize all available CPU cores for intra-op parallelism. This provides ~2x
+        # speed up when benchmarking fused AdamW on CPU
+        training.set_torch_num_threads()
+
+    config.log_config(recipe_name="GenFTFinetuneRecipeDistributed", cfg=cfg)
+
+    recipe = GenFTFinetuneRecipeDistributed(cfg=cfg)
+    recipe.setup(cfg=cfg)
+    recipe.train()
+    recipe.cleanup()
+
+
+if __name__ == "__main__":
+    resolve_config_argv(sys.argv)
+    sys.exit(recipe_main())

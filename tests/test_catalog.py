@@ -1,0 +1,166 @@
+"""``genft-tune ls / cp / cat`` (genft_tune._cli.catalog) and the name registry."""
+
+import argparse
+import importlib.util
+from pathlib import Path
+
+import pytest
+import yaml
+
+from genft_tune import _recipe_registry as registry
+from genft_tune._cli import catalog
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(argv, capsys):
+    parser = argparse.ArgumentParser(prog="genft-tune")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    catalog.register(subparsers)
+    args = parser.parse_args(argv)
+    rc = args.func(args)
+    return rc, capsys.readouterr()
+
+
+def _repo_configs():
+    root = REPO_ROOT / "configs"
+    return sorted(
+        str(p.relative_to(root).with_suffix(""))
+        for p in root.glob("*/*.yaml")
+    )
+
+
+def test_registry_lists_every_config_file_in_the_repo():
+    registered = sorted(c.name for r in registry.get_all_recipes() for c in r.configs)
+    assert registered == _repo_configs()
+    for name in registered:
+        assert registry.config_path(name).is_file(), name
+
+
+def test_recipe_files_exist_and_are_installed_as_top_level_modules():
+    for recipe in registry.get_all_recipes():
+        assert (REPO_ROOT / "recipes" / recipe.file_path).is_file()
+        assert registry.recipe_path(recipe.name).name == recipe.file_path
+        # `tune run <name>` runs it with runpy.run_module(<name>): it must be findable
+        spec = importlib.util.find_spec(recipe.name)
+        assert spec is not None, f"{recipe.name} is not installed (pip install -e .)"
+        assert Path(spec.origin).resolve() == (REPO_ROOT / "recipes" / recipe.file_path).resolve()
+    assert not (REPO_ROOT / "recipes" / "__init__.py").exists()
+
+
+def test_ls_lists_recipes_and_configs(capsys):
+    rc, out = _run(["ls"], capsys)
+    assert rc == 0
+    rows = [line.split() for line in out.out.splitlines()[1:] if line.strip()]
+    listed = {row[-1] for row in rows}
+    for recipe in registry.get_all_recipes():
+        assert recipe.name in out.out
+        for config in recipe.configs:
+            assert config.name in listed
+    assert "llama3_2/1B_genft_single_device" in listed
+    assert "llama3_1/8B_genft_distributed" in listed
+
+
+def test_cp_config_and_recipe(tmp_path, capsys):
+    rc, _ = _run(["cp", "llama3_2/1B_genft_single_device", str(tmp_path / "my")], capsys)
+    assert rc == 0
+    copied = tmp_path / "my.yaml"  # the suffix is added
+    src = registry.config_path("llama3_2/1B_genft_single_device")
+    assert copied.read_text() == src.read_text()
+
+    rc, _ = _run(["cp", "genft_finetune_single_device", str(tmp_path)], capsys)
+    assert rc == 0
+    assert (tmp_path / "genft_finetune_single_device.py").read_text() == (
+        REPO_ROOT / "recipes" / "genft_finetune_single_device.py"
+    ).read_text()
+
+    # -n keeps an existing file; a missing parent needs --make-parents
+    copied.write_text("mine")
+    _run(["cp", "-n", "llama3_2/1B_genft_single_device", str(copied)], capsys)
+    assert copied.read_text() == "mine"
+    with pytest.raises(SystemExit):
+        _run(["cp", "llama3_2/1B_genft_single_device", str(tmp_path / "a" / "b.yaml")], capsys)
+    _run(["cp", "--make-parents", "llama3_2/1B_genft_single_device", str(tmp_path / "a" / "b.yaml")], capsys)
+    assert (tmp_path / "a" / "b.yaml").read_text() == src.read_text()
+
+
+def test_cp_unknown_name_fails(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        _run(["cp", "no_such_config", str(tmp_path)], capsys)
+    assert "genft-tune ls" in capsys.readouterr().err
+
+
+def test_cat_prints_config(capsys):
+    rc, out = _run(["cat", "smollm2/135M_genft_cpu"], capsys)
+    assert rc == 0
+    src = registry.config_path("smollm2/135M_genft_cpu").read_text()
+    assert out.out.rstrip("\n") == src.rstrip("\n")
+    rc, out = _run(["cat", "smollm2/135M_genft_cpu", "--sort"], capsys)
+    assert yaml.safe_load(out.out) == yaml.safe_load(src)
+
+
+def test_cat_recipe_or_unknown(capsys):
+    rc, out = _run(["cat", "genft_finetune_single_device"], capsys)
+    assert rc == 1 and "is a recipe" in out.out
+    with pytest.raises(SystemExit):
+        _run(["cat", "nope/none"], capsys)
+
+
+def test_resolve_config_argv(tmp_path):
+    argv = ["x.py", "--config", "llama3_2/1B_genft_single_device", "batch_size=2"]
+    registry.resolve_config_argv(argv)
+    assert Path(argv[2]) == registry.config_path("llama3_2/1B_genft_single_device")
+    argv = ["x.py", "--config=smollm2/135M_genft_cpu.yaml"]
+    registry.resolve_config_argv(argv)
+    assert argv[1] == f"--config={registry.config_path('smollm2/135M_genft_cpu')}"
+    own = tmp_path / "own.yaml"
+    own.write_text("a: 1\n")
+    argv = ["x.py", "--config", str(own)]
+    assert registry.resolve_config_argv(argv)[2] == str(own)
+    with pytest.raises(SystemExit, match="neither a yaml file nor a packaged config"):
+        registry.resolve_config_argv(["x.py", "--config", "nope/none"])
+
+
+def test_configs_follow_the_paper_defaults():
+    """Every LLM config: a=4, b=4, gelu/gelu, lr 3e-4 on q,v, and a tune command in the header."""
+    for name in _repo_configs():
+        if name.startswith("vit/"):
+            continue
+        path = registry.config_path(name)
+        text = path.read_text()
+        cfg = yaml.safe_load(text)
+        header = "\n".join(line for line in text.splitlines() if line.startswith("#"))
+        assert f"--config {name}" in header, name
+        assert "tune run" in header, name
+        m = cfg["model"]
+        assert (m["shared_dim"], m["specific_dim"], m["act_in"], m["act_out"]) == (4, 4, "gelu", "gelu"), name
+        assert list(m["genft_attn_modules"]) == ["q_proj", "v_proj"], name
+        assert float(cfg["optimizer"]["lr"]) == pytest.approx(3e-4), name
+        recipe = "genft_finetune_distributed" if "distributed" in name else "genft_finetune_single_device"
+        assert any(c.name == name for c in registry.get_recipe(recipe).configs), name
+
+
+def test_packaged_configs_build_their_models():
+    """Every LLM config's model section instantiates (on the meta device: no memory),
+    passes the recipes' pre-flight model checks, and has GenFT on q and v only."""
+    import torch
+    from omegaconf import OmegaConf
+    from torchtune import config as tt_config
+
+    from genft_tune.modules import get_genft_config, get_genft_modules
+    from genft_tune.training import check_genft_targets, validate_components
+
+    for name in _repo_configs():
+        if name.startswith("vit/"):
+            continue
+        cfg = OmegaConf.load(registry.config_path(name))
+        validate_components(cfg)  # every _component_ imports
+        with torch.device("meta"):
+            model = tt_config.instantiate(cfg.model)
+        check_genft_targets(cfg.model, model)
+        leaves = {n.rsplit(".", 1)[-1] for n in get_genft_modules(model)}
+        assert leaves == {"q_proj", "v_proj"}, name
+        gc = get_genft_config(model)
+        assert (gc.shared_dim, gc.specific_dim, gc.act_in, gc.act_out) == (4, 4, "gelu", "gelu"), name
+        if "qgenft" in name:
+            assert cfg.model._component_.split(".")[-1].startswith("qgenft_"), name

@@ -1,0 +1,210 @@
+"""``genft-tune publish``: the model card, ``--dry-run``, and the real upload code
+(``huggingface_hub`` 2.4's ``create_repo`` + ``upload_folder``) against a fake Hub on
+127.0.0.1 that records the requests and answers the minimal API they use:
+``/api/repos/create``, ``/api/validate-yaml``, ``/api/models/{repo}/preupload/main``
+(every file ``regular``, i.e. inline in the commit; no LFS/xet) and
+``/api/models/{repo}/commit/main`` (NDJSON)."""
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import save_file
+
+from genft_tune._cli.genft import main as cli_main
+from genft_tune.checkpointing import save_genft_adapter
+from genft_tune.hub import build_model_card, parse_metric_log, publish_folder
+from genft_tune.modules import genft_linear, GenFTConfig, GenFTGenerators, get_genft_adapter_state_dict
+
+REPO_ID = "someone/tiny-genft"
+LOSSES = [2.5, 2.1, 1.8, 1.6]
+
+
+@pytest.fixture
+def merged_folder(tmp_path):
+    """A small folder shaped like ``genft-tune merge`` output (weights need not be real)."""
+    folder = tmp_path / "merged"
+    folder.mkdir()
+    save_file({"model.embed_tokens.weight": torch.randn(8, 4)}, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "torch_dtype": "float32"}))
+    (folder / "tokenizer.json").write_text('{"version": "1.0"}')
+    (folder / "README.md").write_text("---\nlicense: apache-2.0\nbase_model: org/base-model\ntags: [llama]\n---\n# Base\n")
+    config = GenFTConfig(shared_dim=2, specific_dim=3, ratio=0.25)
+    gens = GenFTGenerators(config)
+    m = torch.nn.Module()
+    m.genft_generators = gens
+    m.q = genft_linear(4, 4, generators=gens)
+    adapter = tmp_path / "adapter"
+    save_genft_adapter(adapter, adapter_state_dict=get_genft_adapter_state_dict(m.state_dict()), config=config,
+                       target_modules=["q"], base_model="org/base-model")
+    (folder / "genft_config.json").write_bytes((adapter / "genft_config.json").read_bytes())
+    (folder / "torchtune_config.yaml").write_text(yaml.safe_dump({"batch_size": 4, "optimizer": {"lr": 0.001}}))
+    (folder / "training_log.txt").write_text(
+        "".join(f"Step {i + 1} | loss:{v} lr:0.001 tokens_per_second_per_gpu:12.5 \n" for i, v in enumerate(LOSSES))
+    )
+    (folder / ".cache").mkdir()  # hidden: never published
+    (folder / ".cache" / "x").write_text("x")
+    return folder
+
+
+def card_front_matter(text: str) -> dict:
+    assert text.startswith("---\n")
+    return yaml.safe_load(text[4 : text.index("\n---", 4)])
+
+
+def test_model_card_content(merged_folder):
+    card = build_model_card(merged_folder, repo_id=REPO_ID, loss_curve="loss_curve.png")
+    meta = card_front_matter(card)
+    assert meta["base_model"] == "org/base-model"
+    assert meta["license"] == "apache-2.0"
+    assert meta["library_name"] == "transformers"
+    assert meta["tags"][:3] == ["genft", "peft", "torchtune"] and "llama" in meta["tags"]
+    genft = json.loads((merged_folder / "genft_config.json").read_text())
+    for key, value in genft["genft_config"].items():
+        assert f"| {key} |" in card
+    assert "| shared_dim | 2 |" in card and "| ratio | 0.25 |" in card
+    assert f"| loss | {len(LOSSES)} | {LOSSES[-1]:.6g} |" in card  # final metrics
+    assert "batch_size: 4" in card  # training config
+    assert "![training loss](loss_curve.png)" in card
+    assert parse_metric_log(merged_folder / "training_log.txt")["loss"] == list(enumerate(LOSSES, start=1))
+    # a local base path is not a Hub id: base_model falls back to the base's card, or is omitted
+    assert "base_model" not in card_front_matter(build_model_card(merged_folder.parent, repo_id=REPO_ID))
+
+
+def expected_files(folder: Path):
+    own = {"model.safetensors", "config.json", "tokenizer.json", "genft_config.json", "torchtune_config.yaml", "training_log.txt"}
+    return sorted(own | {"README.md", "loss_curve.png"})
+
+
+def test_dry_run_writes_exactly_the_files_to_upload(merged_folder, tmp_path, capsys):
+    out = tmp_path / "dry"
+    before = {p: p.read_bytes() for p in merged_folder.rglob("*") if p.is_file()}
+    assert cli_main(["publish", "--folder", str(merged_folder), "--repo-id", REPO_ID, "--dry-run", str(out)]) == 0
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert files == expected_files(merged_folder)
+    assert not any(p.is_symlink() for p in out.rglob("*"))
+    assert (out / "model.safetensors").read_bytes() == (merged_folder / "model.safetensors").read_bytes()
+    assert (out / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert card_front_matter((out / "README.md").read_text())["license"] == "apache-2.0"
+    assert {p: p.read_bytes() for p in merged_folder.rglob("*") if p.is_file()} == before  # untouched
+    printed = capsys.readouterr().out
+    assert all(f"  {f}" in printed for f in files)
+    assert cli_main(["publish", "--folder", str(merged_folder), "--repo-id", REPO_ID, "--dry-run", str(out)]) == 1
+
+
+def test_errors(tmp_path, merged_folder):
+    with pytest.raises(ValueError, match="USER/NAME"):
+        publish_folder(merged_folder, repo_id="no-namespace", dry_run_dir=tmp_path / "d")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no weights"):
+        publish_folder(tmp_path / "empty", repo_id=REPO_ID, dry_run_dir=tmp_path / "d")
+    assert not (tmp_path / "d").exists()
+
+
+class _FakeHub(BaseHTTPRequestHandler):
+    requests: list = []
+
+    def log_message(self, *args):  # quiet
+        pass
+
+    def _reply(self, code, obj):
+        body = json.dumps(obj).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        self.requests.append({"method": "GET", "path": self.path})
+        self._reply(404, {"error": "not in the fake hub"})
+
+    do_HEAD = do_GET
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        path = self.path.split("?")[0]
+        record = {"method": "POST", "path": path, "auth": self.headers.get("Authorization")}
+        self.requests.append(record)
+        base = f"http://{self.server.server_address[0]}:{self.server.server_address[1]}"
+        if path == "/api/repos/create":
+            record["json"] = json.loads(body)
+            return self._reply(200, {"url": f"{base}/{REPO_ID}", "name": REPO_ID})
+        if path == "/api/validate-yaml":
+            return self._reply(200, {"errors": [], "warnings": []})
+        if path == f"/api/models/{REPO_ID}/preupload/main":
+            files = json.loads(body)["files"]
+            record["json"] = files
+            return self._reply(200, {"files": [
+                {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": None} for f in files
+            ]})
+        if path == f"/api/models/{REPO_ID}/commit/main":
+            record["ndjson"] = [json.loads(line) for line in body.splitlines() if line.strip()]
+            return self._reply(200, {"commitUrl": f"{base}/{REPO_ID}/commit/{'a' * 40}", "commitOid": "a" * 40,
+                                     "pullRequestUrl": None})
+        self._reply(404, {"error": "not in the fake hub"})
+
+
+@pytest.fixture
+def fake_hub():
+    _FakeHub.requests = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeHub)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    stopper = threading.Timer(120, server.shutdown)  # bounded even if the test hangs
+    stopper.daemon = True
+    stopper.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", _FakeHub.requests
+    finally:
+        stopper.cancel()
+        server.shutdown()
+        server.server_close()
+
+
+def test_publish_to_local_fake_hub(merged_folder, tmp_path, fake_hub):
+    endpoint, requests = fake_hub
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
+    env.update(HF_ENDPOINT=endpoint, HF_TOKEN="hf_fake_token_for_tests", HF_HOME=str(tmp_path / "hf_home"),
+               HF_HUB_DISABLE_TELEMETRY="1", NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
+    proc = subprocess.run(
+        [sys.executable, "-m", "genft_tune._cli.genft", "publish", "--folder", str(merged_folder),
+         "--repo-id", REPO_ID, "--private"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    paths = [r["path"] for r in requests]
+    assert paths[0] == "/api/repos/create"
+    assert requests[0]["json"]["name"] == "tiny-genft" and requests[0]["json"]["organization"] == "someone"
+    assert requests[0]["json"].get("visibility") == "private" or requests[0]["json"].get("private") is True
+    assert all(r.get("auth") == "Bearer hf_fake_token_for_tests" for r in requests if r["method"] == "POST")
+    commits = [r for r in requests if r["path"].endswith("/commit/main")]
+    assert len(commits) == 1
+    header, *ops = commits[0]["ndjson"]
+    assert header["key"] == "header"
+    uploaded = {op["value"]["path"]: base64.b64decode(op["value"]["content"]) for op in ops if op["key"] == "file"}
+    assert sorted(uploaded) == expected_files(merged_folder)
+    assert uploaded["model.safetensors"] == (merged_folder / "model.safetensors").read_bytes()
+    assert card_front_matter(uploaded["README.md"].decode())["tags"][:3] == ["genft", "peft", "torchtune"]
+    assert uploaded["loss_curve.png"][:4] == b"\x89PNG"
+    unexpected = [p for p in paths if p not in (
+        "/api/repos/create", "/api/validate-yaml", f"/api/models/{REPO_ID}/preupload/main", f"/api/models/{REPO_ID}/commit/main")]
+    assert not unexpected, unexpected
+
+
+def test_publish_without_token_is_a_clear_error(merged_folder, tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+    with pytest.raises(ValueError, match="HF_TOKEN"):
+        publish_folder(merged_folder, repo_id=REPO_ID)

@@ -1,0 +1,405 @@
+"""The single-device GenFT recipe on a tiny Llama (CPU, fp32).
+
+One training run (module fixture) feeds several tests: the loss falls, the checkpoint
+layout, mid-epoch resume reproducing the uninterrupted losses, and the merged
+checkpoint loading in plain transformers with the GenFT model's logits.
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from test_recipes_fixtures import (
+    base_config,
+    DELETE,
+    load_recipe_module,
+    losses,
+    read_metrics,
+    RECIPES_DIR,
+    run_recipe_in_process,
+    SINGLE_DEVICE_RECIPE,
+    subprocess_env,
+    TINY,
+    write_config,
+    write_tiny_checkpoint,
+)
+
+# Steps are counted in optimizer steps: 64 samples / batch 2 = 32 batches, 2 per step,
+# capped at 6 steps per epoch; 2 epochs = 12 steps. Saves at steps 4 and 8 (mid-epoch)
+# and at both epoch ends.
+RUN = {
+    "batch_size": 2,
+    "gradient_accumulation_steps": 2,
+    "epochs": 2,
+    "max_steps_per_epoch": 6,
+    "save_every_n_steps": 4,
+    "optimizer.lr": 0.02,
+    "model.scaling": 1.0,
+    "model.dropout": 0.1,  # exercises the RNG state on resume
+    "clip_grad_norm": 1.0,
+}
+CRASH_AFTER_STEP = 9  # resume then starts from the step-8 checkpoint, mid epoch 2
+
+
+class _Crash(Exception):
+    pass
+
+
+def _recipe(cfg_path: Path):
+    module = load_recipe_module(SINGLE_DEVICE_RECIPE)
+    cfg = OmegaConf.load(cfg_path)
+    return module, cfg
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """An uninterrupted run; at step 9 its output folder is copied, which is what a
+    run that crashed right there would have left on disk."""
+    tmp = tmp_path_factory.mktemp("single")
+    cfg = base_config(tmp, **RUN)
+    cfg_path = write_config(cfg, tmp / "config.yaml")
+    out = Path(cfg["output_dir"])
+    snapshot = tmp / "crashed"
+
+    module, c = _recipe(cfg_path)
+    recipe = module.GenFTFinetuneRecipeSingleDevice(cfg=c)
+    recipe.setup(cfg=c)
+    log_dict = recipe._metric_logger.log_dict
+
+    def log_and_snapshot(payload, step):
+        log_dict(payload, step)
+        if step == CRASH_AFTER_STEP and "loss" in payload:
+            recipe._metric_logger._file.flush()
+            shutil.copytree(out, snapshot)
+
+    recipe._metric_logger.log_dict = log_and_snapshot
+    recipe.train()
+    recipe.cleanup()
+    return {"tmp": tmp, "cfg": cfg, "cfg_path": cfg_path, "out": out, "snapshot": snapshot}
+
+
+def test_loss_falls(trained):
+    values = losses(trained["out"] / "logs" / "log.txt")
+    assert len(values) == 12
+    assert all(torch.isfinite(torch.tensor(values)))
+    first, last = sum(values[:3]) / 3, sum(values[-3:]) / 3
+    assert last < first - 0.3, values
+
+
+def test_checkpoint_layout(trained):
+    out = trained["out"]
+    for name in ("step_4", "epoch_0", "step_8", "epoch_1"):
+        assert (out / name / "genft_adapter.safetensors").is_file(), name
+        assert (out / name / "genft_config.json").is_file(), name
+    # the merged model only at the end, in the base checkpoint's (HF) format
+    assert (out / "epoch_1" / "model-00001-of-00001.safetensors").is_file()
+    assert (out / "epoch_1" / "config.json").is_file()
+    assert not (out / "epoch_0" / "model-00001-of-00001.safetensors").exists()
+    state = torch.load(out / "recipe_state" / "recipe_state.pt", weights_only=False)
+    assert state["steps_run"] == 12 and state["epochs_run"] == 2
+    assert state["adapter_dir"] == "epoch_1"
+    # the shared generator is saved once, next to every layer's specific factors
+    from safetensors.torch import load_file
+
+    adapter = load_file(out / "epoch_1" / "genft_adapter.safetensors")
+    d = TINY["embed_dim"]
+    kv = TINY["num_kv_heads"] * d // TINY["num_heads"]
+    assert {k for k in adapter if k.startswith("genft_generators.")} >= {
+        f"genft_generators.{d}x{d}.P1",
+        f"genft_generators.{kv}x{d}.P1",
+    }
+    for layer in range(TINY["num_layers"]):
+        assert f"layers.{layer}.attn.q_proj.A1" in adapter
+        assert f"layers.{layer}.attn.v_proj.A2" in adapter  # non-square: both stages' factors
+    assert not any(k.endswith(".weight") for k in adapter)
+
+
+def test_resume_mid_epoch_reproduces_losses(trained):
+    snapshot = trained["snapshot"]
+    state = torch.load(snapshot / "recipe_state" / "recipe_state.pt", weights_only=False)
+    assert state["steps_run"] == 8 and state["steps_in_epoch"] == 2
+    assert "dataloader" in state  # a mid-epoch checkpoint
+
+    cfg = dict(trained["cfg"])
+    cfg["output_dir"] = str(snapshot)
+    cfg["resume_from_checkpoint"] = True
+    cfg["metric_logger"] = {**cfg["metric_logger"], "filename": "resumed.txt"}
+    cfg_path = write_config(cfg, trained["tmp"] / "resume.yaml")
+    run_recipe_in_process(SINGLE_DEVICE_RECIPE, cfg_path)
+
+    reference = read_metrics(trained["out"] / "logs" / "log.txt")
+    resumed = read_metrics(snapshot / "logs" / "resumed.txt")
+    assert sorted(resumed["loss"]) == [9, 10, 11, 12]
+    for step in (9, 10, 11, 12):
+        assert resumed["loss"][step] == pytest.approx(reference["loss"][step], rel=1e-5, abs=1e-6)
+        assert resumed["lr"][step] == pytest.approx(reference["lr"][step], rel=1e-6)
+    # and the final adapters agree
+    from safetensors.torch import load_file
+
+    a = load_file(trained["out"] / "epoch_1" / "genft_adapter.safetensors")
+    b = load_file(snapshot / "epoch_1" / "genft_adapter.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def _genft_logits(cfg: dict, base_dir: Path, adapter_dir: Path, tokens: torch.Tensor) -> torch.Tensor:
+    """Logits of the GenFT model: the tiny base (HF -> torchtune conversion) plus the
+    saved adapter, in fp32."""
+    from torchtune import config as tt_config
+    from torchtune.training import FullModelHFCheckpointer, MODEL_KEY
+
+    from genft_tune.checkpointing import load_genft_adapter
+
+    model = tt_config.instantiate(OmegaConf.create(cfg["model"]))
+    ckpt = FullModelHFCheckpointer(
+        checkpoint_dir=str(base_dir),
+        checkpoint_files=["model.safetensors"],
+        model_type="LLAMA3",
+        output_dir=str(adapter_dir.parent / "_unused"),
+    )
+    model.load_state_dict(ckpt.load_checkpoint()[MODEL_KEY], strict=False)
+    adapter, _ = load_genft_adapter(adapter_dir)
+    missing, unexpected = model.load_state_dict(adapter, strict=False)
+    assert not unexpected
+    model.eval()
+    with torch.no_grad():
+        return model(tokens)
+
+
+def test_merged_checkpoint_loads_in_transformers_with_genft_logits(trained, tmp_path):
+    out = trained["out"]
+    merged_dir = out / "epoch_1"
+    tokens = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(0))
+    torch.save(tokens, tmp_path / "tokens.pt")
+
+    # Load the merged checkpoint in a fresh interpreter in which genft_tune cannot be
+    # imported: it is a plain Llama.
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["genft_tune"] = None  # any import of this package now fails
+        import torch
+        from transformers import LlamaForCausalLM
+        model = LlamaForCausalLM.from_pretrained({str(merged_dir)!r}, dtype=torch.float32).eval()
+        tokens = torch.load({str(tmp_path / "tokens.pt")!r})
+        with torch.no_grad():
+            torch.save(model(tokens).logits, {str(tmp_path / "hf_logits.pt")!r})
+        """
+    )
+    subprocess.run(
+        [sys.executable, "-c", script], check=True, env=subprocess_env(), capture_output=True
+    )
+    hf_logits = torch.load(tmp_path / "hf_logits.pt")
+
+    base_dir = Path(trained["cfg"]["checkpointer"]["checkpoint_dir"])
+    genft = _genft_logits(trained["cfg"], base_dir, merged_dir, tokens)
+    torch.testing.assert_close(hf_logits, genft, rtol=1e-4, atol=1e-4)
+
+    # not trivially equal: the base model's logits differ
+    from transformers import LlamaForCausalLM
+
+    base = LlamaForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32).eval()
+    with torch.no_grad():
+        base_logits = base(tokens).logits
+    assert (base_logits - hf_logits).abs().max() > 1e-2
+
+
+def test_tune_run_installed_module_with_cli_overrides(tmp_path):
+    """``tune run genft_finetune_single_device`` (the recipe as a top-level module, as
+    installed) with a yaml path and ``key=value`` / ``~key`` overrides."""
+    cfg = base_config(tmp_path, **{"max_steps_per_epoch": 2, "model.dropout": 0.1})
+    cfg_path = write_config(cfg, tmp_path / "config.yaml")
+    cmd = [
+        str(Path(sys.executable).parent / "tune"),
+        "run",
+        "genft_finetune_single_device",
+        "--config",
+        str(cfg_path),
+        "batch_size=8",
+        "model.shared_dim=2",
+        "~model.dropout",
+        "save_adapter_weights_only=True",
+    ]
+    proc = subprocess.run(
+        cmd, cwd=tmp_path, env=subprocess_env([RECIPES_DIR]), capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = Path(cfg["output_dir"])
+    saved = OmegaConf.load(out / "torchtune_config.yaml")
+    assert saved.batch_size == 8 and saved.model.shared_dim == 2 and "dropout" not in saved.model
+    genft_config = json.loads((out / "epoch_0" / "genft_config.json").read_text())
+    flat = json.dumps(genft_config)
+    assert '"shared_dim": 2' in flat
+    assert '"dropout": 0.0' in flat  # the builder's default, since ~model.dropout removed 0.1
+    assert not (out / "epoch_0" / "model-00001-of-00001.safetensors").exists()
+    assert len(losses(out / "logs" / "log.txt")) == 2
+
+
+def test_tune_run_resolves_packaged_config_names(tmp_path):
+    """A packaged config name resolves to its yaml (then fails the pre-flight check on
+    the missing base checkpoint, before anything is loaded)."""
+    cmd = [
+        str(Path(sys.executable).parent / "tune"),
+        "run",
+        "genft_finetune_single_device",
+        "--config",
+        "llama3_2/1B_genft_single_device",
+        f"checkpointer.checkpoint_dir={tmp_path / 'missing'}",
+        f"output_dir={tmp_path / 'out'}",
+    ]
+    proc = subprocess.run(
+        cmd, cwd=tmp_path, env=subprocess_env([RECIPES_DIR]), capture_output=True, text=True
+    )
+    assert proc.returncode != 0
+    assert "checkpointer.checkpoint_dir" in proc.stderr and "does not exist" in proc.stderr
+
+
+# ---- bad configs fail before training, with a clear message -------------------------
+
+
+def _setup(tmp_path, **overrides):
+    cfg = base_config(tmp_path, **overrides)
+    module, c = _recipe(write_config(cfg, tmp_path / "config.yaml"))
+    recipe = module.GenFTFinetuneRecipeSingleDevice(cfg=c)
+    recipe.setup(cfg=c)
+    return recipe
+
+
+def test_unknown_component(tmp_path):
+    with pytest.raises(ValueError, match=r"model\._component_.*genft_tune\.models\.llama\.no_such_model"):
+        _setup(tmp_path, **{"model._component_": "genft_tune.models.llama.no_such_model"})
+    with pytest.raises(ValueError, match=r"optimizer\._component_.*torch\.optim\.NoSuchOpt"):
+        _setup(tmp_path, **{"optimizer._component_": "torch.optim.NoSuchOpt"})
+
+
+def test_missing_checkpoint_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"checkpoint_files.*missing\.safetensors"):
+        _setup(tmp_path, **{"checkpointer.checkpoint_files": ["missing.safetensors"]})
+    with pytest.raises(FileNotFoundError, match=r"checkpointer\.checkpoint_dir.*does not exist"):
+        _setup(tmp_path, **{"checkpointer.checkpoint_dir": str(tmp_path / "nowhere")})
+
+
+def test_genft_target_not_in_model(tmp_path):
+    with pytest.raises(ValueError, match=r"genft_attn_modules.*gate_proj.*q_proj"):
+        _setup(tmp_path, **{"model.genft_attn_modules": ["q_proj", "gate_proj"]})
+    with pytest.raises(ValueError, match=r"no GenFT layers|GenFT is applied to no layer"):
+        _setup(tmp_path, **{"model.genft_attn_modules": []})
+
+
+def test_nf4_shape_nf4_cannot_take(tmp_path):
+    # 36 x 36 = 1296 values: not a multiple of NF4's block of 64
+    with pytest.raises(ValueError, match=r"NF4"):
+        _setup(tmp_path, **{"model.quantize_base": True, "model.embed_dim": 36, "model.intermediate_dim": 72})
+
+
+@pytest.mark.parametrize(
+    "overrides, error, message",
+    [
+        ({"enable_activation_offloading": True, "enable_activation_checkpointing": True},
+         RuntimeError, r"enable_activation_offloading.*CUDA"),
+        ({"enable_fp8_training": True}, RuntimeError, r"enable_fp8_training.*compute capability 8\.9"),
+        ({"optimizer._component_": "torchao.optim._AdamW", "optimizer.bf16_stochastic_round": True},
+         ValueError, r"bf16_stochastic_round.*dtype: bf16"),
+        ({"optimizer._component_": "torchao.optim.AdamWFp8"}, RuntimeError, r"AdamWFp8.*8\.9"),
+        ({"dtype": "fp16"}, ValueError, r"fp16"),
+        ({"gradient_accumulation_steps": 0}, ValueError, r"gradient_accumulation_steps"),
+    ],
+)
+def test_device_and_precision_checks(tmp_path, overrides, error, message):
+    cfg = base_config(tmp_path, **overrides)
+    module, c = _recipe(write_config(cfg, tmp_path / "config.yaml"))
+    with pytest.raises(error, match=message):
+        module.GenFTFinetuneRecipeSingleDevice(cfg=c)
+
+
+def test_validation_loss_and_activation_checkpointing(tmp_path):
+    """``dataset_val`` logs ``val_loss``; activation checkpointing gives the same losses."""
+    val = {
+        "_component_": "torchtune.datasets.instruct_dataset",
+        "source": "json",
+        "data_files": None,  # filled below
+        "split": "train",
+        "cache_dir": str(tmp_path / "hf_cache"),
+    }
+    common = {"max_steps_per_epoch": 3, "optimizer.lr": 0.02, "model.scaling": 1.0, "run_val_every_n_steps": 2,
+              "max_validation_steps": 2, "shuffle": False}
+    runs = {}
+    for name, ac in (("plain", False), ("ac", True)):
+        cfg = base_config(tmp_path / name, **common, enable_activation_checkpointing=ac)
+        val["data_files"] = cfg["dataset"]["data_files"]
+        cfg["dataset_val"] = dict(val)
+        run_recipe_in_process(SINGLE_DEVICE_RECIPE, write_config(cfg, tmp_path / name / "c.yaml"))
+        runs[name] = read_metrics(Path(cfg["output_dir"]) / "logs" / "log.txt")
+    assert sorted(runs["plain"]["val_loss"]) == [2, 3]  # every 2 steps, and at the epoch end
+    for metric in ("loss", "val_loss"):
+        for step, value in runs["plain"][metric].items():
+            assert runs["ac"][metric][step] == pytest.approx(value, rel=1e-5)
+
+
+def test_tied_embeddings_base(tmp_path):
+    """A Llama 3.2-style base with tied embeddings (no lm_head in the checkpoint)."""
+    ckpt = write_tiny_checkpoint(tmp_path / "tied", tie_word_embeddings=True)
+    cfg = base_config(tmp_path, ckpt_dir=ckpt, **{"max_steps_per_epoch": 2, "model.tie_word_embeddings": True,
+                                                 "checkpointer.model_type": "LLAMA3_2"})
+    run_recipe_in_process(SINGLE_DEVICE_RECIPE, write_config(cfg, tmp_path / "c.yaml"))
+    out = Path(cfg["output_dir"]) / "epoch_0"
+    from safetensors.torch import load_file
+
+    merged = load_file(out / "model-00001-of-00001.safetensors")
+    assert "lm_head.weight" not in merged and "model.embed_tokens.weight" in merged
+
+
+@pytest.mark.slow
+def test_torchao_low_bit_optimizer_on_cpu(tmp_path):
+    """``optimizer._component_: torchao.optim.AdamW8bit`` trains (torch.compile'd step)."""
+    cfg = base_config(tmp_path, **{"max_steps_per_epoch": 2, "optimizer._component_": "torchao.optim.AdamW8bit",
+                                   "optimizer.weight_decay": DELETE})
+    run_recipe_in_process(SINGLE_DEVICE_RECIPE, write_config(cfg, tmp_path / "c.yaml"))
+    values = losses(Path(cfg["output_dir"]) / "logs" / "log.txt")
+    assert len(values) == 2 and all(v == v for v in values)
+
+
+@pytest.mark.slow
+def test_compile(tmp_path):
+    """``compile: True`` (per-layer torch.compile of model and loss) matches eager."""
+    runs = {}
+    for name, compile_ in (("eager", False), ("compiled", True)):
+        cfg = base_config(tmp_path / name, **{"max_steps_per_epoch": 3, "compile": compile_, "shuffle": False,
+                                              "optimizer.lr": 0.02, "model.scaling": 1.0})
+        run_recipe_in_process(SINGLE_DEVICE_RECIPE, write_config(cfg, tmp_path / name / "c.yaml"))
+        runs[name] = losses(Path(cfg["output_dir"]) / "logs" / "log.txt")
+    assert runs["compiled"] == pytest.approx(runs["eager"], rel=1e-3)
+
+
+def test_fp8_padding_keeps_the_loss():
+    """``PadToMultiple`` (float8 needs token counts divisible by 16) pads tokens and
+    labels; the masked padding changes neither the token count nor the loss."""
+    from functools import partial
+
+    from torchtune.data import padded_collate_sft
+
+    from genft_tune.training import PadToMultiple
+
+    batch = [{"tokens": [1, 2, 3, 4, 5], "labels": [-100, -100, 3, 4, 5]},
+             {"tokens": [6, 7, 8], "labels": [-100, 7, 8]}]
+    plain = partial(padded_collate_sft, padding_idx=0, ignore_idx=-100)
+    padded = PadToMultiple(plain, 16, padding_idx=0, ignore_idx=-100)(batch)
+    ref = plain(batch)
+    assert padded["tokens"].shape == (2, 16) and ref["tokens"].shape == (2, 5)
+    torch.testing.assert_close(padded["tokens"][:, :5], ref["tokens"])
+    assert (padded["tokens"][:, 5:] == 0).all() and (padded["labels"][:, 5:] == -100).all()
+    logits = torch.randn(2, 16, 10, generator=torch.Generator().manual_seed(0))
+    ce = torch.nn.functional.cross_entropy
+    full = ce(logits.reshape(-1, 10), padded["labels"].reshape(-1) % 10 * (padded["labels"].reshape(-1) >= 0)
+              - 100 * (padded["labels"].reshape(-1) < 0), ignore_index=-100)
+    short = ce(logits[:, :5].reshape(-1, 10), ref["labels"].reshape(-1) % 10 * (ref["labels"].reshape(-1) >= 0)
+               - 100 * (ref["labels"].reshape(-1) < 0), ignore_index=-100)
+    torch.testing.assert_close(full, short)
