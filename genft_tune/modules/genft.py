@@ -603,7 +603,11 @@ class GenFTLinear(nn.Module, AdapterModule):
         if self.config.lowrank and not dropout_active:
             return self._lowrank_forward(x)
         if self.config.recompute and needs_graph:
-            return checkpoint(self._merged_forward, x, use_reentrant=False)
+            # Stashing the RNG state copies the CUDA generator to the host (a device
+            # sync per layer); only dropout needs it for an identical recomputation.
+            return checkpoint(
+                self._merged_forward, x, use_reentrant=False, preserve_rng_state=dropout_active
+            )
         return self._merged_forward(x)
 
     # ---- merge ---------------------------------------------------------------

@@ -381,7 +381,8 @@ class WeGeFTLinear(nn.Module, AdapterModule):
         phi, psi = factors.phi, factors.psi
         materialises = p > 0 or self._quantize_base or self.weight.dtype != phi.dtype
         if self.config.recompute and needs_graph and materialises:
-            proj = checkpoint(self._project, phi, p, use_reentrant=False)
+            # the RNG state (a host copy of the CUDA generator) matters only for dropout
+            proj = checkpoint(self._project, phi, p, use_reentrant=False, preserve_rng_state=p > 0)
         else:
             proj = self._project(phi, p)
         # (alpha/r) on the small (out, r) factor, then x -> r -> out
