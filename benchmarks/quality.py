@@ -75,7 +75,7 @@ from torchtune.training.lr_schedulers import get_cosine_schedule_with_warmup  # 
 from genft_tune.modules import GenFTConfig, WeGeFTConfig  # noqa: E402
 
 METHODS = ("genft", "lora", "dora", "lora_latent", "wegeft")
-DEFAULT_LR = {"genft": 3e-3, "lora": 1e-3, "dora": 1e-3, "lora_latent": 1e-3, "wegeft": 1e-3}
+DEFAULT_LR = {"genft": 1e-2, "lora": 1e-3, "dora": 1e-3, "lora_latent": 1e-3, "wegeft": 1e-3}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 TINY_SHAPE = Shape("llama3", 64, 2, 4, 2, 64, 128, 256, 10_000)
 
@@ -86,10 +86,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--model-dir", default=None, help="SmolLM2 HF directory (default: convert into the cache)")
     p.add_argument("--data", default="wordnet", choices=["wordnet", "synthetic"])
     p.add_argument("--train-examples", type=int, default=2000)
-    p.add_argument("--eval-examples", type=int, default=128)
+    p.add_argument("--eval-examples", type=int, default=64)
     p.add_argument("--seq-len", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-steps", type=int, default=60)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--max-steps", type=int, default=50)
     p.add_argument("--warmup-steps", type=int, default=None, help="default: 10%% of --max-steps")
     p.add_argument("--seeds", default="0,1,2", help="comma list of seeds")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma list from {list(METHODS)}")
@@ -270,6 +270,7 @@ def train_one(base, method, args, train, val, pad_id, attn_modules, apply_to_mlp
         trainable_params=trainable,
         train_s=train_s,
         final_train_loss=statistics.fmean(losses[-5:]),
+        train_losses=losses,
     )
     return result
 
@@ -280,14 +281,15 @@ def _mean_std(values: List[float]) -> Dict[str, float]:
 
 def format_table(base_eval: Dict, summary: Dict[str, Dict]) -> str:
     lines = [
-        "| method | config | trainable | lr | held-out loss | held-out ppl |",
-        "|---|---|---|---|---|---|",
-        f"| base (no fine-tuning) | - | 0 | - | {base_eval['loss']:.4f} | {base_eval['ppl']:.2f} |",
+        "| method | config | trainable | lr | held-out loss | held-out ppl | train s / run |",
+        "|---|---|---|---|---|---|---|",
+        f"| base (no fine-tuning) | - | 0 | - | {base_eval['loss']:.4f} | {base_eval['ppl']:.2f} | - |",
     ]
     for name, s in summary.items():
         lines.append(
             f"| {name} | {s['config']} | {s['trainable_params']:,} | {s['lr']:g} | "
-            f"{s['loss']['mean']:.4f} ± {s['loss']['std']:.4f} | {s['ppl']['mean']:.2f} ± {s['ppl']['std']:.2f} |"
+            f"{s['loss']['mean']:.4f} ± {s['loss']['std']:.4f} | {s['ppl']['mean']:.2f} ± {s['ppl']['std']:.2f} | "
+            f"{s['train_s']['mean']:.0f} |"
         )
     return "\n".join(lines)
 
@@ -325,11 +327,88 @@ def _summarize(methods: Dict[str, Method], runs: Dict[str, List[Dict]], base_eva
             "seeds": [r["seed"] for r in rs],
             "loss": _mean_std([r["loss"] for r in rs]),
             "ppl": _mean_std([r["ppl"] for r in rs]),
+            "train_s": _mean_std([r["train_s"] for r in rs]),
         }
         for name, rs in runs.items()
         if rs
     }
     return {"summary": summary, "table": format_table(base_eval, summary)}
+
+
+def cpu_name() -> str:
+    """The CPU model (``/proc/cpuinfo``), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def plot_train_losses(
+    runs: Dict[str, List[Dict]], path: Path, *, base_loss: Optional[float] = None, window: int = 10
+) -> Path:
+    """Training loss per method (mean over seeds, moving average of ``window`` steps).
+
+    The held-out loss after training (mean over seeds) is drawn as a marker at the last
+    step, and ``base_loss`` (the base model's held-out loss) as a dashed line.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, rs in runs.items():
+        if not rs:
+            continue
+        steps = min(len(r["train_losses"]) for r in rs)
+        mean = torch.tensor([r["train_losses"][:steps] for r in rs]).mean(0)
+        w = max(1, min(window, steps))
+        smooth = torch.nn.functional.avg_pool1d(mean[None, None], w, stride=1)[0, 0]
+        (line,) = ax.plot(range(w, steps + 1), smooth.tolist(), label=f"{name} ({len(rs)} seeds)")
+        held_out = statistics.fmean(r["loss"] for r in rs)
+        ax.plot([steps], [held_out], marker="o", color=line.get_color(), linestyle="none")
+    if base_loss is not None:
+        ax.axhline(base_loss, color="gray", linestyle="--", label="base model, held-out")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(f"loss (train: mean over seeds, {window}-step avg)")
+    ax.set_title("training loss; dots: held-out loss after training", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def write_report(path: Path, result: Dict, heading: str) -> Path:
+    """The table as markdown, with the settings that produced it."""
+    text = f"{heading}\n\n{result['table']}\n"
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def _heading(args, result: Dict) -> str:
+    done = "" if result.get("complete") else " (incomplete: not every run has finished)"
+    return (
+        f"{args.model} on {args.data}: {args.max_steps} steps x batch {args.batch_size}, seq <= {args.seq_len}, "
+        f"{args.train_examples} training / {args.eval_examples} held-out examples, targets {args.targets}, "
+        f"seeds {args.seeds}, {args.dtype} on {result['device']} ({torch.get_num_threads()} threads), "
+        f"torch {torch.__version__}; {result['total_s']:.0f} s in all{done}"
+    )
+
+
+def write_outputs(out: Path, result: Dict, heading: str) -> None:
+    """The JSON at ``out``, its markdown table (``.md``) and loss-curve plot (``.png``) beside it."""
+    write_json(out, result)
+    write_report(out.with_suffix(".md"), result, heading)
+    plot_train_losses(result["runs"], out.with_suffix(".png"), base_loss=result["base"]["loss"])
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict:
@@ -353,13 +432,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     runs: Dict[str, List[Dict]] = {name: [] for name in methods}
     result: Dict = {
         "args": {k: v for k, v in vars(args).items()},
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "torch": torch.__version__,
         "base": base_eval,
         "runs": runs,
     }
-    # seed-major, so an interrupted run still has every method at the same seeds; the JSON
-    # is rewritten after every run (with "complete": false until the end)
+    # seed-major, so an interrupted run still has every method at the same seeds; the
+    # outputs are rewritten after every run (with "complete": false until the end)
     for seed in args.seed_list:
         for name, method in methods.items():
             r = train_one(base, method, args, train, val, pad_id, attn_modules, apply_to_mlp, seed, device)
@@ -369,20 +448,18 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
                 f"{r['trainable_params']:,} params, {r['train_s']:.0f} s",
                 flush=True,
             )
+            result.update(_summarize(methods, runs, base_eval), complete=False, total_s=time.perf_counter() - t0)
             if args.out:
-                write_json(args.out, {**result, **_summarize(methods, runs, base_eval), "complete": False})
-    result.update(_summarize(methods, runs, base_eval), complete=True, total_s=time.perf_counter() - t0)
+                write_outputs(Path(args.out), result, _heading(args, result))
+    result.update(complete=True, total_s=time.perf_counter() - t0)
+    heading = _heading(args, result)
     print()
-    print(
-        f"{args.model} on {args.data}: {args.max_steps} steps x batch {args.batch_size}, seq <= {args.seq_len}, "
-        f"targets {args.targets}, seeds {args.seeds}, {args.dtype} on {args.device}"
-    )
+    print(heading)
     print(result["table"])
     if args.out:
-        write_json(args.out, result)
-        print(f"\nwrote {args.out}")
+        write_outputs(Path(args.out), result, heading)
+        print(f"\nwrote {args.out} and its .md table and .png loss curves")
     return result
-
 
 if __name__ == "__main__":
     main()

@@ -8,6 +8,9 @@
 
 """Distributed (FSDP2) GenFT fine-tuning: NCCL on GPUs, gloo on CPU.
 
+The model config picks the adapter: GenFT (``genft_*`` builders) or WeGeFT
+(``wegeft_*`` builders); see :func:`genft_tune.training.get_adapter_method`.
+
 Run it with ``tune run --nproc_per_node N genft_finetune_distributed --config <config>``
 (installed module; ``genft-tune ls`` lists the configs), or from a checkout with
 ``torchrun --nproc_per_node N recipes/genft_finetune_distributed.py --config <yaml>``.
@@ -41,11 +44,6 @@ from tqdm import tqdm
 from genft_tune import training as genft_training
 from genft_tune._recipe_registry import resolve_config_argv
 from genft_tune.checkpointing import load_genft_adapter, save_genft_adapter
-from genft_tune.modules import (
-    get_genft_config,
-    merge_genft_state_dict,
-    validate_missing_and_unexpected_for_genft,
-)
 
 log = utils.get_logger("DEBUG")
 
@@ -56,6 +54,9 @@ class GenFTFinetuneRecipeDistributed(FTRecipeInterface):
     SmolLM2), sharded with FSDP2. Runs on GPUs (NCCL) or, for tests and small models,
     on CPU processes (gloo). Only the GenFT adapter is trained; the shared generators
     are registered once on the model root, so FSDP shards and reduces them once.
+
+    The same recipe trains WeGeFT models (``wegeft_*`` builders): the adapter method is
+    read from the built model (``genft_tune.training.get_adapter_method``).
 
     Features:
         - FSDP2 through torchtune's ``training.shard_model`` (each transformer layer,
@@ -460,24 +461,21 @@ class GenFTFinetuneRecipeDistributed(FTRecipeInterface):
         with training.set_default_dtype(self._dtype), torch.device("meta"):
             model = config.instantiate(cfg_model)
 
-        self._genft_config = get_genft_config(model)
-        genft_training.check_genft_targets(cfg_model, model)
-        # Names as in the state dict, taken before any wrapping.
-        self._genft_target_modules = genft_training.genft_target_modules(model)
+        # GenFT or WeGeFT: targets named as in the state dict, taken before any wrapping.
+        self._adapter = genft_training.get_adapter_method(model)
+        self._adapter.check_targets(cfg_model, model)
         if adapter_state_dict is not None:
             self._check_resume_config()
         else:
-            adapter_state_dict = genft_training.genft_adapter_init_state_dict(
-                model, seed=self.seed
-            )
+            adapter_state_dict = self._adapter.init_state_dict(model, seed=self.seed)
 
         self.adapter_params = get_adapter_params(model)
         set_trainable_params(model, self.adapter_params)
         num_trainable = sum(p.numel() for p in self.adapter_params.values())
         utils.log_rank_zero(
             log,
-            f"GenFT adapter: {len(self._genft_target_modules)} layers, "
-            f"{num_trainable:,} trainable parameters ({self._genft_config}).",
+            f"{self._adapter.label} adapter: {len(self._adapter.target_modules)} layers, "
+            f"{num_trainable:,} trainable parameters ({self._adapter.config}).",
         )
 
         if self._enable_fp8_training:
@@ -522,7 +520,7 @@ class GenFTFinetuneRecipeDistributed(FTRecipeInterface):
             self._device,
             cpu_offload=fsdp_cpu_offload,
         )
-        validate_missing_and_unexpected_for_genft(
+        self._adapter.validate_loaded_keys(
             missing_keys=adapter_missing,
             unexpected_keys=adapter_unexpected,
             base_loaded=False,
@@ -541,7 +539,7 @@ class GenFTFinetuneRecipeDistributed(FTRecipeInterface):
             self._device,
             cpu_offload=fsdp_cpu_offload,
         )
-        validate_missing_and_unexpected_for_genft(
+        self._adapter.validate_loaded_keys(
             missing_keys=base_missing,
             unexpected_keys=base_unexpected,
             base_loaded=True,
@@ -573,17 +571,23 @@ class GenFTFinetuneRecipeDistributed(FTRecipeInterface):
         return model
 
     def _check_resume_config(self) -> None:
-        """The adapter being resumed must have been trained with this GenFT config."""
+        """The adapter being resumed must have been trained with this method and config."""
         saved = getattr(self, "_resume_adapter_config", None) or {}
-        saved = saved.get("genft_config", saved.get("config", saved))
-        current = self._genft_config.to_dict()
+        method = saved.get("method", "genft")
+        if method != self._adapter.name:
+            raise ValueError(
+                f"resume_from_checkpoint: the saved adapter is {method!r}, but the model is "
+                f"built with {self._adapter.name!r}"
+            )
+        saved = saved.get(f"{method}_config", saved.get("config", saved))
+        current = self._adapter.config.to_dict()
         diff = {
             k: (saved[k], v) for k, v in current.items() if k in saved and saved[k] != v
         }
         if diff:
             raise ValueError(
-                "resume_from_checkpoint: the saved adapter's GenFT config differs from the "
-                f"model's (field: (saved, config)): {diff}"
+                f"resume_from_checkpoint: the saved adapter's {self._adapter.label} config "
+                f"differs from the model's (field: (saved, config)): {diff}"
             )
 
     def _setup_optimizer(
@@ -712,7 +716,7 @@ class GenFTFinetuneRecipeDistributed(FTRecipeInterface):
         utils.log_rank_zero(log, f"Saving checkpoint {name}...")
 
         adapter_state_dict = genft_training.gather_adapter_state_dict(
-            self._model, self._is_rank_zero, device=self._device
+            self._model, self._is_rank_zero, device=self._device, is_key=self._adapter.is_key
         )
         full_state_dict = None
         if done and not self._save_adapter_weights_only:
@@ -733,17 +737,15 @@ class GenFTFinetuneRecipeDistributed(FTRecipeInterface):
             save_genft_adapter(
                 adapter_dir,
                 adapter_state_dict=adapter_state_dict,
-                config=self._genft_config,
-                target_modules=self._genft_target_modules,
+                config=self._adapter.config,
+                target_modules=self._adapter.target_modules,
                 base_model=str(self._checkpointer._checkpoint_dir)
                 if hasattr(self._checkpointer, "_checkpoint_dir")
                 else None,
             )
             if full_state_dict is not None:
-                merged_state_dict = merge_genft_state_dict(
-                    genft_training.dequantize_state_dict(full_state_dict),
-                    config=self._genft_config,
-                    target_modules=self._genft_target_modules,
+                merged_state_dict = self._adapter.merge_state_dict(
+                    genft_training.dequantize_state_dict(full_state_dict)
                 )
                 del full_state_dict
                 self._checkpointer.save_checkpoint(
@@ -761,14 +763,14 @@ class GenFTFinetuneRecipeDistributed(FTRecipeInterface):
                 training.OPT_KEY: opt_state_dict,
                 training.RNG_KEY: rng_states,
                 genft_training.ADAPTER_DIR_KEY: name,
-                genft_training.GENFT_CONFIG_KEY: self._genft_config.to_dict(),
+                genft_training.GENFT_CONFIG_KEY: self._adapter.config.to_dict(),
                 genft_training.WORLD_SIZE_KEY: self.world_size,
             }
             if dataloader_states is not None:
                 recipe_state[training.DATALOADER_KEY] = dataloader_states
             path = genft_training.save_recipe_state(self._output_dir, recipe_state)
             log.info(
-                f"Saved the GenFT adapter to {adapter_dir} and the recipe state to {path} "
+                f"Saved the {self._adapter.label} adapter to {adapter_dir} and the recipe state to {path} "
                 f"in {time.perf_counter() - start:.2f} s."
             )
 
@@ -802,7 +804,7 @@ class GenFTFinetuneRecipeDistributed(FTRecipeInterface):
         if self._val_dataloader is None:
             return None
         self._model.eval()
-        genft_training.clear_genft_caches(self._model)
+        self._adapter.clear_caches(self._model)
         total_loss = torch.zeros((), device=self._device, dtype=torch.float64)
         total_tokens = torch.zeros((), device=self._device, dtype=torch.int64)
         with torch.no_grad():
@@ -816,7 +818,7 @@ class GenFTFinetuneRecipeDistributed(FTRecipeInterface):
         torch.distributed.all_reduce(total_loss)
         torch.distributed.all_reduce(total_tokens)
         self._model.train()
-        genft_training.clear_genft_caches(self._model)
+        self._adapter.clear_caches(self._model)
         val_loss = (total_loss / total_tokens.clamp(min=1)).item()
         if self._is_rank_zero:
             self._metric_logger.log_dict({"val_loss": val_loss}, step=self.global_step)

@@ -17,13 +17,13 @@ Run it directly, or with torchtune's launcher once the recipe module is importab
         data_dir=/data/vtab-1k/dtd num_classes=47
 
 ``--config`` takes a yaml path or a packaged config name (``vit/tiny_genft_cpu``,
-``vit/b16_genft_vtab``, ``vit/b16_genft_fgvc``; see ``genft-tune ls``).
+``vit/b16_genft_vtab``, ``vit/b16_genft_fgvc``, ``vit/b16_wegeft_vtab``; see ``genft-tune ls``).
 
 (``tune run recipes/<file>.py`` does not work: torchtune turns the path into the
 module ``recipes.<file>``, and ``recipes`` is torchtune's own package.)
 
-The same recipe trains the baselines the GenFT paper compares with: a LoRA model
-(``genft_tune.models.vit.vit_*_lora``), linear probing (a plain ``vit_*`` model with
+The same recipe trains the baselines the GenFT paper compares with: WeGeFT
+(``genft_tune.models.vit.vit_*_wegeft``), a LoRA model (``genft_tune.models.vit.vit_*_lora``), linear probing (a plain ``vit_*`` model with
 ``trainable_modules: [head]``) and full fine-tuning (``trainable_modules: all``).
 """
 
@@ -47,6 +47,7 @@ from torchtune.modules.peft import (
 from torchtune.recipe_interfaces import FTRecipeInterface
 from tqdm import tqdm
 
+from genft_tune import training as genft_training
 from genft_tune._recipe_registry import resolve_config_argv
 from genft_tune.datasets._image import image_collate, top1_correct
 from genft_tune.models.vit import (
@@ -61,16 +62,6 @@ from genft_tune.models.vit import (
     ViTClassifier,
 )
 from genft_tune.checkpointing import save_genft_adapter
-from genft_tune.modules import (
-    get_genft_config,
-    get_genft_modules,
-    get_wegeft_config,
-    get_wegeft_modules,
-    get_wegeft_target_modules,
-    is_genft_key,
-    is_wegeft_key,
-    merge_genft_state_dict,
-)
 
 log = utils.get_logger("INFO")
 
@@ -228,6 +219,10 @@ class GenFTImageClassificationRecipeSingleDevice(FTRecipeInterface):
             raise ValueError(
                 f"model must build a genft_tune.models.vit.ViTClassifier, got {type(model).__name__}"
             )
+        # GenFT, WeGeFT, or None (LoRA / linear probe / full fine-tuning).
+        self._adapter = genft_training.find_adapter_method(model)
+        if self._adapter is not None:
+            log.info(f"{self._adapter.label} adapter: {len(self._adapter.target_modules)} layers ({self._adapter.config})")
         return model
 
     def _set_trainable(self, trainable_modules: Any) -> None:
@@ -305,36 +300,33 @@ class GenFTImageClassificationRecipeSingleDevice(FTRecipeInterface):
 
     def _adapter_config(self) -> Dict[str, Any]:
         model = self._model
-        genft = get_genft_modules(model)
+        adapter = self._adapter
         lora = {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
         cfg: Dict[str, Any] = {
-            "peft_type": "GENFT" if genft else "LORA" if lora else "NONE",
-            "target_modules": sorted(genft or lora),
+            "peft_type": adapter.name.upper() if adapter else "LORA" if lora else "NONE",
+            "target_modules": sorted(adapter.target_modules if adapter else lora),
             "trainable_modules": self._trainable_modules,
             "num_classes": model.num_classes,
             "model": OmegaConf.to_container(self._cfg.model, resolve=True),
         }
-        if genft:
-            cfg["genft_config"] = get_genft_config(model).to_dict()
+        if adapter:
+            cfg[f"{adapter.name}_config"] = adapter.config.to_dict()
         if lora:
             first = next(iter(lora.values()))
             cfg.update({"r": first.rank, "lora_alpha": first.alpha})
         return cfg
 
     def _merged_state_dict(self) -> Dict[str, torch.Tensor]:
-        """The model as a plain ViT state dict: GenFT merged in fp32 from the original
-        ``W0`` (dequantised when NF4), LoRA merged with torchtune's formula."""
+        """The model as a plain ViT state dict: GenFT / WeGeFT merged in fp32 from the
+        original ``W0`` (dequantised when NF4), LoRA merged with torchtune's formula."""
         model = self._model
         state_dict = {
             # NF4 bases (quantize_base) are dequantised: the merged model is a plain one.
             k: (v.get_original_weight() if isinstance(v, NF4Tensor) else v).detach().cpu()
             for k, v in model.state_dict().items()
         }
-        genft = get_genft_modules(model)
-        if genft:
-            state_dict = merge_genft_state_dict(
-                state_dict, config=get_genft_config(model), target_modules=list(genft)
-            )
+        if self._adapter is not None:
+            state_dict = self._adapter.merge_state_dict(state_dict)
         lora = [m for m in model.modules() if isinstance(m, LoRALinear)]
         if lora:
             # get_merged_lora_ckpt edits in place: give it copies, not the model's tensors.
@@ -347,18 +339,13 @@ class GenFTImageClassificationRecipeSingleDevice(FTRecipeInterface):
         also the merged Hugging Face model."""
         epoch_dir = self._output_dir / f"epoch_{epoch}"
         state_dict = self._model.state_dict()
-        adapter = {
-            k: v
-            for k, v in state_dict.items()
-            if k in self._trainable_names or is_genft_key(k) or is_wegeft_key(k)
-        }
-        genft = get_genft_modules(self._model)
-        wegeft = get_wegeft_modules(self._model)
-        if genft or wegeft:
+        method = self._adapter
+        is_key = method.is_key if method is not None else (lambda k: False)
+        adapter = {k: v for k, v in state_dict.items() if k in self._trainable_names or is_key(k)}
+        if method is not None:
             # genft_adapter.safetensors + genft_config.json: what `genft-tune merge` reads;
             # the trained head (and other trained modules) travel as modules_to_save.
-            targets = list(genft) if genft else get_wegeft_target_modules(self._model)
-            is_key = is_genft_key if genft else is_wegeft_key
+            layers = method.layers(self._model)
             class_names = getattr(self._train_data, "class_names", None)
             extra = self._adapter_config()
             if class_names and len(class_names) == self._model.num_classes:
@@ -366,11 +353,11 @@ class GenFTImageClassificationRecipeSingleDevice(FTRecipeInterface):
             save_genft_adapter(
                 epoch_dir,
                 adapter_state_dict={k: v for k, v in adapter.items() if is_key(k)},
-                config=get_genft_config(self._model) if genft else get_wegeft_config(self._model),
-                target_modules=targets,
+                config=method.config,
+                target_modules=method.target_modules,
                 base_model=self._cfg.get("checkpoint", {}).get("path"),
                 extra=extra,
-                target_shapes={n: tuple(m.weight.shape) for n, m in (genft or wegeft).items()},
+                target_shapes={n: tuple(m.weight.shape) for n, m in layers.items()},
                 modules_to_save={k: v for k, v in adapter.items() if not is_key(k)},
             )
         else:

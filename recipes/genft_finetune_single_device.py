@@ -8,6 +8,9 @@
 
 """GenFT fine-tuning on one device (GPU or CPU).
 
+The model config picks the adapter: GenFT (``genft_*`` builders) or WeGeFT
+(``wegeft_*`` builders); see :func:`genft_tune.training.get_adapter_method`.
+
 Run it with ``tune run genft_finetune_single_device --config <config>`` (installed
 module; ``genft-tune ls`` lists the configs), or from a checkout with
 ``python recipes/genft_finetune_single_device.py --config configs/<family>/<name>.yaml``.
@@ -40,12 +43,6 @@ from tqdm import tqdm
 from genft_tune import training as genft_training
 from genft_tune._recipe_registry import resolve_config_argv
 from genft_tune.checkpointing import load_genft_adapter, save_genft_adapter
-from genft_tune.modules import (
-    get_genft_config,
-    is_genft_key,
-    merge_genft_state_dict,
-    validate_missing_and_unexpected_for_genft,
-)
 
 log = utils.get_logger("DEBUG")
 
@@ -55,6 +52,9 @@ class GenFTFinetuneRecipeSingleDevice(FTRecipeInterface):
     GenFT fine-tuning recipe for dense transformer LLMs (Llama 2/3.x, SmolLM2) on a
     single device, GPU or CPU. Only the GenFT adapter is trained: each layer-shared
     generator once, plus every adapted layer's specific factors; the base is frozen.
+
+    The same recipe trains WeGeFT models (``wegeft_*`` builders): the adapter method is
+    read from the built model (``genft_tune.training.get_adapter_method``).
 
     Features:
         - Activation checkpointing (``enable_activation_checkpointing``) and activation
@@ -422,25 +422,22 @@ class GenFTFinetuneRecipeSingleDevice(FTRecipeInterface):
         with training.set_default_dtype(self._dtype), self._device:
             model = config.instantiate(cfg_model)
 
-        self._genft_config = get_genft_config(model)
-        genft_training.check_genft_targets(cfg_model, model)
-        # Names as in the state dict, taken before any wrapping.
-        self._genft_target_modules = genft_training.genft_target_modules(model)
+        # GenFT or WeGeFT: targets named as in the state dict, taken before any wrapping.
+        self._adapter = genft_training.get_adapter_method(model)
+        self._adapter.check_targets(cfg_model, model)
         if adapter_state_dict is not None:
             self._check_resume_config()
         else:
             # A fresh adapter that depends on the seed alone (not on the device, dtype or
             # world size): the distributed recipe starts from the same one.
-            adapter_state_dict = genft_training.genft_adapter_init_state_dict(
-                model, seed=self.seed
-            )
+            adapter_state_dict = self._adapter.init_state_dict(model, seed=self.seed)
 
         self.adapter_params = get_adapter_params(model)
         set_trainable_params(model, self.adapter_params)
         num_trainable = sum(p.numel() for p in self.adapter_params.values())
         log.info(
-            f"GenFT adapter: {len(self._genft_target_modules)} layers, "
-            f"{num_trainable:,} trainable parameters ({self._genft_config})."
+            f"{self._adapter.label} adapter: {len(self._adapter.target_modules)} layers, "
+            f"{num_trainable:,} trainable parameters ({self._adapter.config})."
         )
 
         if self._enable_fp8_training:
@@ -464,7 +461,7 @@ class GenFTFinetuneRecipeSingleDevice(FTRecipeInterface):
         base_missing, base_unexpected = model.load_state_dict(
             base_model_state_dict, strict=False
         )
-        validate_missing_and_unexpected_for_genft(
+        self._adapter.validate_loaded_keys(
             missing_keys=base_missing,
             unexpected_keys=base_unexpected,
             base_loaded=True,
@@ -473,7 +470,7 @@ class GenFTFinetuneRecipeSingleDevice(FTRecipeInterface):
         adapter_missing, adapter_unexpected = model.load_state_dict(
             adapter_state_dict, strict=False
         )
-        validate_missing_and_unexpected_for_genft(
+        self._adapter.validate_loaded_keys(
             missing_keys=adapter_missing,
             unexpected_keys=adapter_unexpected,
             base_loaded=False,
@@ -497,17 +494,23 @@ class GenFTFinetuneRecipeSingleDevice(FTRecipeInterface):
         return model
 
     def _check_resume_config(self) -> None:
-        """The adapter being resumed must have been trained with this GenFT config."""
+        """The adapter being resumed must have been trained with this method and config."""
         saved = getattr(self, "_resume_adapter_config", None) or {}
-        saved = saved.get("genft_config", saved.get("config", saved))
-        current = self._genft_config.to_dict()
+        method = saved.get("method", "genft")
+        if method != self._adapter.name:
+            raise ValueError(
+                f"resume_from_checkpoint: the saved adapter is {method!r}, but the model is "
+                f"built with {self._adapter.name!r}"
+            )
+        saved = saved.get(f"{method}_config", saved.get("config", saved))
+        current = self._adapter.config.to_dict()
         diff = {
             k: (saved[k], v) for k, v in current.items() if k in saved and saved[k] != v
         }
         if diff:
             raise ValueError(
-                "resume_from_checkpoint: the saved adapter's GenFT config differs from the "
-                f"model's (field: (saved, config)): {diff}"
+                f"resume_from_checkpoint: the saved adapter's {self._adapter.label} config "
+                f"differs from the model's (field: (saved, config)): {diff}"
             )
 
     def _setup_optimizer(
@@ -634,14 +637,11 @@ class GenFTFinetuneRecipeSingleDevice(FTRecipeInterface):
         adapter_dir = self._output_dir / name
 
         state_dict = self._model.state_dict()
-        adapter_state_dict = {
-            k: v.detach().cpu() for k, v in state_dict.items() if is_genft_key(k)
-        }
         save_genft_adapter(
             adapter_dir,
-            adapter_state_dict=adapter_state_dict,
-            config=self._genft_config,
-            target_modules=self._genft_target_modules,
+            adapter_state_dict=self._adapter.adapter_state_dict(state_dict),
+            config=self._adapter.config,
+            target_modules=self._adapter.target_modules,
             base_model=str(self._checkpointer._checkpoint_dir)
             if hasattr(self._checkpointer, "_checkpoint_dir")
             else None,
@@ -651,11 +651,7 @@ class GenFTFinetuneRecipeSingleDevice(FTRecipeInterface):
             cpu_state_dict = genft_training.dequantize_state_dict(
                 {k: v.detach().cpu() for k, v in state_dict.items()}
             )
-            merged_state_dict = merge_genft_state_dict(
-                cpu_state_dict,
-                config=self._genft_config,
-                target_modules=self._genft_target_modules,
-            )
+            merged_state_dict = self._adapter.merge_state_dict(cpu_state_dict)
             del cpu_state_dict
             self._checkpointer.save_checkpoint(
                 {training.MODEL_KEY: merged_state_dict},
@@ -674,14 +670,14 @@ class GenFTFinetuneRecipeSingleDevice(FTRecipeInterface):
             training.OPT_KEY: self._optimizer.state_dict(),
             training.RNG_KEY: genft_training.get_rng_state(),
             genft_training.ADAPTER_DIR_KEY: name,
-            genft_training.GENFT_CONFIG_KEY: self._genft_config.to_dict(),
+            genft_training.GENFT_CONFIG_KEY: self._adapter.config.to_dict(),
             genft_training.WORLD_SIZE_KEY: 1,
         }
         if not end_of_epoch:
             recipe_state[training.DATALOADER_KEY] = self._dataloader.state_dict()
         path = genft_training.save_recipe_state(self._output_dir, recipe_state)
         log.info(
-            f"Saved the GenFT adapter to {adapter_dir} and the recipe state to {path} "
+            f"Saved the {self._adapter.label} adapter to {adapter_dir} and the recipe state to {path} "
             f"in {time.perf_counter() - start:.2f} s."
         )
 
@@ -715,7 +711,7 @@ class GenFTFinetuneRecipeSingleDevice(FTRecipeInterface):
         if self._val_dataloader is None:
             return None
         self._model.eval()
-        genft_training.clear_genft_caches(self._model)
+        self._adapter.clear_caches(self._model)
         total_loss = torch.zeros((), device=self._device, dtype=torch.float64)
         total_tokens = torch.zeros((), device=self._device, dtype=torch.int64)
         with torch.no_grad():
@@ -727,7 +723,7 @@ class GenFTFinetuneRecipeSingleDevice(FTRecipeInterface):
                 total_loss += self._loss_step(batch, offload=False).double() * num_tokens
                 total_tokens += num_tokens
         self._model.train()
-        genft_training.clear_genft_caches(self._model)
+        self._adapter.clear_caches(self._model)
         val_loss = (total_loss / total_tokens.clamp(min=1)).item()
         self._metric_logger.log_dict({"val_loss": val_loss}, step=self.global_step)
         log.info(f"Step {self.global_step}: validation loss {val_loss:.6f}")

@@ -154,6 +154,7 @@ def test_quality_smoke(tmp_path):
         ]
     )
     saved = json.loads(out.read_text())
+    assert saved["complete"] is True
     assert list(saved["summary"]) == list(quality.METHODS)
     attn, mlp = _models.parse_targets("q,v")
     budget = _models.genft_param_count(quality.TINY_SHAPE, attn, mlp, GenFTConfig(shared_dim=8, specific_dim=2))
@@ -168,6 +169,12 @@ def test_quality_smoke(tmp_path):
             assert math.isfinite(r["loss"]) and r["ppl"] == pytest.approx(math.exp(r["loss"]))
         losses = [r["loss"] for r in runs]
         assert summary[name]["loss"]["mean"] == pytest.approx(sum(losses) / 2)
+        assert all(len(r["train_losses"]) == 2 for r in runs)
+    # the markdown table lists every method, and the loss-curve plot is a PNG
+    table = out.with_suffix(".md").read_text()
+    assert all(f"| {name} |" in table for name in quality.METHODS)
+    assert "incomplete" not in table
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_quality_eval_is_token_weighted_cross_entropy():

@@ -133,9 +133,14 @@ def test_configs_follow_the_paper_defaults():
         assert f"--config {name}" in header, name
         assert "tune run" in header, name
         m = cfg["model"]
-        assert (m["shared_dim"], m["specific_dim"], m["act_in"], m["act_out"]) == (4, 4, "gelu", "gelu"), name
-        assert list(m["genft_attn_modules"]) == ["q_proj", "v_proj"], name
-        assert float(cfg["optimizer"]["lr"]) == pytest.approx(3e-4), name
+        if "wegeft" in name:  # the WeGeFT authors' r=64, alpha=128, tied factors, lr 2e-4
+            assert (m["wegeft_rank"], m["wegeft_alpha"], m["wegeft_shared"]) == (64, 128.0, True), name
+            assert list(m["wegeft_attn_modules"]) == ["q_proj", "v_proj"], name
+            assert float(cfg["optimizer"]["lr"]) == pytest.approx(2e-4), name
+        else:
+            assert (m["shared_dim"], m["specific_dim"], m["act_in"], m["act_out"]) == (4, 4, "gelu", "gelu"), name
+            assert list(m["genft_attn_modules"]) == ["q_proj", "v_proj"], name
+            assert float(cfg["optimizer"]["lr"]) == pytest.approx(3e-4), name
         recipe = "genft_finetune_distributed" if "distributed" in name else "genft_finetune_single_device"
         assert any(c.name == name for c in registry.get_recipe(recipe).configs), name
 
@@ -147,8 +152,7 @@ def test_packaged_configs_build_their_models():
     from omegaconf import OmegaConf
     from torchtune import config as tt_config
 
-    from genft_tune.modules import get_genft_config, get_genft_modules
-    from genft_tune.training import check_genft_targets, validate_components
+    from genft_tune.training import get_adapter_method, validate_components
 
     for name in _repo_configs():
         if name.startswith("vit/"):
@@ -157,10 +161,15 @@ def test_packaged_configs_build_their_models():
         validate_components(cfg)  # every _component_ imports
         with torch.device("meta"):
             model = tt_config.instantiate(cfg.model)
-        check_genft_targets(cfg.model, model)
-        leaves = {n.rsplit(".", 1)[-1] for n in get_genft_modules(model)}
+        adapter = get_adapter_method(model)
+        adapter.check_targets(cfg.model, model)
+        assert adapter.name == ("wegeft" if "wegeft" in name else "genft"), name
+        leaves = {n.rsplit(".", 1)[-1] for n in adapter.target_modules}
         assert leaves == {"q_proj", "v_proj"}, name
-        gc = get_genft_config(model)
-        assert (gc.shared_dim, gc.specific_dim, gc.act_in, gc.act_out) == (4, 4, "gelu", "gelu"), name
+        c = adapter.config
+        if adapter.name == "genft":
+            assert (c.shared_dim, c.specific_dim, c.act_in, c.act_out) == (4, 4, "gelu", "gelu"), name
+        else:
+            assert (c.rank, c.alpha, c.shared) == (64, 128.0, True), name
         if "qgenft" in name:
             assert cfg.model._component_.split(".")[-1].startswith("qgenft_"), name

@@ -1,5 +1,13 @@
 """Helpers for the GenFT fine-tuning recipes (``recipes/genft_finetune_*.py``)."""
 
+from genft_tune.training._adapter_method import (
+    AdapterMethod,
+    check_wegeft_targets,
+    find_adapter_method,
+    get_adapter_method,
+    METHOD_NAMES,
+    wegeft_adapter_init_state_dict,
+)
 from genft_tune.training._config import (
     validate_checkpoint_files,
     validate_components,
@@ -45,6 +53,12 @@ from genft_tune.training._state import (
 )
 
 __all__ = [
+    "AdapterMethod",
+    "check_wegeft_targets",
+    "find_adapter_method",
+    "get_adapter_method",
+    "METHOD_NAMES",
+    "wegeft_adapter_init_state_dict",
     "ADAPTER_DIR_KEY",
     "all_gather_objects",
     "atomic_torch_save",

@@ -1,6 +1,6 @@
 """Process-group set-up and state gathering for the distributed GenFT recipe."""
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -33,7 +33,10 @@ def init_distributed(device: torch.device) -> str:
 
 
 def gather_adapter_state_dict(
-    model: nn.Module, is_rank_zero: bool, device: Optional[torch.device] = None
+    model: nn.Module,
+    is_rank_zero: bool,
+    device: Optional[torch.device] = None,
+    is_key: Callable[[str], bool] = is_genft_key,
 ) -> Dict[str, torch.Tensor]:
     """Full (unsharded) GenFT adapter tensors on CPU, on rank 0 only; empty elsewhere.
 
@@ -46,13 +49,15 @@ def gather_adapter_state_dict(
         is_rank_zero (bool): whether this is rank 0 (the only one that keeps the result).
         device (Optional[torch.device]): the process group's device; CPU-offloaded
             shards are moved there for the all-gather.
+        is_key (Callable[[str], bool]): which state-dict keys are the adapter's
+            (default: GenFT's; ``AdapterMethod.is_key`` for either method).
 
     Returns:
         Dict[str, torch.Tensor]: adapter key to full CPU tensor (empty off rank 0).
     """
     out: Dict[str, torch.Tensor] = {}
     for key, value in model.state_dict().items():
-        if not is_genft_key(key):
+        if not is_key(key):
             continue
         if device is not None and value.is_cpu and device.type != "cpu":
             value = value.to(device)

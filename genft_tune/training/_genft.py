@@ -72,24 +72,26 @@ def check_genft_targets(cfg_model: DictConfig, model: nn.Module) -> None:
 
 
 def validate_genft_model_config(cfg_model: DictConfig) -> None:
-    """Cheap checks of a GenFT model config before anything is built.
+    """Cheap checks of a GenFT / WeGeFT model config before anything is built.
 
     Raises:
-        ValueError: if ``genft_attn_modules`` names an unknown projection.
+        ValueError: if ``genft_attn_modules`` or ``wegeft_attn_modules`` is not a list
+            or names an unknown projection.
     """
-    attn = cfg_model.get("genft_attn_modules", None)
-    if attn is None:
-        return
-    if isinstance(attn, str):
-        raise ValueError(
-            f"model.genft_attn_modules must be a list (e.g. [q_proj, v_proj]), got the string {attn!r}"
-        )
-    for name in attn:
-        if name not in GENFT_ATTN_MODULES:
+    for field in ("genft_attn_modules", "wegeft_attn_modules"):
+        attn = cfg_model.get(field, None)
+        if attn is None:
+            continue
+        if isinstance(attn, str):
             raise ValueError(
-                f"model.genft_attn_modules: {name!r} is not an attention projection of the model; "
-                f"allowed: {list(GENFT_ATTN_MODULES)}"
+                f"model.{field} must be a list (e.g. [q_proj, v_proj]), got the string {attn!r}"
             )
+        for name in attn:
+            if name not in GENFT_ATTN_MODULES:
+                raise ValueError(
+                    f"model.{field}: {name!r} is not an attention projection of the model; "
+                    f"allowed: {list(GENFT_ATTN_MODULES)}"
+                )
 
 
 def named_genft_generators(model: nn.Module) -> Dict[str, GenFTGenerator]:
