@@ -27,6 +27,8 @@ from torchao.dtypes.nf4tensor import linear_nf4, NF4Tensor, to_nf4
 from torchtune.modules.low_precision import _register_nf4_dispatch_ops  # noqa: F401
 from torchtune.modules.peft import AdapterModule
 
+from genft_tune.modules._cache import MergedWeightCache
+
 ACTIVATIONS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "identity": lambda t: t,
     "relu": F.relu,
@@ -470,7 +472,7 @@ class GenFTLinear(nn.Module, AdapterModule):
         self.disabled = False
         self.merged = False
         self._unmerged_weight: Optional[torch.Tensor] = None
-        self._cache: Optional[Tuple[List[Tuple[torch.Tensor, int]], bool, torch.Tensor]] = None
+        self._cache = MergedWeightCache()
         self.initialize_parameters()
 
     @property
@@ -484,7 +486,7 @@ class GenFTLinear(nn.Module, AdapterModule):
         for name in self.adapter_params():
             param = getattr(self, name)
             setattr(self, name, nn.Parameter(torch.empty_like(param, device=device)))
-        self._cache = None
+        self._cache.clear()
         return self
 
     def initialize_parameters(self) -> None:
@@ -501,7 +503,7 @@ class GenFTLinear(nn.Module, AdapterModule):
                 last = self.B2 if cfg.use_column and not self.tied else self.B1
                 if last is not None:
                     _init_factor(last, "zeros")
-        self._cache = None
+        self._cache.clear()
 
     def adapter_params(self) -> List[str]:
         """Names of this layer's trainable parameters (the shared ones are the
@@ -564,23 +566,16 @@ class GenFTLinear(nn.Module, AdapterModule):
         return [self.weight] + self.generator.shared_tensors() + own
 
     def _cached_merged_weight(self, tensors: List[torch.Tensor]) -> torch.Tensor:
-        if self._cache is not None:
-            key, training, weight = self._cache
-            fresh = len(key) == len(tensors) and all(
-                t is kt and t._version == v for (kt, v), t in zip(key, tensors)
-            )
-            if fresh and training == self.training:
-                return weight
-        with torch.no_grad():
-            # exactly what merge() and the merged checkpoint hold (fp32 W0 + dW, cast
-            # once), so eval and generation match the published model
-            weight = merged_weight_fp32(self.base_weight(), self.generator, self.specific_factors())
-        self._cache = ([(t, t._version) for t in tensors], self.training, weight)
-        return weight
+        # exactly what merge() and the merged checkpoint hold (fp32 W0 + dW, cast once),
+        # so eval and generation match the published model
+        return self._cache.get(
+            tensors,
+            lambda: merged_weight_fp32(self.base_weight(), self.generator, self.specific_factors()),
+        )
 
     def clear_cache(self) -> None:
         """Drop the cached merged weight (it is rebuilt on the next no-grad call)."""
-        self._cache = None
+        self._cache.clear()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """
@@ -599,7 +594,7 @@ class GenFTLinear(nn.Module, AdapterModule):
         needs_graph = torch.is_grad_enabled() and any(t.requires_grad for t in tensors[1:])
         if not needs_graph and not dropout_active:
             return F.linear(x, self._cached_merged_weight(tensors).to(x.dtype), self.bias)
-        self._cache = None  # training: free the eval copy
+        self._cache.clear()  # training: free the eval copy
         if self.config.lowrank and not dropout_active:
             return self._lowrank_forward(x)
         if self.config.recompute and needs_graph:
@@ -633,7 +628,7 @@ class GenFTLinear(nn.Module, AdapterModule):
         self.weight.copy_(merged)
         self._unmerged_weight = W0
         self.merged = True
-        self._cache = None
+        self._cache.clear()
 
     @torch.no_grad()
     def unmerge(self) -> None:
@@ -643,7 +638,7 @@ class GenFTLinear(nn.Module, AdapterModule):
         self.weight.copy_(self._unmerged_weight)
         self._unmerged_weight = None
         self.merged = False
-        self._cache = None
+        self._cache.clear()
 
 
 def _check_nf4_shape(out_dim: int, in_dim: int, block_size: int = 64, scaler_block_size: int = 256):

@@ -58,6 +58,7 @@ from torch.utils.checkpoint import checkpoint
 from torchao.dtypes.nf4tensor import linear_nf4, NF4Tensor, to_nf4
 from torchtune.modules.peft import AdapterModule
 
+from genft_tune.modules._cache import MergedWeightCache
 from genft_tune.modules.genft import _check_nf4_shape, _linear_default_init
 
 FACTORS_ATTR = "wegeft_factors"  # the shared factors on the model root
@@ -309,7 +310,7 @@ class WeGeFTLinear(nn.Module, AdapterModule):
         self.disabled = False
         self.merged = False
         self._unmerged_weight: Optional[torch.Tensor] = None
-        self._cache: Optional[Tuple[List[Tuple[torch.Tensor, int]], torch.Tensor]] = None
+        self._cache = MergedWeightCache()
 
     @property
     def factors(self) -> WeGeFTFactors:
@@ -329,7 +330,7 @@ class WeGeFTLinear(nn.Module, AdapterModule):
         # shared factors are handled by their own module.
         if self.owns_factors:
             self.factors.to_empty(device=device)
-        self._cache = None
+        self._cache.clear()
         return self
 
     def initialize_parameters(self) -> None:
@@ -337,7 +338,7 @@ class WeGeFTLinear(nn.Module, AdapterModule):
         :meth:`WeGeFTFactors.initialize_parameters` on the shared module)."""
         if self.owns_factors:
             self.factors.initialize_parameters()
-        self._cache = None
+        self._cache.clear()
 
     def adapter_params(self) -> List[str]:
         """Names of this layer's trainable parameters: ``wegeft.phi``/``wegeft.psi``
@@ -392,22 +393,14 @@ class WeGeFTLinear(nn.Module, AdapterModule):
     def _tracked_tensors(self) -> List[torch.Tensor]:
         return [self.weight, self.factors.phi, self.factors.psi]
 
-    def _cached_merged_weight(self) -> torch.Tensor:
-        tensors = self._tracked_tensors()
-        if self._cache is not None:
-            key, weight = self._cache
-            if all(t is kt and t._version == v for (kt, v), t in zip(key, tensors)):
-                return weight
-        with torch.no_grad():
-            W0 = self.base_weight()
-            delta = self.factors.delta_weight(W0.to(self.factors.phi.dtype))
-            weight = W0 + delta.to(W0.dtype)
-        self._cache = ([(t, t._version) for t in tensors], weight)
-        return weight
+    def _merged_weight(self) -> torch.Tensor:
+        W0 = self.base_weight()
+        delta = self.factors.delta_weight(W0.to(self.factors.phi.dtype))
+        return W0 + delta.to(W0.dtype)
 
     def clear_cache(self) -> None:
         """Drop the cached merged weight (it is rebuilt on the next no-grad call)."""
-        self._cache = None
+        self._cache.clear()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """
@@ -426,8 +419,9 @@ class WeGeFTLinear(nn.Module, AdapterModule):
             self.factors.phi.requires_grad or self.factors.psi.requires_grad
         )
         if not needs_graph and p == 0:
-            return F.linear(x, self._cached_merged_weight().to(x.dtype), self.bias)
-        self._cache = None  # training: free the eval copy
+            weight = self._cache.get(self._tracked_tensors(), self._merged_weight)
+            return F.linear(x, weight.to(x.dtype), self.bias)
+        self._cache.clear()  # training: free the eval copy
         return self._efficient_forward(x, p, needs_graph)
 
     # ---- merge ---------------------------------------------------------------
@@ -452,7 +446,7 @@ class WeGeFTLinear(nn.Module, AdapterModule):
         self.weight.copy_(wegeft_merged_weight(W0, self.factors.phi, self.factors.psi, self.config))
         self._unmerged_weight = W0
         self.merged = True
-        self._cache = None
+        self._cache.clear()
 
     @torch.no_grad()
     def unmerge(self) -> None:
@@ -462,7 +456,7 @@ class WeGeFTLinear(nn.Module, AdapterModule):
         self.weight.copy_(self._unmerged_weight)
         self._unmerged_weight = None
         self.merged = False
-        self._cache = None
+        self._cache.clear()
 
 
 @torch.no_grad()
