@@ -4,7 +4,7 @@ torchtune's ``get_merged_lora_ckpt`` and ``validate_missing_and_unexpected_for_l
 hard-code LoRA's key names and merge formula; these are GenFT's counterparts.
 """
 
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -62,19 +62,30 @@ def validate_missing_and_unexpected_for_genft(
     unexpected_keys: Iterable[str],
     base_loaded: bool = True,
     adapter_loaded: bool = False,
+    is_key: Callable[[str], bool] = is_genft_key,
+    label: str = "GenFT",
 ) -> None:
     """Check the result of ``model.load_state_dict(..., strict=False)``.
 
-    When only the base model was loaded, the GenFT keys must be the only missing
+    When only the base model was loaded, the adapter keys must be the only missing
     ones; when an adapter was loaded too, nothing may be missing.
+
+    Args:
+        missing_keys (Iterable[str]): ``load_state_dict``'s missing keys.
+        unexpected_keys (Iterable[str]): its unexpected keys.
+        base_loaded (bool): the base model was loaded. Default: True
+        adapter_loaded (bool): the adapter was loaded. Default: False
+        is_key (Callable[[str], bool]): which keys are the adapter's (default GenFT's;
+            ``is_wegeft_key`` for WeGeFT).
+        label (str): the method's name in error messages. Default: "GenFT"
 
     Raises:
         ValueError: naming the first offending key.
     """
     for key in missing_keys:
-        if is_genft_key(key):
+        if is_key(key):
             if adapter_loaded:
-                raise ValueError(f"Missing GenFT adapter key in the adapter checkpoint: {key}")
+                raise ValueError(f"Missing {label} adapter key in the adapter checkpoint: {key}")
         elif base_loaded:
             raise ValueError(f"Missing base model key in the checkpoint: {key}")
     unexpected = list(unexpected_keys)

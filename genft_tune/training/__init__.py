@@ -21,8 +21,8 @@ from genft_tune.training._distributed import (
 )
 from genft_tune.training._genft import (
     check_genft_targets,
+    check_requested_targets,
     clean_module_name,
-    clear_genft_caches,
     dequantize_state_dict,
     GENFT_ATTN_MODULES,
     genft_adapter_init_state_dict,
@@ -63,8 +63,8 @@ __all__ = [
     "all_gather_objects",
     "atomic_torch_save",
     "check_genft_targets",
+    "check_requested_targets",
     "clean_module_name",
-    "clear_genft_caches",
     "convert_frozen_linears_to_float8",
     "dequantize_state_dict",
     "distributed_backend",

@@ -21,11 +21,13 @@ from genft_tune.modules import (
     is_wegeft_key,
     merge_genft_state_dict,
     merge_wegeft_state_dict,
+    validate_missing_and_unexpected_for_genft,
     WeGeFTConfig,
 )
 from genft_tune.modules.wegeft import WeGeFTFactors
 from genft_tune.training._genft import (
     check_genft_targets,
+    check_requested_targets,
     clean_module_name,
     genft_adapter_init_state_dict,
     GENFT_ATTN_MODULES,
@@ -99,15 +101,14 @@ class AdapterMethod:
         Raises:
             ValueError: naming the first offending key.
         """
-        for key in missing_keys:
-            if self.is_key(key):
-                if adapter_loaded:
-                    raise ValueError(f"Missing {self.label} adapter key in the adapter checkpoint: {key}")
-            elif base_loaded:
-                raise ValueError(f"Missing base model key in the checkpoint: {key}")
-        unexpected = list(unexpected_keys)
-        if unexpected:
-            raise ValueError(f"Unexpected keys in the checkpoint: {unexpected[:5]}")
+        validate_missing_and_unexpected_for_genft(
+            missing_keys=missing_keys,
+            unexpected_keys=unexpected_keys,
+            base_loaded=base_loaded,
+            adapter_loaded=adapter_loaded,
+            is_key=self.is_key,
+            label=self.label,
+        )
 
     def layers(self, model: nn.Module) -> Dict[str, nn.Module]:
         """``{state-dict name: adapted linear}`` of ``model`` (GenFTLinear / WeGeFTLinear)."""
@@ -169,19 +170,7 @@ def check_wegeft_targets(cfg_model: DictConfig, model: nn.Module) -> None:
             ``apply_wegeft_to_mlp``, ``apply_wegeft_to_output``) produced no WeGeFT layer.
     """
     targets = [clean_module_name(n) for n in get_wegeft_modules(model)]
-    leaves = {t.rsplit(".", 1)[-1] for t in targets}
-    for name in cfg_model.get("wegeft_attn_modules", None) or []:
-        if name not in leaves:
-            raise ValueError(
-                f"model.wegeft_attn_modules asks for {name!r}, but the model has no WeGeFT layer "
-                f"named {name!r}; WeGeFT layers found: {sorted(leaves)}"
-            )
-    if cfg_model.get("apply_wegeft_to_mlp", False) and not any(".mlp." in f".{t}." for t in targets):
-        raise ValueError("model.apply_wegeft_to_mlp is True, but the model has no WeGeFT MLP layer")
-    if cfg_model.get("apply_wegeft_to_output", False) and "output" not in targets:
-        raise ValueError(
-            "model.apply_wegeft_to_output is True, but the model's output projection is not a WeGeFT layer"
-        )
+    check_requested_targets(cfg_model, targets, method="wegeft", label="WeGeFT")
 
 
 def wegeft_adapter_init_state_dict(model: nn.Module, *, seed: int) -> Dict[str, torch.Tensor]:

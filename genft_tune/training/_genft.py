@@ -54,20 +54,33 @@ def check_genft_targets(cfg_model: DictConfig, model: nn.Module) -> None:
             "Set model.genft_attn_modules (any of "
             f"{list(GENFT_ATTN_MODULES)}), model.apply_genft_to_mlp or model.apply_genft_to_output."
         )
+    check_requested_targets(cfg_model, targets, method="genft", label="GenFT")
+
+
+def check_requested_targets(
+    cfg_model: DictConfig, targets: List[str], *, method: str, label: str
+) -> None:
+    """Check that every target a model config asks for (``<method>_attn_modules``,
+    ``apply_<method>_to_mlp``, ``apply_<method>_to_output``) is among ``targets``, the
+    adapted layers of the built model (state-dict names).
+
+    Raises:
+        ValueError: naming the config field whose target produced no adapted layer.
+    """
     leaves = {t.rsplit(".", 1)[-1] for t in targets}
-    for name in cfg_model.get("genft_attn_modules", None) or []:
+    for name in cfg_model.get(f"{method}_attn_modules", None) or []:
         if name not in leaves:
             raise ValueError(
-                f"model.genft_attn_modules asks for {name!r}, but the model has no GenFT layer "
-                f"named {name!r}; GenFT layers found: {sorted(leaves)}"
+                f"model.{method}_attn_modules asks for {name!r}, but the model has no {label} layer "
+                f"named {name!r}; {label} layers found: {sorted(leaves)}"
             )
-    if cfg_model.get("apply_genft_to_mlp", False) and not any(
+    if cfg_model.get(f"apply_{method}_to_mlp", False) and not any(
         ".mlp." in f".{t}." for t in targets
     ):
-        raise ValueError("model.apply_genft_to_mlp is True, but the model has no GenFT MLP layer")
-    if cfg_model.get("apply_genft_to_output", False) and "output" not in targets:
+        raise ValueError(f"model.apply_{method}_to_mlp is True, but the model has no {label} MLP layer")
+    if cfg_model.get(f"apply_{method}_to_output", False) and "output" not in targets:
         raise ValueError(
-            "model.apply_genft_to_output is True, but the model's output projection is not a GenFT layer"
+            f"model.apply_{method}_to_output is True, but the model's output projection is not a {label} layer"
         )
 
 
@@ -143,12 +156,6 @@ def genft_adapter_init_state_dict(model: nn.Module, *, seed: int) -> Dict[str, t
     return state
 
 
-def clear_genft_caches(model: nn.Module) -> None:
-    """Drop every GenFT layer's cached merged weight (e.g. before an evaluation pass)."""
-    for module in get_genft_modules(model).values():
-        module.clear_cache()
-
-
 def dequantize_state_dict(
     state_dict: Mapping[str, Any], dtype: Optional[torch.dtype] = None
 ) -> Dict[str, Any]:
@@ -170,8 +177,8 @@ def count_parameters(params: Iterable[nn.Parameter]) -> int:
 __all__ = [
     "GENFT_ATTN_MODULES",
     "check_genft_targets",
+    "check_requested_targets",
     "clean_module_name",
-    "clear_genft_caches",
     "count_parameters",
     "dequantize_state_dict",
     "genft_adapter_init_state_dict",
