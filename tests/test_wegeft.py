@@ -543,3 +543,19 @@ def test_genft_row_only_is_the_wegeft_function_class(in_dim, out_dim):
     g.clear_cache()
     torch.testing.assert_close(g(x), w(x), rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(g.delta_weight(), w.delta_weight(), rtol=1e-10, atol=1e-12)
+
+
+def test_bf16_eval_output_equals_the_merged_layer_bit_for_bit():
+    """The eval cache holds what merge() writes (fp32 math, one cast): in bf16 the
+    cached forward and the merged layer give identical outputs."""
+    torch.manual_seed(11)
+    layer, _ = make_layer(48, 32, dtype=torch.bfloat16, rank=4)
+    with torch.no_grad():
+        layer.factors.psi.normal_()
+    layer.eval()
+    x = torch.randn(5, 48, dtype=torch.bfloat16)
+    with torch.no_grad():
+        cached = layer(x)
+        layer.merge()
+        merged = layer(x)
+    assert torch.equal(cached, merged)

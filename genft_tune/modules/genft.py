@@ -16,7 +16,7 @@ layer with the same ``(out, in)``; ``A*``/``B*`` belong to each :class:`GenFTLin
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -248,6 +248,10 @@ class GenFTGenerator(nn.Module):
         # read _parameters directly: this runs on every eval forward (cache check)
         return [p for p in self._parameters.values() if p is not None]
 
+    def shared_names(self) -> List[str]:
+        """Names of :meth:`shared_tensors`, in the same order."""
+        return [n for n, p in self._parameters.items() if p is not None]
+
     def generate(
         self,
         weight: torch.Tensor,
@@ -257,6 +261,7 @@ class GenFTGenerator(nn.Module):
         B2: Optional[torch.Tensor],
         *,
         training: bool = False,
+        shared: Optional[Mapping[str, torch.Tensor]] = None,
     ) -> torch.Tensor:
         """``dW / scaling``, shape ``(out, in)``: the spec's formula, evaluated in
         ``(out, in)`` layout throughout (``F_col.T = act_out(E2 @ H2.T + d2)``) so no
@@ -269,10 +274,13 @@ class GenFTGenerator(nn.Module):
             A2 (Optional[torch.Tensor]): ``(b, out)`` or None (``b = 0`` or no column stage).
             B2 (Optional[torch.Tensor]): ``(out, b)`` or None.
             training (bool): apply the ``F_row``/``F_col`` dropout.
+            shared (Optional[Mapping[str, torch.Tensor]]): the shared tensors by name
+                (``P1``, ``Q1``, ...) to use instead of this module's parameters.
 
         Returns:
             torch.Tensor: ``dW / scaling``, ``(out, in)``.
         """
+        t = self._parameters if shared is None else shared
         cfg = self.config
         act_in, act_out = ACTIVATIONS[cfg.act_in], ACTIVATIONS[cfg.act_out]
         p = cfg.dropout if training else 0.0
@@ -280,31 +288,31 @@ class GenFTGenerator(nn.Module):
         def drop(t):
             return F.dropout(t, p, training=True) if p > 0 else t
 
-        D2 = _cat([self.P2, A2], dim=0) if cfg.use_column else None
+        D2 = _cat([t.get("P2"), A2], dim=0) if cfg.use_column else None
         if cfg.use_row:
-            H1 = self._row_hidden(weight, A1)  # (out, a+b)
-            F_row = H1 @ _cat([self.Q1, B1], dim=1).T  # (out, in)
-            if self.d1 is not None:
-                F_row = F_row + self.d1
+            H1 = self._row_hidden(weight, A1, t)  # (out, a+b)
+            F_row = H1 @ _cat([t.get("Q1"), B1], dim=1).T  # (out, in)
+            if t.get("d1") is not None:
+                F_row = F_row + t["d1"]
             F_row = drop(act_out(F_row))
             if not cfg.use_column:
                 return F_row
             H2t = D2 @ F_row  # (F_row.T @ D2.T).T: (a+b, in)
         else:
             H2t = cfg.ratio * (D2 @ weight)
-        if self.c2 is not None:
-            H2t = H2t + self.c2[:, None]
+        if t.get("c2") is not None:
+            H2t = H2t + t["c2"][:, None]
         H2t = act_in(H2t)
-        F_colT = _cat([self.Q2, B2], dim=1) @ H2t  # F_col.T: (out, in)
-        if self.d2 is not None:
-            F_colT = F_colT + self.d2[:, None]
+        F_colT = _cat([t.get("Q2"), B2], dim=1) @ H2t  # F_col.T: (out, in)
+        if t.get("d2") is not None:
+            F_colT = F_colT + t["d2"][:, None]
         return drop(act_out(F_colT))
 
-    def _row_hidden(self, weight, A1):
+    def _row_hidden(self, weight, A1, shared: Mapping[str, torch.Tensor]):
         """``H1 = act_in(ratio * W0 @ D1.T + c1)``: ``(out, a+b)``."""
-        pre = self.config.ratio * (weight @ _cat([self.P1, A1], dim=0).T)
-        if self.c1 is not None:
-            pre = pre + self.c1
+        pre = self.config.ratio * (weight @ _cat([shared.get("P1"), A1], dim=0).T)
+        if shared.get("c1") is not None:
+            pre = pre + shared["c1"]
         return ACTIVATIONS[self.config.act_in](pre)
 
     def delta_weight(
@@ -349,7 +357,7 @@ class GenFTGenerator(nn.Module):
         act_in = ACTIVATIONS[cfg.act_in]
         D2 = _cat([self.P2, A2], dim=0) if cfg.use_column else None
         if cfg.use_row:
-            H1 = self._row_hidden(weight, A1)
+            H1 = self._row_hidden(weight, A1, self._parameters)
             E1 = _cat([self.Q1, B1], dim=1)
             if not cfg.use_column:
                 ones = None if self.d1 is None else self.d1.new_ones(self.out_dim)
@@ -516,9 +524,7 @@ class GenFTLinear(nn.Module, AdapterModule):
 
     def base_weight(self) -> torch.Tensor:
         """``W0`` as a plain tensor (NF4 is dequantised)."""
-        if isinstance(self.weight, NF4Tensor):
-            return self.weight.get_original_weight()
-        return self.weight
+        return _dequantized(self.weight)
 
     def _adapter_dtype(self) -> torch.dtype:
         return self._tracked_tensors()[1].dtype
@@ -537,10 +543,21 @@ class GenFTLinear(nn.Module, AdapterModule):
             return out + self.bias if self.bias is not None else out
         return F.linear(x, self.weight if weight is None else weight, self.bias)
 
-    def _merged_weight(self, training: bool) -> torch.Tensor:
-        W0 = self.base_weight()
+    def _merged_weight(
+        self, training: bool, tensors: Optional[Sequence[torch.Tensor]] = None
+    ) -> torch.Tensor:
+        """``W0 + dW`` in ``W0``'s dtype, from ``tensors`` (ordered as
+        :meth:`_tracked_tensors`: ``W0``, shared, own) when given, else from the layer's."""
+        weight, *rest = self._tracked_tensors() if tensors is None else tensors
+        names = self.generator.shared_names()
+        shared = dict(zip(names, rest[: len(names)]))
+        own = dict(zip(self.adapter_params(), rest[len(names) :]))
+        W0 = _dequantized(weight)
+        specific = tie_specific_factors(
+            own.get("A1"), own.get("B1"), own.get("A2"), own.get("B2"), tied=self.tied
+        )
         gen = self.generator.generate(
-            W0.to(self._adapter_dtype()), *self.specific_factors(), training=training
+            W0.to(rest[0].dtype), *specific, training=training, shared=shared
         )
         # W0 + scaling * F in one elementwise pass
         return torch.add(W0, gen.to(W0.dtype), alpha=self.config.scaling)
@@ -598,11 +615,14 @@ class GenFTLinear(nn.Module, AdapterModule):
         if self.config.lowrank and not dropout_active:
             return self._lowrank_forward(x)
         if self.config.recompute and needs_graph:
-            # Stashing the RNG state copies the CUDA generator to the host (a device
-            # sync per layer); only dropout needs it for an identical recomputation.
-            return checkpoint(
-                self._merged_forward, x, use_reentrant=False, preserve_rng_state=dropout_active
-            )
+            if dropout_active or torch.compiler.is_compiling():
+                # checkpoint replays the dropout mask and is what torch.compile traces.
+                # Stashing the RNG state copies the CUDA generator to the host (a
+                # device sync per layer): only for dropout.
+                return checkpoint(
+                    self._merged_forward, x, use_reentrant=False, preserve_rng_state=dropout_active
+                )
+            return _RecomputedMergedLinear.apply(self, x, self.bias, *tensors)
         return self._merged_forward(x)
 
     # ---- merge ---------------------------------------------------------------
@@ -639,6 +659,51 @@ class GenFTLinear(nn.Module, AdapterModule):
         self._unmerged_weight = None
         self.merged = False
         self._cache.clear()
+
+
+class _RecomputedMergedLinear(torch.autograd.Function):
+    """``F.linear(x, W0 + dW, bias)`` that keeps no new ``(out, in)`` tensor for backward.
+
+    It saves ``x`` and its input tensors (references, no copies); backward rebuilds the
+    merged weight from those and backpropagates ``dL/dW = g.T @ x`` through the
+    generator, without redoing ``x @ W.T``. Unlike ``checkpoint``, which reruns the
+    layer's forward and so reads the layer's attributes again, the weight is rebuilt
+    from the very tensors of the forward: parameters swapped in by
+    ``torch.func.functional_call`` get their own gradients, and an in-place change
+    between forward and backward is an autograd error, not a silently different
+    gradient. Dropout is not supported here (its mask would have to be replayed): the
+    layer uses ``checkpoint`` then.
+
+    Inputs: ``(layer, x, bias, *layer._tracked_tensors())``.
+    """
+
+    @staticmethod
+    def forward(ctx, layer, x, bias, *tensors):
+        ctx.layer = layer
+        ctx.save_for_backward(x, *tensors)  # inputs: saved by reference, no copies
+        return F.linear(x, layer._merged_weight(False, tensors).to(x.dtype), bias)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, *saved = ctx.saved_tensors
+        needs_x, needs_bias = ctx.needs_input_grad[1:3]
+        needs_tensors = ctx.needs_input_grad[3:]
+        with torch.enable_grad():
+            tensors = [t.detach().requires_grad_() if need else t for t, need in zip(saved, needs_tensors)]
+            weight = ctx.layer._merged_weight(False, tensors)
+        g2d = grad_out.reshape(-1, grad_out.shape[-1])
+        grad_x = grad_out @ weight.detach().to(grad_out.dtype) if needs_x else None
+        grad_bias = g2d.sum(0) if needs_bias else None
+        wanted = [t for t, need in zip(tensors, needs_tensors) if need]
+        grads = iter(())
+        if wanted:
+            grad_weight = (g2d.T @ x.reshape(-1, x.shape[-1]).to(g2d.dtype)).to(weight.dtype)
+            grads = iter(torch.autograd.grad(weight, wanted, grad_weight))
+        return (None, grad_x, grad_bias, *[next(grads) if need else None for need in needs_tensors])
+
+
+def _dequantized(weight: torch.Tensor) -> torch.Tensor:
+    return weight.get_original_weight() if isinstance(weight, NF4Tensor) else weight
 
 
 def _check_nf4_shape(out_dim: int, in_dim: int, block_size: int = 64, scaler_block_size: int = 256):

@@ -394,9 +394,9 @@ class WeGeFTLinear(nn.Module, AdapterModule):
         return [self.weight, self.factors.phi, self.factors.psi]
 
     def _merged_weight(self) -> torch.Tensor:
-        W0 = self.base_weight()
-        delta = self.factors.delta_weight(W0.to(self.factors.phi.dtype))
-        return W0 + delta.to(W0.dtype)
+        # exactly what merge() and the merged checkpoint hold (fp32 math, cast once),
+        # so eval and generation match the published model
+        return wegeft_merged_weight(self.base_weight(), self.factors.phi, self.factors.psi, self.config)
 
     def clear_cache(self) -> None:
         """Drop the cached merged weight (it is rebuilt on the next no-grad call)."""
