@@ -6,6 +6,7 @@ checkpoint loading in plain transformers with the GenFT model's logits.
 """
 
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -305,7 +306,6 @@ def test_nf4_shape_nf4_cannot_take(tmp_path):
     [
         ({"enable_activation_offloading": True, "enable_activation_checkpointing": True},
          RuntimeError, r"enable_activation_offloading.*CUDA"),
-        ({"enable_fp8_training": True}, RuntimeError, r"enable_fp8_training.*compute capability 8\.9"),
         ({"optimizer._component_": "torchao.optim._AdamW", "optimizer.bf16_stochastic_round": True},
          ValueError, r"bf16_stochastic_round.*dtype: bf16"),
         ({"optimizer._component_": "torchao.optim.AdamWFp8"}, RuntimeError, r"AdamWFp8.*8\.9"),
@@ -377,6 +377,50 @@ def test_compile(tmp_path):
         run_recipe_in_process(SINGLE_DEVICE_RECIPE, write_config(cfg, tmp_path / name / "c.yaml"))
         runs[name] = losses(Path(cfg["output_dir"]) / "logs" / "log.txt")
     assert runs["compiled"] == pytest.approx(runs["eager"], rel=1e-3)
+
+
+def test_fp8_training_on_cpu(tmp_path, caplog):
+    """``enable_fp8_training`` on CPU (torch emulates float8 matmuls): every frozen base
+    linear except the output runs in float8, the losses stay close to the bf16 run's
+    but are not identical (float8 rounding), and the merged checkpoint is written."""
+    runs = {}
+    for name, fp8 in (("bf16", False), ("fp8", True)):
+        cfg = base_config(tmp_path / name, **{"max_steps_per_epoch": 3, "dtype": "bf16", "shuffle": False,
+                                              "enable_fp8_training": fp8})
+        with caplog.at_level(logging.INFO):
+            run_recipe_in_process(SINGLE_DEVICE_RECIPE, write_config(cfg, tmp_path / name / "c.yaml"))
+        runs[name] = losses(Path(cfg["output_dir"]) / "logs" / "log.txt")
+        assert (Path(cfg["output_dir"]) / "epoch_0" / "model-00001-of-00001.safetensors").is_file()
+    # not adapted: k_proj, output_proj, w1, w2, w3 in each layer
+    assert f"float8 training of {5 * TINY['num_layers']} frozen base linear layers" in caplog.text
+    assert "emulates the float8 matmuls" in caplog.text
+    assert runs["fp8"] == pytest.approx(runs["bf16"], rel=0.05)
+    assert runs["fp8"] != runs["bf16"]
+
+
+@pytest.mark.slow
+def test_fp8_rowwise_compiled_on_cpu(tmp_path):
+    """``fp8_recipe_name: rowwise`` with ``compile: True`` (static shapes, padded to
+    multiples of 16) trains on CPU and matches the eager float8 run."""
+    runs = {}
+    for name, compile_ in (("eager", False), ("compiled", True)):
+        cfg = base_config(tmp_path / name, **{"max_steps_per_epoch": 3, "dtype": "bf16", "shuffle": False,
+                                              "enable_fp8_training": True, "fp8_recipe_name": "rowwise",
+                                              "compile": compile_})
+        run_recipe_in_process(SINGLE_DEVICE_RECIPE, write_config(cfg, tmp_path / name / "c.yaml"))
+        runs[name] = losses(Path(cfg["output_dir"]) / "logs" / "log.txt")
+    assert len(runs["compiled"]) == 3
+    assert runs["compiled"] == pytest.approx(runs["eager"], rel=2e-2)
+
+
+def test_fp8_error_on_a_device_without_float8(monkeypatch):
+    from genft_tune.training import _precision
+
+    monkeypatch.setattr(_precision, "cpu_emulates_float8", lambda: False)
+    with pytest.raises(RuntimeError, match=r"enable_fp8_training.*compute capability 8\.9.*Set enable_fp8_training: False"):
+        _precision.validate_fp8_training(torch.device("cpu"), None)
+    with pytest.raises(ValueError, match=r"fp8_recipe_name.*tensorwise"):
+        _precision.validate_fp8_training(torch.device("cpu"), "blockwise")
 
 
 def test_fp8_padding_keeps_the_loss():

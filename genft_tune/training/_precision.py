@@ -2,12 +2,16 @@
 optimizers and float8 training of the frozen base matmuls, each with a clear error
 where the device cannot do it."""
 
+import functools
 from typing import Callable, List, Optional, Sequence
 
 import torch
 from omegaconf import DictConfig
 from torch import nn
 from torchao.dtypes.nf4tensor import NF4Tensor
+from torchtune.utils import get_logger
+
+log = get_logger("INFO")
 
 # torchao.optim optimizers, by what they need.
 _TORCHAO_OPTIMIZERS = {
@@ -72,20 +76,48 @@ def validate_optimizer_config(
         )
 
 
+@functools.lru_cache(maxsize=None)
+def cpu_emulates_float8() -> bool:
+    """Whether this torch build runs float8 matmuls (``torch._scaled_mm``) on the CPU.
+
+    Recent CPU builds do, in software: as correct as on a GPU, slower than bf16. The
+    recipes allow float8 training there so that the whole float8 setup can be tested
+    without a GPU.
+    """
+    a = torch.ones(16, 16).to(torch.float8_e4m3fn)
+    one = torch.tensor(1.0)
+    try:
+        torch._scaled_mm(a, a.t(), scale_a=one, scale_b=one, out_dtype=torch.bfloat16)
+    except (RuntimeError, NotImplementedError):
+        return False
+    return True
+
+
 def validate_fp8_training(device: torch.device, recipe_name: Optional[str]) -> None:
     """Raise a clear error if float8 training cannot run on ``device``.
 
+    It runs on CUDA GPUs with float8 tensor cores, and emulated on a CPU whose torch
+    build has float8 matmuls (a warning says it is for testing: no speed-up).
+
     Raises:
-        RuntimeError: if ``device`` has no float8 tensor cores.
+        RuntimeError: if ``device`` can run no float8 matmul.
         ValueError: if ``recipe_name`` is not a torchao float8 recipe.
     """
     if recipe_name is not None and recipe_name not in FP8_RECIPES:
         raise ValueError(f"fp8_recipe_name must be one of {list(FP8_RECIPES)} or null, got {recipe_name!r}")
-    if not supports_float8(device):
-        raise RuntimeError(
-            "enable_fp8_training=True needs a CUDA GPU with compute capability 8.9+ "
-            f"(Ada, Hopper or newer); this run uses {_describe(device)}. Set enable_fp8_training: False."
+    if supports_float8(device):
+        return
+    if device.type == "cpu" and cpu_emulates_float8():
+        log.warning(
+            "enable_fp8_training=True on CPU: torch emulates the float8 matmuls in software, "
+            "so this tests the setup but runs slower than bf16, not faster."
         )
+        return
+    raise RuntimeError(
+        "enable_fp8_training=True needs a CUDA GPU with compute capability 8.9+ "
+        f"(Ada, Hopper or newer), or a CPU whose torch build has float8 matmuls; this run "
+        f"uses {_describe(device)}. Set enable_fp8_training: False."
+    )
 
 
 def _fp8_filter(exclude: Sequence[str]) -> Callable[[nn.Module, str], bool]:
