@@ -202,6 +202,22 @@ def _timed(fn: Callable[[], None], device: torch.device, *, steps: int, warmup: 
     return times
 
 
+def _timed_alternately(
+    fns: Dict[str, Callable[[], None]], device: torch.device, *, steps: int, warmup: int
+) -> Dict[str, List[float]]:
+    """Like :func:`_timed` for several functions, run in turn within each repetition."""
+    times: Dict[str, List[float]] = {name: [] for name in fns}
+    for rep in range(warmup + steps):
+        for name, fn in fns.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            if rep >= warmup:
+                times[name].append(time.perf_counter() - t0)
+    return times
+
+
 # ---- variants -----------------------------------------------------------------------
 
 
@@ -298,31 +314,42 @@ def bench_inference(args, shape, genft_model, attn_modules, apply_to_mlp, device
     gen = torch.Generator(device="cpu").manual_seed(args.seed + 1)
     tokens = torch.randint(0, shape.vocab_size, (batch, args.seq_len), generator=gen).to(device)
     prompt = tokens[:1, : args.prompt_len]
-    out: Dict[str, Dict] = {}
-    logits = {}
-    for name, model in (("genft_eval", genft_model), ("merged_plain", plain)):
-        logits[name] = model(tokens[:1]).float()
-        times = _timed(lambda: model(tokens), device, steps=args.eval_steps, warmup=1)
-        row = {"forward_s_median": statistics.median(times), "forward_tokens_per_s": args.tokens / statistics.median(times)}
-        if args.decode_tokens > 0:
+    models = {"genft_eval": genft_model, "merged_plain": plain}
+    logits = {name: model(tokens[:1]).float() for name, model in models.items()}
+    out: Dict[str, Dict] = {name: {} for name in models}
+    # The two models are timed alternately, rep by rep, so that load on a shared
+    # machine hits both alike.
+    fwd = _timed_alternately(
+        {name: (lambda m=model: m(tokens)) for name, model in models.items()},
+        device, steps=args.eval_steps, warmup=1,
+    )
+    for name, times in fwd.items():
+        out[name].update(
+            forward_s_median=statistics.median(times),
+            forward_tokens_per_s=args.tokens / statistics.median(times),
+        )
+    if args.decode_tokens > 0:
+        for model in models.values():
             with device:  # torchtune allocates the caches on the default device
                 model.setup_caches(batch_size=1, dtype=dtype, decoder_max_seq_len=args.prompt_len + args.decode_tokens)
 
-            def decode():
-                model.reset_caches()
-                generate(model, prompt, max_generated_tokens=args.decode_tokens, temperature=1.0, top_k=1)
-
-            times = _timed(decode, device, steps=max(1, min(args.eval_steps, 3)), warmup=1)
+        def decode(model):
             model.reset_caches()
-            generated, _ = generate(model, prompt, max_generated_tokens=args.decode_tokens, temperature=1.0, top_k=1)
-            row.update(
-                decode_s_median=statistics.median(times),
-                decode_tokens_per_s=args.decode_tokens / statistics.median(times),
+            return generate(model, prompt, max_generated_tokens=args.decode_tokens, temperature=1.0, top_k=1)[0]
+
+        dec = _timed_alternately(
+            {name: (lambda m=model: decode(m)) for name, model in models.items()},
+            device, steps=max(1, args.eval_steps), warmup=1,
+        )
+        for name, model in models.items():
+            generated = decode(model)
+            out[name].update(
+                decode_s_median=statistics.median(dec[name]),
+                decode_tokens_per_s=args.decode_tokens / statistics.median(dec[name]),
                 decode_kv_cache=True,
                 generated=generated[0, args.prompt_len :].tolist(),
             )
             delete_kv_caches(model)
-        out[name] = row
     out["max_abs_logit_diff"] = (logits["genft_eval"] - logits["merged_plain"]).abs().max().item()
     if args.decode_tokens > 0:
         out["same_greedy_tokens"] = out["genft_eval"]["generated"] == out["merged_plain"]["generated"]

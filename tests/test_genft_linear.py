@@ -313,6 +313,13 @@ def test_cache_never_stale(optim_kwargs):
         torch.testing.assert_close(layer(x), reference_output(layer, x))
         gens["6x6"].P1.mul_(2.0)  # an in-place edit of a shared tensor
         torch.testing.assert_close(layer(x), reference_output(layer, x))
+        # a new tensor object with the same version counter as the one it replaces
+        fresh = torch.randn_like(layer.A1)
+        while fresh._version < layer.A1._version:
+            fresh.add_(0.0)  # each in-place op bumps the version counter
+        assert fresh._version == layer.A1._version
+        layer.load_state_dict({**layer.state_dict(), "A1": fresh}, assign=True)
+        torch.testing.assert_close(layer(x), reference_output(layer, x))
 
 
 def test_generator_shared_once_in_state_dict_and_optimizer():

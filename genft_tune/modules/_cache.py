@@ -1,6 +1,7 @@
 """The cached merged weight shared by the GenFT and WeGeFT layers."""
 
-from typing import Callable, List, Optional, Tuple
+import operator
+from typing import Callable, List, Optional
 
 import torch
 
@@ -13,7 +14,8 @@ class MergedWeightCache:
     """
 
     def __init__(self) -> None:
-        self._key: Optional[List[Tuple[torch.Tensor, int]]] = None
+        self._tensors: Optional[List[torch.Tensor]] = None
+        self._versions: Optional[List[int]] = None
         self._weight: Optional[torch.Tensor] = None
 
     @property
@@ -24,18 +26,19 @@ class MergedWeightCache:
     def get(self, tensors: List[torch.Tensor], compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         """The cached weight if ``tensors`` are the ones it was computed from, unchanged;
         otherwise ``compute()`` (run without autograd), cached for next time."""
-        key = self._key
-        if key is not None and len(key) == len(tensors) and all(
-            t is kt and t._version == v for (kt, v), t in zip(key, tensors)
+        # (map/list comprehensions: this runs on every eval forward, e.g. per decoded token)
+        versions = [t._version for t in tensors]
+        if (
+            versions == self._versions
+            and len(tensors) == len(self._tensors)
+            and all(map(operator.is_, tensors, self._tensors))
         ):
             return self._weight
         with torch.no_grad():
             weight = compute()
-        self._key = [(t, t._version) for t in tensors]
-        self._weight = weight
+        self._tensors, self._versions, self._weight = list(tensors), versions, weight
         return weight
 
     def clear(self) -> None:
         """Drop the cached weight (e.g. in training, where it would be stale memory)."""
-        self._key = None
-        self._weight = None
+        self._tensors = self._versions = self._weight = None

@@ -610,7 +610,10 @@ class GenFTLinear(nn.Module, AdapterModule):
         tensors = self._tracked_tensors()
         needs_graph = torch.is_grad_enabled() and any(t.requires_grad for t in tensors[1:])
         if not needs_graph and not dropout_active:
-            return F.linear(x, self._cached_merged_weight(tensors).to(x.dtype), self.bias)
+            weight = self._cached_merged_weight(tensors)
+            if weight.dtype != x.dtype:
+                weight = weight.to(x.dtype)
+            return F.linear(x, weight, self.bias)
         self._cache.clear()  # training: free the eval copy
         if self.config.lowrank and not dropout_active:
             return self._lowrank_forward(x)

@@ -420,7 +420,9 @@ class WeGeFTLinear(nn.Module, AdapterModule):
         )
         if not needs_graph and p == 0:
             weight = self._cache.get(self._tracked_tensors(), self._merged_weight)
-            return F.linear(x, weight.to(x.dtype), self.bias)
+            if weight.dtype != x.dtype:
+                weight = weight.to(x.dtype)
+            return F.linear(x, weight, self.bias)
         self._cache.clear()  # training: free the eval copy
         return self._efficient_forward(x, p, needs_graph)
 
