@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Everything here that needs a CUDA GPU, in one command (about 6-8 minutes on one H100):
+# Everything here that needs a CUDA GPU, in one command (written in a session without a GPU:
+# not yet run; the parts it chains each ran on an H100 in session 2):
 # the `gpu` tests (float8 + compile on CUDA, activation offloading, NCCL, CUDA memory stats,
 # torchao optimizers, NF4) and the speed/memory tables of benchmarks/README.md (Llama-3.2-1B
 # at 8k tokens/step, Llama-2-7B 8 layers at 2k, eager and compiled).
