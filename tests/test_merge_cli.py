@@ -412,6 +412,9 @@ def test_wegeft_adapter_merges_like_the_core(trained, tmp_path):
     assert not torch.equal(got["model.layers.1.self_attn.k_proj.weight"], base["model.layers.1.self_attn.k_proj.weight"])
     for k in ref:
         torch.testing.assert_close(got[k], ref[k], atol=0, rtol=0, msg=k)
+    # --verify rebuilds the WeGeFT model (shared factors per key) from the adapter file alone
+    assert verify_merge(base_dir=trained["base"], adapter_dir=tmp_path / "w", merged_dir=out) < 1e-4
+    assert verify_merge(base_dir=trained["base"], adapter_dir=tmp_path / "w", merged_dir=trained["base"]) > 1e-2
 
 
 def test_cli_dtype_choices_match_the_library():

@@ -567,3 +567,37 @@ def test_adapter_and_head_train_on_real_images(builder):
     assert losses[0] == pytest.approx(torch.log(torch.tensor(5.0)).item(), abs=1e-4)  # zero head: chance
     assert losses[-1] < 0.7 * losses[0], losses
     assert zero_init(model).abs().sum() > 0
+
+
+@pytest.mark.parametrize("method", ["genft", "wegeft"])
+def test_merge_cli_verify_on_vit(hf_dir, tmp_path, method):
+    """``genft-tune merge --verify`` on a ViT: the merged checkpoint's logits equal the
+    adapted model's, and a wrong "merged" checkpoint (the base) is reported."""
+    from genft_tune._cli.genft import main as cli_main
+    from genft_tune.checkpointing import save_genft_adapter, verify_merge
+    from genft_tune.modules import get_wegeft_adapter_state_dict, get_wegeft_config, get_wegeft_target_modules
+    from genft_tune.modules import get_genft_adapter_state_dict
+
+    if method == "genft":
+        model = _genft(apply_genft_to_mlp=True, zero_init=False)
+    else:
+        model = _wegeft()
+    load_hf_vit_state_dict(model, hf_dir[0])
+    _perturb_adapter(model)
+    if method == "genft":
+        adapter = get_genft_adapter_state_dict(model.state_dict())
+        config, targets = get_genft_config(model), list(get_genft_modules(model))
+    else:
+        adapter = get_wegeft_adapter_state_dict(model.state_dict())
+        config, targets = get_wegeft_config(model), get_wegeft_target_modules(model)
+    save_genft_adapter(tmp_path / "adapter", adapter_state_dict=adapter, config=config, target_modules=targets)
+    out = tmp_path / "merged"
+    rc = cli_main(["merge", "--base", str(hf_dir[0]), "--adapter", str(tmp_path / "adapter"),
+                   "--output", str(out), "--verify", "--tolerance", "1e-4"])
+    assert rc == 0
+    # the reference for the adapted model: our ViT with the adapter, on the same images
+    images = torch.randn(2, DIMS["num_channels"], DIMS["image_size"], DIMS["image_size"])
+    hf = ViTForImageClassification.from_pretrained(out, attn_implementation="eager").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(_hf_logits(hf, images), model(images), atol=ATOL, rtol=0)
+    assert verify_merge(base_dir=hf_dir[0], adapter_dir=tmp_path / "adapter", merged_dir=hf_dir[0]) > 1e-3

@@ -46,7 +46,7 @@ def _merge(args: argparse.Namespace) -> int:
         except ValueError as e:
             print(f"genft-tune merge: --verify: {e}", file=sys.stderr)
             return 1
-        print(f"verify: max |logit diff| between the GenFT model and the merged model: {diff:.3e}")
+        print(f"verify: max |logit diff| between the adapted model and the merged model: {diff:.3e}")
         if diff > args.tolerance:
             print(f"genft-tune merge: --verify failed: {diff:.3e} > tolerance {args.tolerance}", file=sys.stderr)
             return 2
@@ -76,7 +76,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help="dtype of the output (default: auto, the base's)")
     parser.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default: 5GB)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
-    parser.add_argument("--verify", action="store_true", help="compare the logits of the GenFT and merged models (Llama family)")
-    parser.add_argument("--prompt", default="The quick brown fox jumps over the lazy dog", help="prompt for --verify")
+    parser.add_argument("--verify", action="store_true", help="compare the logits of the adapted (base + adapter) and merged models, in fp32 (Llama family: on --prompt; ViT: on a seeded random image batch)")
+    parser.add_argument("--prompt", default="The quick brown fox jumps over the lazy dog", help="prompt for --verify (decoders)")
     parser.add_argument("--tolerance", type=float, default=1e-3, help="largest accepted |logit diff| for --verify (default: 1e-3)")
     parser.set_defaults(func=_merge, parser=parser)

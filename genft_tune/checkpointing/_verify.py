@@ -1,25 +1,34 @@
-"""Check a merged checkpoint: the unmerged GenFT model (base + adapter) and the merged
-plain model must give the same logits on a prompt.
+"""Check a merged checkpoint: the unmerged model (base + adapter) and the merged plain
+model must give the same outputs.
 
-Both models are built with torchtune's own Llama component builders from the base's
-``config.json`` (Llama-family Hugging Face checkpoints); the GenFT model replaces
-every adapter target with :func:`genft_linear` layers drawing on one
-:class:`GenFTGenerators` registered as ``model.genft_generators``. Everything runs
-in fp32 on CPU and loads whole models: meant for checks on small models.
+Both models start as the same plain model built from the base's ``config.json``:
+Llama-family decoders with torchtune's own component builders (logits on a tokenized
+prompt), ViT classifiers with :func:`genft_tune.models.vit.vit` (logits on a seeded
+random image). The unmerged model then has every adapter target swapped for a GenFT or
+WeGeFT layer holding the same base weight, and loads the adapter. Everything runs in
+fp32 on CPU and loads whole models: meant for checks on small models.
 """
 
 import json
 import logging
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import Callable, Dict, List, Union
 
 import torch
 from torch import nn
 
 from genft_tune.checkpointing._adapter import GenFTAdapterConfig, load_genft_adapter
 from genft_tune.checkpointing._merge import _hf_converter, find_base_checkpoint
-from genft_tune.modules import genft_linear, GenFTGenerators, validate_missing_and_unexpected_for_genft
+from genft_tune.modules import (
+    genft_linear,
+    GenFTGenerators,
+    is_genft_key,
+    is_wegeft_key,
+    WeGeFTFactors,
+    WeGeFTSharedFactors,
+    wegeft_linear,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +54,8 @@ def _build_llama(config: Dict) -> nn.Module:
 
     if config.get("model_type") not in ("llama", "mistral"):
         raise ValueError(
-            f"verify supports Llama-family checkpoints (model_type llama or mistral), got {config.get('model_type')!r}"
+            "verify supports Llama-family and ViT checkpoints (model_type llama, mistral or vit), "
+            f"got {config.get('model_type')!r}"
         )
     kwargs = dict(
         vocab_size=config["vocab_size"],
@@ -68,21 +78,54 @@ def _build_llama(config: Dict) -> nn.Module:
     return model
 
 
-def _add_genft(model: nn.Module, adapter_cfg: GenFTAdapterConfig) -> nn.Module:
-    """Replace the adapter's targets with GenFT layers sharing one generator set."""
-    if adapter_cfg.method != "genft":
-        raise ValueError(f"verify supports GenFT adapters, got method {adapter_cfg.method!r}")
-    generators = GenFTGenerators(adapter_cfg.config)
+def _adapter_layer_factory(
+    model: nn.Module, adapter_cfg: GenFTAdapterConfig
+) -> Callable[[str, nn.Linear], nn.Module]:
+    """A ``(name, base linear) -> adapter layer`` function for the adapter's method;
+    registers the shared tensors on ``model`` the way the builders do."""
+    config = adapter_cfg.config
+    if adapter_cfg.method == "genft":
+        model.genft_generators = GenFTGenerators(config)
+        return lambda name, old: genft_linear(
+            old.in_features, old.out_features, generators=model.genft_generators, use_bias=old.bias is not None
+        )
+    model.wegeft_factors = WeGeFTSharedFactors(config)
+    keys = adapter_cfg.target_modules  # {name: shared key or None}
+
+    def make(name: str, old: nn.Linear) -> nn.Module:
+        key = keys[name]
+        factors = model.wegeft_factors.get(key, old.in_features) if key else WeGeFTFactors(old.in_features, config=config)
+        return wegeft_linear(old.in_features, old.out_features, factors=factors, use_bias=old.bias is not None)
+
+    return make
+
+
+def _add_adapter(model: nn.Module, adapter_cfg: GenFTAdapterConfig, adapter_sd: Dict[str, torch.Tensor]) -> nn.Module:
+    """Swap the adapter's targets for GenFT/WeGeFT layers that keep the loaded base
+    weights, then load the adapter; every adapter tensor must be used and present."""
+    make = _adapter_layer_factory(model, adapter_cfg)
     for name in adapter_cfg["target_modules"]:
         parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        old = getattr(parent, child)
-        setattr(
-            parent,
-            child,
-            genft_linear(old.in_features, old.out_features, generators=generators, use_bias=old.bias is not None),
+        try:
+            parent = model.get_submodule(parent_name) if parent_name else model
+            old = getattr(parent, child)
+        except AttributeError:
+            old = None
+        if not isinstance(old, nn.Linear):
+            raise ValueError(f"adapter target {name!r} is not a linear layer of the base model")
+        new = make(name, old)
+        new.weight = nn.Parameter(old.weight.detach(), requires_grad=False)
+        if old.bias is not None:
+            new.bias = nn.Parameter(old.bias.detach(), requires_grad=False)
+        setattr(parent, child, new)
+    is_key = is_genft_key if adapter_cfg.method == "genft" else is_wegeft_key
+    missing, unexpected = model.load_state_dict(adapter_sd, strict=False)
+    missing = [k for k in missing if is_key(k)]
+    if missing or unexpected:
+        raise ValueError(
+            f"the {adapter_cfg.method} adapter does not fit the model built from its targets: "
+            f"missing {missing[:5]}, unexpected {list(unexpected)[:5]}"
         )
-    model.genft_generators = generators
     return model
 
 
@@ -99,6 +142,44 @@ def _prompt_tokens(directory: Path, prompt: str, vocab_size: int) -> List[int]:
     return [b % vocab_size for b in prompt.encode("utf-8")] or [1]
 
 
+def _build_vit(config: Dict) -> nn.Module:
+    from genft_tune.models.vit import vit
+
+    return vit(
+        image_size=config["image_size"],
+        patch_size=config["patch_size"],
+        num_channels=config.get("num_channels", 3),
+        embed_dim=config["hidden_size"],
+        num_layers=config["num_hidden_layers"],
+        num_heads=config["num_attention_heads"],
+        mlp_dim=config["intermediate_size"],
+        num_classes=len(config.get("id2label") or {}) or 2,
+        norm_eps=config.get("layer_norm_eps", 1e-12),
+    )
+
+
+def _plain_model(directory: Path, config: Dict) -> nn.Module:
+    """The plain model of ``config``'s family with the weights of ``directory``, fp32, eval."""
+    if config.get("model_type") == "vit":
+        from genft_tune.models.vit import load_hf_vit_state_dict
+
+        model = _build_vit(config)
+        loaded = load_hf_vit_state_dict(model, directory, interpolate_pos_embed=False)
+        if loaded["head_reset"]:
+            raise ValueError(f"verify needs a ViT checkpoint with its classifier head, {directory} has none that fits")
+    else:
+        model = _build_llama(config)
+        model.load_state_dict(_load_tune_state_dict(directory), strict=True)
+    return model.float().eval()
+
+
+def _example_input(base_dir: Path, config: Dict, prompt: str) -> torch.Tensor:
+    if config.get("model_type") == "vit":
+        size, channels = config["image_size"], config.get("num_channels", 3)
+        return torch.randn(2, channels, size, size, generator=torch.Generator().manual_seed(0))
+    return torch.tensor([_prompt_tokens(base_dir, prompt, config["vocab_size"])])
+
+
 @torch.no_grad()
 def verify_merge(
     *,
@@ -107,42 +188,32 @@ def verify_merge(
     merged_dir: PathLike,
     prompt: str = "The quick brown fox",
 ) -> float:
-    """Max ``|logits(base + adapter) - logits(merged)|`` on ``prompt``, in fp32.
+    """Max ``|logits(base + adapter) - logits(merged)|``, in fp32.
 
     Args:
-        base_dir (PathLike): the base Hugging Face checkpoint (Llama family).
-        adapter_dir (PathLike): the GenFT adapter.
+        base_dir (PathLike): the base Hugging Face checkpoint: Llama family (``model_type``
+            llama or mistral) or ViT (``vit``).
+        adapter_dir (PathLike): the GenFT or WeGeFT adapter.
         merged_dir (PathLike): the merged checkpoint.
-        prompt (str): text, tokenized with the base's tokenizer when it has one.
+        prompt (str): text for decoders, tokenized with the base's tokenizer when it has
+            one; ViT classifiers get a seeded random image batch instead.
 
     Returns:
         float: the largest absolute logit difference.
 
     Raises:
-        ValueError: for unsupported model families or adapter methods.
+        ValueError: for unsupported model families, or an adapter that does not fit.
     """
     base_dir, merged_dir = Path(base_dir), Path(merged_dir)
     config = json.loads((base_dir / "config.json").read_text())
     adapter_sd, adapter_cfg = load_genft_adapter(adapter_dir)
-    tokens = torch.tensor([_prompt_tokens(base_dir, prompt, config["vocab_size"])])
+    inputs = _example_input(base_dir, config, prompt)
 
-    genft_model = _add_genft(_build_llama(config), adapter_cfg)
-    base_result = genft_model.load_state_dict(_load_tune_state_dict(base_dir), strict=False)
-    adapter_result = genft_model.load_state_dict(adapter_sd, strict=False)
-    validate_missing_and_unexpected_for_genft(
-        missing_keys=set(base_result.missing_keys) & set(adapter_result.missing_keys),
-        unexpected_keys=list(base_result.unexpected_keys) + list(adapter_result.unexpected_keys),
-        adapter_loaded=True,
-    )
-    genft_model.float().eval()
-    reference = genft_model(tokens)
-    del genft_model
-
-    plain = _build_llama(config)
-    plain.load_state_dict(_load_tune_state_dict(merged_dir), strict=True)
-    plain.float().eval()
-    diff = (plain(tokens) - reference).abs().max().item()
-    log.info(f"verify: max |logit diff| = {diff:.3e} over {tokens.shape[1]} prompt tokens")
+    adapted = _add_adapter(_plain_model(base_dir, config), adapter_cfg, adapter_sd)
+    reference = adapted.float().eval()(inputs)
+    del adapted
+    diff = (_plain_model(merged_dir, config)(inputs) - reference).abs().max().item()
+    log.info(f"verify: max |logit diff| = {diff:.3e} ({adapter_cfg.method}, {config.get('model_type')})")
     return diff
 
 
