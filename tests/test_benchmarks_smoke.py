@@ -20,6 +20,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 import _models  # noqa: E402
+import generator_passes  # noqa: E402
 import quality  # noqa: E402
 import speed_memory  # noqa: E402
 
@@ -205,3 +206,16 @@ def test_quality_rejects_bad_args():
         quality.parse_args(["--methods", "genft,nope"])
     with pytest.raises(SystemExit):
         quality.parse_args(["--lr", "genft"])
+
+
+def test_generator_passes_counts(capsys):
+    """LoRA touches W0 twice (forward, and backward for the input's gradient); the
+    low-rank GenFT path adds exactly the grad-free reads of W0 in its two W0 @ D.T
+    products (forward and the D1 gradient); the dense paths form (out, in) tensors, and
+    recomputation costs extra passes but never fewer than the dense path."""
+    rows = generator_passes.main(["--dim", "64", "--tokens", "8"])
+    assert rows["lora_r16"]["passes"] == 2
+    assert rows["genft_lowrank"]["passes"] == 2 + 2
+    assert rows["genft_dense"]["passes"] > rows["genft_lowrank"]["passes"]
+    assert rows["genft_dense_recompute"]["passes"] > rows["genft_dense"]["passes"]
+    assert "| genft_dense |" in capsys.readouterr().out

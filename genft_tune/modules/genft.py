@@ -548,6 +548,14 @@ class GenFTLinear(nn.Module, AdapterModule):
     ) -> torch.Tensor:
         """``W0 + dW`` in ``W0``'s dtype, from ``tensors`` (ordered as
         :meth:`_tracked_tensors`: ``W0``, shared, own) when given, else from the layer's."""
+        W0, gen = self._generated(training, tensors)
+        # W0 + scaling * F in one elementwise pass
+        return torch.add(W0, gen.to(W0.dtype), alpha=self.config.scaling)
+
+    def _generated(
+        self, training: bool, tensors: Optional[Sequence[torch.Tensor]] = None
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(W0, dW / scaling)``; arguments as :meth:`_merged_weight`."""
         weight, *rest = self._tracked_tensors() if tensors is None else tensors
         names = self.generator.shared_names()
         shared = dict(zip(names, rest[: len(names)]))
@@ -556,11 +564,9 @@ class GenFTLinear(nn.Module, AdapterModule):
         specific = tie_specific_factors(
             own.get("A1"), own.get("B1"), own.get("A2"), own.get("B2"), tied=self.tied
         )
-        gen = self.generator.generate(
+        return W0, self.generator.generate(
             W0.to(rest[0].dtype), *specific, training=training, shared=shared
         )
-        # W0 + scaling * F in one elementwise pass
-        return torch.add(W0, gen.to(W0.dtype), alpha=self.config.scaling)
 
     def _merged_forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self._merged_weight(self.training).to(x.dtype), self.bias)
@@ -691,17 +697,24 @@ class _RecomputedMergedLinear(torch.autograd.Function):
         x, *saved = ctx.saved_tensors
         needs_x, needs_bias = ctx.needs_input_grad[1:3]
         needs_tensors = ctx.needs_input_grad[3:]
+        layer = ctx.layer
         with torch.enable_grad():
             tensors = [t.detach().requires_grad_() if need else t for t, need in zip(saved, needs_tensors)]
-            weight = ctx.layer._merged_weight(False, tensors)
+            W0, gen = layer._generated(False, tensors)
         g2d = grad_out.reshape(-1, grad_out.shape[-1])
-        grad_x = grad_out @ weight.detach().to(grad_out.dtype) if needs_x else None
+        grad_x = None
+        if needs_x:
+            weight = torch.add(W0, gen.detach().to(W0.dtype), alpha=layer.config.scaling)
+            grad_x = grad_out @ weight.to(grad_out.dtype)
+            del weight
         grad_bias = g2d.sum(0) if needs_bias else None
         wanted = [t for t, need in zip(tensors, needs_tensors) if need]
         grads = iter(())
         if wanted:
-            grad_weight = (g2d.T @ x.reshape(-1, x.shape[-1]).to(g2d.dtype)).to(weight.dtype)
-            grads = iter(torch.autograd.grad(weight, wanted, grad_weight))
+            # dL/dF = scaling * g.T @ x: the scaling rides on the matmul, not an (out, in) pass
+            x2d = x.reshape(-1, x.shape[-1]).to(g2d.dtype)
+            grad_gen = torch.addmm(g2d.new_zeros(()), g2d.T, x2d, beta=0, alpha=layer.config.scaling)
+            grads = iter(torch.autograd.grad(gen, wanted, grad_gen.to(gen.dtype)))
         return (None, grad_x, grad_bias, *[next(grads) if need else None for need in needs_tensors])
 
 
