@@ -1,8 +1,9 @@
 """The distributed (FSDP2) GenFT recipe on CPU: 2 processes with gloo equal one device
-at the same global batch."""
+at the same global batch, and a mid-epoch resume reproduces the uninterrupted run."""
 
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,9 @@ import torch
 
 from test_recipes_fixtures import (
     base_config,
+    DISTRIBUTED_RECIPE,
     losses,
+    read_metrics,
     RECIPES_DIR,
     run_recipe_in_process,
     SINGLE_DEVICE_RECIPE,
@@ -79,3 +82,66 @@ def test_two_cpu_processes_match_single_device(tmp_path):
     assert (ma[q] - base[q]).abs().max() > 1e-3
     k_ = "model.layers.0.self_attn.k_proj.weight"  # not adapted: unchanged
     torch.testing.assert_close(ma[k_], base[k_], rtol=0, atol=0)
+
+
+# Runs the distributed recipe under torchrun; rank 0 copies the output folder when it
+# logs step CRASH_AFTER_STEP, i.e. what a run that crashed right there leaves on disk.
+SNAPSHOT_LAUNCHER = textwrap.dedent(
+    """
+    import shutil, sys
+    from pathlib import Path
+    import genft_finetune_distributed as recipe
+
+    crash_after, snapshot = int(sys.argv.pop(1)), Path(sys.argv.pop(1))
+    setup = recipe.GenFTFinetuneRecipeDistributed.setup
+
+    def setup_with_snapshot(self, cfg):
+        setup(self, cfg)
+        if not self._is_rank_zero:
+            return
+        log_dict = self._metric_logger.log_dict
+
+        def log_and_snapshot(payload, step):
+            log_dict(payload, step)
+            if step == crash_after and "loss" in payload:
+                self._metric_logger._file.flush()
+                shutil.copytree(self._output_dir, snapshot)
+
+        self._metric_logger.log_dict = log_and_snapshot
+
+    recipe.GenFTFinetuneRecipeDistributed.setup = setup_with_snapshot
+    sys.exit(recipe.recipe_main())
+    """
+)
+
+
+def _torchrun(script, *args, cwd):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), *map(str, args)]
+    proc = subprocess.run(cmd, cwd=cwd, env=subprocess_env([RECIPES_DIR]), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+
+
+def test_two_cpu_processes_resume_mid_epoch(tmp_path):
+    """2 gloo processes, checkpoint every 2 steps; the copy taken at step 3 (holding the
+    step-2 adapter, sharded optimizer state gathered to rank 0, dataloader position)
+    resumes and logs the uninterrupted run's losses and learning rates for steps 3-6."""
+    steps = 6
+    cfg = base_config(tmp_path, batch_size=2, **{**COMMON, "max_steps_per_epoch": steps, "save_every_n_steps": 2})
+    cfg_path = write_config(cfg, tmp_path / "c.yaml")
+    snapshot = tmp_path / "crashed"
+    launcher = tmp_path / "launch_with_snapshot.py"
+    launcher.write_text(SNAPSHOT_LAUNCHER)
+    _torchrun(launcher, 3, snapshot, "--config", cfg_path, cwd=tmp_path)
+
+    state = torch.load(snapshot / "recipe_state" / "recipe_state.pt", weights_only=False)
+    assert state["steps_run"] == 2 and "dataloader" in state  # a mid-epoch checkpoint
+    resumed_cfg = {**cfg, "output_dir": str(snapshot), "resume_from_checkpoint": True,
+                   "metric_logger": {**cfg["metric_logger"], "filename": "resumed.txt"}}
+    _torchrun(DISTRIBUTED_RECIPE, "--config", write_config(resumed_cfg, tmp_path / "resume.yaml"), cwd=tmp_path)
+
+    reference = read_metrics(Path(cfg["output_dir"]) / "logs" / "log.txt")
+    resumed = read_metrics(snapshot / "logs" / "resumed.txt")
+    assert sorted(resumed["loss"]) == [3, 4, 5, 6]
+    for step in (3, 4, 5, 6):
+        assert resumed["loss"][step] == pytest.approx(reference["loss"][step], rel=1e-5, abs=1e-6)
+        assert resumed["lr"][step] == pytest.approx(reference["lr"][step], rel=1e-6)
