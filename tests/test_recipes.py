@@ -379,16 +379,31 @@ def test_compile(tmp_path):
     assert runs["compiled"] == pytest.approx(runs["eager"], rel=1e-3)
 
 
-def test_fp8_training_on_cpu(tmp_path, caplog):
+def test_fp8_training_on_cpu(tmp_path, caplog, monkeypatch):
     """``enable_fp8_training`` on CPU (torch emulates float8 matmuls): every frozen base
-    linear except the output runs in float8, the losses stay close to the bf16 run's
-    but are not identical (float8 rounding), and the merged checkpoint is written."""
+    linear except the output runs in float8, with every float8 GEMM dimension divisible
+    by 16 as CUDA requires (the CPU kernel does not check: the test does, so the padding
+    of variable-length batches is exercised), the losses stay close to the bf16 run's but
+    are not identical (float8 rounding), and the merged checkpoint is written."""
+    real_scaled_mm, fp8_gemms = torch._scaled_mm, []
+
+    def scaled_mm_with_cuda_shape_rules(a, b, *args, **kwargs):
+        odd = [d for d in (*a.shape, *b.shape) if d % 16]
+        if odd:
+            raise RuntimeError(f"float8 GEMM {tuple(a.shape)} x {tuple(b.shape)}: dims {odd} not divisible by 16")
+        fp8_gemms.append(tuple(a.shape))
+        return real_scaled_mm(a, b, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "_scaled_mm", scaled_mm_with_cuda_shape_rules)
     runs = {}
     for name, fp8 in (("bf16", False), ("fp8", True)):
+        # 3 sequences of up to 50 tokens: token counts that float8 needs padded
         cfg = base_config(tmp_path / name, **{"max_steps_per_epoch": 3, "dtype": "bf16", "shuffle": False,
+                                              "batch_size": 3, "tokenizer.max_seq_len": 50,
                                               "enable_fp8_training": fp8})
         with caplog.at_level(logging.INFO):
             run_recipe_in_process(SINGLE_DEVICE_RECIPE, write_config(cfg, tmp_path / name / "c.yaml"))
+        assert bool(fp8_gemms) == fp8  # float8 GEMMs ran in the fp8 run only
         runs[name] = losses(Path(cfg["output_dir"]) / "logs" / "log.txt")
         assert (Path(cfg["output_dir"]) / "epoch_0" / "model-00001-of-00001.safetensors").is_file()
     # not adapted: k_proj, output_proj, w1, w2, w3 in each layer
