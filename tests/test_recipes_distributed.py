@@ -18,6 +18,7 @@ from test_recipes_fixtures import (
     run_recipe_in_process,
     SINGLE_DEVICE_RECIPE,
     subprocess_env,
+    TINY,
     write_config,
     write_tiny_checkpoint,
 )
@@ -119,6 +120,7 @@ def _torchrun(script, *args, cwd):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), *map(str, args)]
     proc = subprocess.run(cmd, cwd=cwd, env=subprocess_env([RECIPES_DIR]), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return proc
 
 
 def test_two_cpu_processes_resume_mid_epoch(tmp_path):
@@ -145,3 +147,23 @@ def test_two_cpu_processes_resume_mid_epoch(tmp_path):
     for step in (3, 4, 5, 6):
         assert resumed["loss"][step] == pytest.approx(reference["loss"][step], rel=1e-5, abs=1e-6)
         assert resumed["lr"][step] == pytest.approx(reference["lr"][step], rel=1e-6)
+
+
+def test_two_cpu_processes_fp8_match_single_device(tmp_path):
+    """float8 training of the frozen base under FSDP2 (2 gloo processes, CPU-emulated
+    float8 GEMMs): losses close to the single-device float8 run at the same global batch
+    (not equal: each process scales its own half of the activations)."""
+    ckpt = write_tiny_checkpoint(tmp_path / "base")
+    fp8 = {**COMMON, "max_steps_per_epoch": 3, "dtype": "bf16", "enable_fp8_training": True,
+           "tokenizer.max_seq_len": 50}
+    single = base_config(tmp_path / "single", ckpt_dir=ckpt, batch_size=GLOBAL_BATCH, **fp8)
+    run_recipe_in_process(SINGLE_DEVICE_RECIPE, write_config(single, tmp_path / "single.yaml"))
+    dist = base_config(tmp_path / "dist", ckpt_dir=ckpt, batch_size=GLOBAL_BATCH // 2, **fp8)
+    proc = _torchrun(DISTRIBUTED_RECIPE, "--config", write_config(dist, tmp_path / "dist.yaml"), cwd=tmp_path)
+    assert f"float8 training of {5 * TINY['num_layers']} frozen base linear layers" in proc.stdout + proc.stderr
+
+    ref = losses(Path(single["output_dir"]) / "logs" / "log.txt")
+    got = losses(Path(dist["output_dir"]) / "logs" / "log.txt")
+    assert len(ref) == len(got) == 3
+    assert got == pytest.approx(ref, rel=2e-2)
+    assert (Path(dist["output_dir"]) / "epoch_0" / "model-00001-of-00001.safetensors").is_file()
