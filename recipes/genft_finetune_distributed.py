@@ -465,7 +465,7 @@ class GenFTFinetuneRecipeDistributed(FTRecipeInterface):
         self._adapter = genft_training.get_adapter_method(model)
         self._adapter.check_targets(cfg_model, model)
         if adapter_state_dict is not None:
-            self._check_resume_config()
+            self._adapter.check_resume_config(getattr(self, "_resume_adapter_config", None))
         else:
             adapter_state_dict = self._adapter.init_state_dict(model, seed=self.seed)
 
@@ -569,26 +569,6 @@ class GenFTFinetuneRecipeDistributed(FTRecipeInterface):
         torch.distributed.barrier()
 
         return model
-
-    def _check_resume_config(self) -> None:
-        """The adapter being resumed must have been trained with this method and config."""
-        saved = getattr(self, "_resume_adapter_config", None) or {}
-        method = saved.get("method", "genft")
-        if method != self._adapter.name:
-            raise ValueError(
-                f"resume_from_checkpoint: the saved adapter is {method!r}, but the model is "
-                f"built with {self._adapter.name!r}"
-            )
-        saved = saved.get(f"{method}_config", saved.get("config", saved))
-        current = self._adapter.config.to_dict()
-        diff = {
-            k: (saved[k], v) for k, v in current.items() if k in saved and saved[k] != v
-        }
-        if diff:
-            raise ValueError(
-                f"resume_from_checkpoint: the saved adapter's {self._adapter.label} config "
-                f"differs from the model's (field: (saved, config)): {diff}"
-            )
 
     def _setup_optimizer(
         self, cfg_optimizer: DictConfig, opt_state_dict: Optional[Dict[str, Any]] = None

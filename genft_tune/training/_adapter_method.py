@@ -110,6 +110,29 @@ class AdapterMethod:
             label=self.label,
         )
 
+    def check_resume_config(self, saved: Optional[Mapping[str, Any]]) -> None:
+        """The adapter being resumed (its ``genft_config.json`` contents) must have been
+        trained with this method and config.
+
+        Raises:
+            ValueError: naming the saved and current method, or every differing field.
+        """
+        saved = saved or {}
+        method = saved.get("method", "genft")
+        if method != self.name:
+            raise ValueError(
+                f"resume_from_checkpoint: the saved adapter is {method!r}, but the model is "
+                f"built with {self.name!r}"
+            )
+        saved = saved.get(f"{method}_config", saved.get("config", saved))
+        current = self.config.to_dict()
+        diff = {k: (saved[k], v) for k, v in current.items() if k in saved and saved[k] != v}
+        if diff:
+            raise ValueError(
+                f"resume_from_checkpoint: the saved adapter's {self.label} config "
+                f"differs from the model's (field: (saved, config)): {diff}"
+            )
+
     def layers(self, model: nn.Module) -> Dict[str, nn.Module]:
         """``{state-dict name: adapted linear}`` of ``model`` (GenFTLinear / WeGeFTLinear)."""
         layers = get_genft_modules(model) if self.name == "genft" else get_wegeft_modules(model)
