@@ -32,7 +32,6 @@ import json
 import os
 import random
 import string
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -41,7 +40,7 @@ import torch
 from torchtune.data import Message
 from torchtune.modules import local_kv_cache
 
-from genft_tune.datasets._wordnet import find_wordnet_dir, WORDNET_LICENSE, wordnet_split
+from genft_tune.datasets._wordnet import find_wordnet_dir, wordnet_split, write_wordnet_jsonl
 
 # part of speech as written in the prompt -> exception file
 EXCEPTION_FILES = {"noun": "noun.exc", "verb": "verb.exc", "adjective": "adj.exc", "adverb": "adv.exc"}
@@ -147,23 +146,6 @@ def baseform_examples(
     return examples[:max_examples] if max_examples is not None else examples
 
 
-def _write_jsonl(path: Path, rows: Sequence[Dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    license_path = path.parent / "WORDNET_LICENSE.txt"
-    if not license_path.is_file():
-        license_path.write_text(WORDNET_LICENSE, encoding="utf-8")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def baseform_dataset(
     tokenizer,
     *,
@@ -191,7 +173,7 @@ def baseform_dataset(
     root = Path(cache_dir or os.environ.get("GENFT_TUNE_CACHE", "~/.cache/genft_tune")).expanduser()
     path = root / "wordnet_baseform" / f"baseform-v{_FORMAT_VERSION}-{split}-{digest}.jsonl"
     if not path.is_file():
-        _write_jsonl(path, examples)
+        write_wordnet_jsonl(path, examples)
     ds = instruct_dataset(
         tokenizer,
         source="json",

@@ -38,7 +38,7 @@ import random
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
 from torchtune.datasets import instruct_dataset, PackedDataset, SFTDataset
 from torchtune.modules.transforms.tokenizers import ModelTokenizer
@@ -301,6 +301,18 @@ def build_wordnet_instruct(
     if max_examples is not None:
         examples = examples[:max_examples]
 
+    write_wordnet_jsonl(output_path, examples)
+    return len(examples)
+
+
+def write_wordnet_jsonl(output_path: Union[str, Path], rows: Sequence[Dict[str, Any]]) -> None:
+    """Write ``rows`` as JSONL atomically (temporary name, then rename), with the
+    WordNet license next to it as ``WORDNET_LICENSE.txt``.
+
+    Args:
+        output_path (Union[str, Path]): JSONL file to write.
+        rows (Sequence[Dict[str, Any]]): one JSON object per line.
+    """
     output_path = Path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     license_path = output_path.parent / "WORDNET_LICENSE.txt"
@@ -309,15 +321,14 @@ def build_wordnet_instruct(
     fd, tmp_path = tempfile.mkstemp(prefix=f".{output_path.name}.", dir=output_path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for example in examples:
-                f.write(json.dumps(example, ensure_ascii=False) + "\n")
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
         os.chmod(tmp_path, 0o644)
         os.replace(tmp_path, output_path)
     except BaseException:
         if os.path.exists(tmp_path):
             os.unlink(tmp_path)
         raise
-    return len(examples)
 
 
 def _cache_dir(cache_dir: Optional[Union[str, Path]]) -> Path:
