@@ -7,7 +7,6 @@ checkpoint loading in plain transformers with the GenFT model's logits.
 
 import json
 import logging
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -25,6 +24,7 @@ from test_recipes_fixtures import (
     read_metrics,
     RECIPES_DIR,
     run_recipe_in_process,
+    run_single_device_with_snapshot,
     SINGLE_DEVICE_RECIPE,
     subprocess_env,
     TINY,
@@ -68,21 +68,7 @@ def trained(tmp_path_factory):
     cfg_path = write_config(cfg, tmp / "config.yaml")
     out = Path(cfg["output_dir"])
     snapshot = tmp / "crashed"
-
-    module, c = _recipe(cfg_path)
-    recipe = module.GenFTFinetuneRecipeSingleDevice(cfg=c)
-    recipe.setup(cfg=c)
-    log_dict = recipe._metric_logger.log_dict
-
-    def log_and_snapshot(payload, step):
-        log_dict(payload, step)
-        if step == CRASH_AFTER_STEP and "loss" in payload:
-            recipe._metric_logger._file.flush()
-            shutil.copytree(out, snapshot)
-
-    recipe._metric_logger.log_dict = log_and_snapshot
-    recipe.train()
-    recipe.cleanup()
+    run_single_device_with_snapshot(cfg_path, crash_after_step=CRASH_AFTER_STEP, snapshot=snapshot)
     return {"tmp": tmp, "cfg": cfg, "cfg_path": cfg_path, "out": out, "snapshot": snapshot}
 
 

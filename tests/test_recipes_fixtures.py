@@ -12,6 +12,7 @@ import json
 import os
 import random
 import re
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -242,6 +243,29 @@ def run_recipe_in_process(recipe_file: Path, config_path: Path, overrides: Seque
             raise
     finally:
         sys.argv = argv
+
+
+def run_single_device_with_snapshot(config_path: Path, *, crash_after_step: int, snapshot: Path) -> None:
+    """Run the single-device recipe in this process; when it logs ``crash_after_step``
+    its output folder is copied to ``snapshot``: what a run that crashed right there
+    would have left on disk."""
+    from omegaconf import OmegaConf
+
+    module = load_recipe_module(SINGLE_DEVICE_RECIPE)
+    cfg = OmegaConf.load(config_path)
+    recipe = module.GenFTFinetuneRecipeSingleDevice(cfg=cfg)
+    recipe.setup(cfg=cfg)
+    log_dict = recipe._metric_logger.log_dict
+
+    def log_and_snapshot(payload, step):
+        log_dict(payload, step)
+        if step == crash_after_step and "loss" in payload:
+            recipe._metric_logger._file.flush()
+            shutil.copytree(recipe._output_dir, snapshot)
+
+    recipe._metric_logger.log_dict = log_and_snapshot
+    recipe.train()
+    recipe.cleanup()
 
 
 _STEP = re.compile(r"^Step (\d+) \| (.*)$")

@@ -16,11 +16,11 @@ from safetensors.torch import load_file
 
 from test_recipes_fixtures import (
     base_config,
-    load_recipe_module,
     losses,
     read_metrics,
     RECIPES_DIR,
     run_recipe_in_process,
+    run_single_device_with_snapshot,
     SINGLE_DEVICE_RECIPE,
     subprocess_env,
     TINY,
@@ -150,21 +150,7 @@ def trained(tmp_path_factory):
     cfg_path = write_config(cfg, tmp / "config.yaml")
     out = Path(cfg["output_dir"])
     snapshot = tmp / "crashed"
-    module = load_recipe_module(SINGLE_DEVICE_RECIPE)
-    c = OmegaConf.load(cfg_path)
-    recipe = module.GenFTFinetuneRecipeSingleDevice(cfg=c)
-    recipe.setup(cfg=c)
-    log_dict = recipe._metric_logger.log_dict
-
-    def log_and_snapshot(payload, step):
-        log_dict(payload, step)
-        if step == CRASH_AFTER_STEP and "loss" in payload:
-            recipe._metric_logger._file.flush()
-            shutil.copytree(out, snapshot)
-
-    recipe._metric_logger.log_dict = log_and_snapshot
-    recipe.train()
-    recipe.cleanup()
+    run_single_device_with_snapshot(cfg_path, crash_after_step=CRASH_AFTER_STEP, snapshot=snapshot)
     return {"tmp": tmp, "cfg": cfg, "out": out, "snapshot": snapshot}
 
 
