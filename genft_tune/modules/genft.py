@@ -29,10 +29,27 @@ from torchtune.modules.peft import AdapterModule
 
 from genft_tune.modules._cache import MergedWeightCache
 
+def _relu(t: torch.Tensor) -> torch.Tensor:
+    """ReLU whose derivative at exactly 0 is 1 (the right derivative; torch's is 0).
+
+    The values are ``F.relu``'s. The choice of subgradient only matters where the
+    input is exactly 0, which is where ``zero_init`` puts the last stage: with torch's
+    ``relu'(0) = 0`` that adapter would get no gradient, ever.
+    """
+    return torch.where(t >= 0, t, t.new_zeros(()))
+
+
+def _leaky_relu(t: torch.Tensor) -> torch.Tensor:
+    """Leaky ReLU (slope 0.01) whose derivative at exactly 0 is 1, not 0.01 (see :func:`_relu`)."""
+    return torch.where(t >= 0, t, 0.01 * t)
+
+
+# relu and leaky_relu take the right derivative at 0 so that a zero-initialised last
+# stage trains for every activation (GENFT_SPEC.md, "zero_init and the activations").
 ACTIVATIONS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "identity": lambda t: t,
-    "relu": F.relu,
-    "leaky_relu": F.leaky_relu,
+    "relu": _relu,
+    "leaky_relu": _leaky_relu,
     "gelu": F.gelu,
     "tanh": torch.tanh,
 }
@@ -41,6 +58,12 @@ FACTOR_INITS = ("zeros", "kaiming_uniform", "xavier_uniform", "normal")
 
 # The paper's ablations (Table 4): "without column" = row only, "without row" = column only.
 STAGES = ("both", "row", "column")
+
+# How dW is read off the generator (GENFT_SPEC.md, "Conventions"): ours (dW = F_col.T, any
+# shape), the authors' PEFT path (dW = F_col: square weights only) and their ViT path
+# (ratio multiplies the four generator matrices [P1; A1], [Q1 | B1], [P2; A2], [Q2 | B2]
+# instead of W0).
+CONVENTIONS = ("ours", "authors_peft", "authors_vit")
 
 
 def _check_choice(field: str, value: str, allowed: Sequence[str]) -> None:
@@ -78,6 +101,12 @@ class GenFTConfig:
             ("w/o row": the column stage reads ``ratio * W0`` directly). The paper's
             "w/o shared" and "w/o specific" ablations are ``shared_dim=0`` and
             ``specific_dim=0``.
+        convention (str): ``"ours"`` (``dW = scaling * F_col.T``, any weight shape),
+            ``"authors_peft"`` (the authors' PEFT code for GLUE/LLaMA: ``dW = scaling *
+            F_col``, our ``dW`` transposed; square weights only) or ``"authors_vit"``
+            (their ViT code: ``ratio`` multiplies the four generator matrices
+            ``D1, E1, D2, E2`` instead of ``W0``). The last two reproduce the authors'
+            published runs and adapters; see ``GENFT_SPEC.md``.
 
     Raises:
         ValueError: if any field is out of its allowed range.
@@ -96,6 +125,7 @@ class GenFTConfig:
     zero_init: bool = True
     recompute: bool = True
     stages: str = "both"
+    convention: str = "ours"
 
     def __post_init__(self):
         for field in ("shared_dim", "specific_dim"):
@@ -111,6 +141,7 @@ class GenFTConfig:
         _check_choice("init_a", self.init_a, FACTOR_INITS)
         _check_choice("init_b", self.init_b, FACTOR_INITS)
         _check_choice("stages", self.stages, STAGES)
+        _check_choice("convention", self.convention, CONVENTIONS)
         if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         for field in ("ratio", "scaling"):
@@ -130,6 +161,16 @@ class GenFTConfig:
     @property
     def use_column(self) -> bool:
         return self.stages in ("both", "column")
+
+    @property
+    def weight_ratio(self) -> float:
+        """The factor on ``W0`` inside the generator (``ratio``, or 1 for ``authors_vit``)."""
+        return 1.0 if self.convention == "authors_vit" else self.ratio
+
+    @property
+    def matrix_ratio(self) -> Optional[float]:
+        """The factor on ``D1, E1, D2, E2`` (``ratio`` for ``authors_vit``, else None)."""
+        return self.ratio if self.convention == "authors_vit" else None
 
     @property
     def lowrank(self) -> bool:
@@ -192,6 +233,12 @@ class GenFTGenerator(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int, *, config: GenFTConfig):
         super().__init__()
+        if config.convention == "authors_peft" and in_dim != out_dim:
+            raise ValueError(
+                f"convention='authors_peft' applies F_col itself as dW (the authors' PEFT code), "
+                f"which needs square weights; got a ({out_dim}, {in_dim}) weight. Use "
+                f"convention='ours' (dW = F_col.T) for non-square targets"
+            )
         self.in_dim = in_dim
         self.out_dim = out_dim
         self.config = config
@@ -288,29 +335,51 @@ class GenFTGenerator(nn.Module):
         def drop(t):
             return F.dropout(t, p, training=True) if p > 0 else t
 
-        D2 = _cat([t.get("P2"), A2], dim=0) if cfg.use_column else None
+        D1, E1, D2, E2 = self._stage_matrices(t, A1, B1, A2, B2)
         if cfg.use_row:
-            H1 = self._row_hidden(weight, A1, t)  # (out, a+b)
-            F_row = H1 @ _cat([t.get("Q1"), B1], dim=1).T  # (out, in)
+            H1 = self._row_hidden(weight, D1, t)  # (out, a+b)
+            F_row = H1 @ E1.T  # (out, in)
             if t.get("d1") is not None:
                 F_row = F_row + t["d1"]
             F_row = drop(act_out(F_row))
             if not cfg.use_column:
-                return F_row
+                return self._oriented(F_row)
             H2t = D2 @ F_row  # (F_row.T @ D2.T).T: (a+b, in)
         else:
-            H2t = cfg.ratio * (D2 @ weight)
+            H2t = cfg.weight_ratio * (D2 @ weight)
         if t.get("c2") is not None:
             H2t = H2t + t["c2"][:, None]
         H2t = act_in(H2t)
-        F_colT = _cat([t.get("Q2"), B2], dim=1) @ H2t  # F_col.T: (out, in)
+        F_colT = E2 @ H2t  # F_col.T: (out, in)
         if t.get("d2") is not None:
             F_colT = F_colT + t["d2"][:, None]
-        return drop(act_out(F_colT))
+        return self._oriented(drop(act_out(F_colT)))
 
-    def _row_hidden(self, weight, A1, shared: Mapping[str, torch.Tensor]):
+    def _oriented(self, generated: torch.Tensor) -> torch.Tensor:
+        # the authors' PEFT path uses F_col itself: our dW transposed (square weights only)
+        return generated.T if self.config.convention == "authors_peft" else generated
+
+    def _stage_matrices(self, shared: Mapping[str, torch.Tensor], A1, B1, A2, B2):
+        """``D1 = [P1; A1]``, ``E1 = [Q1 | B1]``, ``D2 = [P2; A2]``, ``E2 = [Q2 | B2]``
+        (None for a stage that does not run), times ``ratio`` under ``authors_vit``."""
+        cfg = self.config
+        k = cfg.matrix_ratio
+
+        def matrix(name, specific, dim):
+            m = _cat([shared.get(name), specific], dim=dim)
+            return m if k is None else k * m
+
+        row, col = cfg.use_row, cfg.use_column
+        return (
+            matrix("P1", A1, 0) if row else None,
+            matrix("Q1", B1, 1) if row else None,
+            matrix("P2", A2, 0) if col else None,
+            matrix("Q2", B2, 1) if col else None,
+        )
+
+    def _row_hidden(self, weight, D1, shared: Mapping[str, torch.Tensor]):
         """``H1 = act_in(ratio * W0 @ D1.T + c1)``: ``(out, a+b)``."""
-        pre = self.config.ratio * (weight @ _cat([shared.get("P1"), A1], dim=0).T)
+        pre = self.config.weight_ratio * (weight @ D1.T)
         if shared.get("c1") is not None:
             pre = pre + shared["c1"]
         return ACTIVATIONS[self.config.act_in](pre)
@@ -355,24 +424,26 @@ class GenFTGenerator(nn.Module):
         if not cfg.lowrank:
             raise ValueError("lowrank_factors needs act_out='identity'")
         act_in = ACTIVATIONS[cfg.act_in]
-        D2 = _cat([self.P2, A2], dim=0) if cfg.use_column else None
+        D1, E1, D2, E2 = self._stage_matrices(self._parameters, A1, B1, A2, B2)
         if cfg.use_row:
-            H1 = self._row_hidden(weight, A1, self._parameters)
-            E1 = _cat([self.Q1, B1], dim=1)
+            H1 = self._row_hidden(weight, D1, self._parameters)
             if not cfg.use_column:
                 ones = None if self.d1 is None else self.d1.new_ones(self.out_dim)
-                return H1, E1, ones, self.d1
+                return self._oriented_factors(H1, E1, ones, self.d1)
             pre = (D2 @ H1) @ E1.T  # D2 @ F_row without forming F_row: (a+b, in)
             if self.d1 is not None:
                 pre = pre + torch.outer(D2.sum(dim=1), self.d1)
         else:
-            pre = cfg.ratio * (D2 @ weight)
+            pre = cfg.weight_ratio * (D2 @ weight)
         if self.c2 is not None:
             pre = pre + self.c2[:, None]
         H2 = act_in(pre).T  # (in, a+b)
-        E2 = _cat([self.Q2, B2], dim=1)
         ones = None if self.d2 is None else self.d2.new_ones(self.in_dim)
-        return E2, H2, self.d2, ones
+        return self._oriented_factors(E2, H2, self.d2, ones)
+
+    def _oriented_factors(self, L, R, u, v):
+        # (L R^T + u v^T)^T = R L^T + v u^T: the authors' PEFT orientation swaps the sides
+        return (R, L, v, u) if self.config.convention == "authors_peft" else (L, R, u, v)
 
 
 class GenFTGenerators(nn.ModuleDict):
