@@ -34,3 +34,7 @@ from genft_tune.checkpointing._merge import (  # noqa: E402
 from genft_tune.checkpointing._verify import verify_merge  # noqa: E402
 
 __all__ += ["DTYPES", "find_base_checkpoint", "merge_adapter_checkpoint", "parse_size", "verify_merge"]
+
+from genft_tune.checkpointing._authors import import_authors_adapter, read_authors_adapter  # noqa: E402
+
+__all__ += ["import_authors_adapter", "read_authors_adapter"]

@@ -36,6 +36,10 @@ ADAPTER_CONFIG_FILE = "genft_config.json"
 FORMAT_NAME = "genft-adapter"
 FORMAT_VERSION = 1
 METHODS = ("genft", "wegeft")
+# The weight layout an adapter was trained on: torchtune's (our recipes), or Hugging
+# Face's (adapters imported from the authors' PEFT code, where q_proj/k_proj rows are
+# in HF's RoPE order). Absent from the json means "torchtune".
+WEIGHT_LAYOUTS = ("torchtune", "hf")
 
 PathLike = Union[str, os.PathLike]
 Shape = Tuple[int, ...]
@@ -95,6 +99,12 @@ class GenFTAdapterConfig(dict):
     @property
     def base_model(self) -> Optional[str]:
         return self.get("base_model")
+
+    @property
+    def weight_layout(self) -> str:
+        """``torchtune`` (trained by our recipes) or ``hf`` (imported from the authors'
+        code: merge applies it to the Hugging Face tensors as they are)."""
+        return self.get("weight_layout", "torchtune")
 
 
 def _config_method(config: Any) -> str:
@@ -178,6 +188,7 @@ def save_genft_adapter(
     extra: Optional[Dict[str, Any]] = None,
     target_shapes: Optional[Mapping[str, Sequence[int]]] = None,
     modules_to_save: Optional[Mapping[str, torch.Tensor]] = None,
+    weight_layout: str = "torchtune",
 ) -> Path:
     """Save an adapter as ``genft_adapter.safetensors`` + ``genft_config.json``.
 
@@ -204,6 +215,8 @@ def save_genft_adapter(
             trained non-adapter modules (a new classifier ``head.weight``...), saved
             in the same file and listed under ``modules_to_save`` in the json; a merge
             replaces (or adds) them in the base.
+        weight_layout (str): ``torchtune`` (default) or ``hf`` for an adapter trained
+            on Hugging Face's weight layout (see :data:`WEIGHT_LAYOUTS`).
 
     Returns:
         Path: ``output_dir``.
@@ -213,6 +226,8 @@ def save_genft_adapter(
         ValueError: if the state dict is empty or holds a non-adapter key.
     """
     method = _config_method(config)
+    if weight_layout not in WEIGHT_LAYOUTS:
+        raise ValueError(f"weight_layout must be one of {list(WEIGHT_LAYOUTS)}, got {weight_layout!r}")
     output_dir = Path(output_dir)
     is_key = is_genft_key if method == "genft" else is_wegeft_key
     if not adapter_state_dict:
@@ -266,6 +281,8 @@ def save_genft_adapter(
     }
     if target_keys is not None:
         meta["target_keys"] = target_keys
+    if weight_layout != "torchtune":  # files of our own recipes stay as they were
+        meta["weight_layout"] = weight_layout
     if extra_tensors:
         meta["modules_to_save"] = sorted(extra_tensors)
 

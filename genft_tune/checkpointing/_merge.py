@@ -325,6 +325,13 @@ def merge_adapter_checkpoint(
     to_tune = {k: converter.key_to_tune(k, s) for k, s in shapes.items()}
     tune_shapes = {t: shapes[k] for k, t in to_tune.items() if t is not None}
     check_adapter_matches_model(adapter_cfg, tune_shapes)
+    hf_layout = adapter_cfg.weight_layout == "hf"
+    if hf_layout and source.format != "hf":
+        raise ValueError(
+            f"the adapter in {adapter_dir} was trained on Hugging Face's weight layout (imported "
+            f"from the authors' code); merge it into the Hugging Face checkpoint of its base, "
+            f"not into a {converter.name} checkpoint"
+        )
     target_keys = {f"{t}.weight" for t in adapter_cfg["target_modules"]}
     # trained non-adapter modules (e.g. a new classifier head) replace or join the base's
     replacements: Dict[str, torch.Tensor] = {}
@@ -348,6 +355,9 @@ def merge_adapter_checkpoint(
                 tune_key = to_tune.get(key)
                 if key in replacements:
                     tensor = replacements.pop(key).to(tensor.dtype)
+                elif tune_key in target_keys and hf_layout:  # dW was trained on these very rows
+                    tensor = _merge_one(tune_key, tensor, adapter_sd, adapter_cfg)
+                    merged_count += 1
                 elif tune_key in target_keys:
                     (tk, tt), = converter.to_tune({key: tensor}).items()
                     merged = _merge_one(tk, tt, adapter_sd, adapter_cfg)

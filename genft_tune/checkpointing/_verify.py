@@ -207,6 +207,12 @@ def verify_merge(
     base_dir, merged_dir = Path(base_dir), Path(merged_dir)
     config = json.loads((base_dir / "config.json").read_text())
     adapter_sd, adapter_cfg = load_genft_adapter(adapter_dir)
+    if adapter_cfg.weight_layout != "torchtune":
+        raise ValueError(
+            f"the adapter in {adapter_dir} is in the {adapter_cfg.weight_layout!r} weight layout "
+            "(imported from the authors' code), which the torchtune model that --verify builds "
+            "cannot run; the merge itself applied it to the Hugging Face tensors as trained"
+        )
     inputs = _example_input(base_dir, config, prompt)
 
     adapted = _add_adapter(_plain_model(base_dir, config), adapter_cfg, adapter_sd)

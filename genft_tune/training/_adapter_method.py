@@ -124,6 +124,12 @@ class AdapterMethod:
                 f"resume_from_checkpoint: the saved adapter is {method!r}, but the model is "
                 f"built with {self.name!r}"
             )
+        layout = saved.get("weight_layout", "torchtune")
+        if layout != "torchtune":
+            raise ValueError(
+                f"resume_from_checkpoint: the saved adapter is in the {layout!r} weight layout "
+                "(imported from the authors' code); torchtune models train in torchtune's layout"
+            )
         saved = saved.get(f"{method}_config", saved.get("config", saved))
         current = self.config.to_dict()
         diff = {k: (saved[k], v) for k, v in current.items() if k in saved and saved[k] != v}

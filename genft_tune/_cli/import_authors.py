@@ -1,0 +1,59 @@
+"""``genft-tune import-authors``: read an adapter saved by the GenFT authors' patched PEFT.
+
+::
+
+    genft-tune import-authors ./their_llama_adapter --output ./imported
+    genft-tune merge --base ./Llama-2-7b-hf --adapter ./imported --output ./merged
+
+The output is our adapter pair (``genft_adapter.safetensors`` + ``genft_config.json``)
+with ``convention: authors_peft`` and ``weight_layout: hf``, so that ``genft-tune merge``
+writes the model the authors trained.
+"""
+
+import argparse
+import logging
+import sys
+import textwrap
+
+
+def _import(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    from pathlib import Path
+
+    from genft_tune.checkpointing import import_authors_adapter
+
+    out = Path(args.output)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        print(f"genft-tune import-authors: error: {out} exists and is not empty (pass --overwrite)", file=sys.stderr)
+        return 1
+    try:
+        import_authors_adapter(args.src, out, base_model=args.base_model)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"genft-tune import-authors: error: {e}", file=sys.stderr)
+        return 1
+    print(f"Imported adapter written to {out}; merge it with: genft-tune merge --base <HF base> --adapter {out} --output <dir>")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``import-authors`` subcommand."""
+    parser = subparsers.add_parser(
+        "import-authors",
+        help="Convert an adapter saved by the GenFT authors' PEFT into a genft-tune adapter",
+        description="Read adapter_config.json (peft_type GENFT) + adapter_model.safetensors/.bin written by "
+        "the GenFT authors' patched PEFT and write genft_adapter.safetensors + genft_config.json "
+        "(convention authors_peft, Hugging Face weight layout) for genft-tune merge.",
+        epilog=textwrap.dedent(
+            """\
+            examples:
+                $ genft-tune import-authors ./their_adapter --output ./imported
+                $ genft-tune merge --base ./Llama-2-7b-hf --adapter ./imported --output ./merged
+            """
+        ),
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
+    parser.add_argument("src", help="directory written by their model.save_pretrained")
+    parser.add_argument("--output", required=True, help="directory for the genft-tune adapter")
+    parser.add_argument("--base-model", default=None, help="base model id/path to record (default: theirs)")
+    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty output directory")
+    parser.set_defaults(func=_import, parser=parser)

@@ -1,0 +1,211 @@
+"""``genft-tune import-authors``: an adapter laid out exactly as the GenFT authors' patched
+PEFT saves it, merged by ``genft-tune merge``, equals the model their code computes.
+
+The files are made here with safetensors, with their key names, shapes and dtypes and
+the shared generator stored once on the tuner and once more in every adapted linear.
+The expected merged weights are a float64 transcription of their equations (PEFT path):
+
+    H1 = act_in(ratio W0 [P1; A]^T + c1),  F_row = act_out(H1 [Q1 | B]^T + d1)
+    H2 = act_in(F_row^T [P2; A]^T + c2),   F_col = act_out(H2 [Q2 | B]^T + d2)
+    W  = W0 + scaling F_col          (no transpose; W0 in Hugging Face's layout)
+"""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from genft_tune._cli.genft import main as cli_main
+from genft_tune.checkpointing import load_genft_adapter, read_authors_adapter
+
+D, LAYERS, A, B = 64, 2, 3, 2
+TARGETS = ["q_proj", "v_proj"]
+ACT = {
+    "identity": lambda t: t,
+    "gelu": lambda t: 0.5 * t * (1 + torch.erf(t / math.sqrt(2.0))),
+    "tanh": torch.tanh,
+}
+
+
+def write_base(path: Path) -> Path:
+    """A tiny Llama with square q/v (4 heads, 4 KV heads), saved by transformers."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=96, hidden_size=D, intermediate_size=96, num_hidden_layers=LAYERS, num_attention_heads=4,
+        num_key_value_heads=4, max_position_embeddings=64, tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                torch.nn.init.normal_(p, std=p.shape[1] ** -0.5)
+    model.save_pretrained(path)
+    return path
+
+
+def write_authors_adapter(path: Path, *, act=("gelu", "gelu"), ratio=0.8, scaling=1.5, b=B, bias="none", seed=1):
+    """Their save_pretrained output: adapter_config.json + adapter_model.safetensors."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape):
+        return 0.3 * torch.randn(*shape, generator=g)
+
+    r = A + b
+    shared = {
+        "genft_share_1_a.linear.weight": rand(A, D), "genft_share_1_b.linear.weight": rand(D, A),
+        "genft_share_2_a.linear.weight": rand(A, D), "genft_share_2_b.linear.weight": rand(D, A),
+    }
+    if bias:
+        shared.update({
+            "genft_share_1_a.linear.bias": rand(r), "genft_share_1_b.linear.bias": rand(D),
+            "genft_share_2_a.linear.bias": rand(r), "genft_share_2_b.linear.bias": rand(D),
+        })
+    tensors = {f"base_model.generator.{k}": v for k, v in shared.items()}
+    specific = {}
+    for i in range(LAYERS):
+        for m in TARGETS:
+            owner = f"base_model.model.model.layers.{i}.self_attn.{m}"
+            for k, v in shared.items():  # every adapted linear saves its own copy
+                tensors[f"{owner}.generator.{k}"] = v.clone()
+            if b:
+                specific[owner] = (rand(b, D), rand(D, b))
+                tensors[f"{owner}.genft_individual_weight_a"] = specific[owner][0]
+                tensors[f"{owner}.genft_individual_weight_b"] = specific[owner][1]
+    path.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path / "adapter_model.safetensors"), metadata={"format": "pt"})
+    config = {
+        "peft_type": "GENFT", "task_type": "CAUSAL_LM", "base_model_name_or_path": "yahma/llama-7b-hf",
+        "revision": None, "inference_mode": True, "generator_share_dim": A, "individual_features": b,
+        "individual_init_a": "kaiming_uniform", "individual_init_b": "kaiming_uniform", "ratio_W0": ratio,
+        "inner_activation": act[0], "outer_activation": act[1], "scaling": scaling, "fan_in_fan_out": False,
+        "bias": bias, "drop": 0.0, "modules_to_save": None, "target_modules": TARGETS,
+        "exclude_modules": None, "layers_to_transform": None, "layers_pattern": None,
+    }
+    (path / "adapter_config.json").write_text(json.dumps(config, indent=2))
+    return shared, specific
+
+
+def expected_weight(W0, shared, specific, *, act, ratio, scaling):
+    s = {k: v.double() for k, v in shared.items()}
+    act_in, act_out = ACT[act[0]], ACT[act[1]]
+    Aw, Bw = (specific[0].double(), specific[1].double()) if specific else (None, None)
+
+    def cat(x, y, dim):
+        return x if y is None else torch.cat([x, y], dim=dim)
+
+    def bias(name):
+        return s.get(f"{name}.linear.bias", 0.0)
+
+    H1 = act_in((ratio * W0) @ cat(s["genft_share_1_a.linear.weight"], Aw, 0).T + bias("genft_share_1_a"))
+    F_row = act_out(H1 @ cat(s["genft_share_1_b.linear.weight"], Bw, 1).T + bias("genft_share_1_b"))
+    H2 = act_in(F_row.T @ cat(s["genft_share_2_a.linear.weight"], Aw, 0).T + bias("genft_share_2_a"))
+    F_col = act_out(H2 @ cat(s["genft_share_2_b.linear.weight"], Bw, 1).T + bias("genft_share_2_b"))
+    return W0 + scaling * F_col
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return write_base(tmp_path_factory.mktemp("authors_base"))
+
+
+@pytest.mark.parametrize(
+    "act,bias,b",
+    [(("gelu", "gelu"), "none", B), (("tanh", "None"), False, B), (("identity", "gelu"), "none", 0)],
+)
+def test_imported_adapter_merges_into_the_model_they_trained(base, tmp_path, act, bias, b):
+    theirs = tmp_path / "theirs"
+    ratio = 0.8
+    shared, specific = write_authors_adapter(theirs, act=act, bias=bias, b=b, ratio=ratio)
+    ours, merged = tmp_path / "ours", tmp_path / "merged"
+    assert cli_main(["import-authors", str(theirs), "--output", str(ours)]) == 0
+    assert cli_main(["merge", "--base", str(base), "--adapter", str(ours), "--output", str(merged)]) == 0
+
+    _, cfg = load_genft_adapter(ours)
+    assert cfg["weight_layout"] == "hf" and cfg.config.convention == "authors_peft"
+    assert cfg.config.generator_bias is (bias is not False)  # their "none" turns the biases on
+    assert sorted(cfg["target_modules"]) == sorted(f"layers.{i}.attn.{m}" for i in range(LAYERS) for m in TARGETS)
+
+    base_sd, out_sd = load_file(str(base / "model.safetensors")), load_file(str(merged / "model.safetensors"))
+    assert out_sd.keys() == base_sd.keys()
+    used_ratio = ratio if b else 1.0  # their b = 0 path ignores ratio_W0
+    act_run = tuple(a if a in ACT else "identity" for a in act)  # "None" ran as identity
+    for key, value in base_sd.items():
+        module = key[: -len(".weight")]
+        owner = f"base_model.model.{module}"
+        if any(key.endswith(f"self_attn.{m}.weight") for m in TARGETS):
+            want = expected_weight(
+                value.double(), shared, specific.get(owner), act=act_run, ratio=used_ratio, scaling=1.5
+            )
+            torch.testing.assert_close(out_sd[key].double(), want, rtol=1e-5, atol=1e-5)
+            assert not torch.equal(out_sd[key], value)
+        else:
+            assert torch.equal(out_sd[key], value), key
+
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32)  # a plain Llama
+    assert torch.isfinite(model(torch.tensor([[1, 2, 3]])).logits).all()
+
+
+def test_import_reads_their_keys_into_ours(tmp_path):
+    shared, specific = write_authors_adapter(tmp_path / "theirs")
+    config, state, targets, _ = read_authors_adapter(tmp_path / "theirs")
+    assert (config.shared_dim, config.specific_dim, config.act_in, config.act_out) == (A, B, "gelu", "gelu")
+    assert torch.equal(state[f"genft_generators.{D}x{D}.Q2"], shared["genft_share_2_b.linear.weight"])
+    assert torch.equal(state[f"genft_generators.{D}x{D}.c1"], shared["genft_share_1_a.linear.bias"])
+    A_, B_ = specific["base_model.model.model.layers.1.self_attn.v_proj"]
+    assert torch.equal(state["layers.1.attn.v_proj.A1"], A_) and torch.equal(state["layers.1.attn.v_proj.B1"], B_)
+    assert sum(k.startswith("genft_generators.") for k in state) == 8  # the generator once, not 5 times
+
+
+def test_unknown_activation_names_become_identity_as_in_their_code(tmp_path, caplog):
+    write_authors_adapter(tmp_path / "theirs", act=("leaky_relu", "LeakyReLU"))
+    with caplog.at_level("WARNING"):
+        config, *_ = read_authors_adapter(tmp_path / "theirs")
+    assert (config.act_in, config.act_out) == ("identity", "leaky_relu")
+    assert "inner_activation='leaky_relu'" in caplog.text and "identity" in caplog.text
+
+
+def test_refusals(base, tmp_path, capsys):
+    write_authors_adapter(tmp_path / "theirs")
+    cfg_path = tmp_path / "theirs" / "adapter_config.json"
+    good = json.loads(cfg_path.read_text())
+
+    cfg_path.write_text(json.dumps({**good, "peft_type": "LORA"}))
+    assert cli_main(["import-authors", str(tmp_path / "theirs"), "--output", str(tmp_path / "o1")]) == 1
+    assert "peft_type 'LORA'; expected 'GENFT'" in capsys.readouterr().err
+
+    cfg_path.write_text(json.dumps({**good, "generator_share_dim": 0}))
+    assert cli_main(["import-authors", str(tmp_path / "theirs"), "--output", str(tmp_path / "o2")]) == 1
+    assert "generator_share_dim is 0" in capsys.readouterr().err
+
+    # copies of the shared generator that differ: not something their code writes
+    cfg_path.write_text(json.dumps(good))
+    weights = load_file(str(tmp_path / "theirs" / "adapter_model.safetensors"))
+    key = "base_model.model.model.layers.1.self_attn.q_proj.generator.genft_share_1_a.linear.weight"
+    weights[key] = weights[key] + 1
+    save_file(weights, str(tmp_path / "theirs" / "adapter_model.safetensors"))
+    assert cli_main(["import-authors", str(tmp_path / "theirs"), "--output", str(tmp_path / "o3")]) == 1
+    assert "differs from the one under" in capsys.readouterr().err
+
+
+def test_imported_adapter_is_not_verified_or_merged_in_torchtune_layout(base, tmp_path, capsys):
+    write_authors_adapter(tmp_path / "theirs")
+    assert cli_main(["import-authors", str(tmp_path / "theirs"), "--output", str(tmp_path / "ours")]) == 0
+    rc = cli_main(["merge", "--base", str(base), "--adapter", str(tmp_path / "ours"), "--output",
+                   str(tmp_path / "m"), "--verify"])
+    assert rc == 1 and "weight layout" in capsys.readouterr().err
+    # a torchtune-format base: the q rows are in another order there
+    tt = tmp_path / "tt"
+    tt.mkdir()
+    from torchtune.models.convert_weights import hf_to_tune
+
+    sd = hf_to_tune(load_file(str(base / "model.safetensors")), num_heads=4, num_kv_heads=4, dim=D)
+    torch.save(sd, tt / "model.pt")
+    rc = cli_main(["merge", "--base", str(tt), "--adapter", str(tmp_path / "ours"), "--output", str(tmp_path / "m2")])
+    assert rc == 1 and "Hugging Face's weight layout" in capsys.readouterr().err
