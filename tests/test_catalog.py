@@ -173,3 +173,47 @@ def test_packaged_configs_build_their_models():
             assert (c.rank, c.alpha, c.shared) == (64, 128.0, True), name
         if "qgenft" in name:
             assert cfg.model._component_.split(".")[-1].startswith("qgenft_"), name
+
+
+def test_authors_presets_hold_their_script_settings():
+    """The packaged presets of the GenFT authors' runs (their train_llama.py defaults and
+    VTAB/FGVC scripts, as listed in GENFT_SPEC.md and the issue), in our config keys."""
+    import torch
+    from omegaconf import OmegaConf
+    from torchtune import config as tt_config
+
+    llama = OmegaConf.load(registry.config_path("llama2/7B_genft_authors"))
+    m = llama.model
+    assert (m.shared_dim, m.specific_dim, m.act_in, m.act_out, m.ratio, m.scaling) == (4, 4, "gelu", "gelu", 1.0, 1.0)
+    assert (m.init_a, m.init_b, m.generator_bias, m.zero_init, m.convention) == (
+        "kaiming_uniform", "kaiming_uniform", True, False, "authors_peft")
+    assert list(m.genft_attn_modules) == ["q_proj", "v_proj"]
+    assert llama.optimizer.lr == pytest.approx(3e-4) and llama.optimizer.weight_decay == 0.0
+    assert llama.batch_size * llama.gradient_accumulation_steps == 128 and llama.epochs == 3
+    assert llama.tokenizer.max_seq_len == 256 and llama.dataset.train_on_input is False
+    assert llama.lr_scheduler.num_warmup_steps == 100
+    with torch.device("meta"):
+        model = tt_config.instantiate(m)
+    assert model.genft_generators.config.convention == "authors_peft"
+    # the Hugging Face Trainer's linear warmup + linear decay
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = tt_config.instantiate(llama.lr_scheduler, opt, num_training_steps=300)
+    lrs = []
+    for _ in range(301):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == 0.0 and lrs[50] == pytest.approx(0.5) and lrs[100] == pytest.approx(1.0)
+    assert lrs[200] == pytest.approx(0.5) and lrs[300] == 0.0
+
+    for task in ("vtab", "fgvc"):
+        cfg = OmegaConf.load(registry.config_path(f"vit/b16_genft_authors_{task}"))
+        m = cfg.model
+        assert (m.shared_dim, m.specific_dim, m.act_in, m.act_out, m.ratio, m.scaling) == (32, 5, "identity", "leaky_relu", 1.4, 1.0)
+        assert (m.init_a, m.init_b, m.zero_init, m.convention, m.share_qv_specific) == ("zeros", "zeros", False, "authors_vit", True)
+        assert m.dropout == m.drop_path == 0.1  # their generator dropout is the drop-path rate
+        assert (cfg.optimizer.lr, cfg.optimizer.weight_decay, cfg.batch_size, cfg.epochs) == (1e-3, 1e-4, 64, 100)
+        with torch.device("meta"):
+            model = tt_config.instantiate(OmegaConf.merge(m, {"num_classes": 10, "image_size": 224}))
+        attn = model.layers[3].attn
+        assert attn.q_proj.A1 is attn.v_proj.A1 and attn.q_proj.B1 is attn.v_proj.B1

@@ -170,6 +170,32 @@ def test_recipe_end_to_end(recipe_module, folder, base_ckpt, tmp_path):
     assert results[-1]["top1"] == pytest.approx(correct / total)
 
 
+def test_recipe_trains_the_authors_vit_setting(recipe_module, folder, base_ckpt, tmp_path):
+    """vit/b16_genft_authors_*'s model settings on the tiny ViT: ratio on the generator
+    matrices, q and v of a block sharing one A/B pair, A = B = 0 without zero_init. The
+    pair stays exactly 0 (their saddle), the shared generator trains, and the CLI merge
+    of the saved adapter passes --verify."""
+    authors = OmegaConf.load(ROOT / "configs" / "vit" / "b16_genft_authors_vtab.yaml").model
+    keys = ("convention", "share_qv_specific", "init_a", "init_b", "zero_init", "ratio", "dropout", "act_in", "act_out")
+    overrides = {f"model.{k}": authors[k] for k in keys}
+    assert overrides["model.convention"] == "authors_vit" and overrides["model.share_qv_specific"] is True
+    cfg = _cfg(tmp_path, folder, base_ckpt, epochs=1, save_merged=False, **overrides)
+    recipe = recipe_module.run(cfg)
+    attn = recipe._model.layers[0].attn
+    assert attn.q_proj.A1 is attn.v_proj.A1 and attn.q_proj.B1 is attn.v_proj.B1
+    assert torch.count_nonzero(attn.q_proj.A1) == 0 and torch.count_nonzero(attn.q_proj.B1) == 0
+    adapter, config = load_genft_adapter(Path(cfg.output_dir) / "epoch_0")
+    assert config["genft_config"]["convention"] == "authors_vit"
+    assert torch.equal(adapter["layers.0.attn.q_proj.A1"], adapter["layers.0.attn.v_proj.A1"])
+    assert any(not torch.equal(v, torch.zeros_like(v)) for k, v in adapter.items() if k.startswith("genft_generators."))
+
+    from genft_tune._cli.genft import main as cli_main
+
+    rc = cli_main(["merge", "--base", str(base_ckpt), "--adapter", str(Path(cfg.output_dir) / "epoch_0"),
+                   "--output", str(tmp_path / "merged"), "--verify", "--tolerance", "1e-4"])
+    assert rc == 0
+
+
 def test_recipe_learns_the_task(recipe_module, folder, base_ckpt, tmp_path):
     cfg = _cfg(tmp_path, folder, base_ckpt, epochs=6, batch_size=6, save_merged=False)
     recipe = recipe_module.run(cfg)

@@ -422,3 +422,14 @@ def test_cli_dtype_choices_match_the_library():
     from genft_tune.checkpointing import DTYPES
 
     assert sorted(DTYPE_CHOICES) == sorted(DTYPES)
+
+
+def test_verify_on_a_tied_embedding_base(tmp_path, capsys):
+    """SmolLM2 / Llama 3.2 style: tie_word_embeddings, no lm_head tensor in the checkpoint."""
+    base = write_tiny_checkpoint(tmp_path / "tied_base", tie_word_embeddings=True)
+    assert "lm_head.weight" not in load_file(str(base / "model.safetensors"))
+    trained_adapter(base, tmp_path / "adapter", targets=("q_proj", "v_proj"))
+    rc = cli_main(["merge", "--base", str(base), "--adapter", str(tmp_path / "adapter"), "--output",
+                   str(tmp_path / "merged"), "--verify", "--tolerance", "1e-4"])
+    assert rc == 0, capsys.readouterr().err
+    assert verify_merge(base_dir=base, adapter_dir=tmp_path / "adapter", merged_dir=base) > 1e-3

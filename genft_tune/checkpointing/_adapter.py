@@ -251,8 +251,10 @@ def save_genft_adapter(
     adapter_like = [k for k in extra_tensors if is_genft_key(k) or is_wegeft_key(k)]
     if adapter_like:
         raise ValueError(f"modules_to_save holds adapter keys {adapter_like[:3]}: pass them in adapter_state_dict")
+    # copies: safetensors refuses tensors that share memory (tied factors, e.g. the
+    # authors' q/v-shared A, B of a ViT block)
     tensors = {
-        k: v.detach().to("cpu").contiguous()
+        k: v.detach().to("cpu", copy=True).contiguous()
         for k, v in sorted({**adapter_state_dict, **extra_tensors}.items())
     }
     if target_shapes is not None:

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Callable, Dict, List, Union
+from typing import Callable, Dict, List, Optional, Union
 
 import torch
 from torch import nn
@@ -73,7 +73,8 @@ def _build_llama(config: Dict) -> nn.Module:
     if scaling.get("rope_type", scaling.get("type")) == "llama3":
         return llama3_2(**kwargs, scale_factor=int(scaling["factor"]), tie_word_embeddings=tied)
     model = llama3(**kwargs)
-    if tied:
+    if tied:  # plain RoPE with tied embeddings (SmolLM2): TiedLinear is no nn.Module
+        del model.output
         model.output = TiedLinear(model.tok_embeddings)
     return model
 
@@ -142,7 +143,7 @@ def _prompt_tokens(directory: Path, prompt: str, vocab_size: int) -> List[int]:
     return [b % vocab_size for b in prompt.encode("utf-8")] or [1]
 
 
-def _build_vit(config: Dict) -> nn.Module:
+def _build_vit(config: Dict, num_classes: Optional[int] = None) -> nn.Module:
     from genft_tune.models.vit import vit
 
     return vit(
@@ -153,19 +154,23 @@ def _build_vit(config: Dict) -> nn.Module:
         num_layers=config["num_hidden_layers"],
         num_heads=config["num_attention_heads"],
         mlp_dim=config["intermediate_size"],
-        num_classes=len(config.get("id2label") or {}) or 2,
+        num_classes=num_classes or len(config.get("id2label") or {}) or 2,
         norm_eps=config.get("layer_norm_eps", 1e-12),
     )
 
 
-def _plain_model(directory: Path, config: Dict) -> nn.Module:
-    """The plain model of ``config``'s family with the weights of ``directory``, fp32, eval."""
+def _plain_model(directory: Path, config: Dict, head: Optional[torch.Tensor] = None) -> nn.Module:
+    """The plain model of ``config``'s family with the weights of ``directory``, fp32, eval.
+
+    ``head``: a ViT classifier weight that will replace the checkpoint's (an adapter's
+    trained head, whose class count may differ from the base's).
+    """
     if config.get("model_type") == "vit":
         from genft_tune.models.vit import load_hf_vit_state_dict
 
-        model = _build_vit(config)
+        model = _build_vit(config, num_classes=head.shape[0] if head is not None else None)
         loaded = load_hf_vit_state_dict(model, directory, interpolate_pos_embed=False)
-        if loaded["head_reset"]:
+        if loaded["head_reset"] and head is None:
             raise ValueError(f"verify needs a ViT checkpoint with its classifier head, {directory} has none that fits")
     else:
         model = _build_llama(config)
@@ -215,10 +220,12 @@ def verify_merge(
         )
     inputs = _example_input(base_dir, config, prompt)
 
-    adapted = _add_adapter(_plain_model(base_dir, config), adapter_cfg, adapter_sd)
+    head = adapter_sd.get("head.weight") if "head.weight" in (adapter_cfg.get("modules_to_save") or []) else None
+    adapted = _add_adapter(_plain_model(base_dir, config, head=head), adapter_cfg, adapter_sd)
     reference = adapted.float().eval()(inputs)
     del adapted
-    diff = (_plain_model(merged_dir, config)(inputs) - reference).abs().max().item()
+    merged_config = json.loads((merged_dir / "config.json").read_text())  # the trained head's classes
+    diff = (_plain_model(merged_dir, merged_config)(inputs) - reference).abs().max().item()
     log.info(f"verify: max |logit diff| = {diff:.3e} ({adapter_cfg.method}, {config.get('model_type')})")
     return diff
 

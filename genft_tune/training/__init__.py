@@ -30,6 +30,7 @@ from genft_tune.training._genft import (
     named_genft_generators,
     validate_genft_model_config,
 )
+from genft_tune.training._lr_schedulers import get_linear_schedule_with_warmup
 from genft_tune.training._precision import (
     convert_frozen_linears_to_float8,
     FP8_RECIPES,
@@ -76,6 +77,7 @@ __all__ = [
     "GENFT_CONFIG_KEY",
     "genft_adapter_init_state_dict",
     "genft_target_modules",
+    "get_linear_schedule_with_warmup",
     "get_rng_state",
     "init_distributed",
     "load_recipe_state",

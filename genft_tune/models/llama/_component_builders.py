@@ -347,6 +347,7 @@ def llama_genft(
     zero_init: bool = True,
     recompute: bool = True,
     stages: str = "both",
+    convention: str = "ours",
     # Quantization args
     quantize_base: bool = False,
 ) -> TransformerDecoder:
@@ -388,6 +389,7 @@ def llama_genft(
         zero_init (bool): ``dW = 0`` at step 0. Default: True
         recompute (bool): recompute the generator in backward. Default: True
         stages (str): "both", "row" or "column" (the paper's ablations). Default: "both"
+        convention (str): "ours", "authors_peft" or "authors_vit" (see ``GenFTConfig``). Default: "ours"
         quantize_base (bool): store the frozen base weights of the attention and MLP
             linears in NF4 (the lm head stays unquantized, as in torchtune's QLoRA).
             Default: False
@@ -414,6 +416,7 @@ def llama_genft(
         zero_init=zero_init,
         recompute=recompute,
         stages=stages,
+        convention=convention,
     )
     targets = set(check_attn_modules("genft_attn_modules", genft_attn_modules))
     if apply_genft_to_mlp:

@@ -46,6 +46,7 @@ def genft_llama3_2_1b(
     zero_init: bool = True,
     recompute: bool = True,
     stages: str = "both",
+    convention: str = "ours",
     quantize_base: bool = False,
 ) -> TransformerDecoder:
     """Llama 3.2 1B with GenFT: the architecture of torchtune's ``llama3_2_1b``.
@@ -71,6 +72,7 @@ def genft_llama3_2_1b(
         zero_init (bool): ``dW = 0`` at step 0 (training starts from the base model). Default: True
         recompute (bool): recompute the generator in backward. Default: True
         stages (str): "both", "row" or "column" (the paper's ablations). Default: "both"
+        convention (str): "ours", "authors_peft" or "authors_vit" (see ``GenFTConfig``). Default: "ours"
         quantize_base (bool): NF4 base weights for attention and MLP linears (QGenFT). Default: False
 
     Returns:
@@ -105,6 +107,7 @@ def genft_llama3_2_1b(
         zero_init=zero_init,
         recompute=recompute,
         stages=stages,
+        convention=convention,
         quantize_base=quantize_base,
     )
 
@@ -130,6 +133,7 @@ def genft_llama3_2_3b(
     zero_init: bool = True,
     recompute: bool = True,
     stages: str = "both",
+    convention: str = "ours",
     quantize_base: bool = False,
 ) -> TransformerDecoder:
     """Llama 3.2 3B with GenFT: the architecture of torchtune's ``llama3_2_3b``.
@@ -155,6 +159,7 @@ def genft_llama3_2_3b(
         zero_init (bool): ``dW = 0`` at step 0 (training starts from the base model). Default: True
         recompute (bool): recompute the generator in backward. Default: True
         stages (str): "both", "row" or "column" (the paper's ablations). Default: "both"
+        convention (str): "ours", "authors_peft" or "authors_vit" (see ``GenFTConfig``). Default: "ours"
         quantize_base (bool): NF4 base weights for attention and MLP linears (QGenFT). Default: False
 
     Returns:
@@ -189,6 +194,7 @@ def genft_llama3_2_3b(
         zero_init=zero_init,
         recompute=recompute,
         stages=stages,
+        convention=convention,
         quantize_base=quantize_base,
     )
 
@@ -213,6 +219,7 @@ def genft_llama3_1_8b(
     zero_init: bool = True,
     recompute: bool = True,
     stages: str = "both",
+    convention: str = "ours",
     quantize_base: bool = False,
 ) -> TransformerDecoder:
     """Llama 3.1 8B with GenFT: the architecture of torchtune's ``llama3_1_8b``.
@@ -236,6 +243,7 @@ def genft_llama3_1_8b(
         zero_init (bool): ``dW = 0`` at step 0 (training starts from the base model). Default: True
         recompute (bool): recompute the generator in backward. Default: True
         stages (str): "both", "row" or "column" (the paper's ablations). Default: "both"
+        convention (str): "ours", "authors_peft" or "authors_vit" (see ``GenFTConfig``). Default: "ours"
         quantize_base (bool): NF4 base weights for attention and MLP linears (QGenFT). Default: False
 
     Returns:
@@ -270,6 +278,7 @@ def genft_llama3_1_8b(
         zero_init=zero_init,
         recompute=recompute,
         stages=stages,
+        convention=convention,
         quantize_base=quantize_base,
     )
 
@@ -294,6 +303,7 @@ def genft_llama3_1_70b(
     zero_init: bool = True,
     recompute: bool = True,
     stages: str = "both",
+    convention: str = "ours",
     quantize_base: bool = False,
 ) -> TransformerDecoder:
     """Llama 3.1 70B with GenFT: the architecture of torchtune's ``llama3_1_70b``.
@@ -317,6 +327,7 @@ def genft_llama3_1_70b(
         zero_init (bool): ``dW = 0`` at step 0 (training starts from the base model). Default: True
         recompute (bool): recompute the generator in backward. Default: True
         stages (str): "both", "row" or "column" (the paper's ablations). Default: "both"
+        convention (str): "ours", "authors_peft" or "authors_vit" (see ``GenFTConfig``). Default: "ours"
         quantize_base (bool): NF4 base weights for attention and MLP linears (QGenFT). Default: False
 
     Returns:
@@ -351,6 +362,7 @@ def genft_llama3_1_70b(
         zero_init=zero_init,
         recompute=recompute,
         stages=stages,
+        convention=convention,
         quantize_base=quantize_base,
     )
 
@@ -375,6 +387,7 @@ def genft_llama3_1_405b(
     zero_init: bool = True,
     recompute: bool = True,
     stages: str = "both",
+    convention: str = "ours",
     quantize_base: bool = False,
 ) -> TransformerDecoder:
     """Llama 3.1 405B with GenFT: the architecture of torchtune's ``llama3_1_405b``.
@@ -398,6 +411,7 @@ def genft_llama3_1_405b(
         zero_init (bool): ``dW = 0`` at step 0 (training starts from the base model). Default: True
         recompute (bool): recompute the generator in backward. Default: True
         stages (str): "both", "row" or "column" (the paper's ablations). Default: "both"
+        convention (str): "ours", "authors_peft" or "authors_vit" (see ``GenFTConfig``). Default: "ours"
         quantize_base (bool): NF4 base weights for attention and MLP linears (QGenFT). Default: False
 
     Returns:
@@ -432,6 +446,7 @@ def genft_llama3_1_405b(
         zero_init=zero_init,
         recompute=recompute,
         stages=stages,
+        convention=convention,
         quantize_base=quantize_base,
     )
 
@@ -456,6 +471,7 @@ def genft_llama2_7b(
     zero_init: bool = True,
     recompute: bool = True,
     stages: str = "both",
+    convention: str = "ours",
     quantize_base: bool = False,
 ) -> TransformerDecoder:
     """Llama 2 7B with GenFT: the architecture of torchtune's ``llama2_7b``.
@@ -479,6 +495,7 @@ def genft_llama2_7b(
         zero_init (bool): ``dW = 0`` at step 0 (training starts from the base model). Default: True
         recompute (bool): recompute the generator in backward. Default: True
         stages (str): "both", "row" or "column" (the paper's ablations). Default: "both"
+        convention (str): "ours", "authors_peft" or "authors_vit" (see ``GenFTConfig``). Default: "ours"
         quantize_base (bool): NF4 base weights for attention and MLP linears (QGenFT). Default: False
 
     Returns:
@@ -513,6 +530,7 @@ def genft_llama2_7b(
         zero_init=zero_init,
         recompute=recompute,
         stages=stages,
+        convention=convention,
         quantize_base=quantize_base,
     )
 

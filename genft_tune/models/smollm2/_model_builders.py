@@ -58,6 +58,7 @@ def genft_smollm2_135m(
     zero_init: bool = True,
     recompute: bool = True,
     stages: str = "both",
+    convention: str = "ours",
     quantize_base: bool = False,
 ) -> TransformerDecoder:
     """SmolLM2 135M with GenFT (architecture of :func:`smollm2_135m`).
@@ -81,6 +82,7 @@ def genft_smollm2_135m(
         zero_init (bool): ``dW = 0`` at step 0. Default: True
         recompute (bool): recompute the generator in backward. Default: True
         stages (str): "both", "row" or "column". Default: "both"
+        convention (str): "ours", "authors_peft" or "authors_vit" (see ``GenFTConfig``). Default: "ours"
         quantize_base (bool): NF4 base weights for the attention and MLP linears. SmolLM2's
             shapes are not multiples of torchao's default NF4 scaler block, so their
             per-block scales are grouped in smaller blocks (see
@@ -111,6 +113,7 @@ def genft_smollm2_135m(
         zero_init=zero_init,
         recompute=recompute,
         stages=stages,
+        convention=convention,
         quantize_base=quantize_base,
     )
 

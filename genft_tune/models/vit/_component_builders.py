@@ -213,6 +213,8 @@ def vit_genft(
     zero_init: bool = True,
     recompute: bool = True,
     stages: str = "both",
+    convention: str = "ours",
+    share_qv_specific: bool = False,
     quantize_base: bool = False,
 ) -> ViTClassifier:
     """Build a ViT classifier whose chosen linears are :class:`~genft_tune.modules.GenFTLinear`.
@@ -261,6 +263,11 @@ def vit_genft(
         zero_init (bool): ``dW = 0`` at step 0. Default: True
         recompute (bool): recompute the generator in backward. Default: True
         stages (str): "both", "row" or "column" (ablations). Default: "both"
+        convention (str): "ours", "authors_peft" or "authors_vit" (see ``GenFTConfig``). Default: "ours"
+        share_qv_specific (bool): ``q_proj`` and ``v_proj`` of a block use one pair of
+            specific factors ``A, B`` (the same parameters), as the authors' ViT code
+            does; needs both in ``genft_attn_modules`` and ``specific_dim > 0``.
+            Default: False
         quantize_base (bool): store frozen base linears in NF4. Default: False
 
     Returns:
@@ -278,6 +285,11 @@ def vit_genft(
             "genft_attn_modules is empty and apply_genft_to_mlp is False: no layer would be "
             "adapted (use genft_tune.models.vit.vit for a plain model)"
         )
+    if share_qv_specific and not ({"q_proj", "v_proj"} <= targets and specific_dim > 0):
+        raise ValueError(
+            "share_qv_specific=True needs 'q_proj' and 'v_proj' in genft_attn_modules and specific_dim > 0, "
+            f"got genft_attn_modules={list(genft_attn_modules)}, specific_dim={specific_dim}"
+        )
     config = GenFTConfig(
         shared_dim=shared_dim,
         specific_dim=specific_dim,
@@ -292,6 +304,7 @@ def vit_genft(
         zero_init=zero_init,
         recompute=recompute,
         stages=stages,
+        convention=convention,
     )
     generators = GenFTGenerators(config)
     plain = _plain_linear(quantize_base)
@@ -318,6 +331,11 @@ def vit_genft(
         drop_path=drop_path,
     )
     model.genft_generators = generators
+    if share_qv_specific:
+        for layer in model.layers:
+            # one Parameter under two names: the optimizer sees it once, the state dict twice
+            layer.attn.v_proj.A1 = layer.attn.q_proj.A1
+            layer.attn.v_proj.B1 = layer.attn.q_proj.B1
     return model
 
 

@@ -54,7 +54,7 @@ def vit_b16_genft(
         **genft_kwargs (Any): ``genft_attn_modules``, ``apply_genft_to_mlp``,
             ``shared_dim``, ``specific_dim``, ``ratio``, ``scaling``, ``act_in``,
             ``act_out``, ``dropout``, ``init_a``, ``init_b``, ``generator_bias``,
-            ``zero_init``, ``recompute``, ``stages``, ``quantize_base``,
+            ``zero_init``, ``recompute``, ``stages``, ``convention``, ``quantize_base``,
             ``attn_dropout``; defaults as in :func:`vit_genft`.
 
     Returns:
