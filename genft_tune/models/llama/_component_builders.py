@@ -334,12 +334,12 @@ def llama_genft(
     scale_factor: Optional[float] = None,
     tie_word_embeddings: bool = False,
     # GenFT args
-    shared_dim: int = 4,
-    specific_dim: int = 4,
-    ratio: float = 0.5,
-    scaling: float = 0.05,
-    act_in: str = "gelu",
-    act_out: str = "gelu",
+    shared_dim: int = GenFTConfig.shared_dim,
+    specific_dim: int = GenFTConfig.specific_dim,
+    ratio: float = GenFTConfig.ratio,
+    scaling: float = GenFTConfig.scaling,
+    act_in: str = GenFTConfig.act_in,
+    act_out: str = GenFTConfig.act_out,
     dropout: float = 0.0,
     init_a: str = "kaiming_uniform",
     init_b: str = "kaiming_uniform",
@@ -376,12 +376,12 @@ def llama_genft(
         scale_factor (Optional[float]): Llama 3.1-style RoPE scaling (8 for Llama 3.1,
             32 for Llama 3.2); None for plain RoPE (Llama 2/3, SmolLM2). Default: None
         tie_word_embeddings (bool): tie the lm head to the embeddings. Default: False
-        shared_dim (int): GenFT ``a``. Default: 4
-        specific_dim (int): GenFT ``b``. Default: 4
-        ratio (float): scale of ``W0`` inside the generator. Default: 0.5
-        scaling (float): scale of ``dW``. Default: 0.05
-        act_in (str): generator activation after ``D``. Default: "gelu"
-        act_out (str): generator activation after ``E``. Default: "gelu"
+        shared_dim (int): GenFT ``a``. Default: ``GenFTConfig.shared_dim``
+        specific_dim (int): GenFT ``b``. Default: ``GenFTConfig.specific_dim``
+        ratio (float): scale of ``W0`` inside the generator. Default: ``GenFTConfig.ratio``
+        scaling (float): scale of ``dW``. Default: ``GenFTConfig.scaling``
+        act_in (str): generator activation after ``D``. Default: ``GenFTConfig.act_in``
+        act_out (str): generator activation after ``E``. Default: ``GenFTConfig.act_out``
         dropout (float): dropout on ``F_row``/``F_col``. Default: 0.0
         init_a (str): init of ``A`` factors. Default: "kaiming_uniform"
         init_b (str): init of ``B`` factors. Default: "kaiming_uniform"

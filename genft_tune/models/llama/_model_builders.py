@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 from torchtune.modules import TransformerDecoder
 
 from genft_tune.models.llama._component_builders import llama_genft, llama_wegeft
+from genft_tune.modules import GenFTConfig
 
 # The authors' LLaMA runs adapt q and v.
 DEFAULT_ATTN_MODULES = ("q_proj", "v_proj")
@@ -33,12 +34,12 @@ def genft_llama3_2_1b(
     apply_genft_to_mlp: bool = False,
     apply_genft_to_output: bool = False,
     tie_word_embeddings: bool = True,
-    shared_dim: int = 4,
-    specific_dim: int = 4,
-    ratio: float = 0.5,
-    scaling: float = 0.05,
-    act_in: str = "gelu",
-    act_out: str = "gelu",
+    shared_dim: int = GenFTConfig.shared_dim,
+    specific_dim: int = GenFTConfig.specific_dim,
+    ratio: float = GenFTConfig.ratio,
+    scaling: float = GenFTConfig.scaling,
+    act_in: str = GenFTConfig.act_in,
+    act_out: str = GenFTConfig.act_out,
     dropout: float = 0.0,
     init_a: str = "kaiming_uniform",
     init_b: str = "kaiming_uniform",
@@ -59,12 +60,12 @@ def genft_llama3_2_1b(
         apply_genft_to_output (bool): adapt the lm head. Default: False
         tie_word_embeddings (bool): tie the lm head to the embeddings, as the released
             model does. Default: True
-        shared_dim (int): GenFT ``a``, width of the layer-shared factors. Default: 4
-        specific_dim (int): GenFT ``b``, width of the per-layer factors. Default: 4
-        ratio (float): scale of ``W0`` inside the generator. Default: 0.5
-        scaling (float): scale of ``dW``. Default: 0.05
-        act_in (str): generator activation after ``D``. Default: "gelu"
-        act_out (str): generator activation after ``E``. Default: "gelu"
+        shared_dim (int): GenFT ``a``, width of the layer-shared factors. Default: ``GenFTConfig.shared_dim``
+        specific_dim (int): GenFT ``b``, width of the per-layer factors. Default: ``GenFTConfig.specific_dim``
+        ratio (float): scale of ``W0`` inside the generator. Default: ``GenFTConfig.ratio``
+        scaling (float): scale of ``dW``. Default: ``GenFTConfig.scaling``
+        act_in (str): generator activation after ``D``. Default: ``GenFTConfig.act_in``
+        act_out (str): generator activation after ``E``. Default: ``GenFTConfig.act_out``
         dropout (float): dropout on ``F_row``/``F_col`` (training only). Default: 0.0
         init_a (str): init of the ``A`` factors. Default: "kaiming_uniform"
         init_b (str): init of the ``B`` factors. Default: "kaiming_uniform"
@@ -120,12 +121,12 @@ def genft_llama3_2_3b(
     apply_genft_to_mlp: bool = False,
     apply_genft_to_output: bool = False,
     tie_word_embeddings: bool = True,
-    shared_dim: int = 4,
-    specific_dim: int = 4,
-    ratio: float = 0.5,
-    scaling: float = 0.05,
-    act_in: str = "gelu",
-    act_out: str = "gelu",
+    shared_dim: int = GenFTConfig.shared_dim,
+    specific_dim: int = GenFTConfig.specific_dim,
+    ratio: float = GenFTConfig.ratio,
+    scaling: float = GenFTConfig.scaling,
+    act_in: str = GenFTConfig.act_in,
+    act_out: str = GenFTConfig.act_out,
     dropout: float = 0.0,
     init_a: str = "kaiming_uniform",
     init_b: str = "kaiming_uniform",
@@ -146,12 +147,12 @@ def genft_llama3_2_3b(
         apply_genft_to_output (bool): adapt the lm head. Default: False
         tie_word_embeddings (bool): tie the lm head to the embeddings, as the released
             model does. Default: True
-        shared_dim (int): GenFT ``a``, width of the layer-shared factors. Default: 4
-        specific_dim (int): GenFT ``b``, width of the per-layer factors. Default: 4
-        ratio (float): scale of ``W0`` inside the generator. Default: 0.5
-        scaling (float): scale of ``dW``. Default: 0.05
-        act_in (str): generator activation after ``D``. Default: "gelu"
-        act_out (str): generator activation after ``E``. Default: "gelu"
+        shared_dim (int): GenFT ``a``, width of the layer-shared factors. Default: ``GenFTConfig.shared_dim``
+        specific_dim (int): GenFT ``b``, width of the per-layer factors. Default: ``GenFTConfig.specific_dim``
+        ratio (float): scale of ``W0`` inside the generator. Default: ``GenFTConfig.ratio``
+        scaling (float): scale of ``dW``. Default: ``GenFTConfig.scaling``
+        act_in (str): generator activation after ``D``. Default: ``GenFTConfig.act_in``
+        act_out (str): generator activation after ``E``. Default: ``GenFTConfig.act_out``
         dropout (float): dropout on ``F_row``/``F_col`` (training only). Default: 0.0
         init_a (str): init of the ``A`` factors. Default: "kaiming_uniform"
         init_b (str): init of the ``B`` factors. Default: "kaiming_uniform"
@@ -206,12 +207,12 @@ def genft_llama3_1_8b(
     genft_attn_modules: Sequence[str] = DEFAULT_ATTN_MODULES,
     apply_genft_to_mlp: bool = False,
     apply_genft_to_output: bool = False,
-    shared_dim: int = 4,
-    specific_dim: int = 4,
-    ratio: float = 0.5,
-    scaling: float = 0.05,
-    act_in: str = "gelu",
-    act_out: str = "gelu",
+    shared_dim: int = GenFTConfig.shared_dim,
+    specific_dim: int = GenFTConfig.specific_dim,
+    ratio: float = GenFTConfig.ratio,
+    scaling: float = GenFTConfig.scaling,
+    act_in: str = GenFTConfig.act_in,
+    act_out: str = GenFTConfig.act_out,
     dropout: float = 0.0,
     init_a: str = "kaiming_uniform",
     init_b: str = "kaiming_uniform",
@@ -230,12 +231,12 @@ def genft_llama3_1_8b(
             (the authors' LLaMA setup)
         apply_genft_to_mlp (bool): adapt ``w1``, ``w2``, ``w3``. Default: False
         apply_genft_to_output (bool): adapt the lm head. Default: False
-        shared_dim (int): GenFT ``a``, width of the layer-shared factors. Default: 4
-        specific_dim (int): GenFT ``b``, width of the per-layer factors. Default: 4
-        ratio (float): scale of ``W0`` inside the generator. Default: 0.5
-        scaling (float): scale of ``dW``. Default: 0.05
-        act_in (str): generator activation after ``D``. Default: "gelu"
-        act_out (str): generator activation after ``E``. Default: "gelu"
+        shared_dim (int): GenFT ``a``, width of the layer-shared factors. Default: ``GenFTConfig.shared_dim``
+        specific_dim (int): GenFT ``b``, width of the per-layer factors. Default: ``GenFTConfig.specific_dim``
+        ratio (float): scale of ``W0`` inside the generator. Default: ``GenFTConfig.ratio``
+        scaling (float): scale of ``dW``. Default: ``GenFTConfig.scaling``
+        act_in (str): generator activation after ``D``. Default: ``GenFTConfig.act_in``
+        act_out (str): generator activation after ``E``. Default: ``GenFTConfig.act_out``
         dropout (float): dropout on ``F_row``/``F_col`` (training only). Default: 0.0
         init_a (str): init of the ``A`` factors. Default: "kaiming_uniform"
         init_b (str): init of the ``B`` factors. Default: "kaiming_uniform"
@@ -290,12 +291,12 @@ def genft_llama3_1_70b(
     genft_attn_modules: Sequence[str] = DEFAULT_ATTN_MODULES,
     apply_genft_to_mlp: bool = False,
     apply_genft_to_output: bool = False,
-    shared_dim: int = 4,
-    specific_dim: int = 4,
-    ratio: float = 0.5,
-    scaling: float = 0.05,
-    act_in: str = "gelu",
-    act_out: str = "gelu",
+    shared_dim: int = GenFTConfig.shared_dim,
+    specific_dim: int = GenFTConfig.specific_dim,
+    ratio: float = GenFTConfig.ratio,
+    scaling: float = GenFTConfig.scaling,
+    act_in: str = GenFTConfig.act_in,
+    act_out: str = GenFTConfig.act_out,
     dropout: float = 0.0,
     init_a: str = "kaiming_uniform",
     init_b: str = "kaiming_uniform",
@@ -314,12 +315,12 @@ def genft_llama3_1_70b(
             (the authors' LLaMA setup)
         apply_genft_to_mlp (bool): adapt ``w1``, ``w2``, ``w3``. Default: False
         apply_genft_to_output (bool): adapt the lm head. Default: False
-        shared_dim (int): GenFT ``a``, width of the layer-shared factors. Default: 4
-        specific_dim (int): GenFT ``b``, width of the per-layer factors. Default: 4
-        ratio (float): scale of ``W0`` inside the generator. Default: 0.5
-        scaling (float): scale of ``dW``. Default: 0.05
-        act_in (str): generator activation after ``D``. Default: "gelu"
-        act_out (str): generator activation after ``E``. Default: "gelu"
+        shared_dim (int): GenFT ``a``, width of the layer-shared factors. Default: ``GenFTConfig.shared_dim``
+        specific_dim (int): GenFT ``b``, width of the per-layer factors. Default: ``GenFTConfig.specific_dim``
+        ratio (float): scale of ``W0`` inside the generator. Default: ``GenFTConfig.ratio``
+        scaling (float): scale of ``dW``. Default: ``GenFTConfig.scaling``
+        act_in (str): generator activation after ``D``. Default: ``GenFTConfig.act_in``
+        act_out (str): generator activation after ``E``. Default: ``GenFTConfig.act_out``
         dropout (float): dropout on ``F_row``/``F_col`` (training only). Default: 0.0
         init_a (str): init of the ``A`` factors. Default: "kaiming_uniform"
         init_b (str): init of the ``B`` factors. Default: "kaiming_uniform"
@@ -374,12 +375,12 @@ def genft_llama3_1_405b(
     genft_attn_modules: Sequence[str] = DEFAULT_ATTN_MODULES,
     apply_genft_to_mlp: bool = False,
     apply_genft_to_output: bool = False,
-    shared_dim: int = 4,
-    specific_dim: int = 4,
-    ratio: float = 0.5,
-    scaling: float = 0.05,
-    act_in: str = "gelu",
-    act_out: str = "gelu",
+    shared_dim: int = GenFTConfig.shared_dim,
+    specific_dim: int = GenFTConfig.specific_dim,
+    ratio: float = GenFTConfig.ratio,
+    scaling: float = GenFTConfig.scaling,
+    act_in: str = GenFTConfig.act_in,
+    act_out: str = GenFTConfig.act_out,
     dropout: float = 0.0,
     init_a: str = "kaiming_uniform",
     init_b: str = "kaiming_uniform",
@@ -398,12 +399,12 @@ def genft_llama3_1_405b(
             (the authors' LLaMA setup)
         apply_genft_to_mlp (bool): adapt ``w1``, ``w2``, ``w3``. Default: False
         apply_genft_to_output (bool): adapt the lm head. Default: False
-        shared_dim (int): GenFT ``a``, width of the layer-shared factors. Default: 4
-        specific_dim (int): GenFT ``b``, width of the per-layer factors. Default: 4
-        ratio (float): scale of ``W0`` inside the generator. Default: 0.5
-        scaling (float): scale of ``dW``. Default: 0.05
-        act_in (str): generator activation after ``D``. Default: "gelu"
-        act_out (str): generator activation after ``E``. Default: "gelu"
+        shared_dim (int): GenFT ``a``, width of the layer-shared factors. Default: ``GenFTConfig.shared_dim``
+        specific_dim (int): GenFT ``b``, width of the per-layer factors. Default: ``GenFTConfig.specific_dim``
+        ratio (float): scale of ``W0`` inside the generator. Default: ``GenFTConfig.ratio``
+        scaling (float): scale of ``dW``. Default: ``GenFTConfig.scaling``
+        act_in (str): generator activation after ``D``. Default: ``GenFTConfig.act_in``
+        act_out (str): generator activation after ``E``. Default: ``GenFTConfig.act_out``
         dropout (float): dropout on ``F_row``/``F_col`` (training only). Default: 0.0
         init_a (str): init of the ``A`` factors. Default: "kaiming_uniform"
         init_b (str): init of the ``B`` factors. Default: "kaiming_uniform"
@@ -458,12 +459,12 @@ def genft_llama2_7b(
     genft_attn_modules: Sequence[str] = DEFAULT_ATTN_MODULES,
     apply_genft_to_mlp: bool = False,
     apply_genft_to_output: bool = False,
-    shared_dim: int = 4,
-    specific_dim: int = 4,
-    ratio: float = 0.5,
-    scaling: float = 0.05,
-    act_in: str = "gelu",
-    act_out: str = "gelu",
+    shared_dim: int = GenFTConfig.shared_dim,
+    specific_dim: int = GenFTConfig.specific_dim,
+    ratio: float = GenFTConfig.ratio,
+    scaling: float = GenFTConfig.scaling,
+    act_in: str = GenFTConfig.act_in,
+    act_out: str = GenFTConfig.act_out,
     dropout: float = 0.0,
     init_a: str = "kaiming_uniform",
     init_b: str = "kaiming_uniform",
@@ -482,12 +483,12 @@ def genft_llama2_7b(
             (the authors' LLaMA setup)
         apply_genft_to_mlp (bool): adapt ``w1``, ``w2``, ``w3``. Default: False
         apply_genft_to_output (bool): adapt the lm head. Default: False
-        shared_dim (int): GenFT ``a``, width of the layer-shared factors. Default: 4
-        specific_dim (int): GenFT ``b``, width of the per-layer factors. Default: 4
-        ratio (float): scale of ``W0`` inside the generator. Default: 0.5
-        scaling (float): scale of ``dW``. Default: 0.05
-        act_in (str): generator activation after ``D``. Default: "gelu"
-        act_out (str): generator activation after ``E``. Default: "gelu"
+        shared_dim (int): GenFT ``a``, width of the layer-shared factors. Default: ``GenFTConfig.shared_dim``
+        specific_dim (int): GenFT ``b``, width of the per-layer factors. Default: ``GenFTConfig.specific_dim``
+        ratio (float): scale of ``W0`` inside the generator. Default: ``GenFTConfig.ratio``
+        scaling (float): scale of ``dW``. Default: ``GenFTConfig.scaling``
+        act_in (str): generator activation after ``D``. Default: ``GenFTConfig.act_in``
+        act_out (str): generator activation after ``E``. Default: ``GenFTConfig.act_out``
         dropout (float): dropout on ``F_row``/``F_col`` (training only). Default: 0.0
         init_a (str): init of the ``A`` factors. Default: "kaiming_uniform"
         init_b (str): init of the ``B`` factors. Default: "kaiming_uniform"

@@ -13,6 +13,7 @@ from typing import Any, Dict, Sequence
 from torchtune.modules import TransformerDecoder
 
 from genft_tune.models.llama._component_builders import llama, llama_genft, llama_wegeft
+from genft_tune.modules import GenFTConfig
 
 # config.json of HuggingFaceTB/SmolLM2-135M-Instruct in torchtune's terms.
 SMOLLM2_135M: Dict[str, Any] = dict(
@@ -45,12 +46,12 @@ def genft_smollm2_135m(
     genft_attn_modules: Sequence[str] = ("q_proj", "v_proj"),
     apply_genft_to_mlp: bool = False,
     apply_genft_to_output: bool = False,
-    shared_dim: int = 4,
-    specific_dim: int = 4,
-    ratio: float = 0.5,
-    scaling: float = 0.05,
-    act_in: str = "gelu",
-    act_out: str = "gelu",
+    shared_dim: int = GenFTConfig.shared_dim,
+    specific_dim: int = GenFTConfig.specific_dim,
+    ratio: float = GenFTConfig.ratio,
+    scaling: float = GenFTConfig.scaling,
+    act_in: str = GenFTConfig.act_in,
+    act_out: str = GenFTConfig.act_out,
     dropout: float = 0.0,
     init_a: str = "kaiming_uniform",
     init_b: str = "kaiming_uniform",
@@ -69,12 +70,12 @@ def genft_smollm2_135m(
         apply_genft_to_mlp (bool): adapt ``w1``, ``w2``, ``w3``. Default: False
         apply_genft_to_output (bool): must stay False: SmolLM2's lm head is tied to the
             embeddings. Default: False
-        shared_dim (int): GenFT ``a``. Default: 4
-        specific_dim (int): GenFT ``b``. Default: 4
-        ratio (float): scale of ``W0`` inside the generator. Default: 0.5
-        scaling (float): scale of ``dW``. Default: 0.05
-        act_in (str): generator activation after ``D``. Default: "gelu"
-        act_out (str): generator activation after ``E``. Default: "gelu"
+        shared_dim (int): GenFT ``a``. Default: ``GenFTConfig.shared_dim``
+        specific_dim (int): GenFT ``b``. Default: ``GenFTConfig.specific_dim``
+        ratio (float): scale of ``W0`` inside the generator. Default: ``GenFTConfig.ratio``
+        scaling (float): scale of ``dW``. Default: ``GenFTConfig.scaling``
+        act_in (str): generator activation after ``D``. Default: ``GenFTConfig.act_in``
+        act_out (str): generator activation after ``E``. Default: ``GenFTConfig.act_out``
         dropout (float): dropout on ``F_row``/``F_col``. Default: 0.0
         init_a (str): init of the ``A`` factors. Default: "kaiming_uniform"
         init_b (str): init of the ``B`` factors. Default: "kaiming_uniform"
