@@ -9,11 +9,10 @@
 Every variant is a torchtune ``TransformerDecoder`` of one Llama shape, built by
 torchtune's ``llama3`` / ``llama3_2`` / ``llama2`` component builder, whose target
 linears :func:`apply_method` then swaps for adapter layers: torchtune's ``LoRALinear`` /
-``DoRALinear`` (what ``lora_llama3(use_dora=...)`` puts there), ``genft_linear`` layers
-sharing one ``GenFTGenerators`` registered as ``model.genft_generators`` (the structure
-``genft_tune.models.llama.llama_genft`` builds), or ``wegeft_linear`` layers sharing one
-``WeGeFTSharedFactors`` (``model.wegeft_factors``). Building every variant from the
-same plain model keeps the comparison about the adapted layers only.
+``DoRALinear`` (what ``lora_llama3(use_dora=...)`` puts there), or GenFT / WeGeFT layers
+put in by :func:`genft_tune.apply_adapter` (the same call the model builders make).
+Building every variant from the same plain model keeps the comparison about the
+adapted layers only.
 
 Targets use short names: ``q, k, v, o`` (attention projections) and ``mlp`` (``w1``,
 ``w2``, ``w3`` together, as torchtune's ``apply_lora_to_mlp``); ``all`` is all five.
@@ -32,14 +31,7 @@ from torchtune.models.llama3_2._component_builders import llama3_2, lora_llama3_
 from torchtune.modules import RotaryPositionalEmbeddings, TransformerDecoder
 from torchtune.modules.peft import DoRALinear, LoRALinear, get_adapter_params, set_trainable_params
 
-from genft_tune.modules import (
-    GenFTConfig,
-    GenFTGenerators,
-    WeGeFTConfig,
-    WeGeFTSharedFactors,
-    genft_linear,
-    wegeft_linear,
-)
+from genft_tune.modules import apply_adapter, GenFTConfig, WeGeFTConfig
 
 ATTN_TARGETS = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "output_proj"}
 MLP_LINEARS = ("w1", "w2", "w3")
@@ -188,7 +180,7 @@ class Method:
 
     ``kind`` is ``base`` (no adapter: every weight frozen), ``lora`` / ``dora``
     (torchtune's ``LoRALinear`` / ``DoRALinear`` with ``rank``/``alpha``), ``genft``
-    (``genft_linear`` with ``genft``) or ``wegeft`` (``wegeft_linear`` with ``wegeft``).
+    (``genft`` holds its GenFTConfig) or ``wegeft`` (``wegeft`` holds its WeGeFTConfig).
     """
 
     name: str
@@ -206,6 +198,11 @@ class Method:
         if self.kind == "wegeft" and self.wegeft is None:
             raise ValueError(f"method {self.name!r}: kind 'wegeft' needs a WeGeFTConfig in wegeft")
 
+    @property
+    def adapter_config(self):
+        """The config of a method of this package (GenFT, WeGeFT), else None."""
+        return self.genft if self.genft is not None else self.wegeft
+
     def describe(self) -> Dict:
         out: Dict = {"name": self.name, "kind": self.kind}
         if self.kind in ("lora", "dora"):
@@ -217,13 +214,13 @@ class Method:
         return out
 
 
-def _target_owners(model: TransformerDecoder, attn_modules: Sequence[str], apply_to_mlp: bool):
-    for i, layer in enumerate(model.layers):
+def _target_names(model: TransformerDecoder, attn_modules: Sequence[str], apply_to_mlp: bool):
+    for i, _ in enumerate(model.layers):
         for name in attn_modules:
-            yield i, layer.attn, name
+            yield i, "attn", name
         if apply_to_mlp:
             for name in MLP_LINEARS:
-                yield i, layer.mlp, name
+                yield i, "mlp", name
 
 
 def apply_method(
@@ -240,9 +237,7 @@ def apply_method(
     Every method is built the same way from the same plain model, so all variants
     share their base weights and differ only in the adapted layers. LoRA/DoRA layers
     are torchtune's own ``LoRALinear``/``DoRALinear`` (what ``lora_llama3`` puts
-    there); GenFT layers share one ``GenFTGenerators`` registered as
-    ``model.genft_generators`` and WeGeFT layers one ``WeGeFTSharedFactors`` as
-    ``model.wegeft_factors`` (what ``genft_tune.models.llama.llama_genft`` builds).
+    there); GenFT and WeGeFT go in through :func:`genft_tune.apply_adapter`.
 
     Raises:
         ValueError: if a target is not a plain bias-free ``nn.Linear``.
@@ -251,32 +246,25 @@ def apply_method(
         for p in model.parameters():
             p.requires_grad_(False)
         return 0
-    ref = next(model.parameters())
-    generators = GenFTGenerators(method.genft) if method.kind == "genft" else None
-    factors = WeGeFTSharedFactors(method.wegeft) if method.kind == "wegeft" else None
-    for i, owner, name in _target_owners(model, attn_modules, apply_to_mlp):
-        old = getattr(owner, name)
+    targets = [f"layers.{i}.{owner}.{name}" for i, owner, name in _target_names(model, attn_modules, apply_to_mlp)]
+    for name in targets:
+        old = model.get_submodule(name)
         if type(old) is not nn.Linear or old.bias is not None:
-            raise ValueError(f"layers.{i}.{name} is {type(old).__name__}, expected a bias-free nn.Linear")
-        in_dim, out_dim = old.in_features, old.out_features
-        if method.kind == "lora":
-            new = LoRALinear(in_dim, out_dim, rank=method.rank, alpha=method.alpha)
-        elif method.kind == "dora":
-            new = DoRALinear(in_dim, out_dim, rank=method.rank, alpha=method.alpha)
-        elif method.kind == "genft":
-            new = genft_linear(in_dim, out_dim, generators=generators)
-        else:
-            new = wegeft_linear(in_dim, out_dim, factors=factors.factors_for(name, in_dim))
-        new = new.to(device=ref.device, dtype=ref.dtype)
+            raise ValueError(f"{name} is {type(old).__name__}, expected a bias-free nn.Linear")
+    if method.adapter_config is not None:  # GenFT, WeGeFT: the package's own apply_adapter
+        apply_adapter(model, method.adapter_config, targets)
+        return freeze_all_but_adapters(model)
+    ref = next(model.parameters())
+    for name in targets:
+        old = model.get_submodule(name)
+        cls = LoRALinear if method.kind == "lora" else DoRALinear
+        new = cls(old.in_features, old.out_features, rank=method.rank, alpha=method.alpha).to(device=ref.device, dtype=ref.dtype)
         with torch.no_grad():
             new.weight.copy_(old.weight)
         if method.kind == "dora":
             new.initialize_dora_magnitude()
-        setattr(owner, name, new)
-    if generators is not None:
-        model.genft_generators = generators.to(device=ref.device, dtype=ref.dtype)
-    if factors is not None:
-        model.wegeft_factors = factors.to(device=ref.device, dtype=ref.dtype)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, new)
     return freeze_all_but_adapters(model)
 
 

@@ -27,15 +27,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import genft_tune
-from genft_tune.modules.genft import GenFTConfig, generator_key
-from genft_tune.modules.merge import GENERATORS_ATTR, is_genft_key
-from genft_tune.modules.wegeft import WeGeFTConfig, is_wegeft_key
+from genft_tune.modules import adapter_kind_for_config, adapter_kinds, get_adapter_kind
 
 ADAPTER_WEIGHTS_FILE = "genft_adapter.safetensors"
 ADAPTER_CONFIG_FILE = "genft_config.json"
 FORMAT_NAME = "genft-adapter"
 FORMAT_VERSION = 1
-METHODS = ("genft", "wegeft")
 # The weight layout an adapter was trained on: torchtune's (our recipes), or Hugging
 # Face's (adapters imported from the authors' PEFT code, where q_proj/k_proj rows are
 # in HF's RoPE order). Absent from the json means "torchtune".
@@ -75,22 +72,18 @@ class GenFTAdapterConfig(dict):
         return self["method"]
 
     @property
-    def config(self) -> Union[GenFTConfig, WeGeFTConfig]:
-        """The adapter's hyperparameters as a :class:`GenFTConfig` / :class:`WeGeFTConfig`."""
-        cls = GenFTConfig if self.method == "genft" else WeGeFTConfig
+    def config(self) -> Any:
+        """The adapter's hyperparameters as its method's config (``GenFTConfig``, ...)."""
+        cls = get_adapter_kind(self.method).config_cls
         raw = self[f"{self.method}_config"]
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in raw.items() if k in known})
 
     @property
     def target_modules(self):
-        """Names of the adapted linears; for WeGeFT a ``{name: shared key}`` mapping
-        (what :func:`merge_wegeft_state_dict` takes)."""
-        names = list(self["target_modules"])
-        if self.method == "wegeft":
-            keys = self.get("target_keys") or {}
-            return {n: keys.get(n) for n in names}
-        return names
+        """Names of the adapted linears, as the method's merge takes them (for WeGeFT a
+        ``{name: shared key}`` mapping)."""
+        return get_adapter_kind(self.method).targets_from_file(self)
 
     @property
     def target_shapes(self) -> Dict[str, Optional[Shape]]:
@@ -105,42 +98,6 @@ class GenFTAdapterConfig(dict):
         """``torchtune`` (trained by our recipes) or ``hf`` (imported from the authors'
         code: merge applies it to the Hugging Face tensors as they are)."""
         return self.get("weight_layout", "torchtune")
-
-
-def _config_method(config: Any) -> str:
-    if isinstance(config, GenFTConfig):
-        return "genft"
-    if isinstance(config, WeGeFTConfig):
-        return "wegeft"
-    raise TypeError(f"config must be a GenFTConfig or WeGeFTConfig, got {type(config).__name__}")
-
-
-def _infer_genft_target_shapes(
-    adapter_state_dict: Mapping[str, torch.Tensor], targets: Sequence[str], config: GenFTConfig
-) -> Dict[str, Optional[Shape]]:
-    """``(out, in)`` of each target's ``W0`` from its specific factors and the shared
-    generators' keys (``OUTxIN``); ``None`` where that is ambiguous."""
-    gen_shapes = set()
-    for key in adapter_state_dict:
-        if key.startswith(GENERATORS_ATTR + "."):
-            out_s, in_s = key.split(".")[1].split("x")
-            gen_shapes.add((int(out_s), int(in_s)))
-    shapes: Dict[str, Optional[Shape]] = {}
-    for name in targets:
-        a1, a2 = adapter_state_dict.get(f"{name}.A1"), adapter_state_dict.get(f"{name}.A2")
-        in_dim = int(a1.shape[1]) if a1 is not None else None
-        out_dim = int(a2.shape[1]) if a2 is not None else None
-        if a1 is not None and a2 is None and config.use_column:
-            out_dim = in_dim  # A1 alone with a column stage: a tied (square) layer
-        candidates = [
-            s for s in gen_shapes
-            if (in_dim is None or s[1] == in_dim) and (out_dim is None or s[0] == out_dim)
-        ]
-        if in_dim is not None and out_dim is not None:
-            shapes[name] = (out_dim, in_dim)
-        else:
-            shapes[name] = candidates[0] if len(candidates) == 1 else None
-    return shapes
 
 
 def _fsync_dir(path: Path) -> None:
@@ -182,7 +139,7 @@ def save_genft_adapter(
     output_dir: PathLike,
     *,
     adapter_state_dict: Mapping[str, torch.Tensor],
-    config: Union[GenFTConfig, WeGeFTConfig],
+    config: Any,
     target_modules: Union[Sequence[str], Mapping[str, Optional[str]]],
     base_model: Optional[str] = None,
     extra: Optional[Dict[str, Any]] = None,
@@ -201,7 +158,7 @@ def save_genft_adapter(
         output_dir (PathLike): directory to write into (created if needed).
         adapter_state_dict (Mapping[str, torch.Tensor]): the adapter's tensors under
             the model's state-dict keys; non-adapter keys are rejected.
-        config (Union[GenFTConfig, WeGeFTConfig]): the adapter's hyperparameters; its
+        config (Any): the adapter's hyperparameters (``GenFTConfig``, ``WeGeFTConfig``); its
             type sets the ``method`` field (``genft`` / ``wegeft``).
         target_modules (Union[Sequence[str], Mapping[str, Optional[str]]]): qualified
             names of the adapted linears (torchtune naming); for WeGeFT also the
@@ -222,14 +179,15 @@ def save_genft_adapter(
         Path: ``output_dir``.
 
     Raises:
-        TypeError: if ``config`` is neither a GenFTConfig nor a WeGeFTConfig.
+        TypeError: if ``config`` is no registered adapter method's config.
         ValueError: if the state dict is empty or holds a non-adapter key.
     """
-    method = _config_method(config)
+    kind = adapter_kind_for_config(config)
+    method = kind.name
     if weight_layout not in WEIGHT_LAYOUTS:
         raise ValueError(f"weight_layout must be one of {list(WEIGHT_LAYOUTS)}, got {weight_layout!r}")
     output_dir = Path(output_dir)
-    is_key = is_genft_key if method == "genft" else is_wegeft_key
+    is_key = kind.is_key
     if not adapter_state_dict:
         raise ValueError("adapter_state_dict is empty: nothing to save")
     bad = [k for k in adapter_state_dict if not is_key(k)]
@@ -248,7 +206,7 @@ def save_genft_adapter(
     clash = sorted(set(extra_tensors) & set(adapter_state_dict))
     if clash:
         raise ValueError(f"modules_to_save repeats adapter keys {clash[:3]}")
-    adapter_like = [k for k in extra_tensors if is_genft_key(k) or is_wegeft_key(k)]
+    adapter_like = [k for k in extra_tensors if any(other.is_key(k) for other in adapter_kinds())]
     if adapter_like:
         raise ValueError(f"modules_to_save holds adapter keys {adapter_like[:3]}: pass them in adapter_state_dict")
     # copies: safetensors refuses tensors that share memory (tied factors, e.g. the
@@ -262,11 +220,9 @@ def save_genft_adapter(
         if missing:
             raise ValueError(f"target_shapes has no entry for targets {missing[:3]}")
         shapes = {t: [int(d) for d in target_shapes[t]] for t in targets}
-    elif method == "genft":
-        inferred = _infer_genft_target_shapes(tensors, targets, config)
-        shapes = {t: (list(s) if s else None) for t, s in inferred.items()}
     else:
-        shapes = {t: None for t in targets}
+        inferred = kind.target_shapes(tensors, targets, config)
+        shapes = {t: (list(s) if s else None) for t, s in inferred.items()}
 
     meta: Dict[str, Any] = {
         "format": FORMAT_NAME,
@@ -356,8 +312,9 @@ def load_genft_adapter_config(path: PathLike) -> GenFTAdapterConfig:
             f"{config_path}: format_version {raw['format_version']!r} is not supported "
             f"(this genft_tune {genft_tune.__version__} reads up to {FORMAT_VERSION})"
         )
-    if raw["method"] not in METHODS:
-        raise AdapterFileError(f"{config_path}: method must be one of {list(METHODS)}, got {raw['method']!r}")
+    methods = [k.name for k in adapter_kinds()]
+    if raw["method"] not in methods:
+        raise AdapterFileError(f"{config_path}: method must be one of {methods}, got {raw['method']!r}")
     if f"{raw['method']}_config" not in raw:
         raise AdapterFileError(f"{config_path} misses the field {raw['method']}_config")
     cfg = GenFTAdapterConfig(raw)
@@ -452,12 +409,7 @@ def check_adapter_matches_model(
         sd: Mapping[str, Any] = dict(model.state_dict(keep_vars=True))
     else:
         sd = model
-    method = cfg["method"]
-    gen_shapes = set()
-    for key in cfg["tensor_shapes"]:
-        if key.startswith(GENERATORS_ATTR + "."):
-            out_s, in_s = key.split(".")[1].split("x")
-            gen_shapes.add((int(out_s), int(in_s)))
+    kind = get_adapter_kind(cfg["method"])
     problems = []
     for name, shape in cfg.target_shapes.items():
         key = f"{name}.weight"
@@ -472,11 +424,8 @@ def check_adapter_matches_model(
                 f"target {name!r}: the base weight {key!r} has shape {list(found)}, "
                 f"the adapter was trained on shape {list(shape)}"
             )
-        elif method == "genft" and gen_shapes and found not in gen_shapes:
-            problems.append(
-                f"target {name!r}: the base weight {key!r} has shape {list(found)}, but the "
-                f"adapter has generators only for {sorted(list(s) for s in gen_shapes)} (OUTxIN)"
-            )
+        elif (why := kind.shape_problem(cfg["tensor_shapes"], found)) is not None:
+            problems.append(f"target {name!r}: the base weight {key!r} has shape {list(found)}, but the {why}")
     if problems:
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
         raise ValueError(

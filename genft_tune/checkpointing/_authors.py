@@ -34,8 +34,7 @@ from typing import Dict, List, Optional, Tuple, Union
 import torch
 
 from genft_tune.checkpointing._adapter import save_genft_adapter
-from genft_tune.modules.genft import FACTOR_INITS, GenFTConfig, generator_key
-from genft_tune.modules.merge import GENERATORS_ATTR
+from genft_tune.modules.genft import FACTOR_INITS, GENERATORS_ATTR, GenFTConfig, generator_key
 
 log = logging.getLogger(__name__)
 

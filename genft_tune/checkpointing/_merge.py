@@ -33,8 +33,7 @@ from genft_tune.checkpointing._adapter import (
     GenFTAdapterConfig,
     load_genft_adapter,
 )
-from genft_tune.modules.merge import merge_genft_state_dict
-from genft_tune.modules.wegeft import merge_wegeft_state_dict
+from genft_tune.modules import get_adapter_kind
 
 log = logging.getLogger(__name__)
 
@@ -204,11 +203,9 @@ def _merge_one(
     target = tune_key[: -len(".weight")]
     sd = dict(adapter_sd)
     sd[tune_key] = weight
-    if adapter_cfg.method == "genft":
-        merged = merge_genft_state_dict(sd, config=adapter_cfg.config, target_modules=[target])
-    else:
-        targets = adapter_cfg.target_modules
-        merged = merge_wegeft_state_dict(sd, config=adapter_cfg.config, target_modules={target: targets[target]})
+    targets = adapter_cfg.target_modules
+    one = {target: targets[target]} if isinstance(targets, Mapping) else [target]
+    merged = get_adapter_kind(adapter_cfg.method).merge_state_dict(sd, config=adapter_cfg.config, target_modules=one)
     return merged[tune_key]
 
 

@@ -20,15 +20,7 @@ from torch import nn
 
 from genft_tune.checkpointing._adapter import GenFTAdapterConfig, load_genft_adapter
 from genft_tune.checkpointing._merge import _hf_converter, find_base_checkpoint
-from genft_tune.modules import (
-    genft_linear,
-    GenFTGenerators,
-    is_genft_key,
-    is_wegeft_key,
-    WeGeFTFactors,
-    WeGeFTSharedFactors,
-    wegeft_linear,
-)
+from genft_tune.modules import apply_adapter, get_adapter_kind
 
 log = logging.getLogger(__name__)
 
@@ -79,55 +71,30 @@ def _build_llama(config: Dict) -> nn.Module:
     return model
 
 
-def _adapter_layer_factory(
-    model: nn.Module, adapter_cfg: GenFTAdapterConfig
-) -> Callable[[str, nn.Linear], nn.Module]:
-    """A ``(name, base linear) -> adapter layer`` function for the adapter's method;
-    registers the shared tensors on ``model`` the way the builders do."""
-    config = adapter_cfg.config
-    if adapter_cfg.method == "genft":
-        model.genft_generators = GenFTGenerators(config)
-        return lambda name, old: genft_linear(
-            old.in_features, old.out_features, generators=model.genft_generators, use_bias=old.bias is not None
-        )
-    model.wegeft_factors = WeGeFTSharedFactors(config)
-    keys = adapter_cfg.target_modules  # {name: shared key or None}
-
-    def make(name: str, old: nn.Linear) -> nn.Module:
-        key = keys[name]
-        factors = model.wegeft_factors.get(key, old.in_features) if key else WeGeFTFactors(old.in_features, config=config)
-        return wegeft_linear(old.in_features, old.out_features, factors=factors, use_bias=old.bias is not None)
-
-    return make
-
-
 def _add_adapter(model: nn.Module, adapter_cfg: GenFTAdapterConfig, adapter_sd: Dict[str, torch.Tensor]) -> nn.Module:
-    """Swap the adapter's targets for GenFT/WeGeFT layers that keep the loaded base
-    weights, then load the adapter; every adapter tensor must be used and present."""
-    make = _adapter_layer_factory(model, adapter_cfg)
-    for name in adapter_cfg["target_modules"]:
-        parent_name, _, child = name.rpartition(".")
-        try:
-            parent = model.get_submodule(parent_name) if parent_name else model
-            old = getattr(parent, child)
-        except AttributeError:
-            old = None
-        if not isinstance(old, nn.Linear):
+    """Put the adapter's method on its targets (keeping the loaded base weights), then
+    load the adapter; every adapter tensor must be used and present."""
+    kind = get_adapter_kind(adapter_cfg.method)
+    targets = list(adapter_cfg["target_modules"])
+    for name in targets:
+        if not isinstance(_submodule(model, name), nn.Linear):
             raise ValueError(f"adapter target {name!r} is not a linear layer of the base model")
-        new = make(name, old)
-        new.weight = nn.Parameter(old.weight.detach(), requires_grad=False)
-        if old.bias is not None:
-            new.bias = nn.Parameter(old.bias.detach(), requires_grad=False)
-        setattr(parent, child, new)
-    is_key = is_genft_key if adapter_cfg.method == "genft" else is_wegeft_key
+    apply_adapter(model, adapter_cfg.config, targets)
     missing, unexpected = model.load_state_dict(adapter_sd, strict=False)
-    missing = [k for k in missing if is_key(k)]
+    missing = [k for k in missing if kind.is_key(k)]
     if missing or unexpected:
         raise ValueError(
             f"the {adapter_cfg.method} adapter does not fit the model built from its targets: "
             f"missing {missing[:5]}, unexpected {list(unexpected)[:5]}"
         )
     return model
+
+
+def _submodule(model: nn.Module, name: str):
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None
 
 
 def _prompt_tokens(directory: Path, prompt: str, vocab_size: int) -> List[int]:

@@ -16,6 +16,8 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import yaml
 
+from genft_tune.modules import get_adapter_kind
+
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
@@ -140,9 +142,9 @@ def build_model_card(
             else "text-generation"
         )
 
-    method = genft.get("method", "genft")
+    kind = get_adapter_kind(genft.get("method", "genft"))
     lines = [f"# {repo_id.split('/')[-1]}", ""]
-    what = "GenFT (generative parameter-efficient fine-tuning, arXiv:2506.11042)" if method == "genft" else "WeGeFT"
+    what = kind.description
     base_txt = f" of [{base_model}](https://huggingface.co/{base_model})" if base_model else ""
     lines += [
         f"A fine-tuned version{base_txt}, trained with {what} using "
@@ -155,8 +157,8 @@ def build_model_card(
         cls = "AutoModelForImageClassification" if meta.get("pipeline_tag") == "image-classification" else "AutoModelForCausalLM"
         lines += ["## Usage", "", "```python", f"from transformers import {cls}", "", f'model = {cls}.from_pretrained("{repo_id}")', "```", ""]
     if genft:
-        cfg = genft.get(f"{method}_config", {})
-        lines += [f"## {'GenFT' if method == 'genft' else 'WeGeFT'} hyperparameters", "", "| parameter | value |", "|---|---|"]
+        cfg = genft.get(f"{kind.name}_config", {})
+        lines += [f"## {kind.label} hyperparameters", "", "| parameter | value |", "|---|---|"]
         lines += [f"| {k} | {_fmt(v)} |" for k, v in cfg.items()]
         targets = genft.get("target_modules", [])
         suffixes = sorted({t.rsplit(".", 1)[-1] for t in targets})

@@ -1,5 +1,23 @@
+"""Adapter layers and the adapter-method registry.
+
+Each method is a package in the manner of HF PEFT's tuners (``genft``, ``wegeft``: config,
+layer, model helpers and its :class:`AdapterKind`); what their layers do alike is
+:class:`AdapterLinear`; :func:`apply_adapter` puts any registered method into any model.
+"""
+
+from genft_tune.modules._apply import adapter_layers, apply_adapter, adapter_method_of
+from genft_tune.modules._base import AdapterLinear
+from genft_tune.modules._method import (
+    AdapterKind,
+    adapter_kind_for_config,
+    adapter_kinds,
+    clean_module_name,
+    get_adapter_kind,
+    register_adapter_kind,
+)
 from genft_tune.modules.genft import (
     ACTIVATIONS,
+    CONVENTIONS,
     FACTOR_INITS,
     genft_linear,
     GenFTConfig,
@@ -10,8 +28,6 @@ from genft_tune.modules.genft import (
     merged_weight_fp32,
     STAGES,
     tie_specific_factors,
-)
-from genft_tune.modules.merge import (
     get_genft_adapter_state_dict,
     get_genft_config,
     get_genft_modules,
@@ -35,7 +51,18 @@ from genft_tune.modules.wegeft import (
 )
 
 __all__ = [
+    "AdapterKind",
+    "AdapterLinear",
+    "adapter_kind_for_config",
+    "adapter_kinds",
+    "adapter_layers",
+    "adapter_method_of",
+    "apply_adapter",
+    "clean_module_name",
+    "get_adapter_kind",
+    "register_adapter_kind",
     "ACTIVATIONS",
+    "CONVENTIONS",
     "FACTOR_INITS",
     "genft_linear",
     "GenFTConfig",

@@ -20,6 +20,8 @@ from genft_tune.training._distributed import (
     init_distributed,
 )
 from genft_tune.training._genft import (
+    adapter_target_modules,
+    check_adapter_targets,
     check_genft_targets,
     check_requested_targets,
     clean_module_name,
@@ -55,6 +57,8 @@ from genft_tune.training._state import (
 
 __all__ = [
     "AdapterMethod",
+    "adapter_target_modules",
+    "check_adapter_targets",
     "check_wegeft_targets",
     "find_adapter_method",
     "get_adapter_method",

@@ -1,9 +1,9 @@
-"""The adapter a model was built with (GenFT or WeGeFT), as one object for the recipes.
+"""The adapter a model was built with, as one object for the recipes.
 
-The recipes train, save, resume and merge both methods the same way; only these
-operations differ between them: which state-dict keys are the adapter's, how the
-adapter is freshly initialised, how it is merged into ``W0`` and which config fields
-name its targets.
+The recipes train, save, resume and merge every registered adapter method the same
+way; what differs between methods (which state-dict keys are the adapter's, a fresh
+initialisation, the merge into ``W0``, the config fields that name its targets) is
+asked of the method's :class:`~genft_tune.modules.AdapterKind`.
 """
 
 from dataclasses import dataclass
@@ -14,27 +14,18 @@ from omegaconf import DictConfig
 from torch import nn
 
 from genft_tune.modules import (
-    GenFTConfig,
-    get_genft_modules,
-    get_wegeft_modules,
-    is_genft_key,
-    is_wegeft_key,
-    merge_genft_state_dict,
-    merge_wegeft_state_dict,
+    adapter_kinds,
+    adapter_layers,
+    adapter_method_of,
+    AdapterKind,
+    get_adapter_kind,
     validate_missing_and_unexpected_for_genft,
-    WeGeFTConfig,
 )
-from genft_tune.modules.wegeft import WeGeFTFactors
-from genft_tune.training._genft import (
-    check_genft_targets,
-    check_requested_targets,
-    clean_module_name,
-    genft_adapter_init_state_dict,
-    GENFT_ATTN_MODULES,
-)
+from genft_tune.modules.wegeft import wegeft_adapter_init_state_dict
+from genft_tune.training._genft import check_adapter_targets, GENFT_ATTN_MODULES
 
-METHOD_NAMES = ("genft", "wegeft")
-_LABELS = {"genft": "GenFT", "wegeft": "WeGeFT"}
+
+METHOD_NAMES = tuple(k.name for k in adapter_kinds())  # the methods this package ships
 
 
 @dataclass(frozen=True)
@@ -44,25 +35,30 @@ class AdapterMethod:
     Build it with :func:`get_adapter_method`.
 
     Attributes:
-        name (str): ``"genft"`` or ``"wegeft"`` (the adapter files' ``method`` field).
-        config (Union[GenFTConfig, WeGeFTConfig]): the adapter's hyperparameters.
+        name (str): the registered method (``"genft"``, ``"wegeft"``: the adapter
+            files' ``method`` field).
+        config (Any): the adapter's hyperparameters (``GenFTConfig``, ``WeGeFTConfig``).
         target_modules (Union[List[str], Dict[str, Optional[str]]]): adapted linears by
             state-dict name; for WeGeFT a ``{name: shared factors key}`` mapping.
     """
 
     name: str
-    config: Union[GenFTConfig, WeGeFTConfig]
+    config: Any
     target_modules: Union[List[str], Dict[str, Optional[str]]]
+
+    @property
+    def kind(self) -> AdapterKind:
+        return get_adapter_kind(self.name)
 
     @property
     def label(self) -> str:
         """Display name for logs (``GenFT`` / ``WeGeFT``)."""
-        return _LABELS[self.name]
+        return self.kind.label
 
     @property
     def is_key(self) -> Callable[[str], bool]:
         """Whether a state-dict key belongs to the adapter."""
-        return is_genft_key if self.name == "genft" else is_wegeft_key
+        return self.kind.is_key
 
     def adapter_state_dict(self, state_dict: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
         """The adapter's entries of a full state dict, detached, on the CPU."""
@@ -70,22 +66,16 @@ class AdapterMethod:
 
     def merge_state_dict(self, state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """A plain state dict with ``W0 + dW`` (fp32 math) and no adapter keys."""
-        merge = merge_genft_state_dict if self.name == "genft" else merge_wegeft_state_dict
-        return merge(state_dict, config=self.config, target_modules=self.target_modules)
+        return self.kind.merge_state_dict(state_dict, config=self.config, target_modules=self.target_modules)
 
     def init_state_dict(self, model: nn.Module, *, seed: int) -> Dict[str, torch.Tensor]:
         """A fresh adapter that depends on ``seed`` and the model's layout only (not on
         the device, dtype or world size), as an fp32 CPU state dict."""
-        if self.name == "genft":
-            return genft_adapter_init_state_dict(model, seed=seed)
-        return wegeft_adapter_init_state_dict(model, seed=seed)
+        return self.kind.init_state_dict(model, seed=seed)
 
     def check_targets(self, cfg_model: DictConfig, model: nn.Module) -> None:
         """Check that the targets the model config asks for exist in the built model."""
-        if self.name == "genft":
-            check_genft_targets(cfg_model, model)
-        else:
-            check_wegeft_targets(cfg_model, model)
+        check_adapter_targets(cfg_model, model, self.kind)
 
     def validate_loaded_keys(
         self,
@@ -140,9 +130,8 @@ class AdapterMethod:
             )
 
     def layers(self, model: nn.Module) -> Dict[str, nn.Module]:
-        """``{state-dict name: adapted linear}`` of ``model`` (GenFTLinear / WeGeFTLinear)."""
-        layers = get_genft_modules(model) if self.name == "genft" else get_wegeft_modules(model)
-        return {clean_module_name(n): m for n, m in layers.items()}
+        """``{state-dict name: adapted linear}`` of ``model`` for this method."""
+        return {n: m for n, m in adapter_layers(model) if isinstance(m, self.kind.layer_cls)}
 
     def clear_caches(self, model: nn.Module) -> None:
         """Drop every adapted layer's cached merged weight."""
@@ -151,26 +140,18 @@ class AdapterMethod:
 
 
 def find_adapter_method(model: nn.Module) -> Optional[AdapterMethod]:
-    """The adapter ``model`` was built with, or ``None`` when it has no GenFT or WeGeFT
-    layer (e.g. a LoRA or linear-probe model of the image recipe).
+    """The adapter ``model`` was built with, or ``None`` when it has no adapted layer of
+    a registered method (e.g. a LoRA or linear-probe model of the image recipe).
 
     Raises:
-        ValueError: if the model has both GenFT and WeGeFT layers.
+        ValueError: if the model mixes methods.
     """
-    genft = get_genft_modules(model)
-    wegeft = get_wegeft_modules(model)
-    if genft and wegeft:
-        raise ValueError(
-            "the model has both GenFT and WeGeFT layers; a recipe trains one adapter method at a time"
-        )
-    if genft:
-        config = next(iter(genft.values())).config
-        return AdapterMethod("genft", config, [clean_module_name(n) for n in genft])
-    if wegeft:
-        config = next(iter(wegeft.values())).config
-        targets = {clean_module_name(n): m.factors.key for n, m in wegeft.items()}
-        return AdapterMethod("wegeft", config, targets)
-    return None
+    kind = adapter_method_of(model)
+    if kind is None:
+        return None
+    layers = dict(adapter_layers(model))
+    config = next(iter(layers.values())).config
+    return AdapterMethod(kind.name, config, kind.target_modules(layers))
 
 
 def get_adapter_method(model: nn.Module) -> AdapterMethod:
@@ -192,41 +173,8 @@ def get_adapter_method(model: nn.Module) -> AdapterMethod:
 
 
 def check_wegeft_targets(cfg_model: DictConfig, model: nn.Module) -> None:
-    """Check that the WeGeFT targets a model config asks for exist in the built model.
-
-    Raises:
-        ValueError: if a requested target (``wegeft_attn_modules``,
-            ``apply_wegeft_to_mlp``, ``apply_wegeft_to_output``) produced no WeGeFT layer.
-    """
-    targets = [clean_module_name(n) for n in get_wegeft_modules(model)]
-    check_requested_targets(cfg_model, targets, method="wegeft", label="WeGeFT")
-
-
-def wegeft_adapter_init_state_dict(model: nn.Module, *, seed: int) -> Dict[str, torch.Tensor]:
-    """A freshly initialised WeGeFT adapter (``psi`` kaiming-uniform, ``phi`` zero) for
-    ``model``, as an fp32 CPU state dict that depends only on ``seed`` and the model's
-    layout (so a single-device and an FSDP run start alike). The global RNG is untouched.
-
-    Args:
-        model (nn.Module): a model built with WeGeFT layers (may live on meta).
-        seed (int): seed of the initialisation.
-
-    Returns:
-        Dict[str, torch.Tensor]: ``<factors prefix>.phi`` / ``.psi`` for every factor
-        pair (shared ones once), in sorted prefix order.
-    """
-    pairs = {
-        clean_module_name(n): m for n, m in model.named_modules() if isinstance(m, WeGeFTFactors)
-    }
-    state: Dict[str, torch.Tensor] = {}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for prefix, factors in sorted(pairs.items()):
-            with torch.device("cpu"):
-                twin = WeGeFTFactors(factors.in_dim, config=factors.config)
-            for name, param in twin.named_parameters():
-                state[f"{prefix}.{name}"] = param.detach().float()
-    return state
+    """:func:`~genft_tune.training.check_adapter_targets` for WeGeFT."""
+    check_adapter_targets(cfg_model, model, get_adapter_kind("wegeft"))
 
 
 __all__ = [

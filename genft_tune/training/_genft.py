@@ -1,6 +1,5 @@
-"""GenFT-specific model helpers shared by the fine-tuning recipes."""
+"""Model helpers shared by the fine-tuning recipes, for every registered adapter method."""
 
-import re
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 import torch
@@ -8,53 +7,49 @@ from omegaconf import DictConfig
 from torch import nn
 from torchao.dtypes.nf4tensor import NF4Tensor
 
-from genft_tune.modules import (
-    GenFTGenerator,
-    GenFTLinear,
-    get_genft_config,
-    get_genft_modules,
-)
+from genft_tune.modules import adapter_kinds, adapter_layers, AdapterKind, clean_module_name, get_adapter_kind
+from genft_tune.modules.genft import genft_adapter_init_state_dict, named_genft_generators
 
-# Attention projections a GenFT adapter can target (torchtune's LoRA names).
+# Attention projections an adapter can target (torchtune's LoRA names).
 GENFT_ATTN_MODULES = ("q_proj", "k_proj", "v_proj", "output_proj")
 
-# Wrapper prefixes that activation checkpointing, torch.compile and FSDP insert into
-# module names but not into state-dict keys.
-_WRAPPER_PARTS = re.compile(r"(^|\.)(_checkpoint_wrapped_module|_orig_mod|_fsdp_wrapped_module)(?=\.|$)")
 
-
-def clean_module_name(name: str) -> str:
-    """A module's qualified name with wrapper components removed, i.e. as it
-    appears in state-dict keys (``layers.0._checkpoint_wrapped_module.attn.q_proj``
-    -> ``layers.0.attn.q_proj``)."""
-    return _WRAPPER_PARTS.sub("", name).lstrip(".")
+def adapter_target_modules(model: nn.Module, kind: AdapterKind) -> List[str]:
+    """Qualified (state-dict) names of every ``kind`` layer in ``model``."""
+    return [n for n, layer in adapter_layers(model) if isinstance(layer, kind.layer_cls)]
 
 
 def genft_target_modules(model: nn.Module) -> List[str]:
-    """Qualified (state-dict) names of every :class:`GenFTLinear` in ``model``."""
-    return [clean_module_name(n) for n in get_genft_modules(model)]
+    """Qualified (state-dict) names of every GenFT layer in ``model``."""
+    return adapter_target_modules(model, get_adapter_kind("genft"))
 
 
-def check_genft_targets(cfg_model: DictConfig, model: nn.Module) -> None:
-    """Check that the GenFT targets a model config asks for exist in the built model.
+def check_adapter_targets(cfg_model: DictConfig, model: nn.Module, kind: AdapterKind) -> None:
+    """Check that the targets a model config asks for exist in the built model.
 
     Args:
         cfg_model (DictConfig): the ``model`` section of the recipe config.
         model (nn.Module): the instantiated model.
+        kind (AdapterKind): the adapter method.
 
     Raises:
-        ValueError: if the model has no GenFT layer, or a requested target
-            (``genft_attn_modules``, ``apply_genft_to_mlp``, ``apply_genft_to_output``)
-            produced no GenFT layer.
+        ValueError: if the model has no layer of the method, or a requested target
+            (``targets``, ``<method>_attn_modules``, ``apply_<method>_to_mlp``,
+            ``apply_<method>_to_output``) produced none.
     """
-    targets = genft_target_modules(model)
+    targets = adapter_target_modules(model, kind)
     if not targets:
         raise ValueError(
-            f"model ({cfg_model.get('_component_')}) has no GenFT layers: nothing to fine-tune. "
-            "Set model.genft_attn_modules (any of "
-            f"{list(GENFT_ATTN_MODULES)}), model.apply_genft_to_mlp or model.apply_genft_to_output."
+            f"model ({cfg_model.get('_component_')}) has no {kind.label} layers: nothing to fine-tune. "
+            f"Set model.targets or model.{kind.name}_attn_modules (any of "
+            f"{list(GENFT_ATTN_MODULES)}), model.apply_{kind.name}_to_mlp or model.apply_{kind.name}_to_output."
         )
-    check_requested_targets(cfg_model, targets, method="genft", label="GenFT")
+    check_requested_targets(cfg_model, targets, method=kind.name, label=kind.label)
+
+
+def check_genft_targets(cfg_model: DictConfig, model: nn.Module) -> None:
+    """:func:`check_adapter_targets` for GenFT."""
+    check_adapter_targets(cfg_model, model, get_adapter_kind("genft"))
 
 
 def check_requested_targets(
@@ -68,6 +63,12 @@ def check_requested_targets(
         ValueError: naming the config field whose target produced no adapted layer.
     """
     leaves = {t.rsplit(".", 1)[-1] for t in targets}
+    for name in cfg_model.get("targets", None) or []:  # the generic builder's suffixes
+        if not any(t == name or t.endswith("." + name) for t in targets):
+            raise ValueError(
+                f"model.targets asks for {name!r}, but the model has no {label} layer named {name!r}; "
+                f"{label} layers found: {sorted(leaves)}"
+            )
     for name in cfg_model.get(f"{method}_attn_modules", None) or []:
         if name not in leaves:
             raise ValueError(
@@ -91,7 +92,7 @@ def validate_genft_model_config(cfg_model: DictConfig) -> None:
         ValueError: if ``genft_attn_modules`` or ``wegeft_attn_modules`` is not a list
             or names an unknown projection.
     """
-    for field in ("genft_attn_modules", "wegeft_attn_modules"):
+    for field in [f"{kind.name}_attn_modules" for kind in adapter_kinds()]:
         attn = cfg_model.get(field, None)
         if attn is None:
             continue
@@ -105,55 +106,6 @@ def validate_genft_model_config(cfg_model: DictConfig) -> None:
                     f"model.{field}: {name!r} is not an attention projection of the model; "
                     f"allowed: {list(GENFT_ATTN_MODULES)}"
                 )
-
-
-def named_genft_generators(model: nn.Module) -> Dict[str, GenFTGenerator]:
-    """Every shared :class:`GenFTGenerator` by state-dict prefix
-    (``genft_generators.<OUT>x<IN>``)."""
-    return {
-        clean_module_name(n): m for n, m in model.named_modules() if isinstance(m, GenFTGenerator)
-    }
-
-
-def genft_adapter_init_state_dict(model: nn.Module, *, seed: int) -> Dict[str, torch.Tensor]:
-    """A freshly initialised GenFT adapter for ``model``, as an fp32 CPU state dict.
-
-    The values depend only on ``seed`` and the model's GenFT layout (never on the
-    device, the dtype, the world size or how much random state model construction
-    consumed), so a single-device run and an FSDP run, whose model is built on the
-    meta device, start from the same adapter. The global RNG is left untouched.
-
-    Args:
-        model (nn.Module): a model built with GenFT layers (may live on meta).
-        seed (int): seed of the adapter's initialisation.
-
-    Returns:
-        Dict[str, torch.Tensor]: adapter keys (shared generators, then every layer's
-        specific factors) to tensors.
-    """
-    config = get_genft_config(model)
-    state: Dict[str, torch.Tensor] = {}
-    twins: Dict[tuple, GenFTGenerator] = {}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        with torch.device("cpu"):
-            for prefix, gen in sorted(named_genft_generators(model).items()):
-                twin = GenFTGenerator(gen.in_dim, gen.out_dim, config=config)
-                twins[(gen.out_dim, gen.in_dim)] = twin
-                for name, param in twin.named_parameters():
-                    state[f"{prefix}.{name}"] = param.detach().float()
-            for prefix, layer in get_genft_modules(model).items():
-                prefix = clean_module_name(prefix)
-                gen = twins.get((layer.out_dim, layer.in_dim))
-                if gen is None:  # a layer whose generator is not registered on the model
-                    gen = GenFTGenerator(layer.in_dim, layer.out_dim, config=config)
-                with torch.device("meta"):  # no (out, in) base weight is allocated
-                    twin = GenFTLinear(layer.in_dim, layer.out_dim, generator=gen, use_bias=layer.use_bias)
-                twin.to_empty(device="cpu")
-                twin.initialize_parameters()
-                for name in twin.adapter_params():
-                    state[f"{prefix}.{name}"] = getattr(twin, name).detach().float()
-    return state
 
 
 def dequantize_state_dict(
@@ -176,6 +128,8 @@ def count_parameters(params: Iterable[nn.Parameter]) -> int:
 
 __all__ = [
     "GENFT_ATTN_MODULES",
+    "adapter_target_modules",
+    "check_adapter_targets",
     "check_genft_targets",
     "check_requested_targets",
     "clean_module_name",

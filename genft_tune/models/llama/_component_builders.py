@@ -34,20 +34,11 @@ from torchtune.modules import (
 )
 from torchtune.modules.common_utils import _register_reparametrize_state_dict_hooks
 
-from genft_tune.modules import (
-    genft_linear,
-    GenFTConfig,
-    GenFTGenerators,
-    wegeft_linear,
-    WeGeFTConfig,
-    WeGeFTSharedFactors,
-)
+from genft_tune.modules import apply_adapter, GenFTConfig, WeGeFTConfig
 
 # Adaptable linears of one attention block, as torchtune's LORA_ATTN_MODULES.
 GENFT_ATTN_MODULES = ("q_proj", "k_proj", "v_proj", "output_proj")
 MLP_MODULES = ("w1", "w2", "w3")
-GENERATORS_ATTR = "genft_generators"
-WEGEFT_FACTORS_ATTR = "wegeft_factors"
 
 # (name, in_dim, out_dim) -> the module for one projection. ``name`` is one of
 # GENFT_ATTN_MODULES, MLP_MODULES or "output" (the lm head).
@@ -434,22 +425,10 @@ def llama_genft(
             f"{list(GENFT_ATTN_MODULES)}) or set apply_genft_to_mlp / apply_genft_to_output"
         )
 
-    generators = GenFTGenerators(config)
-    base = plain_linear(quantize_base)
-
-    def make(name: str, in_dim: int, out_dim: int) -> nn.Module:
-        if name in targets:
-            # torchtune does not quantize the lm head; neither do we.
-            if quantize_base and name != "output":
-                return genft_linear(
-                    in_dim, out_dim, generators=generators, quantize_base=True,
-                    **nf4_kwargs(name, out_dim, in_dim),
-                )
-            return genft_linear(in_dim, out_dim, generators=generators)
-        return base(name, in_dim, out_dim)
-
-    model = llama_decoder(
-        linear=make,
+    return _adapted_llama(
+        config,
+        targets,
+        quantize_base=quantize_base,
         vocab_size=vocab_size,
         num_layers=num_layers,
         num_heads=num_heads,
@@ -463,7 +442,12 @@ def llama_genft(
         scale_factor=scale_factor,
         tie_word_embeddings=tie_word_embeddings,
     )
-    setattr(model, GENERATORS_ATTR, generators)
+
+
+def _adapted_llama(config, targets, *, quantize_base: bool, **dims) -> TransformerDecoder:
+    """A Llama decoder of plain (or NF4) linears with ``config``'s adapter on ``targets``."""
+    model = llama_decoder(linear=plain_linear(quantize_base), **dims)
+    apply_adapter(model, config, sorted(targets))
     if quantize_base:
         # As torchtune's QLoRA builders: NF4 weights leave state_dict() as bf16.
         _register_reparametrize_state_dict_hooks(model)
@@ -563,22 +547,10 @@ def llama_wegeft(
             f"{list(GENFT_ATTN_MODULES)}) or set apply_wegeft_to_mlp / apply_wegeft_to_output"
         )
 
-    shared = WeGeFTSharedFactors(config)
-    base = plain_linear(quantize_base)
-
-    def make(name: str, in_dim: int, out_dim: int) -> nn.Module:
-        if name in targets:
-            factors = shared.factors_for(name, in_dim)
-            if quantize_base and name != "output":
-                return wegeft_linear(
-                    in_dim, out_dim, factors=factors, quantize_base=True,
-                    **nf4_kwargs(name, out_dim, in_dim),
-                )
-            return wegeft_linear(in_dim, out_dim, factors=factors)
-        return base(name, in_dim, out_dim)
-
-    model = llama_decoder(
-        linear=make,
+    return _adapted_llama(
+        config,
+        targets,
+        quantize_base=quantize_base,
         vocab_size=vocab_size,
         num_layers=num_layers,
         num_heads=num_heads,
@@ -592,7 +564,3 @@ def llama_wegeft(
         scale_factor=scale_factor,
         tie_word_embeddings=tie_word_embeddings,
     )
-    setattr(model, WEGEFT_FACTORS_ATTR, shared)
-    if quantize_base:
-        _register_reparametrize_state_dict_hooks(model)
-    return model

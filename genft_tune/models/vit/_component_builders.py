@@ -20,14 +20,7 @@ from torchtune.modules import (
 from torchtune.modules.low_precision import FrozenNF4Linear
 from torchtune.modules.peft import LoRALinear
 
-from genft_tune.modules import (
-    genft_linear,
-    GenFTConfig,
-    GenFTGenerators,
-    WeGeFTConfig,
-    WeGeFTSharedFactors,
-    wegeft_linear,
-)
+from genft_tune.modules import apply_adapter, GenFTConfig, WeGeFTConfig
 from genft_tune.models.vit._model import StochasticDepth, ViTClassifier
 
 ATTN_MODULES = ("q_proj", "k_proj", "v_proj", "output_proj")
@@ -68,6 +61,13 @@ def _plain_linear(quantize_base: bool) -> Callable[[int, int], nn.Module]:
         return nn.Linear(in_dim, out_dim, bias=True)
 
     return make
+
+
+def _adapted_vit(config, targets, *, quantize_base: bool, **dims) -> ViTClassifier:
+    """A ViT of plain (or NF4) biased linears with ``config``'s adapter on ``targets``."""
+    plain = _plain_linear(quantize_base)
+    model = _vit_from_linears(linear=lambda name, i, o: plain(i, o), **dims)
+    return apply_adapter(model, config, sorted(targets))
 
 
 def _vit_from_linears(
@@ -306,18 +306,10 @@ def vit_genft(
         stages=stages,
         convention=convention,
     )
-    generators = GenFTGenerators(config)
-    plain = _plain_linear(quantize_base)
-
-    def linear(name: str, in_dim: int, out_dim: int) -> nn.Module:
-        if name in targets:
-            return genft_linear(
-                in_dim, out_dim, generators=generators, use_bias=True, quantize_base=quantize_base
-            )
-        return plain(in_dim, out_dim)
-
-    model = _vit_from_linears(
-        linear=linear,
+    model = _adapted_vit(
+        config,
+        targets,
+        quantize_base=quantize_base,
         image_size=image_size,
         patch_size=patch_size,
         num_channels=num_channels,
@@ -330,7 +322,6 @@ def vit_genft(
         attn_dropout=attn_dropout,
         drop_path=drop_path,
     )
-    model.genft_generators = generators
     if share_qv_specific:
         for layer in model.layers:
             # one Parameter under two names: the optimizer sees it once, the state dict twice
@@ -502,22 +493,10 @@ def vit_wegeft(
         shared=wegeft_shared,
         recompute=recompute,
     )
-    shared = WeGeFTSharedFactors(config)
-    plain = _plain_linear(quantize_base)
-
-    def linear(name: str, in_dim: int, out_dim: int) -> nn.Module:
-        if name in targets:
-            return wegeft_linear(
-                in_dim,
-                out_dim,
-                factors=shared.factors_for(name, in_dim),
-                use_bias=True,
-                quantize_base=quantize_base,
-            )
-        return plain(in_dim, out_dim)
-
-    model = _vit_from_linears(
-        linear=linear,
+    model = _adapted_vit(
+        config,
+        targets,
+        quantize_base=quantize_base,
         image_size=image_size,
         patch_size=patch_size,
         num_channels=num_channels,
@@ -530,5 +509,4 @@ def vit_wegeft(
         attn_dropout=attn_dropout,
         drop_path=drop_path,
     )
-    model.wegeft_factors = shared
     return model

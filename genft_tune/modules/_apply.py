@@ -1,0 +1,115 @@
+"""One public way to put an adapter into any model, and to find it again.
+
+::
+
+    from genft_tune import apply_adapter, adapter_layers
+    from genft_tune.modules import GenFTConfig
+
+    model = torchtune.models.qwen2_5.qwen2_5_1_5b_instruct()
+    apply_adapter(model, GenFTConfig(), ["q_proj", "v_proj"])   # in place; base frozen
+    for name, layer in adapter_layers(model):                   # layers.0.attn.q_proj, ...
+        ...
+"""
+
+from typing import Any, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+from torchtune.modules.peft import get_adapter_params, set_trainable_params
+
+from genft_tune.modules._method import (
+    AdapterKind,
+    adapter_kind_for_config,
+    adapter_layers_by_kind,
+    clean_module_name,
+)
+
+
+def _matches(name: str, targets: Sequence[str]) -> bool:
+    # PEFT's target_modules: a target names a module by its full name or its last parts
+    return any(name == t or name.endswith("." + t) for t in targets)
+
+
+def apply_adapter(model: nn.Module, config: Any, targets: Sequence[str]) -> nn.Module:
+    """Swap every linear of ``model`` whose name ends with one of ``targets`` for an
+    adapted linear of ``config``'s method, in place.
+
+    The new layers take over the old ones' weights and biases (plain or NF4) as their
+    frozen base, on the same device and in the same dtype; the method's shared tensors
+    are registered once, as ``model.<kind.root_attr>``; every parameter but the
+    adapter's is frozen. Works on the meta device.
+
+    Args:
+        model (nn.Module): any model (a torchtune ``TransformerDecoder``, a ViT, ...).
+        config (Any): a registered method's config (``GenFTConfig``, ``WeGeFTConfig``).
+        targets (Sequence[str]): module-name suffixes, as PEFT's ``target_modules``
+            (``["q_proj", "v_proj"]``, ``["layers.0.attn.q_proj"]``).
+
+    Returns:
+        nn.Module: ``model``.
+
+    Raises:
+        TypeError: if ``config`` is no registered method's config.
+        ValueError: if ``targets`` is empty or a string, names no linear of the model,
+            or the model already has this method's adapter.
+    """
+    kind = adapter_kind_for_config(config)
+    if isinstance(targets, str) or not targets:
+        raise ValueError(f"targets must be a non-empty list of module names (e.g. ['q_proj', 'v_proj']), got {targets!r}")
+    if hasattr(model, kind.root_attr):
+        raise ValueError(f"the model already has a {kind.label} adapter ({kind.root_attr})")
+    found = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and not isinstance(module, kind.layer_cls) and _matches(clean_module_name(name), targets)
+    ]
+    unmatched = [t for t in targets if not any(_matches(clean_module_name(n), [t]) for n, _ in found)]
+    if unmatched:
+        raise ValueError(f"targets {unmatched} match no linear layer of the model ({type(model).__name__})")
+    reference = found[0][1].weight
+    with torch.device(reference.device):
+        root = kind.make_root(config)
+    for name, old in found:
+        with torch.device(old.weight.device):
+            new = kind.make_linear(root, clean_module_name(name), old.in_features, old.out_features, base=old)
+        _cast_adapter(new, old.weight.dtype)
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+    setattr(model, kind.root_attr, _cast_adapter(root, reference.dtype))
+    set_trainable_params(model, get_adapter_params(model))
+    return model
+
+
+def _cast_adapter(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    # the adapter's own floating tensors only: the frozen base (maybe NF4) stays as it is
+    for name, param in module.named_parameters():
+        if name not in ("weight", "bias") and param.is_floating_point() and param.dtype != dtype:
+            param.data = param.data.to(dtype)
+    return module
+
+
+def adapter_layers(model: nn.Module) -> Iterator[Tuple[str, nn.Module]]:
+    """``(name, layer)`` for every adapted linear of ``model`` (any registered method),
+    with clean names: no activation-checkpointing, compile or FSDP wrapper parts."""
+    for layers in adapter_layers_by_kind(model).values():
+        for name, layer in layers.items():
+            yield clean_module_name(name), layer
+
+
+def adapter_method_of(model: nn.Module) -> Optional[AdapterKind]:
+    """The method of ``model``'s adapted layers, or None when it has none.
+
+    Raises:
+        ValueError: if the model mixes methods.
+    """
+    kinds = list(adapter_layers_by_kind(model))
+    if len(kinds) > 1:
+        both = "both " if len(kinds) == 2 else ""
+        raise ValueError(
+            f"the model has {both}{' and '.join(k.label for k in kinds)} layers; "
+            "a recipe trains one adapter method at a time"
+        )
+    return kinds[0] if kinds else None
+
+
+__all__ = ["adapter_layers", "adapter_method_of", "apply_adapter"]

@@ -1,0 +1,182 @@
+"""The adapter-method protocol and its registry.
+
+An adapter method (GenFT, WeGeFT, ...) is one :class:`AdapterKind` object, defined in
+the method's own package and registered once with :func:`register_adapter_kind`.
+Everything outside that package (the model builders, recipes, adapter files, merge,
+``--verify``, model cards, benchmarks) asks the registry instead of comparing names,
+so a new method is one new package and one registry entry.
+"""
+
+import re
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+Targets = Union[List[str], Dict[str, Optional[str]]]
+Shape = Tuple[int, ...]
+# wrapper parts that activation checkpointing, torch.compile and FSDP add to module names
+_WRAPPER_PARTS = re.compile(r"(^|\.)(_checkpoint_wrapped_module|_orig_mod|_fsdp_wrapped_module)(?=\.|$)")
+
+
+def clean_module_name(name: str) -> str:
+    """A module name without wrapper parts (``layers.0._checkpoint_wrapped_module.attn``
+    -> ``layers.0.attn``): the name its tensors have in the state dict."""
+    return _WRAPPER_PARTS.sub("", name).lstrip(".")
+
+
+class AdapterKind:
+    """What the package needs to know about one adapter method.
+
+    Attributes:
+        name (str): the method's id: the adapter files' ``method`` field and the prefix
+            of its model-config keys (``genft_attn_modules``, ``apply_genft_to_mlp``).
+        label (str): display name (``GenFT``).
+        description (str): one line for model cards.
+        config_cls (type): its hyperparameter dataclass (with ``to_dict``).
+        layer_cls (type): its adapted linear (an :class:`~genft_tune.modules._base.AdapterLinear`).
+        root_attr (str): the model attribute that holds its shared tensors
+            (``genft_generators``), registered once per model.
+    """
+
+    name: str = ""
+    label: str = ""
+    description: str = ""
+    config_cls: type = object
+    layer_cls: type = nn.Module
+    root_attr: str = ""
+
+    # ---- building ---------------------------------------------------------------
+
+    def make_root(self, config: Any) -> nn.Module:
+        """The module of shared tensors for a model, before any layer is made."""
+        raise NotImplementedError
+
+    def make_linear(
+        self,
+        root: nn.Module,
+        name: str,
+        in_dim: int,
+        out_dim: int,
+        *,
+        use_bias: bool = False,
+        quantize_base: bool = False,
+        base: Optional[nn.Linear] = None,
+        **quantization_kwargs,
+    ) -> nn.Module:
+        """An adapted linear for target ``name`` (qualified; its last part is the
+        module type), sharing what it shares through ``root``; ``base``: a linear whose
+        weight and bias it takes over."""
+        raise NotImplementedError
+
+    # ---- state dicts --------------------------------------------------------------
+
+    def is_key(self, key: str) -> bool:
+        """Whether a state-dict key is one of the adapter's tensors."""
+        raise NotImplementedError
+
+    def target_modules(self, layers: Mapping[str, nn.Module]) -> Targets:
+        """What adapter files record as targets, from ``{clean name: layer}``."""
+        return list(layers)
+
+    def targets_from_file(self, meta: Mapping[str, Any]) -> Targets:
+        """The targets as :meth:`merge_state_dict` takes them, from ``genft_config.json``."""
+        return list(meta["target_modules"])
+
+    def merge_state_dict(self, state_dict: Dict[str, torch.Tensor], *, config: Any, target_modules: Targets) -> Dict[str, torch.Tensor]:
+        """A plain state dict: ``W0 + dW`` for every target (fp32 math), adapter keys dropped."""
+        raise NotImplementedError
+
+    def init_state_dict(self, model: nn.Module, *, seed: int) -> Dict[str, torch.Tensor]:
+        """A fresh adapter for ``model`` (fp32, CPU) that depends only on ``seed`` and the
+        model's layout, leaving the global RNG untouched."""
+        raise NotImplementedError
+
+    def target_shapes(self, adapter_sd: Mapping[str, torch.Tensor], targets: Sequence[str], config: Any) -> Dict[str, Optional[Shape]]:
+        """``(out, in)`` of each target's ``W0`` as far as the adapter's tensors tell."""
+        return {t: None for t in targets}
+
+    def shape_problem(self, adapter_keys: Iterable[str], weight_shape: Shape) -> Optional[str]:
+        """Why an adapter with these tensor keys cannot adapt a weight of this shape
+        (the end of a sentence: "..., but the <reason>"), or None."""
+        return None
+
+    def __repr__(self) -> str:
+        return f"<adapter kind {self.name!r}>"
+
+
+_KINDS: Dict[str, AdapterKind] = {}
+
+
+def register_adapter_kind(kind: AdapterKind) -> AdapterKind:
+    """Register ``kind`` under ``kind.name`` (again: replaced) and return it.
+
+    Raises:
+        ValueError: if the name is empty or another class already uses it.
+    """
+    if not kind.name:
+        raise ValueError("an adapter kind needs a name")
+    old = _KINDS.get(kind.name)
+    if old is not None and type(old) is not type(kind):
+        raise ValueError(f"adapter method {kind.name!r} is already registered by {type(old).__name__}")
+    _KINDS[kind.name] = kind
+    return kind
+
+
+def adapter_kinds() -> List[AdapterKind]:
+    """Every registered adapter method."""
+    return list(_KINDS.values())
+
+
+def get_adapter_kind(name: str) -> AdapterKind:
+    """The registered method called ``name``.
+
+    Raises:
+        ValueError: naming the registered methods.
+    """
+    if name not in _KINDS:
+        raise ValueError(f"unknown adapter method {name!r}; registered: {sorted(_KINDS)}")
+    return _KINDS[name]
+
+
+def adapter_kind_for_config(config: Any) -> AdapterKind:
+    """The method whose config class ``config`` is.
+
+    Raises:
+        TypeError: if no registered method has that config class.
+    """
+    for kind in _KINDS.values():
+        if isinstance(config, kind.config_cls):
+            return kind
+    names = " or ".join(k.config_cls.__name__ for k in _KINDS.values())
+    raise TypeError(f"config must be a {names}, got {type(config).__name__}")
+
+
+def adapter_layers_by_kind(model: nn.Module) -> Dict[AdapterKind, Dict[str, nn.Module]]:
+    """``{kind: {qualified name: layer}}`` for every kind with layers in ``model``."""
+    found: Dict[AdapterKind, Dict[str, nn.Module]] = {}
+    kinds = adapter_kinds()
+    for name, module in model.named_modules():
+        for kind in kinds:
+            if isinstance(module, kind.layer_cls):
+                found.setdefault(kind, {})[name] = module
+                break
+    return found
+
+
+def labels(kinds: Iterable[AdapterKind] = None) -> str:
+    """``GenFT or WeGeFT``: the registered methods' names for messages."""
+    names = [k.label for k in (kinds if kinds is not None else adapter_kinds())]
+    return " or ".join(names)
+
+
+__all__ = [
+    "AdapterKind",
+    "clean_module_name",
+    "adapter_kind_for_config",
+    "adapter_kinds",
+    "adapter_layers_by_kind",
+    "get_adapter_kind",
+    "labels",
+    "register_adapter_kind",
+]
