@@ -38,3 +38,7 @@ __all__ += ["DTYPES", "find_base_checkpoint", "merge_adapter_checkpoint", "parse
 from genft_tune.checkpointing._authors import import_authors_adapter, read_authors_adapter  # noqa: E402
 
 __all__ += ["import_authors_adapter", "read_authors_adapter"]
+
+from genft_tune.checkpointing._hf_checkpointer import HFCheckpointer  # noqa: E402
+
+__all__ += ["HFCheckpointer"]

@@ -60,14 +60,15 @@ class KeyConverter:
     to_tune: StateDictFn
     from_tune: StateDictFn
 
-    def key_to_tune(self, key: str, shape) -> Optional[str]:
-        """The torchtune key of ``key`` (``None`` when the converter drops or does
-        not know it), computed on a meta tensor of ``shape``."""
+    def tune_shapes(self, key: str, shape) -> Dict[str, Tuple[int, ...]]:
+        """``{torchtune key: shape}`` of the tensor ``key`` (several for a fused tensor
+        such as Phi-3's ``qkv_proj``; empty when the converter drops or does not know
+        it), computed on a meta tensor of ``shape``."""
         try:
             out = self.to_tune({key: torch.empty(tuple(shape), device="meta")})
         except Exception:  # unknown to this family's mapping: copied untouched
-            return None
-        return next(iter(out)) if len(out) == 1 else None
+            return {}
+        return {k: tuple(v.shape) for k, v in out.items()}
 
 
 def parse_size(size: Union[str, int]) -> int:
@@ -91,33 +92,14 @@ def parse_size(size: Union[str, int]) -> int:
 
 
 def _hf_converter(config: Dict[str, Any]) -> KeyConverter:
-    model_type = config.get("model_type")
-    if model_type == "vit":
+    if config.get("model_type") == "vit":
         from genft_tune.models.vit import vit_hf_to_tune, vit_tune_to_hf
 
         return KeyConverter("vit", vit_hf_to_tune, vit_tune_to_hf)
-    if model_type in ("llama", "mistral", "qwen2"):
-        from torchtune.models import convert_weights
-        from torchtune.models.qwen2._convert_weights import qwen2_hf_to_tune, qwen2_tune_to_hf
+    from genft_tune.models._families import get_family
 
-        kwargs = dict(
-            num_heads=config["num_attention_heads"],
-            num_kv_heads=config.get("num_key_value_heads", config["num_attention_heads"]),
-            dim=config["hidden_size"],
-            head_dim=config.get("head_dim"),
-        )
-        if model_type == "qwen2":
-            to_tune, from_tune = qwen2_hf_to_tune, qwen2_tune_to_hf
-        else:
-            to_tune, from_tune = convert_weights.hf_to_tune, convert_weights.tune_to_hf
-        return KeyConverter(
-            model_type,
-            lambda sd: to_tune(sd, **kwargs),
-            lambda sd: from_tune(sd, **kwargs),
-        )
-    raise ValueError(
-        f"config.json model_type must be one of ['llama', 'mistral', 'qwen2', 'vit'], got {model_type!r}"
-    )
+    family = get_family(config)
+    return KeyConverter(family.name, lambda sd: family.to_tune(sd, config), lambda sd: family.from_tune(sd, config))
 
 
 def _torch_converter(keys: List[str]) -> KeyConverter:
@@ -319,8 +301,8 @@ def merge_adapter_checkpoint(
         converter = _hf_converter(source.config)
     else:
         converter = _torch_converter(list(shapes))
-    to_tune = {k: converter.key_to_tune(k, s) for k, s in shapes.items()}
-    tune_shapes = {t: shapes[k] for k, t in to_tune.items() if t is not None}
+    to_tune = {k: converter.tune_shapes(k, s) for k, s in shapes.items()}
+    tune_shapes = {t: s for parts in to_tune.values() for t, s in parts.items()}
     check_adapter_matches_model(adapter_cfg, tune_shapes)
     hf_layout = adapter_cfg.weight_layout == "hf"
     if hf_layout and source.format != "hf":
@@ -349,19 +331,21 @@ def merge_adapter_checkpoint(
         for i, path in enumerate(source.files):
             out_sd: Dict[str, torch.Tensor] = {}
             for key, tensor in source.iter_file(path):
-                tune_key = to_tune.get(key)
+                hits = [t for t in to_tune.get(key, {}) if t in target_keys]
                 if key in replacements:
                     tensor = replacements.pop(key).to(tensor.dtype)
-                elif tune_key in target_keys and hf_layout:  # dW was trained on these very rows
-                    tensor = _merge_one(tune_key, tensor, adapter_sd, adapter_cfg)
+                elif hits and hf_layout:  # dW was trained on these very rows
+                    tensor = _merge_one(hits[0], tensor, adapter_sd, adapter_cfg)
                     merged_count += 1
-                elif tune_key in target_keys:
-                    (tk, tt), = converter.to_tune({key: tensor}).items()
-                    merged = _merge_one(tk, tt, adapter_sd, adapter_cfg)
-                    (back_key, tensor), = converter.from_tune({tk: merged}).items()
-                    if back_key != key:
-                        raise RuntimeError(f"key conversion is not invertible: {key} -> {tk} -> {back_key}")
-                    merged_count += 1
+                elif hits:
+                    parts = converter.to_tune({key: tensor})  # a fused tensor has several parts
+                    for tk in hits:
+                        parts[tk] = _merge_one(tk, parts[tk], adapter_sd, adapter_cfg)
+                    back = converter.from_tune(parts)
+                    if list(back) != [key]:
+                        raise RuntimeError(f"key conversion is not invertible: {key} -> {list(parts)} -> {list(back)}")
+                    tensor = back[key]
+                    merged_count += len(hits)
                 if cast is not None and tensor.is_floating_point():
                     tensor = tensor.to(cast)
                 if writer is not None:

@@ -2,8 +2,8 @@
 model must give the same outputs.
 
 Both models start as the same plain model built from the base's ``config.json``:
-Llama-family decoders with torchtune's own component builders (logits on a tokenized
-prompt), ViT classifiers with :func:`genft_tune.models.vit.vit` (logits on a seeded
+decoders (Llama, Mistral, Qwen2/2.5, Qwen3, Gemma 2, Phi-3/4) with their torchtune
+component builder (``genft_tune.models._families``; logits on a tokenized prompt), ViT classifiers with :func:`genft_tune.models.vit.vit` (logits on a seeded
 random image). The unmerged model then has every adapter target swapped for a GenFT or
 WeGeFT layer holding the same base weight, and loads the adapter. Everything runs in
 fp32 on CPU and loads whole models: meant for checks on small models.
@@ -37,38 +37,6 @@ def _load_tune_state_dict(directory: Path) -> Dict[str, torch.Tensor]:
         for key, tensor in source.iter_file(path):
             sd[key] = tensor.float()
     return converter.to_tune(sd)
-
-
-def _build_llama(config: Dict) -> nn.Module:
-    from torchtune.models.llama3 import llama3
-    from torchtune.models.llama3_2 import llama3_2
-    from torchtune.modules import TiedLinear
-
-    if config.get("model_type") not in ("llama", "mistral"):
-        raise ValueError(
-            "verify supports Llama-family and ViT checkpoints (model_type llama, mistral or vit), "
-            f"got {config.get('model_type')!r}"
-        )
-    kwargs = dict(
-        vocab_size=config["vocab_size"],
-        num_layers=config["num_hidden_layers"],
-        num_heads=config["num_attention_heads"],
-        num_kv_heads=config.get("num_key_value_heads", config["num_attention_heads"]),
-        embed_dim=config["hidden_size"],
-        max_seq_len=config.get("max_position_embeddings", 2048),
-        rope_base=int(config.get("rope_theta", (config.get("rope_parameters") or {}).get("rope_theta", 10000))),
-        intermediate_dim=config["intermediate_size"],
-        norm_eps=config.get("rms_norm_eps", 1e-5),
-    )
-    tied = bool(config.get("tie_word_embeddings", False))
-    scaling = config.get("rope_scaling") or {}
-    if scaling.get("rope_type", scaling.get("type")) == "llama3":
-        return llama3_2(**kwargs, scale_factor=int(scaling["factor"]), tie_word_embeddings=tied)
-    model = llama3(**kwargs)
-    if tied:  # plain RoPE with tied embeddings (SmolLM2): TiedLinear is no nn.Module
-        del model.output
-        model.output = TiedLinear(model.tok_embeddings)
-    return model
 
 
 def _add_adapter(model: nn.Module, adapter_cfg: GenFTAdapterConfig, adapter_sd: Dict[str, torch.Tensor]) -> nn.Module:
@@ -140,7 +108,9 @@ def _plain_model(directory: Path, config: Dict, head: Optional[torch.Tensor] = N
         if loaded["head_reset"] and head is None:
             raise ValueError(f"verify needs a ViT checkpoint with its classifier head, {directory} has none that fits")
     else:
-        model = _build_llama(config)
+        from genft_tune.models._families import get_family
+
+        model = get_family(config).build(config)
         model.load_state_dict(_load_tune_state_dict(directory), strict=True)
     return model.float().eval()
 

@@ -1,5 +1,8 @@
-"""Model builders: Llama-family decoders (``llama``), SmolLM2 (``smollm2``) and ViT
-(``vit``, import it as ``genft_tune.models.vit``)."""
+"""Model builders: any torchtune model (``genft_model`` / ``wegeft_model``), Llama-family
+decoders (``llama``), SmolLM2 (``smollm2``) and ViT (``vit``, import it as
+``genft_tune.models.vit``)."""
+
+from genft_tune.models._generic import adapter_model, genft_model, wegeft_model
 
 from genft_tune.models.llama import (
     genft_llama2_7b,
@@ -22,6 +25,9 @@ from genft_tune.models.llama import (
 )
 
 __all__ = [
+    "adapter_model",
+    "genft_model",
+    "wegeft_model",
     "genft_llama2_7b",
     "genft_llama3_1_405b",
     "genft_llama3_1_70b",
