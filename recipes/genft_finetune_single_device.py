@@ -819,6 +819,10 @@ class GenFTFinetuneRecipeSingleDevice(FTRecipeInterface):
                             self.save_checkpoint(epoch=curr_epoch, end_of_epoch=False)
                         t0 = time.perf_counter()
 
+                        # Step the profiler once per optimizer step (as the distributed
+                        # recipe does): a profiled step holds all its micro-batches
+                        prof.step()
+
                     # Stop tracking CUDA memory now that active steps are complete
                     if (
                         curr_epoch == 0
@@ -830,11 +834,6 @@ class GenFTFinetuneRecipeSingleDevice(FTRecipeInterface):
                         and self._device.type == "cuda"
                     ):
                         torch.cuda.memory._record_memory_history(enabled=None)
-
-                    # Step the profiler
-                    # Note we are stepping each batch, which might not include optimizer step in the trace
-                    # if the schedule cycle doesn't align with gradient accumulation.
-                    prof.step()
 
                     if self._steps_in_epoch >= self._steps_per_epoch:
                         break

@@ -448,3 +448,27 @@ def test_fp8_padding_keeps_the_loss():
     short = ce(logits[:, :5].reshape(-1, 10), ref["labels"].reshape(-1) % 10 * (ref["labels"].reshape(-1) >= 0)
                - 100 * (ref["labels"].reshape(-1) < 0), ignore_index=-100)
     torch.testing.assert_close(full, short)
+
+
+def test_profiler_steps_once_per_optimizer_step(tmp_path, monkeypatch):
+    """As in the distributed recipe: with gradient accumulation the profiler's schedule
+    counts optimizer steps, not micro-batches."""
+    import torchtune.training
+
+    class CountingProfiler:
+        steps = 0
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def step(self):
+            CountingProfiler.steps += 1
+
+    monkeypatch.setattr(torchtune.training, "setup_torch_profiler", lambda **kw: (CountingProfiler(), {"enabled": False}))
+    cfg = base_config(tmp_path, max_steps_per_epoch=3, gradient_accumulation_steps=2, batch_size=2,
+                      save_adapter_weights_only=True)
+    run_recipe_in_process(SINGLE_DEVICE_RECIPE, write_config(cfg, tmp_path / "c.yaml"))
+    assert CountingProfiler.steps == 3
