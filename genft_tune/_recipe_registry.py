@@ -65,6 +65,20 @@ _ALL_RECIPES = [
             "llama3_1/8B_wegeft_single_device",
             "smollm2/135M_wegeft_cpu",
             "smollm2/135M_genft_cpu",
+            # derived from torchtune's LoRA configs (configs/derive_family_configs.py)
+            "gemma2/2B_genft_single_device",
+            "gemma2/9B_genft_single_device",
+            "mistral/7B_genft_single_device",
+            "phi3/mini_genft_single_device",
+            "phi4/14B_genft_single_device",
+            "qwen2_5/0.5B_genft_single_device",
+            "qwen2_5/1.5B_genft_single_device",
+            "qwen2_5/3B_genft_single_device",
+            "qwen2_5/7B_genft_single_device",
+            "qwen3/0.6B_genft_single_device",
+            "qwen3/1.7B_genft_single_device",
+            "qwen3/4B_genft_single_device",
+            "qwen3/8B_genft_single_device",
         ),
         supports_distributed=False,
     ),
@@ -75,6 +89,18 @@ _ALL_RECIPES = [
             "llama3_1/8B_genft_distributed",
             "llama3_1/70B_genft_distributed",
             "llama3_1/8B_wegeft_distributed",
+            # derived from torchtune's LoRA configs (configs/derive_family_configs.py)
+            "gemma2/2B_genft_distributed",
+            "gemma2/9B_genft_distributed",
+            "llama3_3/70B_genft_distributed",
+            "mistral/7B_genft_distributed",
+            "phi3/mini_genft_distributed",
+            "phi4/14B_genft_distributed",
+            "qwen2_5/0.5B_genft_distributed",
+            "qwen2_5/1.5B_genft_distributed",
+            "qwen2_5/32B_genft_distributed",
+            "qwen2_5/3B_genft_distributed",
+            "qwen2_5/7B_genft_distributed",
         ),
         supports_distributed=True,
     ),
@@ -135,9 +161,18 @@ def config_path(name: str) -> Path:
     """
     config = get_config(name)
     if config is None:
-        known = [c.name for r in _ALL_RECIPES for c in r.configs]
-        raise ValueError(f"no packaged config named {name!r}; known configs: {known}")
+        raise ValueError(f"no packaged config named {name!r}{did_you_mean(name)}; `genft-tune ls` lists them all")
     return configs_dir() / config.file_path
+
+
+def did_you_mean(name: str) -> str:
+    """``" (did you mean 'smollm2/135M_genft_cpu'?)"`` for the closest packaged config
+    names (empty when none is close)."""
+    import difflib
+
+    known = [c.name for r in _ALL_RECIPES for c in r.configs]
+    close = difflib.get_close_matches(str(name), known, n=3, cutoff=0.6)
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
 
 
 def recipe_path(name: str) -> Path:
@@ -190,7 +225,7 @@ def resolve_config_argv(argv: List[str]) -> List[str]:
             argv[index] = path if index != i else f"--config={path}"
             return argv
         raise SystemExit(
-            f"--config {value!r} is neither a yaml file nor a packaged config name; "
+            f"--config {value!r} is neither a yaml file nor a packaged config name{did_you_mean(value)}; "
             "`genft-tune ls` lists the packaged configs"
         )
     return argv

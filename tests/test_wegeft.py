@@ -559,3 +559,10 @@ def test_bf16_eval_output_equals_the_merged_layer_bit_for_bit():
         layer.merge()
         merged = layer(x)
     assert torch.equal(cached, merged)
+
+
+@pytest.mark.parametrize("alpha", [0, 0.0, -1.0])
+def test_alpha_must_be_positive(alpha):
+    """alpha = 0 keeps dW = 0 for ever (a dead adapter); a negative alpha only flips phi's sign."""
+    with pytest.raises(ValueError, match=r"alpha must be a finite number > 0, got"):
+        WeGeFTConfig(alpha=alpha)

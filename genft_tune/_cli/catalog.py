@@ -19,6 +19,7 @@ import yaml
 
 from genft_tune._recipe_registry import (
     config_path,
+    did_you_mean,
     get_all_recipes,
     get_config,
     get_recipe,
@@ -84,7 +85,7 @@ def _cat(args: argparse.Namespace) -> int:
         path = Path(name)
         if path.suffix.lower() not in (".yaml", ".yml"):
             args.parser.error(
-                f"Config '{name}' not found. Try `genft-tune ls` to see all available configs."
+                f"Config '{name}' not found{did_you_mean(name)}. Try `genft-tune ls` to see all available configs."
             )
     if not path.is_file():
         args.parser.error(f"Config '{name}' not found.")

@@ -44,8 +44,10 @@ class WeGeFTConfig:
             isinstance(self.alpha, bool)
             or not isinstance(self.alpha, (int, float))
             or not math.isfinite(self.alpha)
+            or self.alpha <= 0
         ):
-            raise ValueError(f"alpha must be a finite number, got {self.alpha!r}")
+            # alpha = 0 would leave dW = 0 for ever (a dead adapter); a sign is phi's to learn
+            raise ValueError(f"alpha must be a finite number > 0, got {self.alpha!r}")
         if (
             isinstance(self.dropout, bool)
             or not isinstance(self.dropout, (int, float))
