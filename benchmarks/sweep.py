@@ -61,6 +61,19 @@ GRIDS: Dict[str, List[str]] = {
         "genft a=4 b=4 ratio=0.5 scaling=0.25 lr=1e-2",
         "genft a=4 b=4 ratio=2 scaling=0.25 lr=1e-2",
     ],
+    # (a, b) at budgets <= LoRA r=8's and the activation pairs, at the best scale point
+    "arch": [
+        *(f"genft a={a} b={b} ratio=1 scaling=0.25 lr=1e-2" for a, b in ((32, 4), (64, 2), (8, 5))),
+        *(
+            f"genft a=4 b=4 ratio=1 scaling=0.25 lr=1e-2 act={act}"
+            for act in ("identity/identity", "tanh/tanh", "identity/leaky_relu", "gelu/identity", "relu/relu")
+        ),
+    ],
+    # the chosen default next to torchtune's shipped LoRA setting (more seeds; both tasks)
+    "finalists": [
+        "genft a=4 b=4 ratio=1 scaling=0.25 lr=1e-2",
+        TORCHTUNE_LORA,
+    ],
     # LoRA and DoRA over the same learning-rate grid (r matched to the LoRA r=8 budget)
     "lora": [
         *(f"lora r=8 alpha=16 lr={lr}" for lr in ("3e-4", "1e-3", "3e-3", "1e-2")),

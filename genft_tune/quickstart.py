@@ -32,15 +32,14 @@ CONFIG_NAME = "smollm2/135M_genft_cpu"
 RECIPE_NAME = "genft_finetune_single_device"
 DEFAULT_WORK_DIR = Path("outputs") / "quickstart"
 
-# The packaged config follows the paper's LLaMA setup (lr 3e-4, 100 steps of 8); the
-# quickstart must finish in a few minutes on 2 CPU cores, so it takes 60 steps of 4
-# examples at the larger GenFT learning rate of the paper's LLaMA-7B pilot (3e-3), and
-# validates on a few batches every 20 steps (the validation loss flattens by step 60).
+# The packaged config (100 steps of 8, at the measured defaults and their lr) trained as
+# it is; the quickstart must finish in a few minutes on 2 CPU cores, so it takes 60 steps
+# of 4 examples, and validates on a few batches every 20 steps (the validation loss
+# flattens by step 60). The learning rate is the config's own.
 QUICKSTART_OVERRIDES = (
     "max_steps_per_epoch=60",
     "batch_size=4",
     "gradient_accumulation_steps=1",
-    "optimizer.lr=3e-3",
     "lr_scheduler.num_warmup_steps=5",
     "run_val_every_n_steps=20",
     "max_validation_steps=4",

@@ -121,8 +121,13 @@ def test_resolve_config_argv(tmp_path):
         registry.resolve_config_argv(["x.py", "--config", "nope/none"])
 
 
-def test_configs_follow_the_paper_defaults():
-    """Every LLM config: a=4, b=4, gelu/gelu, lr 3e-4 on q,v, and a tune command in the header."""
+def test_configs_use_the_measured_defaults():
+    """Every LLM config: GenFT on q,v with GenFTConfig's defaults and the lr measured for
+    them (RECOMMENDED_LR), or the authors' preset, or WeGeFT's; and a tune command in the header."""
+    from genft_tune.modules import GenFTConfig
+    from genft_tune.modules.genft.config import RECOMMENDED_LR
+
+    d = GenFTConfig()
     for name in _repo_configs():
         if name.startswith("vit/"):
             continue
@@ -131,18 +136,32 @@ def test_configs_follow_the_paper_defaults():
         cfg = yaml.safe_load(text)
         header = "\n".join(line for line in text.splitlines() if line.startswith("#"))
         assert f"--config {name}" in header, name
-        assert "tune run" in header, name
+        assert "tune run" in header and "tune download" in header or "smollm2" in name, name
         m = cfg["model"]
         if "wegeft" in name:  # the WeGeFT authors' r=64, alpha=128, tied factors, lr 2e-4
             assert (m["wegeft_rank"], m["wegeft_alpha"], m["wegeft_shared"]) == (64, 128.0, True), name
             assert list(m["wegeft_attn_modules"]) == ["q_proj", "v_proj"], name
             assert float(cfg["optimizer"]["lr"]) == pytest.approx(2e-4), name
+        elif name.endswith("_authors"):
+            continue  # test_authors_presets_hold_their_script_settings
         else:
-            assert (m["shared_dim"], m["specific_dim"], m["act_in"], m["act_out"]) == (4, 4, "gelu", "gelu"), name
-            assert list(m["genft_attn_modules"]) == ["q_proj", "v_proj"], name
-            assert float(cfg["optimizer"]["lr"]) == pytest.approx(3e-4), name
+            fields = (m["shared_dim"], m["specific_dim"], m["act_in"], m["act_out"], m["ratio"], m["scaling"])
+            assert fields == (d.shared_dim, d.specific_dim, d.act_in, d.act_out, d.ratio, d.scaling), name
+            assert list(m.get("genft_attn_modules", m.get("targets"))) == ["q_proj", "v_proj"], name
+            assert float(cfg["optimizer"]["lr"]) == pytest.approx(RECOMMENDED_LR), name
         recipe = "genft_finetune_distributed" if "distributed" in name else "genft_finetune_single_device"
         assert any(c.name == name for c in registry.get_recipe(recipe).configs), name
+
+
+def test_family_configs_are_derived_from_torchtunes_lora_configs():
+    """configs/derive_family_configs.py --check: every family config is exactly what the
+    script writes from torchtune's installed LoRA config (so they cannot drift)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, str(REPO_ROOT / "configs" / "derive_family_configs.py"), "--check"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_packaged_configs_build_their_models():
@@ -169,6 +188,7 @@ def test_packaged_configs_build_their_models():
         c = adapter.config
         if adapter.name == "genft":
             assert (c.shared_dim, c.specific_dim, c.act_in, c.act_out) == (4, 4, "gelu", "gelu"), name
+            assert c.convention == ("authors_peft" if name.endswith("_authors") else "ours"), name
         else:
             assert (c.rank, c.alpha, c.shared) == (64, 128.0, True), name
         if "qgenft" in name:
@@ -217,3 +237,14 @@ def test_authors_presets_hold_their_script_settings():
             model = tt_config.instantiate(OmegaConf.merge(m, {"num_classes": 10, "image_size": 224}))
         attn = model.layers[3].attn
         assert attn.q_proj.A1 is attn.v_proj.A1 and attn.q_proj.B1 is attn.v_proj.B1
+
+
+@pytest.mark.parametrize("typo,suggestion", [("smollm2/135M_genft_cpuu", "smollm2/135M_genft_cpu"),
+                                             ("smolm2/135M_genft_cpu", "smollm2/135M_genft_cpu"),
+                                             ("qwen2_5/1.5B_genft_single", "qwen2_5/1.5B_genft_single_device")])
+def test_config_typos_get_the_closest_names(typo, suggestion, capsys):
+    with pytest.raises(SystemExit, match=rf"did you mean .*'{suggestion}'"):
+        registry.resolve_config_argv(["x.py", "--config", typo])
+    with pytest.raises(SystemExit):
+        _run(["cat", typo], capsys)
+    assert f"'{suggestion}'" in capsys.readouterr().err
