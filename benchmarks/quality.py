@@ -48,7 +48,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -79,6 +78,7 @@ from torchtune.modules.loss import CEWithChunkedOutputLoss  # noqa: E402
 from torchtune.training import set_default_dtype  # noqa: E402
 from torchtune.training.lr_schedulers import get_cosine_schedule_with_warmup  # noqa: E402
 
+from genft_tune._fs import temp_file  # noqa: E402
 from genft_tune.modules import GenFTConfig, WeGeFTConfig  # noqa: E402
 
 METHODS = ("genft", "lora", "dora", "lora_latent", "wegeft")
@@ -366,7 +366,7 @@ def _config_label(method: Method) -> str:
 def write_json(path: str, data: Dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = temp_file(path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2)

@@ -46,7 +46,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -73,6 +72,7 @@ from torchtune.generation import generate  # noqa: E402
 from torchtune.modules import delete_kv_caches  # noqa: E402
 from torchtune.training import set_default_dtype  # noqa: E402
 
+from genft_tune._fs import temp_file  # noqa: E402
 from genft_tune.modules import (  # noqa: E402
     GenFTConfig,
     get_genft_modules,
@@ -392,7 +392,7 @@ def format_inference(inf: Dict) -> str:
 def write_json(path: str, data: Dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = temp_file(path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2)

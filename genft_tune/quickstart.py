@@ -23,10 +23,11 @@ import importlib.util
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
+
+from genft_tune._fs import temp_file
 
 CONFIG_NAME = "smollm2/135M_genft_cpu"
 RECIPE_NAME = "genft_finetune_single_device"
@@ -157,7 +158,7 @@ def plot_losses(metrics: Dict[str, Dict[int, float]], path: Union[str, Path]) ->
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
+    fd, tmp = temp_file(path.parent, prefix=f".{path.stem}.", suffix=".png")
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=100)

@@ -43,6 +43,7 @@ from tqdm import tqdm
 
 from genft_tune import training as genft_training
 from genft_tune._recipe_registry import resolve_config_argv
+from genft_tune._fs import give_open_modes
 from genft_tune.checkpointing import load_genft_adapter, save_genft_adapter
 
 log = utils.get_logger("DEBUG")
@@ -733,6 +734,7 @@ class GenFTFinetuneRecipeDistributed(FTRecipeInterface):
                     epoch=epoch,
                     intermediate_checkpoint=False,
                 )
+                give_open_modes(self._output_dir / f"epoch_{epoch}")  # torchtune writes 0600 safetensors
             recipe_state = {
                 training.SEED_KEY: self.seed,
                 training.EPOCHS_KEY: self.epochs_run,

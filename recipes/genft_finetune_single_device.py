@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 from genft_tune import training as genft_training
 from genft_tune._recipe_registry import resolve_config_argv
+from genft_tune._fs import give_open_modes
 from genft_tune.checkpointing import load_genft_adapter, save_genft_adapter
 
 log = utils.get_logger("DEBUG")
@@ -638,6 +639,7 @@ class GenFTFinetuneRecipeSingleDevice(FTRecipeInterface):
                 epoch=epoch,
                 intermediate_checkpoint=False,
             )
+            give_open_modes(self._output_dir / f"epoch_{epoch}")  # torchtune writes 0600 safetensors
         del state_dict
 
         recipe_state = {

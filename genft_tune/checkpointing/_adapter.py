@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
@@ -27,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import genft_tune
+from genft_tune._fs import give_open_mode, temp_file
 from genft_tune.modules import adapter_kind_for_config, adapter_kinds, get_adapter_kind
 
 ADAPTER_WEIGHTS_FILE = "genft_adapter.safetensors"
@@ -247,13 +247,14 @@ def save_genft_adapter(
     output_dir.mkdir(parents=True, exist_ok=True)
     weights_path = output_dir / ADAPTER_WEIGHTS_FILE
     config_path = output_dir / ADAPTER_CONFIG_FILE
-    fd, tmp_weights = tempfile.mkstemp(prefix=f".{ADAPTER_WEIGHTS_FILE}.", suffix=".tmp", dir=output_dir)
+    fd, tmp_weights = temp_file(output_dir, prefix=f".{ADAPTER_WEIGHTS_FILE}.", suffix=".tmp")
     os.close(fd)
-    fd, tmp_config = tempfile.mkstemp(prefix=f".{ADAPTER_CONFIG_FILE}.", suffix=".tmp", dir=output_dir)
+    fd, tmp_config = temp_file(output_dir, prefix=f".{ADAPTER_CONFIG_FILE}.", suffix=".tmp")
     os.close(fd)
     tmp_weights, tmp_config = Path(tmp_weights), Path(tmp_config)
     try:
         save_file(tensors, str(tmp_weights), metadata={"format": "pt", "method": method})
+        give_open_mode(tmp_weights)
         _fsync_file(tmp_weights)
         meta["weights_sha256"] = _sha256(tmp_weights)
         with open(tmp_config, "w") as f:

@@ -18,7 +18,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Union
@@ -27,6 +26,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from genft_tune._fs import give_open_mode, remove_stale, temp_dir
 from genft_tune.checkpointing._adapter import (
     ADAPTER_CONFIG_FILE,
     check_adapter_matches_model,
@@ -215,6 +215,7 @@ class _ShardWriter:
             return
         path = self.out_dir / f".shard-{len(self.files):05d}.tmp"
         save_file(self.buffer, str(path), metadata={"format": "pt"})
+        give_open_mode(path)
         self.files.append((path, list(self.buffer)))
         self.buffer, self.size = {}, 0
 
@@ -324,7 +325,9 @@ def merge_adapter_checkpoint(
     )
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f"{output_dir.name}.tmp-", dir=output_dir.parent))
+    # what a killed earlier merge into the same output left behind (logged)
+    remove_stale(output_dir.parent, [f"{output_dir.name}.tmp-", f"{output_dir.name}.old-"])
+    tmp_dir = temp_dir(output_dir.parent, prefix=f"{output_dir.name}.tmp-")
     try:
         merged_count = 0
         writer = _ShardWriter(tmp_dir, max_bytes) if source.format == "hf" else None
@@ -373,7 +376,7 @@ def merge_adapter_checkpoint(
         _copy_run_files(Path(adapter_dir), tmp_dir)
         _fsync_tree(tmp_dir)
         if output_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f"{output_dir.name}.old-", dir=output_dir.parent))
+            old = temp_dir(output_dir.parent, prefix=f"{output_dir.name}.old-")
             os.replace(output_dir, old / "x")
             os.replace(tmp_dir, output_dir)
             shutil.rmtree(old, ignore_errors=True)

@@ -36,12 +36,13 @@ import json
 import os
 import random
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
 from torchtune.datasets import instruct_dataset, PackedDataset, SFTDataset
 from torchtune.modules.transforms.tokenizers import ModelTokenizer
+
+from genft_tune._fs import temp_file
 
 __all__ = [
     "WORDNET_COPYRIGHT",
@@ -318,7 +319,7 @@ def write_wordnet_jsonl(output_path: Union[str, Path], rows: Sequence[Dict[str, 
     license_path = output_path.parent / "WORDNET_LICENSE.txt"
     if not license_path.is_file():
         license_path.write_text(WORDNET_LICENSE, encoding="utf-8")
-    fd, tmp_path = tempfile.mkstemp(prefix=f".{output_path.name}.", dir=output_path.parent)
+    fd, tmp_path = temp_file(output_path.parent, prefix=f".{output_path.name}.")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             for row in rows:

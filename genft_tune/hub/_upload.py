@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Union
 
+from genft_tune._fs import temp_dir
 from genft_tune.hub._model_card import (
     build_model_card,
     CARD_FILE,
@@ -122,7 +123,7 @@ def publish_folder(
         if dry_run_dir.exists():
             raise FileExistsError(f"dry-run directory {dry_run_dir} exists")
         dry_run_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f"{dry_run_dir.name}.tmp-", dir=dry_run_dir.parent))
+        tmp = temp_dir(dry_run_dir.parent, prefix=f"{dry_run_dir.name}.tmp-")
         try:
             files = stage_folder(folder, tmp, repo_id=repo_id, license=license, copy=True)
             os.replace(tmp, dry_run_dir)

@@ -3,12 +3,13 @@ and the random number generators' state."""
 
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Union
 
 import numpy as np
 import torch
+
+from genft_tune._fs import temp_file
 
 RECIPE_STATE_DIRNAME = "recipe_state"
 RECIPE_STATE_FNAME = "recipe_state.pt"
@@ -30,7 +31,7 @@ def atomic_torch_save(obj: Any, path: Union[str, Path]) -> None:
     so a crash never leaves a truncated file behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_file(path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)

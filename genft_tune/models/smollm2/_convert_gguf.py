@@ -32,13 +32,14 @@ import importlib.util
 import json
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Dict, Optional
 
 import numpy as np
 import torch
+
+from genft_tune._fs import give_open_mode, temp_dir
 
 __all__ = ["convert_smollm2_gguf_to_hf", "find_smollm2_gguf", "read_gguf_metadata"]
 
@@ -363,9 +364,10 @@ def convert_smollm2_gguf_to_hf(
     }
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
+    tmp_dir = temp_dir(output_dir.parent, prefix=f".{output_dir.name}.tmp-")
     try:
         save_file(state_dict, str(tmp_dir / "model.safetensors"), metadata={"format": "pt"})
+        give_open_mode(tmp_dir / "model.safetensors")
         for name, content in json_files.items():
             with open(tmp_dir / name, "w", encoding="utf-8") as f:
                 json.dump(content, f, indent=2, ensure_ascii=False)
@@ -375,7 +377,7 @@ def convert_smollm2_gguf_to_hf(
         os.chmod(tmp_dir, 0o755)
         if output_dir.exists():
             # Move the old directory aside first so the swap is as short as possible.
-            old_dir = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old-", dir=output_dir.parent))
+            old_dir = temp_dir(output_dir.parent, prefix=f".{output_dir.name}.old-")
             os.rename(output_dir, old_dir / "old")
             os.rename(tmp_dir, output_dir)
             shutil.rmtree(old_dir, ignore_errors=True)

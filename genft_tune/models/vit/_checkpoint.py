@@ -2,12 +2,13 @@
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from genft_tune._fs import give_open_mode, temp_file
 
 PathLike = Union[str, Path]
 
@@ -83,10 +84,11 @@ def read_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
 
 def _atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temp_file(path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
+        give_open_mode(tmp)  # writers such as safetensors create 0600 files
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -1,0 +1,72 @@
+"""Temporary names for atomic writes, with the permissions a plain ``open()`` gives.
+
+Everything this package writes goes to a temporary name next to its destination and is
+renamed into place when complete, so an interrupted write never leaves a file or folder
+that looks finished. ``tempfile.mkstemp``/``mkdtemp`` create their files with mode 0600
+and folders with 0700, which would make a merged model unreadable to a serving user or
+on a shared filesystem; these helpers give the modes ``open()`` / ``mkdir()`` would
+(``0666`` / ``0777`` minus the process umask).
+"""
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterable, List, Tuple, Union
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, os.PathLike]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def temp_file(dir: PathLike, prefix: str, suffix: str = ".tmp") -> Tuple[int, str]:
+    """``tempfile.mkstemp`` in ``dir``, but with the mode ``open(path, "w")`` would give."""
+    fd, path = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=dir)
+    os.fchmod(fd, 0o666 & ~_umask())
+    return fd, path
+
+
+def temp_dir(dir: PathLike, prefix: str) -> Path:
+    """``tempfile.mkdtemp`` in ``dir``, but with the mode ``mkdir`` would give."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=dir))
+    os.chmod(path, 0o777 & ~_umask())
+    return path
+
+
+def give_open_mode(path: PathLike) -> None:
+    """Give a file that another library wrote (safetensors writes 0600) the mode
+    ``open(path, "w")`` would have given it."""
+    os.chmod(path, 0o666 & ~_umask())
+
+
+def give_open_modes(folder: PathLike) -> None:
+    """:func:`give_open_mode` for every file below ``folder`` (e.g. the merged checkpoint
+    that torchtune's checkpointer wrote)."""
+    for path in Path(folder).rglob("*"):
+        if path.is_file():
+            give_open_mode(path)
+
+
+def remove_stale(parent: PathLike, prefixes: Iterable[str]) -> List[Path]:
+    """Delete what interrupted writes left in ``parent`` (entries whose name starts with one
+    of ``prefixes``), logging each; returns what was removed."""
+    parent = Path(parent)
+    removed = []
+    if not parent.is_dir():
+        return removed
+    for entry in sorted(parent.iterdir()):
+        if any(entry.name.startswith(p) for p in prefixes):
+            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+            log.info(f"Removed {entry}, left behind by an interrupted earlier run")
+            removed.append(entry)
+    return removed
+
+
+__all__ = ["give_open_mode", "give_open_modes", "remove_stale", "temp_dir", "temp_file"]
