@@ -986,6 +986,9 @@ def recipe_main(cfg: DictConfig) -> None:
         - Parameters specified in config (see available configs through ``genft-tune ls``)
         - Overwritten by arguments from the command-line
     """
+    # a user's mistake: one clear message before anything is loaded or written
+    with genft_training.user_errors("genft_finetune_distributed"):
+        genft_training.validate_recipe_config(cfg)
     if not training.is_distributed():
         raise RuntimeError(
             "Distributed finetune recipe should be run via a distributed launcher."

@@ -866,6 +866,9 @@ def recipe_main(cfg: DictConfig) -> None:
         - Parameters specified in config (see available configs through ``genft-tune ls``)
         - Overwritten by arguments from the command-line
     """
+    # a user's mistake: one clear message before anything is loaded or written
+    with genft_training.user_errors("genft_finetune_single_device"):
+        genft_training.validate_recipe_config(cfg)
     config.log_config(recipe_name="GenFTFinetuneRecipeSingleDevice", cfg=cfg)
     recipe = GenFTFinetuneRecipeSingleDevice(cfg=cfg)
     recipe.setup(cfg=cfg)

@@ -9,6 +9,8 @@ from genft_tune.training._adapter_method import (
     wegeft_adapter_init_state_dict,
 )
 from genft_tune.training._config import (
+    ConfigError,
+    user_errors,
     validate_checkpoint_files,
     validate_components,
     validate_recipe_config,
@@ -57,6 +59,8 @@ from genft_tune.training._state import (
 
 __all__ = [
     "AdapterMethod",
+    "ConfigError",
+    "user_errors",
     "adapter_target_modules",
     "check_adapter_targets",
     "check_wegeft_targets",

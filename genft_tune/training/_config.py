@@ -1,12 +1,18 @@
 """Checks of a recipe config that run before anything is loaded, so that a bad config
 fails in seconds with a message naming the field, not minutes into a run."""
 
+import contextlib
+import math
+import os
+import sys
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Iterator, List, Tuple
 
 from omegaconf import DictConfig, ListConfig
 from torchtune.config._utils import _get_component_from_path
 
+from genft_tune.modules import adapter_kinds
 from genft_tune.training._genft import validate_genft_model_config
 
 
@@ -81,24 +87,181 @@ def validate_checkpoint_files(cfg_checkpointer: DictConfig) -> None:
             )
 
 
+class ConfigError(ValueError):
+    """Several mistakes in a recipe config, one per line (each names its field)."""
+
+    def __init__(self, problems: List[BaseException]):
+        self.problems = problems
+        super().__init__(
+            f"the config has {len(problems)} problems:\n" + "\n".join(f"  - {p}" for p in problems)
+        )
+
+
+def _user_error(e: BaseException) -> BaseException:
+    e.user_error = True  # printed without a traceback by user_errors()
+    return e
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def adapter_config_problems(cfg_model: DictConfig) -> List[ValueError]:
+    """The adapter hyperparameters of a model config, through the method's own config
+    class, field by field (so that every bad field is reported), before anything is built.
+
+    The method is the registered one whose config fields the model section names most
+    (``shared_dim``..., or ``wegeft_rank``...); a section naming none is left to its builder.
+    """
+    keys = set(cfg_model.keys()) - {"_component_"}
+    best, best_hits = None, 0
+    for kind in adapter_kinds():
+        names = [f.name for f in fields(kind.config_cls)]
+        hits = {n: k for n in names for k in (n, f"{kind.name}_{n}") if k in keys}
+        if len(hits) > best_hits:
+            best, best_hits = (kind, hits), len(hits)
+    if best is None:
+        return []
+    kind, hits = best
+    problems: List[ValueError] = []
+    values = {}
+    for name, key in hits.items():
+        try:
+            value = cfg_model.get(key)
+        except Exception as e:  # noqa: BLE001  (an interpolation that does not resolve)
+            problems.append(ValueError(f"model.{key}: {e}"))
+            continue
+        try:
+            kind.config_cls(**{name: value})
+            values[name] = value
+        except (TypeError, ValueError) as e:
+            problems.append(ValueError(f"model.{key}: {e}"))
+    if not problems:
+        try:
+            kind.config_cls(**values)
+        except (TypeError, ValueError) as e:
+            problems.append(ValueError(f"model: {e}"))
+    return problems
+
+
+def _field_problems(cfg: DictConfig) -> List[ValueError]:
+    """Numbers the recipes need, checked by type and range."""
+    problems = []
+
+    def check(path: str, ok, allowed: str, required: bool = False):
+        node, *rest = path.split(".")
+        value = cfg.get(node, None)
+        for part in rest:
+            value = value.get(part, None) if isinstance(value, DictConfig) else None
+        if value is None:
+            if required:
+                problems.append(ValueError(f"{path} is not set; it must be {allowed}"))
+            return
+        if not ok(value):
+            problems.append(ValueError(f"{path} must be {allowed}, got {value!r}"))
+
+    check("batch_size", lambda v: _is_int(v) and v >= 1, "an integer >= 1", required=True)
+    check("epochs", lambda v: _is_int(v) and v >= 1, "an integer >= 1", required=True)
+    check("max_steps_per_epoch", lambda v: _is_int(v) and v >= 1, "null or an integer >= 1")
+    check("gradient_accumulation_steps", lambda v: _is_int(v) and v >= 1, "an integer >= 1")
+    for key in ("save_every_n_steps", "run_val_every_n_steps", "max_validation_steps", "log_every_n_steps"):
+        check(key, lambda v: _is_int(v) and v >= 1, "null or an integer >= 1")
+    check("optimizer.lr", lambda v: _is_number(v) and v > 0, "a number > 0", required=True)
+    check("optimizer.weight_decay", lambda v: _is_number(v) and v >= 0, "a number >= 0")
+    check("optimizer.eps", lambda v: _is_number(v) and v > 0, "a number > 0")
+    check("lr_scheduler.num_warmup_steps", lambda v: _is_int(v) and v >= 0, "an integer >= 0")
+    check("clip_grad_norm", lambda v: _is_number(v) and v > 0, "null or a number > 0")
+    return problems
+
+
+def device_problems(cfg: DictConfig) -> List[ValueError]:
+    """``device`` and ``dtype`` must exist on this machine (torchtune would quietly fall
+    back to the CPU for a missing CUDA)."""
+    import torch
+
+    problems = []
+    device = str(cfg.get("device", "cpu") or "cpu")
+    kind = device.split(":")[0]
+    available = {
+        "cpu": True,
+        "cuda": torch.cuda.is_available(),
+        "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(),
+        "xpu": hasattr(torch, "xpu") and torch.xpu.is_available(),
+        "npu": hasattr(torch, "npu") and torch.npu.is_available(),
+    }
+    if kind not in available:
+        problems.append(ValueError(f"device must be one of {list(available)} (optionally with :index), got {device!r}"))
+    elif not available[kind]:
+        problems.append(ValueError(f"device: {device!r} is not available on this machine; use device=cpu"))
+    dtype = cfg.get("dtype", "fp32")
+    if dtype not in ("fp32", "bf16", "fp16"):
+        problems.append(ValueError(f"dtype must be one of ['fp32', 'bf16'], got {dtype!r}"))
+    elif dtype == "fp16":
+        problems.append(ValueError("dtype: fp16 is not supported by the GenFT recipes; use fp32 or bf16"))
+    elif dtype == "bf16" and kind == "cuda" and available["cuda"] and not torch.cuda.is_bf16_supported():
+        problems.append(ValueError("dtype: bf16 is not supported by this GPU; use dtype=fp32"))
+    return problems
+
+
+def output_dir_problems(cfg: DictConfig) -> List[ValueError]:
+    """``output_dir`` must be (or become) a writable folder."""
+    out = Path(str(cfg.get("output_dir")))
+    if out.exists() and not out.is_dir():
+        return [ValueError(f"output_dir {str(out)!r} exists and is not a folder")]
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return [ValueError(f"output_dir {str(out)!r} cannot be created: {str(existing)!r} is not a folder")]
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return [ValueError(f"output_dir {str(out)!r} is not writable ({str(existing)!r})")]
+    return []
+
+
 def validate_recipe_config(cfg: DictConfig) -> None:
-    """All pre-flight checks shared by the GenFT recipes.
+    """All pre-flight checks shared by the GenFT recipes, run before any logger, file or
+    checkpoint is touched; every problem is reported, not only the first.
 
     Raises:
-        ValueError / FileNotFoundError: with a message naming the offending field.
+        ValueError / FileNotFoundError: the one problem found, naming its field; or
+            :class:`ConfigError` (a ValueError) listing several. Either is marked
+            ``user_error`` (see :func:`user_errors`).
     """
+    problems: List[BaseException] = []
     for key in ("model", "checkpointer", "tokenizer", "dataset", "optimizer", "loss", "output_dir"):
         if cfg.get(key, None) is None:
-            raise ValueError(f"the config has no {key!r} section; the GenFT recipes need it")
-    validate_components(cfg)
-    validate_genft_model_config(cfg.model)
-    validate_checkpoint_files(cfg.checkpointer)
-    accum = cfg.get("gradient_accumulation_steps", 1)
-    if not isinstance(accum, int) or accum < 1:
-        raise ValueError(f"gradient_accumulation_steps must be an integer >= 1, got {accum!r}")
-    for key in ("save_every_n_steps", "run_val_every_n_steps", "max_validation_steps"):
-        value = cfg.get(key, None)
-        if value is not None and (not isinstance(value, int) or value < 1):
-            raise ValueError(f"{key} must be null or an integer >= 1, got {value!r}")
+            problems.append(ValueError(f"the config has no {key!r} section; the GenFT recipes need it"))
+    if problems:
+        raise _user_error(problems[0] if len(problems) == 1 else ConfigError(problems))
+    for check in (validate_components, lambda c: validate_genft_model_config(c.model),
+                  lambda c: validate_checkpoint_files(c.checkpointer)):
+        try:
+            check(cfg)
+        except (ValueError, FileNotFoundError) as e:
+            problems.append(e)
+    problems += adapter_config_problems(cfg.model)
+    problems += _field_problems(cfg)
     if cfg.get("run_val_every_n_steps", None) is not None and cfg.get("dataset_val", None) is None:
-        raise ValueError("run_val_every_n_steps is set, but there is no dataset_val to validate on")
+        problems.append(ValueError("run_val_every_n_steps is set, but there is no dataset_val to validate on"))
+    problems += device_problems(cfg)
+    problems += output_dir_problems(cfg)
+    if problems:
+        raise _user_error(problems[0] if len(problems) == 1 else ConfigError(problems))
+
+
+@contextlib.contextmanager
+def user_errors(prog: str) -> Iterator[None]:
+    """Print a user's mistake (an error marked ``user_error``) as one clear message and
+    exit with status 2, without a traceback; ``GENFT_TUNE_DEBUG=1`` shows the traceback.
+    Programming errors keep theirs."""
+    try:
+        yield
+    except (ValueError, FileNotFoundError) as e:
+        if not getattr(e, "user_error", False) or os.environ.get("GENFT_TUNE_DEBUG") == "1":
+            raise
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
