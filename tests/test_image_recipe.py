@@ -470,3 +470,29 @@ def test_transform_errors_name_the_field(kwargs, field):
     size = kwargs.pop("image_size")
     with pytest.raises(ValueError, match=field):
         ImageClassificationTransform(size, **kwargs)
+
+
+def test_merge_into_a_hf_vitmodel_base(recipe_module, folder, tmp_path):
+    """The README's base format (google/vit-base-patch16-224-in21k is a ViTModel, no head):
+    `genft-tune merge` writes a ViTForImageClassification with the trained head that
+    transformers loads, and --verify passes."""
+    transformers = pytest.importorskip("transformers")
+    hf_cfg = vit_hf_config(vit_tiny(5, image_size=SIZE, patch_size=4))
+    torch.manual_seed(0)
+    base = tmp_path / "vitmodel"
+    transformers.ViTModel(transformers.ViTConfig(**{k: v for k, v in hf_cfg.items() if k not in ("architectures", "id2label", "label2id")})).save_pretrained(base)
+    assert not any(k.startswith("vit.") for k in load_file(str(base / "model.safetensors")))
+    cfg = _cfg(tmp_path, folder, base, epochs=1)
+    recipe_module.run(cfg)
+    from genft_tune._cli.genft import main as cli_main
+
+    merged = tmp_path / "merged"
+    rc = cli_main(["merge", "--base", str(base), "--adapter", str(Path(cfg.output_dir) / "epoch_0"), "--output", str(merged),
+                   "--verify", "--tolerance", "1e-4"])
+    assert rc == 0
+    ours = transformers.ViTForImageClassification.from_pretrained(merged).eval()
+    recipe_hf = transformers.ViTForImageClassification.from_pretrained(Path(cfg.output_dir) / "hf_model").eval()
+    pixels = torch.stack([_hand_preprocess(p) for p in sorted((folder / "test" / "red").glob("*.png"))])
+    with torch.no_grad():
+        torch.testing.assert_close(ours(pixel_values=pixels).logits, recipe_hf(pixel_values=pixels).logits, atol=1e-5, rtol=1e-5)
+    assert ours.config.id2label == dict(enumerate(CLASSES))

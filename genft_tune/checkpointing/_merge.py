@@ -319,6 +319,7 @@ def merge_adapter_checkpoint(
         (src_key, value), = converter.from_tune({tune_key: adapter_sd[tune_key]}).items()
         replacements[src_key] = value
     config_updates = _config_updates(source.config, replacements, adapter_cfg)
+    out_name, back_name = _output_names(converter, shapes, replacements)
     log.info(
         f"Merging {len(target_keys)} adapted weights ({adapter_cfg.method}) into {base_dir} "
         f"({source.format}, {converter.name} layout, {len(source.files)} file(s))"
@@ -344,17 +345,19 @@ def merge_adapter_checkpoint(
                     parts = converter.to_tune({key: tensor})  # a fused tensor has several parts
                     for tk in hits:
                         parts[tk] = _merge_one(tk, parts[tk], adapter_sd, adapter_cfg)
-                    back = converter.from_tune(parts)
-                    if list(back) != [key]:
+                    back = {back_name(k): v for k, v in converter.from_tune(parts).items()}
+                    if list(back) != [out_name(key)]:
                         raise RuntimeError(f"key conversion is not invertible: {key} -> {list(parts)} -> {list(back)}")
-                    tensor = back[key]
+                    tensor = back[out_name(key)]
                     merged_count += len(hits)
                 if cast is not None and tensor.is_floating_point():
                     tensor = tensor.to(cast)
+                if out_name(key) is None:  # not part of the output model (a ViTModel's pooler)
+                    continue
                 if writer is not None:
-                    writer.add(key, tensor)
+                    writer.add(out_name(key), tensor)
                 else:
-                    out_sd[key] = tensor
+                    out_sd[out_name(key)] = tensor
             if i == len(source.files) - 1:  # new tensors (a head the base lacks) go last
                 for key, tensor in replacements.items():
                     if cast is not None and tensor.is_floating_point():
@@ -387,6 +390,24 @@ def merge_adapter_checkpoint(
         raise
     log.info(f"Merged checkpoint ({merged_count} weights updated) written to {output_dir}")
     return output_dir
+
+
+def _output_names(converter: KeyConverter, shapes: Dict[str, Any], replacements: Dict[str, torch.Tensor]):
+    """``(out_name, back_name)``: the output key of each source key (None: dropped), and
+    the normalisation of ``from_tune``'s keys to that spelling.
+
+    Only a Hugging Face ``ViTModel`` base (keys without ``vit.``) changes anything: with the
+    adapter's classifier head the merged model is a ``ViTForImageClassification`` (every
+    backbone key gains ``vit.``, the pooler is dropped); without one it stays a ``ViTModel``.
+    """
+    vit_model_base = converter.name == "vit" and not any(k.startswith(("vit.", "classifier.")) for k in shapes)
+    if not vit_model_base:
+        return (lambda key: key), (lambda key: key)
+    if "classifier.weight" in replacements:
+        from genft_tune.models.vit._convert_weights import _HF_IGNORED
+
+        return (lambda key: None if _HF_IGNORED.match(key) else f"vit.{key}"), (lambda key: key)
+    return (lambda key: key), (lambda key: key[len("vit."):] if key.startswith("vit.") else key)
 
 
 def _config_updates(
