@@ -109,6 +109,7 @@ _ALL_RECIPES = [
         file_path="genft_finetune_image_single_device.py",
         configs=_configs(
             "vit/tiny_genft_cpu",
+            "vit/tiny_wegeft_cpu",
             "vit/b16_genft_vtab",
             "vit/b16_genft_fgvc",
             "vit/b16_genft_authors_vtab",

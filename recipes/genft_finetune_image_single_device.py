@@ -49,7 +49,7 @@ from tqdm import tqdm
 
 from genft_tune import training as genft_training
 from genft_tune._recipe_registry import resolve_config_argv
-from genft_tune.datasets._image import image_collate, top1_correct
+from genft_tune.datasets._image import image_collate, image_processor_config, top1_correct
 from genft_tune.models.vit import (
     load_hf_vit_state_dict,
     load_timm_vit_state_dict,
@@ -182,6 +182,8 @@ class GenFTImageClassificationRecipeSingleDevice(FTRecipeInterface):
         self._eval_data = None
         if cfg.get("eval_dataset", None) is not None:
             self._eval_data = self._instantiate_dataset(cfg.eval_dataset, "eval_dataset")
+            # an image that does not decode must not cost the trained epoch: skip, count, warn
+            self._eval_data.skip_undecodable = True
             self._eval_dataloader = self._setup_dataloader(
                 self._eval_data,
                 batch_size=int(cfg.get("eval_batch_size", cfg.batch_size)),
@@ -287,14 +289,20 @@ class GenFTImageClassificationRecipeSingleDevice(FTRecipeInterface):
         """
         was_training = self._model.training
         self._model.eval()
-        correct = total = 0
+        correct = total = skipped = 0
         for batch in tqdm(self._eval_dataloader, desc="eval", leave=False):
+            skipped += batch["skipped"]
+            if batch["labels"].numel() == 0:
+                continue
             images = batch["images"].to(self._device)
             labels = batch["labels"].to(self._device)
             correct += top1_correct(self._model(images).float(), labels)
             total += labels.numel()
         self._model.train(was_training)
-        return {"top1": correct / total if total else float("nan"), "correct": correct, "total": total}
+        if skipped:
+            log.warning(f"evaluation skipped {skipped} image(s) that do not decode (named above)")
+        result = {"top1": correct / total if total else float("nan"), "correct": correct, "total": total}
+        return {**result, "skipped": skipped} if skipped else result
 
     # ---- checkpoints ----------------------------------------------------------------
 
@@ -374,7 +382,9 @@ class GenFTImageClassificationRecipeSingleDevice(FTRecipeInterface):
                 config=vit_hf_config(self._model, id2label=id2label),
                 output_dir=self._output_dir / HF_MODEL_DIR,
             )
-            log.info(f"Merged Hugging Face ViTForImageClassification saved to {out}")
+            processor = image_processor_config(getattr(self._eval_data, "transform", None) or self._train_data.transform)
+            save_json(processor, out / "preprocessor_config.json")
+            log.info(f"Merged Hugging Face ViTForImageClassification (and its image processor) saved to {out}")
 
     # ---- training -------------------------------------------------------------------
 
@@ -431,6 +441,7 @@ class GenFTImageClassificationRecipeSingleDevice(FTRecipeInterface):
                     break
             pbar.close()
             self.epochs_run += 1
+            self.save_checkpoint(epoch=epoch)  # before evaluation: a failing evaluation keeps the epoch
             if self._eval_data is not None and (
                 (epoch + 1) % self._eval_every_n_epochs == 0 or epoch + 1 == self.total_epochs
             ):
@@ -442,7 +453,6 @@ class GenFTImageClassificationRecipeSingleDevice(FTRecipeInterface):
                 )
                 self._metric_logger.log_dict({"eval_top1": result["top1"]}, step=self.global_step)
                 save_json(self.eval_results, self._output_dir / EVAL_RESULTS_FILE)
-            self.save_checkpoint(epoch=epoch)
 
     def cleanup(self) -> None:
         self._metric_logger.close()

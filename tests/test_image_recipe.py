@@ -496,3 +496,53 @@ def test_merge_into_a_hf_vitmodel_base(recipe_module, folder, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(ours(pixel_values=pixels).logits, recipe_hf(pixel_values=pixels).logits, atol=1e-5, rtol=1e-5)
     assert ours.config.id2label == dict(enumerate(CLASSES))
+
+
+def test_num_classes_must_match_the_class_folders(recipe_module, folder, base_ckpt, tmp_path):
+    cfg = _cfg(tmp_path, folder, base_ckpt, num_classes=5)
+    with pytest.raises(ValueError, match=r"num_classes is 5, but the data has 3 classes \(\['blue', 'green', 'red'\]\); set num_classes=3"):
+        recipe_module.run(cfg)
+
+
+def test_missing_data_dir_is_named(recipe_module, base_ckpt, tmp_path):
+    cfg = _cfg(tmp_path, tmp_path / "no_such_dir", base_ckpt)
+    with pytest.raises(FileNotFoundError, match=r"data_dir '.*no_such_dir' does not exist"):
+        recipe_module.run(cfg)
+
+
+def test_image_size_must_be_a_multiple_of_the_patch(recipe_module, folder, base_ckpt, tmp_path):
+    cfg = _cfg(tmp_path, folder, base_ckpt, image_size=30, **{"checkpoint.path": None})
+    with pytest.raises(ValueError, match=r"image_size \(30\) must be a multiple of patch_size \(4\).*use 28 or 32"):
+        recipe_module.run(cfg)
+
+
+def test_an_undecodable_eval_image_is_skipped_and_the_epoch_kept(recipe_module, base_ckpt, tmp_path, caplog):
+    data = _make_folder(tmp_path / "images", n_train=4, n_test=2)
+    (data / "test" / "red" / "truncated.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    cfg = _cfg(tmp_path, data, base_ckpt, epochs=1)
+    with caplog.at_level("WARNING"):
+        recipe = recipe_module.run(cfg)
+    assert recipe.eval_results[-1]["skipped"] == 1 and recipe.eval_results[-1]["total"] == 6
+    assert "truncated.png" in caplog.text
+    assert (Path(cfg.output_dir) / "epoch_0" / "genft_config.json").is_file()
+
+
+def test_merged_model_has_the_image_processor_it_was_trained_with(recipe_module, folder, base_ckpt, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    cfg = _cfg(tmp_path, folder, base_ckpt, epochs=1)
+    recipe_module.run(cfg)
+    hf_dir = Path(cfg.output_dir) / "hf_model"
+    processor = transformers.AutoImageProcessor.from_pretrained(hf_dir)
+    path = sorted((folder / "test" / "green").glob("*.png"))[0]
+    pixels = processor(Image.open(path).convert("RGB"), return_tensors="pt")["pixel_values"][0]
+    torch.testing.assert_close(pixels, _hand_preprocess(path), atol=1e-5, rtol=1e-5)
+
+
+def test_tiny_wegeft_cpu_config_trains(recipe_module, folder, base_ckpt, tmp_path):
+    cfg = _cfg(tmp_path, folder, base_ckpt, epochs=1)
+    cfg.model = OmegaConf.load(ROOT / "configs" / "vit" / "tiny_wegeft_cpu.yaml").model
+    OmegaConf.update(cfg, "model.num_classes", len(CLASSES))
+    OmegaConf.update(cfg, "model.image_size", SIZE)
+    recipe = recipe_module.run(cfg)
+    _, config = load_genft_adapter(Path(cfg.output_dir) / "epoch_0")
+    assert config["method"] == "wegeft" and recipe.eval_results

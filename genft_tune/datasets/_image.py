@@ -10,6 +10,7 @@ FGVC (JSON) format.
 
 import io
 import json
+import logging
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -31,6 +32,8 @@ _INTERPOLATION = {
     "bicubic": Image.Resampling.BICUBIC,
     "lanczos": Image.Resampling.LANCZOS,
 }
+
+log = logging.getLogger(__name__)
 
 
 class ImageClassificationTransform:
@@ -192,6 +195,13 @@ class ImageClassificationDataset(Dataset):
             list(label_feature.names) if isinstance(label_feature, datasets.ClassLabel) else None
         )
         self._labels = self._check_labels(list(data[label_column]))
+        if self.class_names is not None and len(self.class_names) != num_classes:
+            raise ValueError(
+                f"num_classes is {num_classes}, but the data has {len(self.class_names)} classes "
+                f"({self.class_names[:10]}{'...' if len(self.class_names) > 10 else ''}); set num_classes="
+                f"{len(self.class_names)}"
+            )
+        self.skip_undecodable = False  # evaluation: skip (and count) images that do not decode
 
     def _check_labels(self, labels: List[Any]) -> List[int]:
         for i, label in enumerate(labels):
@@ -212,16 +222,48 @@ class ImageClassificationDataset(Dataset):
     def __len__(self) -> int:
         return len(self._data)
 
-    def __getitem__(self, index: int) -> Dict[str, Any]:
+    def __getitem__(self, index: int) -> Optional[Dict[str, Any]]:
         raw = self._data[index][self.image_column]
-        return {"images": self.transform(decode_image(raw, index)), "labels": self._labels[index]}
+        try:
+            image = decode_image(raw, index)
+        except ValueError:
+            if not self.skip_undecodable:
+                raise
+            log.warning(f"skipping {_describe(raw, index)}: it does not decode")
+            return None  # counted by image_collate
+        return {"images": self.transform(image), "labels": self._labels[index]}
 
 
-def image_collate(batch: List[Dict[str, Any]]) -> Dict[str, torch.Tensor]:
-    """Stack samples into ``{"images": (B, C, H, W), "labels": (B,) long}``."""
+def image_processor_config(transform: "ImageClassificationTransform") -> Dict[str, Any]:
+    """The ``preprocessor_config.json`` of Hugging Face's ``ViTImageProcessor`` that feeds a
+    model what ``transform`` (evaluation: no random crop or flip) fed it in training.
+
+    ``ViTImageProcessor`` resizes to a square and normalises; a transform that resizes
+    then centre-crops (``resize_size``) is written as a resize to ``image_size``.
+    """
+    resample = {Image.Resampling.NEAREST: 0, Image.Resampling.LANCZOS: 1, Image.Resampling.BILINEAR: 2,
+                Image.Resampling.BICUBIC: 3}[transform.resample]
     return {
-        "images": torch.stack([s["images"] for s in batch]),
-        "labels": torch.tensor([s["labels"] for s in batch], dtype=torch.long),
+        "image_processor_type": "ViTImageProcessor",
+        "do_resize": True,
+        "size": {"height": transform.image_size, "width": transform.image_size},
+        "resample": resample,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": [float(v) for v in transform.mean.flatten()],
+        "image_std": [float(v) for v in transform.std.flatten()],
+    }
+
+
+def image_collate(batch: List[Optional[Dict[str, Any]]]) -> Dict[str, Any]:
+    """Stack samples into ``{"images": (B, C, H, W), "labels": (B,) long, "skipped": n}``
+    (``None`` samples, images skipped as undecodable, are left out and counted)."""
+    kept = [s for s in batch if s is not None]
+    return {
+        "images": torch.stack([s["images"] for s in kept]) if kept else torch.empty(0),
+        "labels": torch.tensor([s["labels"] for s in kept], dtype=torch.long),
+        "skipped": len(batch) - len(kept),
     }
 
 
@@ -351,6 +393,8 @@ def image_classification_dataset(
     Returns:
         ImageClassificationDataset: the dataset.
     """
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise FileNotFoundError(f"data_dir {str(data_dir)!r} does not exist")
     data = _load(source, split, data_dir, data_files, load_dataset_kwargs)
     if max_samples is not None:
         data = data.select(range(min(int(max_samples), len(data))))
@@ -380,6 +424,7 @@ def top1_correct(logits: torch.Tensor, labels: torch.Tensor) -> int:
 
 __all__ = [
     "decode_image",
+    "image_processor_config",
     "image_classification_dataset",
     "image_collate",
     "ImageClassificationDataset",

@@ -103,6 +103,12 @@ class ViTClassifier(nn.Module):
             raise ValueError(
                 f"patch_size ({patch_size}) must not exceed image_size ({image_size})"
             )
+        if image_size % patch_size:
+            lower, upper = image_size - image_size % patch_size, image_size + patch_size - image_size % patch_size
+            raise ValueError(
+                f"image_size ({image_size}) must be a multiple of patch_size ({patch_size}): the last "
+                f"{image_size % patch_size} pixels of each side would never be seen; use {lower} or {upper}"
+            )
         self.image_size = image_size
         self.patch_size = patch_size
         self.num_channels = num_channels
