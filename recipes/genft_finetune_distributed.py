@@ -34,7 +34,6 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 from torchtune import config, modules, training, utils
 from torchtune.config._utils import _get_component_from_path
-from torchtune.data import padded_collate_packed
 from torchtune.datasets import ConcatDataset
 from torchtune.modules.peft import get_adapter_params, set_trainable_params
 from torchtune.recipe_interfaces import FTRecipeInterface
@@ -642,29 +641,13 @@ class GenFTFinetuneRecipeDistributed(FTRecipeInterface):
             shuffle=shuffle,
             seed=0,
         )
-        if packed:
-            collate = padded_collate_packed
-            if self._enable_fp8_training:
-                max_seq_len = getattr(self._tokenizer, "max_seq_len", None)
-                if max_seq_len is None or max_seq_len % genft_training.FP8_TOKEN_MULTIPLE:
-                    raise ValueError(
-                        "enable_fp8_training with a packed dataset needs tokenizer.max_seq_len "
-                        f"to be a multiple of {genft_training.FP8_TOKEN_MULTIPLE}, got {max_seq_len}"
-                    )
-        else:
-            collate = partial(
-                collate_fn,
-                padding_idx=self._tokenizer.pad_id,
-                ignore_idx=self._loss_fn.ignore_index,
-            )
-            if self._enable_fp8_training:
-                # float8 matmuls need the number of tokens divisible by 16
-                collate = genft_training.PadToMultiple(
-                    collate,
-                    genft_training.FP8_TOKEN_MULTIPLE,
-                    padding_idx=self._tokenizer.pad_id,
-                    ignore_idx=self._loss_fn.ignore_index,
-                )
+        collate = genft_training.sft_collate(
+            collate_fn,
+            packed=packed,
+            tokenizer=self._tokenizer,
+            ignore_index=self._loss_fn.ignore_index,
+            fp8=self._enable_fp8_training,
+        )
 
         dataloader = StatefulDataLoader(
             dataset=ds,
@@ -735,21 +718,14 @@ class GenFTFinetuneRecipeDistributed(FTRecipeInterface):
                     intermediate_checkpoint=False,
                 )
                 give_open_modes(self._output_dir / f"epoch_{epoch}")  # torchtune writes 0600 safetensors
-            recipe_state = {
-                training.SEED_KEY: self.seed,
-                training.EPOCHS_KEY: self.epochs_run,
-                training.TOTAL_EPOCHS_KEY: self.total_epochs,
-                training.MAX_STEPS_KEY: self.max_steps_per_epoch,
-                training.STEPS_KEY: self.global_step,
-                genft_training.STEPS_IN_EPOCH_KEY: self._steps_in_epoch,
-                training.OPT_KEY: opt_state_dict,
-                training.RNG_KEY: rng_states,
-                genft_training.ADAPTER_DIR_KEY: name,
-                genft_training.GENFT_CONFIG_KEY: self._adapter.config.to_dict(),
-                genft_training.WORLD_SIZE_KEY: self.world_size,
-            }
-            if dataloader_states is not None:
-                recipe_state[training.DATALOADER_KEY] = dataloader_states
+            recipe_state = genft_training.recipe_state_dict(
+                self,
+                optimizer_state=opt_state_dict,
+                rng_state=rng_states,
+                adapter_dir_name=name,
+                world_size=self.world_size,
+                dataloader_state=dataloader_states,
+            )
             path = genft_training.save_recipe_state(self._output_dir, recipe_state)
             log.info(
                 f"Saved the {self._adapter.label} adapter to {adapter_dir} and the recipe state to {path} "
@@ -785,23 +761,16 @@ class GenFTFinetuneRecipeDistributed(FTRecipeInterface):
         ``max_validation_steps`` batches per rank); logged as ``val_loss``."""
         if self._val_dataloader is None:
             return None
-        self._model.eval()
-        self._adapter.clear_caches(self._model)
-        total_loss = torch.zeros((), device=self._device, dtype=torch.float64)
-        total_tokens = torch.zeros((), device=self._device, dtype=torch.int64)
-        with torch.no_grad():
-            for idx, batch in enumerate(self._val_dataloader):
-                if self._max_validation_steps is not None and idx >= self._max_validation_steps:
-                    break
-                utils.batch_to_device(batch, self._device)
-                num_tokens = (batch["labels"] != self._loss_fn.ignore_index).sum()
-                total_loss += self._loss_step(batch, offload=False).double() * num_tokens
-                total_tokens += num_tokens
-        torch.distributed.all_reduce(total_loss)
-        torch.distributed.all_reduce(total_tokens)
-        self._model.train()
-        self._adapter.clear_caches(self._model)
-        val_loss = (total_loss / total_tokens.clamp(min=1)).item()
+        val_loss = genft_training.validation_loss(
+            model=self._model,
+            adapter=self._adapter,
+            batches=self._val_dataloader,
+            loss_step=lambda batch: self._loss_step(batch, offload=False),
+            ignore_index=self._loss_fn.ignore_index,
+            device=self._device,
+            max_steps=self._max_validation_steps,
+            all_reduce=True,
+        )
         if self._is_rank_zero:
             self._metric_logger.log_dict({"val_loss": val_loss}, step=self.global_step)
         utils.log_rank_zero(log, f"Step {self.global_step}: validation loss {val_loss:.6f}")

@@ -34,6 +34,7 @@ from genft_tune.training._genft import (
     named_genft_generators,
     validate_genft_model_config,
 )
+from genft_tune.training._loop import recipe_state_dict, sft_collate, validation_loss
 from genft_tune.training._lr_schedulers import get_linear_schedule_with_warmup
 from genft_tune.training._precision import (
     convert_frozen_linears_to_float8,
@@ -86,6 +87,9 @@ __all__ = [
     "genft_adapter_init_state_dict",
     "genft_target_modules",
     "get_linear_schedule_with_warmup",
+    "recipe_state_dict",
+    "sft_collate",
+    "validation_loss",
     "get_rng_state",
     "init_distributed",
     "load_recipe_state",
