@@ -42,3 +42,11 @@ __all__ += ["import_authors_adapter", "read_authors_adapter"]
 from genft_tune.checkpointing._hf_checkpointer import HFCheckpointer  # noqa: E402
 
 __all__ += ["HFCheckpointer"]
+
+# Method-neutral names (the files serve every adapter method; the genft_* names stay valid).
+AdapterFileConfig = GenFTAdapterConfig
+save_adapter = save_genft_adapter
+load_adapter = load_genft_adapter
+load_adapter_config = load_genft_adapter_config
+
+__all__ += ["AdapterFileConfig", "load_adapter", "load_adapter_config", "save_adapter"]

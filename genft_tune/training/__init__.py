@@ -35,6 +35,9 @@ from genft_tune.training._genft import (
     validate_genft_model_config,
 )
 from genft_tune.training._loop import recipe_state_dict, sft_collate, validation_loss
+
+# method-neutral names (the recipes' adapter serves every method; the genft_* names stay valid)
+validate_model_config = validate_genft_model_config
 from genft_tune.training._lr_schedulers import get_linear_schedule_with_warmup
 from genft_tune.training._precision import (
     convert_frozen_linears_to_float8,
@@ -88,6 +91,7 @@ __all__ = [
     "genft_target_modules",
     "get_linear_schedule_with_warmup",
     "recipe_state_dict",
+    "validate_model_config",
     "sft_collate",
     "validation_loss",
     "get_rng_state",
