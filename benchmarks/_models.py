@@ -172,6 +172,8 @@ def build_lora(
 
 
 METHOD_KINDS = ("base", "lora", "dora", "genft", "wegeft")
+# the Method fields that hold a method of this package's config, by kind
+_ADAPTER_FIELDS = {"genft": "GenFTConfig", "wegeft": "WeGeFTConfig"}
 
 
 @dataclass(frozen=True)
@@ -193,10 +195,10 @@ class Method:
     def __post_init__(self):
         if self.kind not in METHOD_KINDS:
             raise ValueError(f"kind must be one of {list(METHOD_KINDS)}, got {self.kind!r}")
-        if self.kind == "genft" and self.genft is None:
-            raise ValueError(f"method {self.name!r}: kind 'genft' needs a GenFTConfig in genft")
-        if self.kind == "wegeft" and self.wegeft is None:
-            raise ValueError(f"method {self.name!r}: kind 'wegeft' needs a WeGeFTConfig in wegeft")
+        config = getattr(self, self.kind, None) if self.kind in _ADAPTER_FIELDS else None
+        if self.kind in _ADAPTER_FIELDS and config is None:
+            label = _ADAPTER_FIELDS[self.kind]
+            raise ValueError(f"method {self.name!r}: kind {self.kind!r} needs a {label} in {self.kind}")
 
     @property
     def adapter_config(self):

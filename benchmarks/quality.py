@@ -357,7 +357,7 @@ def format_table(base_eval: Dict, summary: Dict[str, Dict]) -> str:
 def _config_label(method: Method) -> str:
     if method.kind in ("lora", "dora"):
         return f"r={method.rank}"
-    if method.kind == "genft":
+    if method.genft is not None:
         g = method.genft
         return f"a={g.shared_dim} b={g.specific_dim} {g.act_in}/{g.act_out} ratio={g.ratio:g} scaling={g.scaling:g}"
     return f"r={method.wegeft.rank} shared"

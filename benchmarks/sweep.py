@@ -107,22 +107,31 @@ def parse_point(text: str) -> Dict:
     return point
 
 
-def point_method(point: Dict, name: str) -> Method:
-    """The benchmark :class:`Method` of a parsed point."""
-    if point["kind"] == "genft":
-        act_in, _, act_out = point.get("act", "gelu/gelu").partition("/")
-        cfg = GenFTConfig(
-            shared_dim=int(point.get("a", GenFTConfig.shared_dim)),
-            specific_dim=int(point.get("b", GenFTConfig.specific_dim)),
-            ratio=float(point.get("ratio", GenFTConfig.ratio)),
-            scaling=float(point.get("scaling", GenFTConfig.scaling)),
-            act_in=act_in,
-            act_out=act_out or act_in,
-            generator_bias=point.get("bias", "false").lower() in ("1", "true"),
-        )
-        return Method(name, "genft", genft=cfg)
+def _genft_method(point: Dict, name: str) -> Method:
+    act_in, _, act_out = point.get("act", "gelu/gelu").partition("/")
+    cfg = GenFTConfig(
+        shared_dim=int(point.get("a", GenFTConfig.shared_dim)),
+        specific_dim=int(point.get("b", GenFTConfig.specific_dim)),
+        ratio=float(point.get("ratio", GenFTConfig.ratio)),
+        scaling=float(point.get("scaling", GenFTConfig.scaling)),
+        act_in=act_in,
+        act_out=act_out or act_in,
+        generator_bias=point.get("bias", "false").lower() in ("1", "true"),
+    )
+    return Method(name, "genft", genft=cfg)
+
+
+def _lora_method(point: Dict, name: str) -> Method:
     rank = int(point.get("r", 8))
     return Method(name, point["kind"], rank=rank, alpha=float(point.get("alpha", 2 * rank)))
+
+
+_POINT_METHODS = {"genft": _genft_method, "lora": _lora_method, "dora": _lora_method}
+
+
+def point_method(point: Dict, name: str) -> Method:
+    """The benchmark :class:`Method` of a parsed point."""
+    return _POINT_METHODS[point["kind"]](point, name)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None):

@@ -23,6 +23,7 @@ import _models  # noqa: E402
 import generator_passes  # noqa: E402
 import quality  # noqa: E402
 import speed_memory  # noqa: E402
+import sweep  # noqa: E402
 
 from torchtune.modules.peft import get_adapter_params  # noqa: E402
 
@@ -219,3 +220,20 @@ def test_generator_passes_counts(capsys):
     assert rows["genft_dense"]["passes"] > rows["genft_lowrank"]["passes"]
     assert rows["genft_dense_recompute"]["passes"] > rows["genft_dense"]["passes"]
     assert "| genft_dense |" in capsys.readouterr().out
+
+
+def test_sweep_points_and_a_tiny_run(tmp_path):
+    """sweep.py's point syntax (what benchmarks/README's 'Defaults' tables name) and a run."""
+    p = sweep.parse_point("genft a=4 b=2 ratio=1 scaling=0.25 act=tanh/gelu lr=1e-2")
+    m = sweep.point_method(p, "x")
+    assert (m.genft.shared_dim, m.genft.specific_dim, m.genft.act_in, m.genft.act_out, m.genft.scaling) == (4, 2, "tanh", "gelu", 0.25)
+    lora = sweep.point_method(sweep.parse_point("lora r=8 alpha=16 lr=3e-4"), "y")
+    assert (lora.kind, lora.rank, lora.alpha) == ("lora", 8, 16.0)
+    for bad, msg in (("genft a=4", "needs lr"), ("adam lr=1", "kind must be one of"), ("lora q=3 lr=1", "KEY=VALUE")):
+        with pytest.raises(ValueError, match=msg):
+            sweep.parse_point(bad)
+    out = tmp_path / "s.json"
+    result = sweep.main(["--model", "tiny", "--data", "synthetic", "--max-steps", "2", "--seeds", "0",
+                         "--point", "genft a=2 b=2 lr=1e-2", "--point", "lora r=2 lr=1e-3", "--out", str(out)])
+    assert result["complete"] and {r["point"] for r in result["summary"]} == {"genft a=2 b=2 lr=1e-2", "lora r=2 lr=1e-3"}
+    assert json.loads(out.read_text())["complete"] and out.with_suffix(".md").is_file()
