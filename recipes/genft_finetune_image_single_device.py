@@ -256,7 +256,11 @@ class GenFTImageClassificationRecipeSingleDevice(FTRecipeInterface):
         )
 
     def _instantiate_dataset(self, cfg_dataset: DictConfig, field: str):
-        dataset = config.instantiate(cfg_dataset)
+        try:
+            dataset = config.instantiate(cfg_dataset)
+        except (ValueError, FileNotFoundError) as e:  # the data's mistakes: named, no traceback
+            e.user_error = True
+            raise
         num_classes = getattr(dataset, "num_classes", None)
         if num_classes is not None and num_classes != self._model.num_classes:
             raise ValueError(
@@ -473,8 +477,11 @@ def run(cfg: DictConfig) -> GenFTImageClassificationRecipeSingleDevice:
 
 @config.parse
 def recipe_main(cfg: DictConfig) -> None:
-    """Entry point: the config file, overridden by ``key=value`` arguments."""
-    run(cfg)
+    """Entry point: the config file, overridden by ``key=value`` arguments. A user's
+    mistake (in the config or the data) is one message and exit status 2, no traceback."""
+    with genft_training.user_errors("genft_finetune_image_single_device"):
+        genft_training.validate_image_recipe_config(cfg)
+        run(cfg)
 
 
 if __name__ == "__main__":

@@ -546,3 +546,22 @@ def test_tiny_wegeft_cpu_config_trains(recipe_module, folder, base_ckpt, tmp_pat
     recipe = recipe_module.run(cfg)
     _, config = load_genft_adapter(Path(cfg.output_dir) / "epoch_0")
     assert config["method"] == "wegeft" and recipe.eval_results
+
+
+def test_cli_mistakes_are_one_message_without_a_traceback(folder, base_ckpt, tmp_path):
+    from test_recipes_fixtures import subprocess_env
+
+    cfg_path = tmp_path / "c.yaml"
+    OmegaConf.save(_cfg(tmp_path, folder, base_ckpt), cfg_path)
+
+    def run(*overrides):
+        proc = subprocess.run([sys.executable, str(RECIPE), "--config", str(cfg_path), *overrides],
+                              capture_output=True, text=True, env=subprocess_env(), timeout=300)
+        return proc.returncode, proc.stderr
+
+    code, err = run(f"data_dir={tmp_path}/nowhere", "image_size=30", "checkpoint.path=null", "optimizer.lr=abc")
+    assert code == 2 and "Traceback" not in err and "the config has 4 problems" in err
+    assert "image_size (30) must be a multiple" in err and "nowhere' does not exist" in err and "optimizer.lr" in err
+    code, err = run("num_classes=5")  # found only when the data is read
+    assert code == 2 and "Traceback" not in err and "set num_classes=3" in err
+    assert not (tmp_path / "out" / "epoch_0").exists()

@@ -12,6 +12,7 @@ from genft_tune.training._config import (
     ConfigError,
     user_errors,
     validate_checkpoint_files,
+    validate_image_recipe_config,
     validate_components,
     validate_recipe_config,
 )
@@ -106,6 +107,7 @@ __all__ = [
     "validate_checkpoint_files",
     "validate_components",
     "validate_fp8_training",
+    "validate_image_recipe_config",
     "validate_genft_model_config",
     "validate_optimizer_config",
     "validate_recipe_config",

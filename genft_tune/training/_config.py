@@ -253,6 +253,43 @@ def validate_recipe_config(cfg: DictConfig) -> None:
         raise _user_error(problems[0] if len(problems) == 1 else ConfigError(problems))
 
 
+def validate_image_recipe_config(cfg: DictConfig) -> None:
+    """The image recipe's pre-flight checks (as :func:`validate_recipe_config`): sections,
+    components, adapter hyperparameters, numbers, device and dtype, output_dir, the data
+    folders and ``image_size`` against ``patch_size``; every problem reported at once.
+
+    Raises:
+        ValueError / FileNotFoundError / ConfigError: marked ``user_error``.
+    """
+    problems: List[BaseException] = []
+    for key in ("model", "dataset", "optimizer", "output_dir"):
+        if cfg.get(key, None) is None:
+            problems.append(ValueError(f"the config has no {key!r} section; the image recipe needs it"))
+    if problems:
+        raise _user_error(problems[0] if len(problems) == 1 else ConfigError(problems))
+    try:
+        validate_components(cfg)
+    except ValueError as e:
+        problems.append(e)
+    problems += adapter_config_problems(cfg.model)
+    problems += _field_problems(cfg)
+    problems += device_problems(cfg)
+    problems += output_dir_problems(cfg)
+    for field in ("dataset", "eval_dataset"):
+        data_dir = (cfg.get(field) or {}).get("data_dir", None) if cfg.get(field, None) is not None else None
+        if data_dir is not None and not Path(str(data_dir)).is_dir():
+            problems.append(FileNotFoundError(f"{field}.data_dir {str(data_dir)!r} does not exist"))
+    size, patch = cfg.model.get("image_size", None), cfg.model.get("patch_size", None)
+    if _is_int(size) and _is_int(patch) and patch > 0 and size % patch:
+        problems.append(ValueError(
+            f"model.image_size ({size}) must be a multiple of model.patch_size ({patch}): the last "
+            f"{size % patch} pixels of each side would never be seen; use {size - size % patch} or "
+            f"{size + patch - size % patch}"
+        ))
+    if problems:
+        raise _user_error(problems[0] if len(problems) == 1 else ConfigError(problems))
+
+
 @contextlib.contextmanager
 def user_errors(prog: str) -> Iterator[None]:
     """Print a user's mistake (an error marked ``user_error``) as one clear message and
