@@ -10,7 +10,6 @@ at random moments at least 10 times; an output name exists only when the merge
 completed, and the last merge's output loads and passes ``--verify``.
 """
 
-import os
 import random
 import shutil
 import signal

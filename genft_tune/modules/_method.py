@@ -164,12 +164,6 @@ def adapter_layers_by_kind(model: nn.Module) -> Dict[AdapterKind, Dict[str, nn.M
     return found
 
 
-def labels(kinds: Iterable[AdapterKind] = None) -> str:
-    """``GenFT or WeGeFT``: the registered methods' names for messages."""
-    names = [k.label for k in (kinds if kinds is not None else adapter_kinds())]
-    return " or ".join(names)
-
-
 __all__ = [
     "AdapterKind",
     "clean_module_name",
@@ -177,6 +171,5 @@ __all__ = [
     "adapter_kinds",
     "adapter_layers_by_kind",
     "get_adapter_kind",
-    "labels",
     "register_adapter_kind",
 ]

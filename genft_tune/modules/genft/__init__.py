@@ -17,9 +17,6 @@ Layout, as HF PEFT's tuners: ``config`` (GenFTConfig), ``generator`` (the shared
 ``layer`` (GenFTLinear), ``model`` (model-level helpers and the ``GENFT`` adapter kind).
 """
 
-from genft_tune.modules._base import check_nf4_shape as _check_nf4_shape  # noqa: F401 (old name)
-from genft_tune.modules._base import dequantized as _dequantized  # noqa: F401 (old name)
-from genft_tune.modules._base import linear_default_init as _linear_default_init  # noqa: F401 (old name)
 from genft_tune.modules.genft.config import ACTIVATIONS, CONVENTIONS, FACTOR_INITS, GenFTConfig, STAGES
 from genft_tune.modules.genft.generator import (
     GenFTGenerator,
@@ -28,7 +25,7 @@ from genft_tune.modules.genft.generator import (
     merged_weight_fp32,
     tie_specific_factors,
 )
-from genft_tune.modules.genft.layer import _RecomputedMergedLinear, genft_linear, GenFTLinear  # noqa: F401
+from genft_tune.modules.genft.layer import genft_linear, GenFTLinear
 from genft_tune.modules.genft.model import (
     GENERATORS_ATTR,
     GENFT,

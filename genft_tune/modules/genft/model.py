@@ -5,7 +5,7 @@ torchtune's ``get_merged_lora_ckpt`` and ``validate_missing_and_unexpected_for_l
 hard-code LoRA's key names and merge formula; these are GenFT's counterparts.
 """
 
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
