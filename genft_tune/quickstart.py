@@ -21,13 +21,11 @@ import argparse
 import importlib
 import importlib.util
 import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
-from genft_tune._fs import temp_file
 
 CONFIG_NAME = "smollm2/135M_genft_cpu"
 RECIPE_NAME = "genft_finetune_single_device"
@@ -137,37 +135,11 @@ def read_metrics(log_file: Union[str, Path]) -> Dict[str, Dict[int, float]]:
 
 
 def plot_losses(metrics: Dict[str, Dict[int, float]], path: Union[str, Path]) -> Path:
-    """Training loss (and ``val_loss`` when logged) against the step, as a PNG
-    (written to a temporary name, then renamed)."""
-    import matplotlib
+    """Training loss (raw and smoothed) and ``val_loss`` against the step, as a PNG
+    (:func:`genft_tune.hub.plot_loss_curve`, the model card's plot)."""
+    from genft_tune.hub import plot_loss_curve
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name, style in (("loss", "-"), ("val_loss", "o-")):
-        series = metrics.get(name)
-        if series:
-            steps = sorted(series)
-            ax.plot(steps, [series[s] for s in steps], style, label=name)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("token-normalised cross-entropy")
-    ax.set_title("GenFT fine-tuning of SmolLM2-135M-Instruct on WordNet")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fd, tmp = temp_file(path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return plot_loss_curve(metrics, path, title="GenFT fine-tuning of SmolLM2-135M-Instruct on WordNet")
 
 
 def held_out_question(seed: int = 0) -> Dict[str, str]:

@@ -208,3 +208,18 @@ def test_publish_without_token_is_a_clear_error(merged_folder, tmp_path, monkeyp
     monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
     with pytest.raises(ValueError, match="HF_TOKEN"):
         publish_folder(merged_folder, repo_id=REPO_ID)
+
+
+def test_loss_curve_is_smoothed_as_well_as_raw(tmp_path):
+    from genft_tune.hub import plot_loss_curve
+    from genft_tune.hub._model_card import loss_curves, moving_average
+
+    assert moving_average([1.0, 2.0, 3.0, 4.0], 2) == [1.0, 1.5, 2.5, 3.5]
+    raw = {step: 3.0 - 0.01 * step + (0.5 if step % 2 else -0.5) for step in range(1, 61)}
+    curves = loss_curves({"loss": raw, "val_loss": [(20, 2.9), (60, 2.5)]})
+    assert list(curves) == ["loss", "loss (moving average of 6)", "val_loss"]
+    smooth = curves["loss (moving average of 6)"][1]
+    assert max(abs(a - b) for a, b in zip(smooth[10:], smooth[11:])) < 0.1  # the zig-zag is gone
+    assert curves["loss"][1] == [raw[s] for s in range(1, 61)]  # the raw line is still drawn
+    path = plot_loss_curve({"loss": raw}, tmp_path / "c.png", title="t")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import yaml
 
+from genft_tune._fs import temp_file
 from genft_tune.modules import get_adapter_kind
 
 log = logging.getLogger(__name__)
@@ -65,10 +66,43 @@ def _front_matter(text: str) -> Dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def plot_loss_curve(metrics: Dict[str, List[Tuple[int, float]]], path: PathLike) -> Optional[Path]:
-    """Plot ``loss`` (and ``val_loss``) against the step into ``path``; ``None`` when
-    there is no loss or matplotlib is not installed."""
-    curves = {k: v for k, v in metrics.items() if k in ("loss", "val_loss") and v}
+Series = Union[Dict[int, float], List[Tuple[int, float]]]
+
+
+def moving_average(values: List[float], window: int) -> List[float]:
+    """Trailing mean over at most ``window`` values (shorter at the start), same length."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def loss_curves(metrics: Dict[str, Series]) -> Dict[str, Tuple[List[int], List[float]]]:
+    """What :func:`plot_loss_curve` draws: the raw training ``loss``, its moving average
+    (window: a tenth of the run, at least 5 steps; the raw per-step line is noisy) and
+    ``val_loss``, each as ``(steps, values)``."""
+    curves = {}
+    for name in ("loss", "val_loss"):
+        series = metrics.get(name)
+        if not series:
+            continue
+        points = sorted(series.items()) if isinstance(series, dict) else sorted(series)
+        steps, values = [int(s) for s, _ in points], [float(v) for _, v in points]
+        curves[name] = (steps, values)
+        if name == "loss" and len(values) >= 10:
+            window = max(5, len(values) // 10)
+            curves[f"loss (moving average of {window})"] = (steps, moving_average(values, window))
+    return curves
+
+
+def plot_loss_curve(metrics: Dict[str, Series], path: PathLike, *, title: Optional[str] = None) -> Optional[Path]:
+    """Plot the training loss, raw and smoothed, and ``val_loss`` against the step into
+    ``path`` (a temporary name, then renamed); ``None`` when there is no loss or
+    matplotlib is not installed."""
+    curves = loss_curves(metrics)
     if not curves:
         return None
     try:
@@ -77,20 +111,34 @@ def plot_loss_curve(metrics: Dict[str, List[Tuple[int, float]]], path: PathLike)
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        log.info("matplotlib is not installed: the model card has no loss curve")
+        log.info("matplotlib is not installed: no loss curve")
         return None
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    for name, points in sorted(curves.items()):
-        steps, values = zip(*points)
-        ax.plot(steps, values, label=name, marker="." if len(points) < 50 else None)
-    ax.set_xlabel("step")
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    for name, (steps, values) in curves.items():
+        if name == "loss":
+            ax.plot(steps, values, color="tab:blue", alpha=0.35, linewidth=1, label="loss (per step)")
+        elif name.startswith("loss"):
+            ax.plot(steps, values, color="tab:blue", linewidth=2, label=name)
+        else:
+            ax.plot(steps, values, "o-", color="tab:orange", label=name)
+    ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
+    if title:
+        ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, metadata={"Software": None})
-    plt.close(fig)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = temp_file(path.parent, prefix=f".{path.stem}.", suffix=path.suffix or ".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, metadata={"Software": None})
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     return path
 
 
@@ -205,4 +253,4 @@ def _numel(shape) -> int:
     return n
 
 
-__all__ = ["build_model_card", "parse_metric_log", "plot_loss_curve"]
+__all__ = ["build_model_card", "loss_curves", "moving_average", "parse_metric_log", "plot_loss_curve"]
