@@ -1,6 +1,6 @@
 """``GenFTLinear``: a frozen linear adapted by GenFT's generator, and its builder."""
 
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +15,40 @@ from genft_tune.modules.genft.generator import (
     merged_weight_fp32,
     tie_specific_factors,
 )
+
+
+SPECIFIC = ("A1", "B1", "A2", "B2")
+
+
+def specific_factor_shapes(config, in_dim: int, out_dim: int) -> Dict[str, Tuple[int, int]]:
+    """The shapes of a layer's specific factors (``A1 (b, in)``, ``B1 (in, b)``, and for
+    non-square weights ``A2 (b, out)``, ``B2 (out, b)``; none with ``b = 0``). Square
+    weights tie the stages' factors (A2 is A1, B2 is B1), as the authors do; the pair is
+    then named A1/B1 whichever stages run."""
+    b, tied = config.specific_dim, in_dim == out_dim
+    first, second = config.use_row or tied, config.use_column and not tied
+    shapes: Dict[str, Tuple[int, int]] = {}
+    if b and first:
+        shapes.update(A1=(b, in_dim), B1=(in_dim, b))
+    if b and second:
+        shapes.update(A2=(b, out_dim), B2=(out_dim, b))
+    return shapes
+
+
+@torch.no_grad()
+def initialize_specific_factors(factors: Dict[str, Optional[torch.Tensor]], config, *, tied: bool) -> None:
+    """``A`` per ``init_a``, ``B`` per ``init_b``; the last stage's ``B`` zero under
+    ``zero_init`` (like the generator's ``Q`` and ``d``), in place."""
+    for name in ("A1", "A2"):
+        if factors.get(name) is not None:
+            _init_factor(factors[name], config.init_a)
+    for name in ("B1", "B2"):
+        if factors.get(name) is not None:
+            _init_factor(factors[name], config.init_b)
+    if config.zero_init:
+        last = factors.get("B2") if config.use_column and not tied else factors.get("B1")
+        if last is not None:
+            _init_factor(last, "zeros")
 
 
 class GenFTLinear(AdapterLinear):
@@ -76,16 +110,10 @@ class GenFTLinear(AdapterLinear):
         # model, and fetched from there at every call so FSDP's parameter swaps are seen.
         self._generator = (generator,)
 
-        cfg, b = self.config, self.config.specific_dim
-        # Square weights tie the stages' factors (A2 is A1, B2 is B1), as the authors do;
-        # the pair is then named A1/B1 whichever stages run.
         self.tied = in_dim == out_dim
-        first = cfg.use_row or self.tied
-        second = cfg.use_column and not self.tied
-        self.A1 = nn.Parameter(torch.empty(b, in_dim)) if b and first else None
-        self.B1 = nn.Parameter(torch.empty(in_dim, b)) if b and first else None
-        self.A2 = nn.Parameter(torch.empty(b, out_dim)) if b and second else None
-        self.B2 = nn.Parameter(torch.empty(out_dim, b)) if b and second else None
+        shapes = specific_factor_shapes(self.config, in_dim, out_dim)
+        for name in SPECIFIC:
+            setattr(self, name, nn.Parameter(torch.empty(*shapes[name])) if name in shapes else None)
         self.initialize_parameters()
 
     @property
@@ -104,18 +132,7 @@ class GenFTLinear(AdapterLinear):
 
     def initialize_parameters(self) -> None:
         """Initialise ``A``/``B`` per ``init_a``/``init_b``; ``B2 = 0`` under ``zero_init``."""
-        cfg = self.config
-        with torch.no_grad():
-            for name in ("A1", "A2"):
-                if getattr(self, name) is not None:
-                    _init_factor(getattr(self, name), cfg.init_a)
-            for name in ("B1", "B2"):
-                if getattr(self, name) is not None:
-                    _init_factor(getattr(self, name), cfg.init_b)
-            if cfg.zero_init:  # the last stage's B, like the generator's Q and d
-                last = self.B2 if cfg.use_column and not self.tied else self.B1
-                if last is not None:
-                    _init_factor(last, "zeros")
+        initialize_specific_factors({n: getattr(self, n) for n in SPECIFIC}, self.config, tied=self.tied)
         self._cache.clear()
 
     def adapter_params(self) -> List[str]:
