@@ -234,10 +234,7 @@ class WeGeFTLinear(AdapterLinear):
     def _project(self, phi: torch.Tensor, p: float) -> torch.Tensor:
         """``drop(W0) @ phi.T``, ``(out, r)``: ``W0`` cast to ``phi``'s dtype, then
         dropout with probability ``p`` (one mask on the whole weight)."""
-        W0 = self.base_weight().to(phi.dtype)
-        if p > 0:
-            W0 = F.dropout(W0, p, training=True)
-        return W0 @ phi.T
+        return wegeft_projection(self.base_weight().to(phi.dtype), phi, p)
 
     def _efficient_forward(self, x: torch.Tensor, p: float, needs_graph: bool) -> torch.Tensor:
         factors = self.factors
@@ -248,8 +245,7 @@ class WeGeFTLinear(AdapterLinear):
             proj = checkpoint(self._project, phi, p, use_reentrant=False, preserve_rng_state=p > 0)
         else:
             proj = self._project(phi, p)
-        # (alpha/r) on the small (out, r) factor, then x -> r -> out
-        delta = F.linear(F.linear(x.to(phi.dtype), psi), self.config.scaling * proj)
+        delta = wegeft_update(x.to(phi.dtype), proj, psi, self.config.scaling)
         return self._base_forward(x) + delta.to(x.dtype)
 
     def _tracked_tensors(self) -> List[torch.Tensor]:
@@ -260,6 +256,32 @@ class WeGeFTLinear(AdapterLinear):
 
     def _adapted_forward(self, x: torch.Tensor, tensors: List[torch.Tensor], needs_graph: bool) -> torch.Tensor:
         return self._efficient_forward(x, self.config.dropout if self.training else 0.0, needs_graph)
+
+
+def wegeft_projection(weight: torch.Tensor, phi: torch.Tensor, p: float = 0.0) -> torch.Tensor:
+    """``drop(W0) @ phi.T``, ``(out, r)``: one mask on the whole weight when ``p > 0``.
+
+    Args:
+        weight (torch.Tensor): ``W0``, ``(out, in)``, in ``phi``'s dtype.
+        phi (torch.Tensor): ``(r, in)``.
+        p (float): dropout probability (0 outside training).
+    """
+    if p > 0:
+        weight = F.dropout(weight, p, training=True)
+    return weight @ phi.T
+
+
+def wegeft_update(x: torch.Tensor, projection: torch.Tensor, psi: torch.Tensor, scaling: float) -> torch.Tensor:
+    """``x @ dW.T`` without forming ``dW = scaling * projection @ psi``: ``x -> r -> out``,
+    the scaling on the small ``(out, r)`` factor.
+
+    Args:
+        x (torch.Tensor): ``(..., in)``.
+        projection (torch.Tensor): :func:`wegeft_projection`, ``(out, r)``.
+        psi (torch.Tensor): ``(r, in)``.
+        scaling (float): ``alpha / r``.
+    """
+    return F.linear(F.linear(x, psi), scaling * projection)
 
 
 @torch.no_grad()

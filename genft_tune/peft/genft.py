@@ -1,0 +1,167 @@
+"""GenFT as a PEFT method: :class:`GenFTPeftConfig`, :class:`GenFTPeftLinear`,
+:class:`GenFTPeftModel`.
+
+The shared generators live once, on the tuner (``base_model.genft_generators.<OUT>x<IN>.*``
+in the saved file), not per layer; each adapted linear holds its specific factors
+(``genft_A1`` ...). The maths is :class:`~genft_tune.modules.GenFTGenerator`'s.
+
+Adapters trained by this package's torchtune recipes saw ``q_proj``/``k_proj`` rows of
+Llama-style models in torchtune's RoPE order (Hugging Face permutes them). A GenFT
+``dW`` is no row-wise function of ``W0``, so such an adapter records
+``torchtune_rope_heads`` (``{"q_proj": 32, "k_proj": 8}``): the layer generates ``dW``
+from ``W0`` in torchtune's row order and returns it in Hugging Face's, exactly the
+``dW`` the recipe trained.
+"""
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from peft import PeftConfig
+from peft.utils import register_peft_method
+
+from genft_tune.modules import GenFTConfig, GenFTGenerators, merged_weight_fp32, tie_specific_factors
+from genft_tune.modules.genft.layer import initialize_specific_factors, SPECIFIC, specific_factor_shapes
+from genft_tune.peft._tuner import AdapterPeftLayer, AdapterPeftModel, peft_fields, peft_type
+
+PREFIX = "genft_"
+GENFT = peft_type("GENFT")
+
+
+def tune_rows_in_hf_order(out_dim: int, num_heads: int) -> torch.Tensor:
+    """Row indices ``idx`` with ``W_hf = W_tune[idx]`` for a q/k projection of
+    ``num_heads`` heads: torchtune's ``tune_to_hf`` RoPE permutation (per head, the two
+    interleaved halves of the rotary pairs become contiguous)."""
+    if out_dim % num_heads or (out_dim // num_heads) % 2:
+        raise ValueError(f"a RoPE projection of {out_dim} rows cannot have {num_heads} heads")
+    head_dim = out_dim // num_heads
+    return torch.arange(out_dim).view(num_heads, head_dim // 2, 2).transpose(1, 2).reshape(-1)
+
+
+@dataclass
+class GenFTPeftConfig(PeftConfig):
+    """:class:`~genft_tune.modules.GenFTConfig`'s fields as a PEFT config, plus PEFT's
+    ``target_modules`` (required: e.g. ``["q_proj", "v_proj"]``) and friends; validated
+    as :class:`GenFTConfig` is, with the same messages.
+
+    ``torchtune_rope_heads`` (module name -> number of heads) is set by
+    ``genft-tune export-peft`` for adapters trained in torchtune's q/k row order (see
+    the module docstring); leave it empty for adapters trained with PEFT.
+    """
+
+    shared_dim: int = GenFTConfig.shared_dim
+    specific_dim: int = GenFTConfig.specific_dim
+    ratio: float = GenFTConfig.ratio
+    scaling: float = GenFTConfig.scaling
+    act_in: str = GenFTConfig.act_in
+    act_out: str = GenFTConfig.act_out
+    dropout: float = GenFTConfig.dropout
+    init_a: str = GenFTConfig.init_a
+    init_b: str = GenFTConfig.init_b
+    generator_bias: bool = GenFTConfig.generator_bias
+    zero_init: bool = GenFTConfig.zero_init
+    recompute: bool = GenFTConfig.recompute
+    stages: str = GenFTConfig.stages
+    convention: str = GenFTConfig.convention
+    torchtune_rope_heads: Optional[Dict[str, int]] = field(default=None)
+    target_modules: Optional[Union[List[str], str]] = field(default=None)
+    exclude_modules: Optional[Union[List[str], str]] = field(default=None)
+    modules_to_save: Optional[List[str]] = field(default=None)
+    layers_to_transform: Optional[Union[List[int], int]] = field(default=None)
+    layers_pattern: Optional[Union[List[str], str]] = field(default=None)
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.peft_type = GENFT
+        if isinstance(self.target_modules, list):
+            self.target_modules = set(self.target_modules)
+        if not self.target_modules:
+            raise ValueError("GenFTPeftConfig needs target_modules, e.g. ['q_proj', 'v_proj']")
+        for name, heads in (self.torchtune_rope_heads or {}).items():
+            if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
+                raise ValueError(f"torchtune_rope_heads[{name!r}] must be a number of heads >= 1, got {heads!r}")
+        self.genft_config()  # the same validation, the same messages
+
+    def genft_config(self) -> GenFTConfig:
+        """The :class:`GenFTConfig` these fields describe."""
+        return GenFTConfig(**peft_fields(self, GenFTConfig))
+
+
+class GenFTPeftLinear(AdapterPeftLayer):
+    """A PEFT tuner layer: ``base_layer(x) + x @ dW.T`` with ``dW`` from the shared
+    generator of the weight's shape and this layer's specific factors."""
+
+    adapter_layer_names = tuple(f"{PREFIX}{n}" for n in SPECIFIC)
+
+    @property
+    def tied(self) -> bool:
+        return self.in_features == self.out_features
+
+    def update_layer(self, adapter_name: str, config: GenFTPeftConfig, generators: GenFTGenerators) -> None:
+        if not hasattr(self, "_generators"):
+            self._generators: Dict[str, nn.Module] = {}  # adapter -> its GenFTGenerator (on the tuner)
+            self._rope_rows: Dict[str, Optional[torch.Tensor]] = {}
+        weight = self.get_base_layer().weight
+        generator = generators.get(self.out_features, self.in_features)
+        generator.to(device=weight.device, dtype=weight.dtype if weight.is_floating_point() else None)
+        self._generators[adapter_name] = generator
+        heads = (config.torchtune_rope_heads or {}).get(self.module_name)
+        self._rope_rows[adapter_name] = None if heads is None else tune_rows_in_hf_order(self.out_features, heads)
+        cfg = config.genft_config()
+        shapes = specific_factor_shapes(cfg, self.in_features, self.out_features)
+        factors = {n: nn.Parameter(torch.empty(*s)) for n, s in shapes.items()}
+        initialize_specific_factors(factors, cfg, tied=self.tied)
+        for name, param in factors.items():
+            getattr(self, PREFIX + name)[adapter_name] = param
+        self._finish_update(adapter_name)
+
+    def _has_adapter(self, adapter: str) -> bool:
+        return adapter in getattr(self, "_generators", {})
+
+    def _specific(self, adapter: str):
+        def get(name):
+            store = getattr(self, PREFIX + name)
+            return store[adapter] if adapter in store else None
+
+        return tie_specific_factors(get("A1"), get("B1"), get("A2"), get("B2"), tied=self.tied)
+
+    def _in_generator_rows(self, adapter: str, weight: torch.Tensor, generate):
+        """``generate(W0)`` with ``W0``'s rows in the order the adapter was trained on."""
+        rows = self._rope_rows[adapter]
+        if rows is None:
+            return generate(weight)
+        rows = rows.to(weight.device)
+        return generate(weight[torch.argsort(rows)])[rows]
+
+    def _merged_weight(self, adapter: str, weight: torch.Tensor) -> torch.Tensor:
+        generator, specific = self._generators[adapter], self._specific(adapter)
+        return self._in_generator_rows(adapter, weight, lambda w: merged_weight_fp32(w, generator, specific))
+
+    def _update(self, adapter: str, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        generator, specific = self._generators[adapter], self._specific(adapter)
+        dtype = next(t.dtype for t in (*specific, *generator.shared_tensors()) if t is not None)
+        delta = self._in_generator_rows(
+            adapter, weight.to(dtype), lambda w: generator.delta_weight(w, *specific, training=self.training)
+        )
+        return F.linear(x.to(dtype), delta)
+
+    def __repr__(self) -> str:
+        return "genft." + super().__repr__()
+
+
+class GenFTPeftModel(AdapterPeftModel):
+    """The PEFT tuner of GenFT: one :class:`GenFTGenerators` per adapter on the tuner
+    (``genft_generators``), :class:`GenFTPeftLinear` on every target linear."""
+
+    prefix: str = PREFIX
+    tuner_layer_cls = GenFTPeftLinear
+    root_attr = "genft_generators"
+
+    def make_root(self, peft_config: GenFTPeftConfig) -> GenFTGenerators:
+        return GenFTGenerators(peft_config.genft_config())
+
+
+register_peft_method(name="genft", config_cls=GenFTPeftConfig, model_cls=GenFTPeftModel, prefix=PREFIX)

@@ -1,0 +1,116 @@
+"""WeGeFT as a PEFT method: :class:`WeGeFTPeftConfig`, :class:`WeGeFTPeftLinear`,
+:class:`WeGeFTPeftModel`.
+
+``dW = (alpha/r) W0 phi^T psi``. With ``shared`` (the default, the authors'
+``tied_modules``) one ``(phi, psi)`` pair per module type lives once on the tuner
+(``base_model.wegeft_factors.<type>.phi`` in the saved file); otherwise each adapted
+linear holds its own (``<module>.wegeft_layer_factors.phi``). The maths is
+:mod:`genft_tune.modules.wegeft`'s. ``dW`` is a row-wise function of ``W0``, so a row
+permutation of ``W0`` (Hugging Face's q/k RoPE order) permutes ``dW`` alike: adapters
+from the torchtune recipes need no conversion of their rows.
+"""
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Union
+
+import torch
+from torch import nn
+
+from peft import PeftConfig
+from peft.utils import register_peft_method
+
+from genft_tune.modules.wegeft import WeGeFTConfig, WeGeFTFactors, WeGeFTSharedFactors, wegeft_merged_weight
+from genft_tune.modules.wegeft.layer import wegeft_projection, wegeft_update
+from genft_tune.peft._tuner import AdapterPeftLayer, AdapterPeftModel, peft_fields, peft_type
+
+PREFIX = "wegeft_"
+WEGEFT = peft_type("WEGEFT")
+LAYER_FACTORS = f"{PREFIX}layer_factors"
+
+
+@dataclass
+class WeGeFTPeftConfig(PeftConfig):
+    """:class:`~genft_tune.modules.WeGeFTConfig`'s fields as a PEFT config, plus PEFT's
+    ``target_modules`` (required) and friends; validated as :class:`WeGeFTConfig` is.
+
+    ``shared_keys`` (module name -> key) groups module types under one shared pair
+    (e.g. ``{"q_proj": "qk", "k_proj": "qk"}``); by default each module type has its own.
+    """
+
+    rank: int = WeGeFTConfig.rank
+    alpha: float = WeGeFTConfig.alpha
+    dropout: float = WeGeFTConfig.dropout
+    shared: bool = WeGeFTConfig.shared
+    recompute: bool = WeGeFTConfig.recompute
+    shared_keys: Optional[Dict[str, str]] = field(default=None)
+    target_modules: Optional[Union[List[str], str]] = field(default=None)
+    exclude_modules: Optional[Union[List[str], str]] = field(default=None)
+    modules_to_save: Optional[List[str]] = field(default=None)
+    layers_to_transform: Optional[Union[List[int], int]] = field(default=None)
+    layers_pattern: Optional[Union[List[str], str]] = field(default=None)
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.peft_type = WEGEFT
+        if isinstance(self.target_modules, list):
+            self.target_modules = set(self.target_modules)
+        if not self.target_modules:
+            raise ValueError("WeGeFTPeftConfig needs target_modules, e.g. ['q_proj', 'v_proj']")
+        self.wegeft_config()  # the same validation, the same messages
+
+    def wegeft_config(self) -> WeGeFTConfig:
+        """The :class:`WeGeFTConfig` these fields describe."""
+        return WeGeFTConfig(**peft_fields(self, WeGeFTConfig))
+
+
+class WeGeFTPeftLinear(AdapterPeftLayer):
+    """A PEFT tuner layer: ``base_layer(x) + (alpha/r) (x psi^T) (W0 phi^T)^T``."""
+
+    adapter_layer_names = (LAYER_FACTORS,)
+    _module_stores = (LAYER_FACTORS,)
+
+    def update_layer(self, adapter_name: str, config: WeGeFTPeftConfig, shared: WeGeFTSharedFactors) -> None:
+        if not hasattr(self, "_factors"):
+            self._factors: Dict[str, WeGeFTFactors] = {}  # adapter -> its (phi, psi)
+        cfg = config.wegeft_config()
+        weight = self.get_base_layer().weight
+        if cfg.shared:
+            key = (config.shared_keys or {}).get(self.module_name, self.module_name)
+            factors = shared.get(key, self.in_features)
+            factors.to(device=weight.device, dtype=weight.dtype if weight.is_floating_point() else None)
+        else:
+            factors = WeGeFTFactors(self.in_features, config=cfg)
+            getattr(self, LAYER_FACTORS)[adapter_name] = factors
+        self._factors[adapter_name] = factors
+        self._finish_update(adapter_name)
+
+    def _has_adapter(self, adapter: str) -> bool:
+        return adapter in getattr(self, "_factors", {})
+
+    def _merged_weight(self, adapter: str, weight: torch.Tensor) -> torch.Tensor:
+        factors = self._factors[adapter]
+        return wegeft_merged_weight(weight, factors.phi, factors.psi, factors.config)
+
+    def _update(self, adapter: str, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        factors = self._factors[adapter]
+        phi, psi, cfg = factors.phi, factors.psi, factors.config
+        projection = wegeft_projection(weight.to(phi.dtype), phi, cfg.dropout if self.training else 0.0)
+        return wegeft_update(x.to(phi.dtype), projection, psi, cfg.scaling)
+
+    def __repr__(self) -> str:
+        return "wegeft." + super().__repr__()
+
+
+class WeGeFTPeftModel(AdapterPeftModel):
+    """The PEFT tuner of WeGeFT: the shared ``(phi, psi)`` pairs of each adapter on the
+    tuner (``wegeft_factors``), :class:`WeGeFTPeftLinear` on every target linear."""
+
+    prefix: str = PREFIX
+    tuner_layer_cls = WeGeFTPeftLinear
+    root_attr = "wegeft_factors"
+
+    def make_root(self, peft_config: WeGeFTPeftConfig) -> WeGeFTSharedFactors:
+        return WeGeFTSharedFactors(peft_config.wegeft_config())
+
+
+register_peft_method(name="wegeft", config_cls=WeGeFTPeftConfig, model_cls=WeGeFTPeftModel, prefix=PREFIX)
