@@ -44,6 +44,9 @@ STAGES = ("both", "row", "column")
 # instead of W0).
 CONVENTIONS = ("ours", "authors_peft", "authors_vit")
 
+# When the dense training forward uses the fused Triton kernels (modules/genft/_fused.py).
+FUSED_MODES = ("auto", "never", "always")
+
 
 # The learning rate measured for GenFTConfig's default ratio/scaling (AdamW moves each
 # parameter by about lr per step, so the useful lr depends on scaling; benchmarks/README.md,
@@ -94,6 +97,13 @@ class GenFTConfig:
             (their ViT code: ``ratio`` multiplies the four generator matrices
             ``D1, E1, D2, E2`` instead of ``W0``). The last two reproduce the authors'
             published runs and adapters; see ``GENFT_SPEC.md``.
+        fused (str): the dense training forward (not the low-rank path) through fused
+            Triton kernels that never write the generator's ``(out, in)`` intermediates:
+            ``"auto"`` (when the tensors are on CUDA, triton imports and the call is
+            supported; else the eager generator), ``"never"`` (eager) or ``"always"``
+            (an error where it cannot run; on CPU only under ``TRITON_INTERPRET=1``,
+            Triton's interpreter, which is how the tests run it). Same values to fp32
+            round-off; dropout draws another (equally distributed) mask than eager.
 
     Raises:
         ValueError: if any field is out of its allowed range.
@@ -113,6 +123,7 @@ class GenFTConfig:
     recompute: bool = True
     stages: str = "both"
     convention: str = "ours"
+    fused: str = "auto"
 
     def __post_init__(self):
         for field in ("shared_dim", "specific_dim"):
@@ -129,6 +140,7 @@ class GenFTConfig:
         _check_choice("init_b", self.init_b, FACTOR_INITS)
         _check_choice("stages", self.stages, STAGES)
         _check_choice("convention", self.convention, CONVENTIONS)
+        _check_choice("fused", self.fused, FUSED_MODES)
         if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         for field in ("ratio", "scaling"):

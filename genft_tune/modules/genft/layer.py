@@ -8,6 +8,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from genft_tune.modules._base import AdapterLinear, dequantized
+from genft_tune.modules.genft import _fused
 from genft_tune.modules.genft.generator import (
     _init_factor,
     GenFTGenerator,
@@ -167,17 +168,21 @@ class GenFTLinear(AdapterLinear):
         self, training: bool, tensors: Optional[Sequence[torch.Tensor]] = None
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(W0, dW / scaling)``; arguments as :meth:`_merged_weight`."""
+        tensors = self._tracked_tensors() if tensors is None else tensors
+        W0, shared, specific = self._generator_inputs(tensors)
+        return W0, self.generator.generate(W0.to(tensors[1].dtype), *specific, training=training, shared=shared)
+
+    def _generator_inputs(self, tensors: Optional[Sequence[torch.Tensor]] = None):
+        """``(W0, shared tensors by name, (A1, B1, A2, B2) tie applied)`` from ``tensors``
+        (ordered as :meth:`_tracked_tensors`), else from the layer's."""
         weight, *rest = self._tracked_tensors() if tensors is None else tensors
         names = self.generator.shared_names()
         shared = dict(zip(names, rest[: len(names)]))
         own = dict(zip(self.adapter_params(), rest[len(names) :]))
-        W0 = dequantized(weight)
         specific = tie_specific_factors(
             own.get("A1"), own.get("B1"), own.get("A2"), own.get("B2"), tied=self.tied
         )
-        return W0, self.generator.generate(
-            W0.to(rest[0].dtype), *specific, training=training, shared=shared
-        )
+        return dequantized(weight), shared, specific
 
     def _merged_forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self._merged_weight(self.training).to(x.dtype), self.bias)
@@ -206,6 +211,8 @@ class GenFTLinear(AdapterLinear):
         dropout_active = self._dropout_active()
         if self.config.lowrank and not dropout_active:
             return self._lowrank_forward(x)
+        if needs_graph and self._use_fused(x, tensors):
+            return _fused.FusedMergedLinear.apply(self, x, self.bias, *tensors)
         if self.config.recompute and needs_graph:
             if dropout_active or torch.compiler.is_compiling():
                 # checkpoint replays the dropout mask and is what torch.compile traces.
@@ -216,6 +223,16 @@ class GenFTLinear(AdapterLinear):
                 )
             return _RecomputedMergedLinear.apply(self, x, self.bias, *tensors)
         return self._merged_forward(x)
+
+    def _use_fused(self, x: torch.Tensor, tensors: List[torch.Tensor]) -> bool:
+        """Whether this training forward runs the fused kernels (``config.fused``)."""
+        mode = self.config.fused
+        if mode == "never":
+            return False
+        reason = _fused.unsupported_reason(self.config, x, tensors)
+        if reason is not None and mode == "always":
+            raise RuntimeError(f"GenFTConfig.fused='always', but the fused generator cannot run: {reason}")
+        return reason is None
 
 
 class _RecomputedMergedLinear(torch.autograd.Function):
