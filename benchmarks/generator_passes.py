@@ -16,6 +16,11 @@ gradient: 2 passes). Multiply by ``out * in * bytes`` and divide by the memory
 bandwidth for a lower bound on the generator's time. Runs on CPU in seconds; the counts
 do not depend on the device.
 
+``genft_dense_fused`` (the Triton kernels of ``genft_tune/modules/genft/_fused.py``) runs
+here in Triton's interpreter: its torch ops are counted as above, and each kernel launch
+adds the passes it makes by construction (``KERNEL_PASSES``: the interpreter's own
+host copies are not counted), so its row is measured launches times analytic passes.
+
 Example::
 
     python benchmarks/generator_passes.py --dim 256 --tokens 64
@@ -23,19 +28,31 @@ Example::
 
 import argparse
 import collections
+import contextlib
+import os
 import sys
 from typing import Dict, Optional, Sequence
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import _disable_current_modes, TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torchtune.modules.peft import LoRALinear
 
 from genft_tune.modules import GenFTConfig, GenFTGenerators, genft_linear
+from genft_tune.modules.genft import _fused
 
-# metadata-only ops: no data moves
+# metadata-only ops and allocations: no data moves
 _VIEWS = {torch.ops.aten.t.default, torch.ops.aten.view.default, torch.ops.aten.detach.default,
-          torch.ops.aten._unsafe_view.default, torch.ops.aten.transpose.int, torch.ops.aten.alias.default}
+          torch.ops.aten._unsafe_view.default, torch.ops.aten.transpose.int, torch.ops.aten.alias.default,
+          torch.ops.aten.empty_like.default, torch.ops.aten.empty.memory_format}
+
+# (out, in)-sized passes of one launch of each fused kernel, by construction
+KERNEL_PASSES = {
+    "merged_weight": 2,  # reads W0, writes W
+    "row_to_h2": 0,  # F_row lives in registers only
+    "stage_backward": 1,  # reads G = dLoss/dF once
+    "row_backward": 0,  # dF_row = D2.T @ dpre2 and F_row rebuilt in registers
+}
 
 
 class WeightPasses(TorchDispatchMode):
@@ -62,9 +79,31 @@ class WeightPasses(TorchDispatchMode):
         return sum(self.by_op.values())
 
 
+@contextlib.contextmanager
+def _fused_kernels_counted(mode: WeightPasses):
+    """Run the fused kernels in Triton's interpreter, unseen by ``mode``, and add each
+    launch's :data:`KERNEL_PASSES` to it."""
+    launch, old_env = _fused._launch, os.environ.get("TRITON_INTERPRET")
+
+    def counted(name, *args, **kwargs):
+        mode.by_op[f"kernel {name}"] += KERNEL_PASSES[name]
+        with _disable_current_modes():
+            return launch(name, *args, **kwargs)
+
+    _fused._launch, os.environ["TRITON_INTERPRET"] = counted, "1"
+    try:
+        yield
+    finally:
+        _fused._launch = launch
+        if old_env is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = old_env
+
+
 def count(layer: torch.nn.Module, dim: int, tokens: int) -> WeightPasses:
     x = torch.randn(tokens, dim, requires_grad=True)
-    with WeightPasses(dim * dim) as mode:
+    with WeightPasses(dim * dim) as mode, _fused_kernels_counted(mode):
         layer(x).square().sum().backward()
     return mode
 
@@ -78,8 +117,9 @@ def variants(dim: int, a: int, b: int) -> Dict[str, torch.nn.Module]:
     lora.weight.requires_grad_(False)
     return {
         "lora_r16": lora,
-        "genft_dense": genft(recompute=False),
-        "genft_dense_recompute": genft(recompute=True),
+        "genft_dense": genft(recompute=False, fused="never"),
+        "genft_dense_recompute": genft(recompute=True, fused="never"),
+        "genft_dense_fused": genft(fused="always"),
         "genft_lowrank": genft(act_out="identity"),
     }
 

@@ -14,7 +14,10 @@ One run measures, for the same shape and the same adapted projections:
 - ``lora_matched``: LoRA at GenFT's trainable-parameter count;
 - ``dora_r16``: torchtune ``DoRALinear``, rank 16;
 - ``genft_dense_recompute`` / ``genft_dense``: GenFT with the default gelu/gelu
-  generator (merged forward), ``recompute`` on / off;
+  generator (merged forward, the eager generator: ``fused="never"``), ``recompute`` on / off;
+- ``genft_dense_fused``: the same generator through the fused Triton kernels
+  (``fused="always"``); on CPU they run in Triton's interpreter (set for that variant
+  only), which checks the code path but says nothing about speed;
 - ``genft_lowrank``: GenFT with ``act_out="identity"`` (the low-rank path);
 - ``wegeft``: WeGeFT (shared ``phi, psi`` per module type).
 
@@ -40,6 +43,7 @@ Examples::
 """
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -88,6 +92,7 @@ VARIANTS = (
     "dora_r16",
     "genft_dense_recompute",
     "genft_dense",
+    "genft_dense_fused",
     "genft_lowrank",
     "wegeft",
 )
@@ -237,8 +242,11 @@ def make_methods(args, shape, attn_modules, apply_to_mlp) -> Dict[str, Method]:
         "lora_r16": Method("lora_r16", "lora", rank=r, alpha=2.0 * r),
         "lora_matched": Method("lora_matched", "lora", rank=matched, alpha=2.0 * matched),
         "dora_r16": Method("dora_r16", "dora", rank=r, alpha=2.0 * r),
-        "genft_dense_recompute": Method("genft_dense_recompute", "genft", genft=genft_config(args, recompute=True)),
-        "genft_dense": Method("genft_dense", "genft", genft=genft_config(args, recompute=False)),
+        "genft_dense_recompute": Method(
+            "genft_dense_recompute", "genft", genft=genft_config(args, recompute=True, fused="never")
+        ),
+        "genft_dense": Method("genft_dense", "genft", genft=genft_config(args, recompute=False, fused="never")),
+        "genft_dense_fused": Method("genft_dense_fused", "genft", genft=genft_config(args, fused="always")),
         "genft_lowrank": Method("genft_lowrank", "genft", genft=genft_config(args, act_out="identity")),
         "wegeft": Method("wegeft", "wegeft", wegeft=WeGeFTConfig(rank=args.wegeft_rank, alpha=2.0 * args.wegeft_rank)),
     }
@@ -403,6 +411,21 @@ def write_json(path: str, data: Dict) -> None:
         raise
 
 
+@contextlib.contextmanager
+def triton_interpreter(enabled: bool):
+    """``TRITON_INTERPRET=1`` inside (the fused kernels' only way to run on CPU tensors)."""
+    old = os.environ.get("TRITON_INTERPRET")
+    if enabled:
+        os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        yield
+    finally:
+        if enabled and old is None:
+            del os.environ["TRITON_INTERPRET"]
+        elif enabled:
+            os.environ["TRITON_INTERPRET"] = old
+
+
 def main(argv: Optional[Sequence[str]] = None) -> Dict:
     args = parse_args(argv)
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
@@ -417,7 +440,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
 
     rows, inference = [], None
     for name, method in methods.items():
-        row, model = bench_train(args, shape, name, method, attn_modules, apply_to_mlp, device, dtype)
+        with triton_interpreter(name == "genft_dense_fused" and device.type == "cpu"):
+            row, model = bench_train(args, shape, name, method, attn_modules, apply_to_mlp, device, dtype)
         rows.append(row)
         print(
             f"{name}: {1e3 * row['step_s_median']:.1f} ms/step, trainable {row['trainable_params']:,}",
