@@ -281,6 +281,19 @@ def test_no_dropout_under_checkpoint_and_eval(interpret):
                               + x @ layer.weight.T + layer.bias, atol=1e-5)
 
 
+@needs_triton
+def test_always_under_torch_compile(interpret):
+    """"always" under torch.compile: the fused call is a graph break, same gradients."""
+    layer = _layer(40, 40, fused="always")
+    x = torch.randn(3, 40)
+    eager = _loss_and_grads(layer, x)
+    before = _fused.launch_counts.get("merged_weight", 0)
+    compiled = _loss_and_grads(layer, x, wrap=torch.compile(lambda m, i: m(i), backend="eager"))
+    assert _fused.launch_counts["merged_weight"] > before
+    for a, b in zip(eager[1], compiled[1]):
+        assert torch.equal(a, b)
+
+
 def test_dispatch_falls_back_and_always_says_why(monkeypatch):
     """Without CUDA (and without the interpreter) or without triton, "auto" is the eager
     path and "always" is a clear error."""
@@ -297,17 +310,13 @@ def test_dispatch_falls_back_and_always_says_why(monkeypatch):
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     monkeypatch.setitem(sys.modules, "triton", None)  # `import triton` now fails
-    _fused.triton_available.cache_clear()
-    try:
-        assert not _fused.triton_available()
-        with pytest.raises(RuntimeError, match="triton is not installed"):
-            layer(x)
-        _set_fused(layer, "auto")
-        _loss_and_grads(layer, x)
-        assert _fused.launch_counts == calls
-    finally:
-        monkeypatch.undo()
-        _fused.triton_available.cache_clear()
+    monkeypatch.setattr(_fused, "_triton_ok", None)  # and is tried again
+    assert not _fused.triton_available()
+    with pytest.raises(RuntimeError, match="triton is not installed"):
+        layer(x)
+    _set_fused(layer, "auto")
+    _loss_and_grads(layer, x)
+    assert _fused.launch_counts == calls
 
 
 def test_config_field():
@@ -375,6 +384,17 @@ def _loss_and_grads_cuda(layer, x):
     return loss.detach(), torch.autograd.grad(loss, [x, *params])
 
 
+class _TwoLayers(torch.nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.genft_generators = GenFTGenerators(config)
+        self.q = genft_linear(256, 256, generators=self.genft_generators)
+        self.v = genft_linear(256, 128, generators=self.genft_generators)
+
+    def forward(self, x):
+        return self.v(self.q(x))
+
+
 @pytest.mark.gpu
 @needs_cuda
 @needs_triton
@@ -390,14 +410,10 @@ def test_gpu_fsdp2_single_rank(tmp_path):
         for mode in ("never", "auto"):
             torch.manual_seed(0)
             config = GenFTConfig(shared_dim=8, specific_dim=4, zero_init=False, fused=mode)
-            model = torch.nn.Module()
-            model.genft_generators = GenFTGenerators(config)
-            model.q = genft_linear(256, 256, generators=model.genft_generators)
-            model.v = genft_linear(256, 128, generators=model.genft_generators)
-            model.cuda()
+            model = _TwoLayers(config).cuda()
             fully_shard(model)
             x = torch.randn(8, 256, device="cuda")
-            loss = (model.v(model.q(x)) ** 2).mean()
+            loss = (model(x) ** 2).mean()
             loss.backward()
             results[mode] = [p.grad.full_tensor() for p in model.parameters() if p.grad is not None]
         for a, b in zip(results["auto"], results["never"]):

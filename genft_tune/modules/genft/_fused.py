@@ -43,14 +43,20 @@ STAGE_NAMES = ("D1", "E1", "D2", "E2", "c1", "d1", "c2", "d2")
 launch_counts: Dict[str, int] = {}
 
 
-@functools.lru_cache(maxsize=None)
+_triton_ok: Optional[bool] = None  # a plain global, not lru_cache: torch.compile reads it
+
+
 def triton_available() -> bool:
     """Whether ``import triton`` works (the import itself is done once, on first use)."""
-    try:
-        import triton  # noqa: F401
-    except Exception:  # ImportError, or a broken install: the eager path then
-        return False
-    return True
+    global _triton_ok
+    if _triton_ok is None:
+        try:
+            import triton  # noqa: F401
+
+            _triton_ok = True
+        except Exception:  # ImportError, or a broken install: the eager path then
+            _triton_ok = False
+    return _triton_ok
 
 
 def interpreter_enabled() -> bool:
@@ -135,8 +141,6 @@ def unsupported_reason(config, x: torch.Tensor, tensors: Sequence[torch.Tensor])
     """
     if config.latent_dim > MAX_LATENT_DIM:
         return f"shared_dim + specific_dim = {config.latent_dim} > {MAX_LATENT_DIM}"
-    if torch.compiler.is_compiling():
-        return "under torch.compile (it fuses the eager generator itself)"
     device = tensors[0].device
     if any(t.device != device for t in (x, *tensors)):
         return "tensors on several devices"
@@ -504,3 +508,10 @@ class FusedMergedLinear(torch.autograd.Function):
             W = merged_from_saved(W0, [t.detach() if t is not None else None for t in stages], spec, seed, pre1, pre2)
             grad_x = grad_out @ W.to(grad_out.dtype)
         return (None, grad_x, grad_bias, *grads)
+
+
+@torch.compiler.disable
+def fused_merged_linear(layer, x, bias, *tensors):
+    """:class:`FusedMergedLinear` as an opaque call for ``torch.compile`` (a graph break:
+    dynamo does not trace the launches' Python)."""
+    return FusedMergedLinear.apply(layer, x, bias, *tensors)

@@ -212,7 +212,7 @@ class GenFTLinear(AdapterLinear):
         if self.config.lowrank and not dropout_active:
             return self._lowrank_forward(x)
         if needs_graph and self._use_fused(x, tensors):
-            return _fused.FusedMergedLinear.apply(self, x, self.bias, *tensors)
+            return _fused.fused_merged_linear(self, x, self.bias, *tensors)
         if self.config.recompute and needs_graph:
             if dropout_active or torch.compiler.is_compiling():
                 # checkpoint replays the dropout mask and is what torch.compile traces.
@@ -227,8 +227,8 @@ class GenFTLinear(AdapterLinear):
     def _use_fused(self, x: torch.Tensor, tensors: List[torch.Tensor]) -> bool:
         """Whether this training forward runs the fused kernels (``config.fused``)."""
         mode = self.config.fused
-        if mode == "never":
-            return False
+        if mode == "never" or (mode == "auto" and torch.compiler.is_compiling()):
+            return False  # auto under torch.compile: inductor fuses the eager generator itself
         reason = _fused.unsupported_reason(self.config, x, tensors)
         if reason is not None and mode == "always":
             raise RuntimeError(f"GenFTConfig.fused='always', but the fused generator cannot run: {reason}")
