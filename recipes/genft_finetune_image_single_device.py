@@ -61,7 +61,6 @@ from genft_tune.models.vit import (
     vit_hf_config,
     ViTClassifier,
 )
-from genft_tune.checkpointing import save_genft_adapter
 
 log = utils.get_logger("INFO")
 
@@ -93,7 +92,7 @@ class GenFTImageClassificationRecipeSingleDevice(FTRecipeInterface):
           ``eval_every_n_epochs`` epochs, logged and appended to ``eval_results.json``.
         - Checkpoints after each epoch: GenFT/WeGeFT models write
           ``epoch_{n}/genft_adapter.safetensors`` + ``genft_config.json``
-          (:func:`genft_tune.checkpointing.save_genft_adapter`; the trained head as
+          (:func:`genft_tune.training.save_adapter_files`; the trained head as
           ``modules_to_save``, so ``genft-tune merge`` can fold it into the base);
           LoRA and plain models write ``adapter_model.safetensors`` +
           ``adapter_config.json``; at the end a merged Hugging Face ``ViTForImageClassification`` in
@@ -357,19 +356,16 @@ class GenFTImageClassificationRecipeSingleDevice(FTRecipeInterface):
         if method is not None:
             # genft_adapter.safetensors + genft_config.json: what `genft-tune merge` reads;
             # the trained head (and other trained modules) travel as modules_to_save.
-            layers = method.layers(self._model)
             class_names = getattr(self._train_data, "class_names", None)
             extra = self._adapter_config()
             if class_names and len(class_names) == self._model.num_classes:
                 extra["id2label"] = {str(i): str(n) for i, n in enumerate(class_names)}
-            save_genft_adapter(
+            genft_training.save_adapter_files(
                 epoch_dir,
+                adapter=method,
                 adapter_state_dict={k: v for k, v in adapter.items() if is_key(k)},
-                config=method.config,
-                target_modules=method.target_modules,
-                base_model=self._cfg.get("checkpoint", {}).get("path"),
+                base_dir=self._cfg.get("checkpoint", {}).get("path"),
                 extra=extra,
-                target_shapes={n: tuple(m.weight.shape) for n, m in layers.items()},
                 modules_to_save={k: v for k, v in adapter.items() if not is_key(k)},
             )
         else:

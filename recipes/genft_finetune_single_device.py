@@ -41,7 +41,6 @@ from tqdm import tqdm
 from genft_tune import training as genft_training
 from genft_tune._recipe_registry import resolve_config_argv
 from genft_tune._fs import give_open_modes
-from genft_tune.checkpointing import load_genft_adapter, save_genft_adapter
 
 log = utils.get_logger("DEBUG")
 
@@ -186,7 +185,9 @@ class GenFTFinetuneRecipeSingleDevice(FTRecipeInterface):
             return base_state_dict, None, None
         recipe_state = genft_training.load_recipe_state(self._output_dir)
         adapter_dir = self._output_dir / recipe_state[genft_training.ADAPTER_DIR_KEY]
-        adapter_state_dict, adapter_config = load_genft_adapter(adapter_dir)
+        adapter_state_dict, adapter_config = genft_training.load_adapter_files(
+            adapter_dir, base_dir=genft_training.checkpoint_dir_of(self._checkpointer)
+        )
         self._resume_adapter_config = adapter_config
         self._update_recipe_state(recipe_state)
         log.info(f"Resuming from {adapter_dir} (step {self.global_step}).")
@@ -600,14 +601,11 @@ class GenFTFinetuneRecipeSingleDevice(FTRecipeInterface):
         adapter_dir = self._output_dir / name
 
         state_dict = self._model.state_dict()
-        save_genft_adapter(
+        genft_training.save_adapter_files(
             adapter_dir,
+            adapter=self._adapter,
             adapter_state_dict=self._adapter.adapter_state_dict(state_dict),
-            config=self._adapter.config,
-            target_modules=self._adapter.target_modules,
-            base_model=str(self._checkpointer._checkpoint_dir)
-            if hasattr(self._checkpointer, "_checkpoint_dir")
-            else None,
+            base_dir=genft_training.checkpoint_dir_of(self._checkpointer),
         )
 
         if done and not self._save_adapter_weights_only:

@@ -74,9 +74,11 @@ def test_save_load_merge_round_trip(tmp_path, method):
     assert not any(k.endswith(".weight") for k in keys)  # no W0
     assert not any(".generator." in k for k in keys)  # no per-layer copy of a shared generator
 
+    assert not any(".default." in k for k in keys)  # the file does not depend on the adapter's name
+
     fresh = _base()
     fresh.load_state_dict(state)
-    loaded = PeftModel.from_pretrained(fresh, tmp_path).eval()
+    loaded = PeftModel.from_pretrained(fresh, tmp_path, adapter_name="other").eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(_tokens()).logits, want, rtol=0, atol=0)
         merged = loaded.merge_and_unload()

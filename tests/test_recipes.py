@@ -85,6 +85,9 @@ def test_checkpoint_layout(trained):
     for name in ("step_4", "epoch_0", "step_8", "epoch_1"):
         assert (out / name / "genft_adapter.safetensors").is_file(), name
         assert (out / name / "genft_config.json").is_file(), name
+        # PEFT's pair in a subfolder (beside merged weights it would hide them from transformers)
+        assert sorted(p.name for p in (out / name / "peft").iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+        assert not (out / name / "adapter_config.json").exists()
     # the merged model only at the end, in the base checkpoint's (HF) format
     assert (out / "epoch_1" / "model-00001-of-00001.safetensors").is_file()
     assert (out / "epoch_1" / "config.json").is_file()
@@ -114,6 +117,10 @@ def test_resume_mid_epoch_reproduces_losses(trained):
     assert state["steps_run"] == 8 and state["steps_in_epoch"] == 2
     assert "dataloader" in state  # a mid-epoch checkpoint
 
+    # resume reads PEFT's pair when ours is gone (the other resume tests read ours)
+    for name in ("genft_adapter.safetensors", "genft_config.json"):
+        (snapshot / "step_8" / name).unlink()
+    assert (snapshot / "step_8" / "peft" / "adapter_config.json").is_file()
     cfg = dict(trained["cfg"])
     cfg["output_dir"] = str(snapshot)
     cfg["resume_from_checkpoint"] = True
@@ -190,8 +197,18 @@ def test_merged_checkpoint_loads_in_transformers_with_genft_logits(trained, tmp_
     genft = _genft_logits(trained["cfg"], base_dir, merged_dir, tokens)
     torch.testing.assert_close(hf_logits, genft, rtol=1e-4, atol=1e-4)
 
-    # not trivially equal: the base model's logits differ
+    # PEFT's pair that the recipe wrote gives the same model on the Hugging Face base
+    import genft_tune.peft  # noqa: F401
+    from peft import PeftModel
     from transformers import LlamaForCausalLM
+
+    peft_model = PeftModel.from_pretrained(
+        LlamaForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32), str(merged_dir / "peft")
+    ).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(peft_model(tokens).logits, genft, rtol=1e-4, atol=1e-4)
+
+    # not trivially equal: the base model's logits differ
 
     base = LlamaForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32).eval()
     with torch.no_grad():

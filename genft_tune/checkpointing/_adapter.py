@@ -18,7 +18,7 @@ import os
 import re
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from safetensors import SafetensorError
@@ -135,6 +135,59 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def write_file_pair(
+    output_dir: PathLike,
+    *,
+    tensors: Mapping[str, torch.Tensor],
+    tensor_metadata: Dict[str, str],
+    weights_name: str,
+    config_name: str,
+    config_text: Callable[[Path], str],
+) -> None:
+    """Write a safetensors file and the json that describes it, atomically as a pair.
+
+    Both go to temporary names in ``output_dir`` (created if needed), are fsynced and
+    renamed: an existing json is removed first and the new one is renamed last, so an
+    interrupted save never leaves a complete-looking pair.
+
+    Args:
+        output_dir (PathLike): the directory.
+        tensors (Mapping[str, torch.Tensor]): contiguous CPU tensors.
+        tensor_metadata (Dict[str, str]): the safetensors header's metadata.
+        weights_name (str): file name of the tensors.
+        config_name (str): file name of the json.
+        config_text (Callable[[Path], str]): the json's text, given the written
+            (temporary) tensor file (e.g. to record its sha256).
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    weights_path = output_dir / weights_name
+    config_path = output_dir / config_name
+    fd, tmp_weights = temp_file(output_dir, prefix=f".{weights_name}.", suffix=".tmp")
+    os.close(fd)
+    fd, tmp_config = temp_file(output_dir, prefix=f".{config_name}.", suffix=".tmp")
+    os.close(fd)
+    tmp_weights, tmp_config = Path(tmp_weights), Path(tmp_config)
+    try:
+        save_file(dict(tensors), str(tmp_weights), metadata=tensor_metadata)
+        give_open_mode(tmp_weights)
+        _fsync_file(tmp_weights)
+        with open(tmp_config, "w") as f:
+            f.write(config_text(tmp_weights))
+            f.flush()
+            os.fsync(f.fileno())
+        # the old pair stops looking complete before the new weights replace the old
+        config_path.unlink(missing_ok=True)
+        _fsync_dir(output_dir)
+        os.replace(tmp_weights, weights_path)
+        _fsync_dir(output_dir)
+        os.replace(tmp_config, config_path)
+        _fsync_dir(output_dir)
+    finally:
+        tmp_weights.unlink(missing_ok=True)
+        tmp_config.unlink(missing_ok=True)
+
+
 def save_genft_adapter(
     output_dir: PathLike,
     *,
@@ -244,33 +297,18 @@ def save_genft_adapter(
     if extra_tensors:
         meta["modules_to_save"] = sorted(extra_tensors)
 
-    output_dir.mkdir(parents=True, exist_ok=True)
-    weights_path = output_dir / ADAPTER_WEIGHTS_FILE
-    config_path = output_dir / ADAPTER_CONFIG_FILE
-    fd, tmp_weights = temp_file(output_dir, prefix=f".{ADAPTER_WEIGHTS_FILE}.", suffix=".tmp")
-    os.close(fd)
-    fd, tmp_config = temp_file(output_dir, prefix=f".{ADAPTER_CONFIG_FILE}.", suffix=".tmp")
-    os.close(fd)
-    tmp_weights, tmp_config = Path(tmp_weights), Path(tmp_config)
-    try:
-        save_file(tensors, str(tmp_weights), metadata={"format": "pt", "method": method})
-        give_open_mode(tmp_weights)
-        _fsync_file(tmp_weights)
-        meta["weights_sha256"] = _sha256(tmp_weights)
-        with open(tmp_config, "w") as f:
-            f.write(_dump_json(meta))
-            f.flush()
-            os.fsync(f.fileno())
-        # the old pair stops looking complete before the new weights replace the old
-        config_path.unlink(missing_ok=True)
-        _fsync_dir(output_dir)
-        os.replace(tmp_weights, weights_path)
-        _fsync_dir(output_dir)
-        os.replace(tmp_config, config_path)
-        _fsync_dir(output_dir)
-    finally:
-        tmp_weights.unlink(missing_ok=True)
-        tmp_config.unlink(missing_ok=True)
+    def config_text(weights: Path) -> str:
+        meta["weights_sha256"] = _sha256(weights)
+        return _dump_json(meta)
+
+    write_file_pair(
+        output_dir,
+        tensors=tensors,
+        tensor_metadata={"format": "pt", "method": method},
+        weights_name=ADAPTER_WEIGHTS_FILE,
+        config_name=ADAPTER_CONFIG_FILE,
+        config_text=config_text,
+    )
     return output_dir
 
 

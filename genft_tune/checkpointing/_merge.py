@@ -28,11 +28,12 @@ from safetensors.torch import save_file
 
 from genft_tune._fs import give_open_mode, remove_stale, temp_dir
 from genft_tune.checkpointing._adapter import (
+    _dump_json,
     ADAPTER_CONFIG_FILE,
     check_adapter_matches_model,
     GenFTAdapterConfig,
-    load_genft_adapter,
 )
+from genft_tune.checkpointing._peft_format import load_any_adapter
 from genft_tune.modules import get_adapter_kind
 
 log = logging.getLogger(__name__)
@@ -264,7 +265,8 @@ def merge_adapter_checkpoint(
             ``model.safetensors.index.json`` or one file; ``config.json`` with
             ``model_type`` llama, mistral, qwen2 or vit) or a torchtune/Meta directory
             (``consolidated.00.pth`` / ``*.pt``).
-        adapter_dir (PathLike): saved by :func:`save_genft_adapter`.
+        adapter_dir (PathLike): saved by :func:`save_genft_adapter`, or a PEFT GenFT/WeGeFT
+            adapter (``adapter_config.json`` + ``adapter_model.safetensors``).
         output_dir (PathLike): the merged checkpoint (must not exist unless ``overwrite``).
         dtype (str): ``auto`` (keep each tensor's dtype), ``bf16``, ``fp16`` or ``fp32``
             (cast every floating tensor; ``config.json``'s ``torch_dtype`` follows).
@@ -289,8 +291,8 @@ def merge_adapter_checkpoint(
         raise FileExistsError(f"output directory {output_dir} exists (pass overwrite / --overwrite)")
     if output_dir.resolve() == base_dir.resolve():
         raise ValueError("output_dir must differ from base_dir")
-    adapter_sd, adapter_cfg = load_genft_adapter(adapter_dir)
     source = find_base_checkpoint(base_dir)
+    adapter_sd, adapter_cfg = load_any_adapter(adapter_dir, base_dir=base_dir)  # ours, or PEFT's
 
     shapes: Dict[str, Tuple[int, ...]] = {}
     for path in source.files:
@@ -376,7 +378,7 @@ def merge_adapter_checkpoint(
         if writer is not None:
             writer.finish()
         _copy_non_weights(base_dir, tmp_dir, source, cast, config_updates)
-        _copy_run_files(Path(adapter_dir), tmp_dir)
+        _copy_run_files(Path(adapter_dir), adapter_cfg, tmp_dir)
         _fsync_tree(tmp_dir)
         if output_dir.exists():
             old = temp_dir(output_dir.parent, prefix=f"{output_dir.name}.old-")
@@ -464,11 +466,11 @@ def _copy_non_weights(
             shutil.copy2(path, out_dir / path.name)
 
 
-def _copy_run_files(adapter_dir: Path, out_dir: Path) -> None:
-    """The adapter's ``genft_config.json`` (GenFT hyperparameters, for the model card)
-    and, when found in the adapter's directory or its parent (the recipe's output
-    dir), the training config and metric log."""
-    shutil.copy2(adapter_dir / ADAPTER_CONFIG_FILE, out_dir / ADAPTER_CONFIG_FILE)
+def _copy_run_files(adapter_dir: Path, adapter_cfg: GenFTAdapterConfig, out_dir: Path) -> None:
+    """The adapter's ``genft_config.json`` (hyperparameters, for the model card) and,
+    when found in the adapter's directory or its parent (the recipe's output dir), the
+    training config and metric log."""
+    (out_dir / ADAPTER_CONFIG_FILE).write_text(_dump_json(dict(adapter_cfg)))
     for parent in (adapter_dir, adapter_dir.parent):
         for name in RUN_FILES:
             if (parent / name).is_file() and not (out_dir / name).exists():

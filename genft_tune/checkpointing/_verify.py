@@ -18,7 +18,8 @@ from typing import Dict, List, Optional, Union
 import torch
 from torch import nn
 
-from genft_tune.checkpointing._adapter import GenFTAdapterConfig, load_genft_adapter
+from genft_tune.checkpointing._adapter import GenFTAdapterConfig
+from genft_tune.checkpointing._peft_format import load_any_adapter
 from genft_tune.checkpointing._merge import _hf_converter, find_base_checkpoint
 from genft_tune.modules import apply_adapter, get_adapter_kind
 
@@ -148,11 +149,11 @@ def verify_merge(
     """
     base_dir, merged_dir = Path(base_dir), Path(merged_dir)
     config = json.loads((base_dir / "config.json").read_text())
-    adapter_sd, adapter_cfg = load_genft_adapter(adapter_dir)
+    adapter_sd, adapter_cfg = load_any_adapter(adapter_dir, base_dir=base_dir)
     if adapter_cfg.weight_layout != "torchtune":
         raise ValueError(
             f"the adapter in {adapter_dir} is in the {adapter_cfg.weight_layout!r} weight layout "
-            "(imported from the authors' code), which the torchtune model that --verify builds "
+            "(imported from the authors' code or trained by PEFT), which the torchtune model that --verify builds "
             "cannot run; the merge itself applied it to the Hugging Face tensors as trained"
         )
     inputs = _example_input(base_dir, config, prompt)

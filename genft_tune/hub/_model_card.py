@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import yaml
 
 from genft_tune._fs import temp_file
+from genft_tune.hub._base import front_matter, HUB_ID
 from genft_tune.modules import get_adapter_kind
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,6 @@ TRAINING_LOG_FILE = "training_log.txt"
 GENFT_CONFIG_FILE = "genft_config.json"
 TAGS = ["genft", "peft", "torchtune"]
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _LOG_LINE = re.compile(r"^Step (\d+) \| (.*)$")
 
 
@@ -51,19 +51,6 @@ def parse_metric_log(path: PathLike) -> Dict[str, List[Tuple[int, float]]]:
             except ValueError:
                 continue
     return metrics
-
-
-def _front_matter(text: str) -> Dict[str, Any]:
-    if not text.startswith("---"):
-        return {}
-    end = text.find("\n---", 3)
-    if end < 0:
-        return {}
-    try:
-        data = yaml.safe_load(text[3:end])
-    except yaml.YAMLError:
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 Series = Union[Dict[int, float], List[Tuple[int, float]]]
@@ -169,10 +156,10 @@ def build_model_card(
     """
     folder = Path(folder)
     genft = json.loads((folder / GENFT_CONFIG_FILE).read_text()) if (folder / GENFT_CONFIG_FILE).is_file() else {}
-    base_card = _front_matter((folder / CARD_FILE).read_text()) if (folder / CARD_FILE).is_file() else {}
+    base_card = front_matter((folder / CARD_FILE).read_text()) if (folder / CARD_FILE).is_file() else {}
     hf_format = (folder / "config.json").is_file()
     base_model = genft.get("base_model")
-    if base_model and not _HUB_ID.match(str(base_model)):
+    if base_model and not HUB_ID.match(str(base_model)):
         base_model = base_card.get("base_model") if isinstance(base_card.get("base_model"), str) else None
     license = license or base_card.get("license")
 

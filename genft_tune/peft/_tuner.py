@@ -121,6 +121,15 @@ class AdapterPeftModel(BaseTuner):
     def make_root(self, peft_config: Any) -> nn.Module:
         raise NotImplementedError
 
+    @classmethod
+    def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
+        # the shared tensors sit at <root_attr>.<adapter>.<...>: saved as <root_attr>.<...>,
+        # so that the file loads under any adapter name (PEFT maps keys back with this too)
+        inner = f"{cls.root_attr}.{adapter_name}."
+        if inner in key:
+            return key.replace(inner, f"{cls.root_attr}.", 1)
+        return super()._remove_adapter_name_from_key(key, adapter_name)
+
     def _create_and_replace(self, peft_config, adapter_name, target, target_name, parent, current_key, **optional_kwargs):
         if self.root_attr not in self._modules:
             setattr(self, self.root_attr, nn.ModuleDict())

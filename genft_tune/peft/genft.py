@@ -66,6 +66,7 @@ class GenFTPeftConfig(PeftConfig):
     recompute: bool = GenFTConfig.recompute
     stages: str = GenFTConfig.stages
     convention: str = GenFTConfig.convention
+    fused: str = GenFTConfig.fused
     torchtune_rope_heads: Optional[Dict[str, int]] = field(default=None)
     target_modules: Optional[Union[List[str], str]] = field(default=None)
     exclude_modules: Optional[Union[List[str], str]] = field(default=None)

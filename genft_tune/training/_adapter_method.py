@@ -6,8 +6,8 @@ initialisation, the merge into ``W0``, the config fields that name its targets) 
 asked of the method's :class:`~genft_tune.modules.AdapterKind`.
 """
 
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Union
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 import torch
 from omegaconf import DictConfig
@@ -40,11 +40,13 @@ class AdapterMethod:
         config (Any): the adapter's hyperparameters (``GenFTConfig``, ``WeGeFTConfig``).
         target_modules (Union[List[str], Dict[str, Optional[str]]]): adapted linears by
             state-dict name; for WeGeFT a ``{name: shared factors key}`` mapping.
+        target_shapes (Dict[str, Tuple[int, int]]): ``(out, in)`` of each target's ``W0``.
     """
 
     name: str
     config: Any
     target_modules: Union[List[str], Dict[str, Optional[str]]]
+    target_shapes: Dict[str, Tuple[int, int]] = field(default_factory=dict)
 
     @property
     def kind(self) -> AdapterKind:
@@ -151,7 +153,8 @@ def find_adapter_method(model: nn.Module) -> Optional[AdapterMethod]:
         return None
     layers = dict(adapter_layers(model))
     config = next(iter(layers.values())).config
-    return AdapterMethod(kind.name, config, kind.target_modules(layers))
+    shapes = {n: (m.out_dim, m.in_dim) for n, m in layers.items()}
+    return AdapterMethod(kind.name, config, kind.target_modules(layers), shapes)
 
 
 def get_adapter_method(model: nn.Module) -> AdapterMethod:

