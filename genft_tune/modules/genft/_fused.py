@@ -185,12 +185,16 @@ def _split(n_out: int, n_in_tiles: int, block_out: int, device: torch.device) ->
     programs to fill the GPU; two on CPU, so the tests exercise the atomic reduction."""
     n_out_tiles = -(-n_out // block_out)
     if device.type == "cuda":
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
-        want = max(1, -(-4 * sms // n_in_tiles))
+        want = max(1, -(-4 * _sm_count(device.index) // n_in_tiles))
     else:
         want = 2
     per_prog = -(-n_out_tiles // min(want, n_out_tiles)) * block_out
     return -(-n_out // per_prog), per_prog
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: Optional[int]) -> int:
+    return torch.cuda.get_device_properties(index if index is not None else torch.cuda.current_device()).multi_processor_count
 
 
 def _precision(dtype: torch.dtype) -> str:

@@ -69,8 +69,10 @@ class GenFTLinear(AdapterLinear):
       ``load_state_dict`` invalidates it);
     - ``act_out == "identity"`` and no active dropout: low-rank path
       ``x @ W0.T + scaling * ((x @ H2) @ E2.T + sum(x) d2)``;
-    - otherwise the merged forward ``F.linear(x, W0 + dW)``, one matmul, with the
-      generator recomputed in backward when ``config.recompute``.
+    - otherwise the merged forward ``F.linear(x, W0 + dW)``, one matmul: through the
+      fused Triton kernels when ``config.fused`` allows (``"auto"``: CUDA tensors and
+      triton installed; see ``_fused.py``), else the eager generator, recomputed in
+      backward when ``config.recompute``.
 
     Args:
         in_dim (int): input dimension.
