@@ -11,7 +11,10 @@
 4. the recipe writes the merged model (``W0 + dW``) as a plain HF checkpoint in
    ``<work_dir>/run/epoch_0``; it is loaded with ``transformers.AutoModelForCausalLM``
    (no genft_tune involved), and the base and the merged model both answer one
-   held-out WordNet question (greedy, ChatML template).
+   held-out WordNet question (greedy, ChatML template);
+5. writes what ``genft-tune publish --adapter-only`` would upload (the adapter in PEFT's
+   format and its model card, naming ``HuggingFaceTB/SmolLM2-135M-Instruct`` and its
+   Apache-2.0 license) to ``<work_dir>/hub_preview``.
 
 Options: ``--work-dir`` (default ``outputs/quickstart``), ``--max-steps``, and any
 ``key=value`` recipe config override (e.g. ``batch_size=2``).
@@ -266,15 +269,17 @@ def quickstart(
     print(f"      base model:       {base_answer}", flush=True)
     merged_answer = answer(merged_dir, question["input"], tokenizer_dir=tokenizer_dir, max_new_tokens=max_new_tokens)
     print(f"      GenFT (merged):   {merged_answer}", flush=True)
+    print(f"The merged model is a plain Llama checkpoint in {merged_dir}.", flush=True)
+    card = preview_adapter_upload(merged_dir, work_dir / "hub_preview")
     print(
-        f"The merged model is a plain Llama checkpoint in {merged_dir}. Total: "
-        f"{time.perf_counter() - t_total:.0f} s ({time.process_time() - cpu_total:.0f} CPU s).",
+        f"Total: {time.perf_counter() - t_total:.0f} s ({time.process_time() - cpu_total:.0f} CPU s).",
         flush=True,
     )
     return {
         "losses": losses,
         "val_losses": [val[s] for s in sorted(val)],
         "merged_dir": merged_dir,
+        "card": card,
         "plot": plot,
         "question": question,
         "base_answer": base_answer,
@@ -284,6 +289,31 @@ def quickstart(
         "total_seconds": time.perf_counter() - t_total,
         "total_cpu_seconds": time.process_time() - cpu_total,
     }
+
+
+PREVIEW_REPO_ID = "YOU/smollm2-135m-genft-wordnet"
+
+
+def preview_adapter_upload(checkpoint_dir: Path, preview_dir: Path) -> Optional[Path]:
+    """What ``genft-tune publish --adapter-only`` would upload for the run (PEFT's pair,
+    kilobytes, and its model card), written to ``preview_dir``; prints how to publish.
+    Returns the card's path (None when the base's Hub id is unknown: the message says so)."""
+    import shutil
+
+    from genft_tune.hub import publish_folder
+
+    shutil.rmtree(preview_dir, ignore_errors=True)
+    try:
+        publish_folder(checkpoint_dir, repo_id=PREVIEW_REPO_ID, dry_run_dir=preview_dir, adapter_only=True)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"      (no upload preview: {e})", flush=True)
+        return None
+    print(
+        f"      Adapter upload preview (PEFT format, model card): {preview_dir}\n"
+        f"      publish: genft-tune publish --folder {checkpoint_dir} --repo-id {PREVIEW_REPO_ID} [--adapter-only]",
+        flush=True,
+    )
+    return preview_dir / "README.md"
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -163,3 +163,26 @@ def test_fused_targets_are_refused_with_a_reason(tmp_path):
                 intermediate_size=128, vocab_size=128)
     with pytest.raises(PeftFormatError, match="fuses it with others into one tensor"):
         peft_files_from_adapter({}, cfg, hf_config=phi3, base_model_name_or_path=None)
+
+
+def test_export_peft_cli(tmp_path, capsys):
+    from genft_tune._cli.genft import main as cli_main
+    from genft_tune.training._adapter_files import save_adapter_files
+    from genft_tune.training._adapter_method import find_adapter_method
+
+    config = CONFIGS["wegeft"]
+    base = write_tiny_checkpoint(tmp_path / "base")
+    model, _ = _tune_model(base, config)
+    adapter = find_adapter_method(model)
+    sd = {k: v for k, v in model.state_dict().items() if adapter.is_key(k)}
+    save_adapter_files(tmp_path / "ckpt", adapter=adapter, adapter_state_dict=sd, base_dir=base)  # as a recipe
+    (tmp_path / "ckpt" / "peft" / PEFT_CONFIG_FILE).unlink()
+    # the base directory comes from what the adapter recorded
+    assert cli_main(["export-peft", str(tmp_path / "ckpt"), "--base-model", "org/tiny"]) == 0
+    assert json.loads((tmp_path / "ckpt" / "peft" / PEFT_CONFIG_FILE).read_text())["base_model_name_or_path"] == "org/tiny"
+    assert "PEFT adapter written to" in capsys.readouterr().out
+    assert cli_main(["export-peft", str(tmp_path / "ckpt"), "--base-model", "not a hub id"]) == 2
+    assert "--base-model must be a Hub id like ORG/NAME, got 'not a hub id'" in capsys.readouterr().err
+    assert cli_main(["export-peft", str(tmp_path / "ckpt"), "--base", str(tmp_path / "nowhere")]) == 1
+    err = capsys.readouterr().err
+    assert "config.json not found" in err and "Traceback" not in err

@@ -80,7 +80,8 @@ def test_model_card_content(merged_folder):
 
 
 def expected_files(folder: Path):
-    own = {"model.safetensors", "config.json", "tokenizer.json", "genft_config.json", "torchtune_config.yaml", "training_log.txt"}
+    # genft_config.json (the adapter's json) stays local: the card carries its hyperparameters
+    own = {"model.safetensors", "config.json", "tokenizer.json", "torchtune_config.yaml", "training_log.txt"}
     return sorted(own | {"README.md", "loss_curve.png"})
 
 
@@ -223,3 +224,102 @@ def test_loss_curve_is_smoothed_as_well_as_raw(tmp_path):
     assert curves["loss"][1] == [raw[s] for s in range(1, 61)]  # the raw line is still drawn
     path = plot_loss_curve({"loss": raw}, tmp_path / "c.png", title="t")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---- a recipe's checkpoint folder: merged weights, our adapter pair, PEFT's pair ---------
+
+
+def _recipe_run(tmp_path, *, base_card: bool):
+    from test_recipes_fixtures import base_config, run_recipe_in_process, SINGLE_DEVICE_RECIPE, write_config
+
+    cfg = base_config(tmp_path, max_steps_per_epoch=3, epochs=1)
+    base = Path(cfg["checkpointer"]["checkpoint_dir"])
+    if base_card:
+        (base / "README.md").write_text("---\nlicense: apache-2.0\nbase_model: org/tiny-llama\n---\n# tiny\n")
+    run_recipe_in_process(SINGLE_DEVICE_RECIPE, write_config(cfg, tmp_path / "cfg.yaml"))
+    return dict(out=Path(cfg["output_dir"]), base=base)
+
+
+@pytest.fixture
+def recipe_run(tmp_path):
+    """A real recipe run on the tiny Llama (its HF base written by transformers, with a card
+    naming its Hub source and license, as the quickstart's SmolLM2 conversion has): its
+    last ``epoch_N`` holds merged weights, our adapter pair and ``peft/``; the config and
+    metric log are in the output dir."""
+    return _recipe_run(tmp_path, base_card=True)
+
+
+def test_recipe_epoch_folder_publishes_the_merged_model_without_adapter_files(recipe_run, tmp_path):
+    epoch = recipe_run["out"] / "epoch_0"
+    assert (epoch / "genft_adapter.safetensors").is_file() and (epoch / "peft" / "adapter_config.json").is_file()
+    out = tmp_path / "dry"
+    assert cli_main(["publish", "--folder", str(epoch), "--repo-id", REPO_ID, "--dry-run", str(out)]) == 0
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert not any(f.startswith("peft/") or f.startswith("genft_") or f.startswith("adapter_") for f in files), files
+    assert {"training_log.txt", "torchtune_config.yaml", "loss_curve.png", "README.md"} <= set(files)  # the run's
+    card = (out / "README.md").read_text()
+    meta = card_front_matter(card)
+    assert meta["base_model"] == "org/tiny-llama" and meta["license"] == "apache-2.0"
+    assert "## Final metrics" in card and "| loss | 3 |" in card
+    out2 = tmp_path / "dry2"
+    assert cli_main(["publish", "--folder", str(epoch), "--repo-id", REPO_ID, "--dry-run", str(out2), "--include-adapter"]) == 0
+    assert (out2 / "genft_adapter.safetensors").is_file() and (out2 / "peft" / "adapter_model.safetensors").is_file()
+
+
+def _hub_cache_repo(cache: Path, repo_id: str, files: dict) -> None:
+    """``files`` as the snapshot of ``repo_id`` in a huggingface_hub cache (what a download leaves)."""
+    commit = "0" * 40
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snap = repo / "snapshots" / commit
+    snap.mkdir(parents=True)
+    for name, src in files.items():
+        (snap / name).write_bytes(Path(src).read_bytes())
+
+
+def test_adapter_only_card_and_its_snippet_runs_as_printed(recipe_run, tmp_path):
+    """``--adapter-only`` stages PEFT's pair and a card for PEFT; the card's usage snippet,
+    taken from the card text, runs unmodified against a Hub cache holding the base and the
+    adapter, and gives the recipe's merged model."""
+    pytest.importorskip("peft")
+    epoch, base = recipe_run["out"] / "epoch_0", recipe_run["base"]
+    out = tmp_path / "dry"
+    assert cli_main(["publish", "--folder", str(epoch), "--repo-id", REPO_ID, "--dry-run", str(out), "--adapter-only"]) == 0
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert files == ["README.md", "adapter_config.json", "adapter_model.safetensors", "loss_curve.png"]
+    card = (out / "README.md").read_text()
+    meta = card_front_matter(card)
+    assert meta == {"base_model": "org/tiny-llama", "library_name": "peft", "tags": ["genft", "peft", "torchtune"],
+                    "license": "apache-2.0", "pipeline_tag": "text-generation"}
+    snippet = card.split("```python\n", 1)[1].split("```", 1)[0]
+    assert 'from_pretrained("org/tiny-llama")' in snippet and f'from_pretrained(base, "{REPO_ID}")' in snippet
+
+    cache = tmp_path / "hub"
+    _hub_cache_repo(cache, "org/tiny-llama", {n: base / n for n in ("config.json", "model.safetensors")})
+    _hub_cache_repo(cache, REPO_ID, {n: out / n for n in ("adapter_config.json", "adapter_model.safetensors")})
+    tokens = torch.randint(0, 256, (1, 12), generator=torch.Generator().manual_seed(0))
+    torch.save(tokens, tmp_path / "tokens.pt")
+    check = (f"\nimport torch\nwith torch.no_grad():\n    logits = merged.eval()(torch.load({str(tmp_path / 'tokens.pt')!r})).logits\n"
+             f"torch.save(logits, {str(tmp_path / 'logits.pt')!r})\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
+    env.update(HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"))
+    proc = subprocess.run([sys.executable, "-c", snippet + check], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from transformers import AutoModelForCausalLM
+
+    merged = AutoModelForCausalLM.from_pretrained(str(epoch), dtype=torch.float32).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(torch.load(tmp_path / "logits.pt"), merged(tokens).logits, rtol=1e-4, atol=1e-4)
+
+
+def test_unknown_base_asks_for_base_model(tmp_path, capsys):
+    """A base without a card or original_repo_id.json is recorded by its local path only."""
+    epoch = _recipe_run(tmp_path, base_card=False)["out"] / "epoch_0"
+    for flag in ([], ["--adapter-only"]):
+        args = ["publish", "--folder", str(epoch), "--repo-id", REPO_ID, "--dry-run", str(tmp_path / "d"), *flag]
+        assert cli_main(args) == 1
+        assert "pass --base-model ORG/NAME" in capsys.readouterr().err
+        assert not (tmp_path / "d").exists()
+    assert cli_main(args + ["--base-model", "org/named"]) == 0
+    assert card_front_matter((tmp_path / "d" / "README.md").read_text())["base_model"] == "org/named"

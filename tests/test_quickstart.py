@@ -47,6 +47,8 @@ def test_quickstart_plumbing_on_tiny_stand_in(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setenv("GENFT_TUNE_CACHE", str(tmp_path / "cache"))
     base = write_tiny_checkpoint(tmp_path / "base", tie_word_embeddings=True)
+    # a card naming its Hub source, as the SmolLM2 conversion writes
+    (base / "README.md").write_text("---\nlicense: apache-2.0\nbase_model: org/tiny\n---\n")
     tok = write_tiny_tokenizer(tmp_path / "tok")
     hf_tok = _write_hf_tokenizer(tmp_path / "hf_tok")
     overrides = [
@@ -83,6 +85,10 @@ def test_quickstart_plumbing_on_tiny_stand_in(tmp_path, monkeypatch, capsys):
     assert all(v == v and v < 100 for v in result["losses"])  # finite (learning: test_recipes.py)
     assert len(result["val_losses"]) == 2  # step 4 and the epoch end
     assert result["plot"].is_file() and result["plot"].read_bytes()[:4] == b"\x89PNG"
+    card = result["card"].read_text()
+    assert card.startswith("---\nbase_model: org/tiny\nlibrary_name: peft\n") and "license: apache-2.0" in card
+    assert sorted(p.name for p in result["card"].parent.iterdir()) == [
+        "README.md", "adapter_config.json", "adapter_model.safetensors", "loss_curve.png"]
     assert (result["merged_dir"] / "config.json").is_file()
     from safetensors.torch import load_file
 

@@ -1,9 +1,10 @@
-"""``genft-tune publish``: upload a merged GenFT model folder to the Hugging Face Hub
-with a generated model card (``README.md``) and loss curve.
+"""``genft-tune publish``: upload a merged GenFT model folder, or the PEFT-format adapter
+alone, to the Hugging Face Hub with a generated model card (``README.md``) and loss curve.
 
 ::
 
     genft-tune publish --folder ./merged --repo-id me/llama-3.2-1b-genft --private
+    genft-tune publish --folder ./out/epoch_0 --repo-id me/llama-3.2-1b-genft-adapter --adapter-only
     genft-tune publish --folder ./merged --repo-id me/llama-3.2-1b-genft --dry-run ./to_upload
 """
 
@@ -25,6 +26,9 @@ def _publish(args: argparse.Namespace) -> int:
             token=args.token,
             dry_run_dir=args.dry_run,
             license=args.license,
+            base_model=args.base_model,
+            adapter_only=args.adapter_only,
+            include_adapter=args.include_adapter,
         )
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"genft-tune publish: error: {e}", file=sys.stderr)
@@ -40,23 +44,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``publish`` subcommand."""
     parser = subparsers.add_parser(
         "publish",
-        help="Upload a merged model to the Hugging Face Hub with a model card",
-        description="Create a Hub repo and upload a merged GenFT model folder, with a generated "
-        "model card (GenFT hyperparameters, training config, final metrics, loss curve).",
+        help="Upload a merged model, or the adapter alone, to the Hugging Face Hub with a model card",
+        description="Create a Hub repo and upload a merged GenFT model folder (or, with --adapter-only, "
+        "the PEFT-format adapter of a checkpoint folder), with a generated model card (hyperparameters, "
+        "training config, final metrics, loss curve).",
         epilog=textwrap.dedent(
             """\
             The token comes from --token, HF_TOKEN or `hf auth login`; the endpoint from HF_ENDPOINT.
             examples:
                 $ genft-tune publish --folder ./merged --repo-id me/llama-3.2-1b-genft --private
+                $ genft-tune publish --folder ./out/epoch_0 --repo-id me/llama-genft-adapter --adapter-only
                 $ genft-tune publish --folder ./merged --repo-id me/llama-3.2-1b-genft --dry-run ./to_upload
             """
         ),
         formatter_class=argparse.RawTextHelpFormatter,
     )
-    parser.add_argument("--folder", required=True, help="merged model folder (output of `genft-tune merge`)")
+    parser.add_argument("--folder", required=True, help="merged model folder (`genft-tune merge` output, or a recipe's last epoch_N); any checkpoint folder with --adapter-only")
     parser.add_argument("--repo-id", required=True, help="USER/NAME of the Hub repo (created if needed)")
     parser.add_argument("--private", action="store_true", help="create the repo private")
     parser.add_argument("--dry-run", metavar="OUT_DIR", default=None, help="write the files that would be uploaded to OUT_DIR instead")
     parser.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the cached login)")
     parser.add_argument("--license", default=None, help="license for the model card (default: the base's)")
+    parser.add_argument("--base-model", default=None, help="Hub id of the base (default: what the folder records; needed when it records only a local path)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--adapter-only", action="store_true", help="upload the PEFT-format adapter alone (adapter_config.json + adapter_model.safetensors)")
+    mode.add_argument("--include-adapter", action="store_true", help="also upload the adapter files found next to merged weights")
     parser.set_defaults(func=_publish, parser=parser)

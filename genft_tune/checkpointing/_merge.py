@@ -45,8 +45,6 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, 
 HF_INDEX_FILE = "model.safetensors.index.json"
 TORCH_SUFFIXES = (".pth", ".pt")
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
-# Files of the training run copied next to the merged weights (for the model card).
-RUN_FILES = ("torchtune_config.yaml",)
 
 
 @dataclass
@@ -467,17 +465,14 @@ def _copy_non_weights(
 
 
 def _copy_run_files(adapter_dir: Path, adapter_cfg: GenFTAdapterConfig, out_dir: Path) -> None:
-    """The adapter's ``genft_config.json`` (hyperparameters, for the model card) and,
-    when found in the adapter's directory or its parent (the recipe's output dir), the
-    training config and metric log."""
+    """The adapter's ``genft_config.json`` (hyperparameters, for the model card) and the
+    training run's config and metric log (:func:`~genft_tune.hub.find_run_files`)."""
+    from genft_tune.hub._model_card import find_run_files
+
     (out_dir / ADAPTER_CONFIG_FILE).write_text(_dump_json(dict(adapter_cfg)))
-    for parent in (adapter_dir, adapter_dir.parent):
-        for name in RUN_FILES:
-            if (parent / name).is_file() and not (out_dir / name).exists():
-                shutil.copy2(parent / name, out_dir / name)
-        logs = sorted((parent / "logs").glob("*.txt")) if (parent / "logs").is_dir() else []
-        if logs and not (out_dir / "training_log.txt").exists():
-            shutil.copy2(logs[-1], out_dir / "training_log.txt")
+    for name, path in find_run_files(adapter_dir).items():
+        if not (out_dir / name).exists():
+            shutil.copy2(path, out_dir / name)
 
 
 __all__ = ["DTYPES", "KeyConverter", "find_base_checkpoint", "merge_adapter_checkpoint", "parse_size"]

@@ -29,7 +29,7 @@ LOSS_CURVE_FILE = "loss_curve.png"
 TRAINING_CONFIG_FILE = "torchtune_config.yaml"
 TRAINING_LOG_FILE = "training_log.txt"
 GENFT_CONFIG_FILE = "genft_config.json"
-TAGS = ["genft", "peft", "torchtune"]
+TAGS = ["peft", "torchtune"]  # after the method's own tag (genft, wegeft)
 
 _LOG_LINE = re.compile(r"^Step (\d+) \| (.*)$")
 
@@ -135,63 +135,56 @@ def _fmt(value: Any) -> str:
     return f"`{value}`" if isinstance(value, str) else str(value)
 
 
-def build_model_card(
-    folder: PathLike,
-    *,
-    repo_id: str,
-    license: Optional[str] = None,
-    loss_curve: Optional[str] = None,
-) -> str:
-    """The ``README.md`` text for a merged GenFT model folder.
-
-    Args:
-        folder (PathLike): the folder to publish.
-        repo_id (str): its Hub id, for the title and the usage snippet.
-        license (Optional[str]): overrides the license of the base's card.
-        loss_curve (Optional[str]): file name of a loss-curve image in the folder.
-
-    Returns:
-        str: YAML front matter (``base_model``, ``library_name``, ``tags``,
-        ``license``) and a Markdown body.
-    """
+def find_run_files(folder: PathLike) -> Dict[str, Path]:
+    """The training run's files for ``folder`` (a merged model or adapter checkpoint):
+    ``{TRAINING_CONFIG_FILE: path, TRAINING_LOG_FILE: path}``, each where found, in the
+    folder itself or its parent (a recipe's ``output_dir``, whose ``epoch_N``/``step_N``
+    the folder is: the config there, the newest metric log under ``logs/``)."""
     folder = Path(folder)
-    genft = json.loads((folder / GENFT_CONFIG_FILE).read_text()) if (folder / GENFT_CONFIG_FILE).is_file() else {}
-    base_card = front_matter((folder / CARD_FILE).read_text()) if (folder / CARD_FILE).is_file() else {}
-    hf_format = (folder / "config.json").is_file()
-    base_model = genft.get("base_model")
-    if base_model and not HUB_ID.match(str(base_model)):
-        base_model = base_card.get("base_model") if isinstance(base_card.get("base_model"), str) else None
-    license = license or base_card.get("license")
+    found: Dict[str, Path] = {}
+    for parent in (folder, folder.parent):
+        if TRAINING_CONFIG_FILE not in found and (parent / TRAINING_CONFIG_FILE).is_file():
+            found[TRAINING_CONFIG_FILE] = parent / TRAINING_CONFIG_FILE
+        if TRAINING_LOG_FILE not in found:
+            if (parent / TRAINING_LOG_FILE).is_file():
+                found[TRAINING_LOG_FILE] = parent / TRAINING_LOG_FILE
+            elif (parent / "logs").is_dir() and (logs := sorted((parent / "logs").glob("*.txt"), key=os.path.getmtime)):
+                found[TRAINING_LOG_FILE] = logs[-1]
+    return found
 
-    meta: Dict[str, Any] = {}
-    if base_model:
-        meta["base_model"] = base_model
-    meta["library_name"] = "transformers" if hf_format else "torchtune"
-    meta["tags"] = list(TAGS) + [t for t in (base_card.get("tags") or []) if t not in TAGS and isinstance(t, str)]
-    if license:
-        meta["license"] = license
-    if hf_format:
-        meta["pipeline_tag"] = (
-            "image-classification"
-            if json.loads((folder / "config.json").read_text()).get("model_type") == "vit"
-            else "text-generation"
+
+class BaseModelUnknown(ValueError):
+    """The card needs the base's Hub id, and nothing the folder holds says it."""
+
+
+def _base_model(genft: Dict[str, Any], base_card: Dict[str, Any], override: Optional[str]) -> Optional[str]:
+    """The base's Hub id: ``override``, else the adapter's recorded ``base_model`` when it
+    is a Hub id, else the base card's own ``base_model``. A base recorded only as a local
+    path is an error (the card would name no base): pass ``--base-model``."""
+    if override:
+        if not HUB_ID.match(override):
+            raise ValueError(f"--base-model must be a Hub id like ORG/NAME, got {override!r}")
+        return override
+    recorded = genft.get("base_model")
+    if recorded and HUB_ID.match(str(recorded)) and not Path(str(recorded)).exists():
+        return str(recorded)
+    from_card = base_card.get("base_model")
+    if isinstance(from_card, str) and HUB_ID.match(from_card):
+        return from_card
+    if recorded:
+        raise BaseModelUnknown(
+            f"the base model is recorded as {recorded!r}, not a Hub id, and its card names none: "
+            "pass --base-model ORG/NAME (the Hub id of the base it was trained on)"
         )
+    return None
 
-    kind = get_adapter_kind(genft.get("method", "genft"))
-    lines = [f"# {repo_id.split('/')[-1]}", ""]
-    what = kind.description
-    base_txt = f" of [{base_model}](https://huggingface.co/{base_model})" if base_model else ""
-    lines += [
-        f"A fine-tuned version{base_txt}, trained with {what} using "
-        "[torchtune](https://github.com/pytorch/torchtune) and `genft_tune`. The adapter "
-        "(`W = W0 + dW`) is merged into the weights: the model loads like its base, "
-        "with no extra dependency.",
-        "",
-    ]
-    if hf_format:
-        cls = "AutoModelForImageClassification" if meta.get("pipeline_tag") == "image-classification" else "AutoModelForCausalLM"
-        lines += ["## Usage", "", "```python", f"from transformers import {cls}", "", f'model = {cls}.from_pretrained("{repo_id}")', "```", ""]
+
+def _sections(genft: Dict[str, Any], run_files: Dict[str, Path], loss_curve: Optional[str]) -> List[str]:
+    """The card's body after its usage: hyperparameters, final metrics, loss curve and
+    training configuration (each when known)."""
+    lines: List[str] = []
     if genft:
+        kind = get_adapter_kind(genft.get("method", "genft"))
         cfg = genft.get(f"{kind.name}_config", {})
         lines += [f"## {kind.label} hyperparameters", "", "| parameter | value |", "|---|---|"]
         lines += [f"| {k} | {_fmt(v)} |" for k, v in cfg.items()]
@@ -204,8 +197,8 @@ def build_model_card(
             f"| genft_tune version | {genft.get('genft_tune_version', 'unknown')} |",
             "",
         ]
-    log_path = folder / TRAINING_LOG_FILE
-    if log_path.is_file():
+    log_path = run_files.get(TRAINING_LOG_FILE)
+    if log_path is not None:
         metrics = parse_metric_log(log_path)
         if metrics:
             lines += ["## Final metrics", "", "| metric | step | value |", "|---|---|---|"]
@@ -215,8 +208,8 @@ def build_model_card(
             lines.append("")
     if loss_curve:
         lines += ["## Training loss", "", f"![training loss]({loss_curve})", ""]
-    cfg_path = folder / TRAINING_CONFIG_FILE
-    if cfg_path.is_file():
+    cfg_path = run_files.get(TRAINING_CONFIG_FILE)
+    if cfg_path is not None:
         lines += [
             "## Training configuration",
             "",
@@ -229,8 +222,170 @@ def build_model_card(
             "</details>",
             "",
         ]
+    return lines
+
+
+def _card(meta: Dict[str, Any], lines: List[str]) -> str:
     front = yaml.safe_dump(meta, sort_keys=False).rstrip()
     return f"---\n{front}\n---\n\n" + "\n".join(lines).rstrip() + "\n"
+
+
+def _tags(method: str, base_card: Dict[str, Any]) -> List[str]:
+    own = [method] + TAGS
+    return own + [t for t in (base_card.get("tags") or []) if t not in own and isinstance(t, str)]
+
+
+def _quantized_base_note(base_card: Dict[str, Any], base_model: Optional[str]) -> List[str]:
+    if base_card.get("base_model_relation") != "quantized" or not base_model:
+        return []
+    return [
+        f"Trained on a quantized copy of [{base_model}](https://huggingface.co/{base_model}) "
+        "(its weights dequantized): on the original weights the fine-tune behaves closely, "
+        "not identically.",
+        "",
+    ]
+
+
+def build_model_card(
+    folder: PathLike,
+    *,
+    repo_id: str,
+    license: Optional[str] = None,
+    loss_curve: Optional[str] = None,
+    base_model: Optional[str] = None,
+    run_files: Optional[Dict[str, Path]] = None,
+) -> str:
+    """The ``README.md`` text for a merged GenFT model folder.
+
+    Args:
+        folder (PathLike): the folder to publish.
+        repo_id (str): its Hub id, for the title and the usage snippet.
+        license (Optional[str]): overrides the license of the base's card.
+        loss_curve (Optional[str]): file name of a loss-curve image in the folder.
+        base_model (Optional[str]): the base's Hub id, overriding what the folder records.
+        run_files (Optional[Dict[str, Path]]): the run's config and metric log
+            (default: :func:`find_run_files`).
+
+    Returns:
+        str: YAML front matter (``base_model``, ``library_name``, ``tags``,
+        ``license``, ``pipeline_tag``) and a Markdown body.
+
+    Raises:
+        BaseModelUnknown: when the base is recorded only as a local path.
+    """
+    folder = Path(folder)
+    genft = json.loads((folder / GENFT_CONFIG_FILE).read_text()) if (folder / GENFT_CONFIG_FILE).is_file() else {}
+    base_card = front_matter((folder / CARD_FILE).read_text()) if (folder / CARD_FILE).is_file() else {}
+    hf_format = (folder / "config.json").is_file()
+    base_model = _base_model(genft, base_card, base_model)
+    license = license or base_card.get("license")
+    kind = get_adapter_kind(genft.get("method", "genft"))
+
+    meta: Dict[str, Any] = {}
+    if base_model:
+        meta["base_model"] = base_model
+    meta["library_name"] = "transformers" if hf_format else "torchtune"
+    meta["tags"] = _tags(kind.name, base_card)
+    if license:
+        meta["license"] = license
+    if hf_format:
+        meta["pipeline_tag"] = (
+            "image-classification"
+            if json.loads((folder / "config.json").read_text()).get("model_type") == "vit"
+            else "text-generation"
+        )
+
+    lines = [f"# {repo_id.split('/')[-1]}", ""]
+    base_txt = f" of [{base_model}](https://huggingface.co/{base_model})" if base_model else ""
+    lines += [
+        f"A fine-tuned version{base_txt}, trained with {kind.description} using "
+        "[torchtune](https://github.com/pytorch/torchtune) and `genft_tune`. The adapter "
+        "(`W = W0 + dW`) is merged into the weights: the model loads like its base, "
+        "with no extra dependency.",
+        "",
+    ]
+    lines += _quantized_base_note(base_card, base_model)
+    if hf_format:
+        cls = "AutoModelForImageClassification" if meta.get("pipeline_tag") == "image-classification" else "AutoModelForCausalLM"
+        lines += ["## Usage", "", "```python", f"from transformers import {cls}", "", f'model = {cls}.from_pretrained("{repo_id}")', "```", ""]
+    lines += _sections(genft, find_run_files(folder) if run_files is None else run_files, loss_curve)
+    return _card(meta, lines)
+
+
+PIPELINE_TAGS = {"CAUSAL_LM": ("text-generation", "AutoModelForCausalLM")}
+
+
+def build_adapter_card(
+    peft_dir: PathLike,
+    *,
+    repo_id: str,
+    genft: Optional[Dict[str, Any]] = None,
+    base_card: Optional[Dict[str, Any]] = None,
+    license: Optional[str] = None,
+    base_model: Optional[str] = None,
+    loss_curve: Optional[str] = None,
+    run_files: Optional[Dict[str, Path]] = None,
+) -> str:
+    """The ``README.md`` text for a PEFT-format adapter (``publish --adapter-only``).
+
+    Args:
+        peft_dir (PathLike): holds ``adapter_config.json`` + ``adapter_model.safetensors``.
+        repo_id (str): the adapter's Hub id, for the title and the usage snippet.
+        genft (Optional[Dict[str, Any]]): our ``genft_config.json`` of the same adapter
+            (hyperparameters table).
+        base_card (Optional[Dict[str, Any]]): front matter of the base's own card.
+        license (Optional[str]): overrides the base card's license.
+        base_model (Optional[str]): the base's Hub id, overriding ``base_model_name_or_path``.
+        loss_curve (Optional[str]): file name of a loss-curve image.
+        run_files (Optional[Dict[str, Path]]): the run's config and metric log.
+
+    Returns:
+        str: front matter (``base_model``, ``library_name: peft``, ``license``, ``tags``,
+        ``pipeline_tag``) and a body whose usage snippet runs as printed.
+
+    Raises:
+        BaseModelUnknown: when the base's Hub id is unknown.
+    """
+    peft_config = json.loads((Path(peft_dir) / "adapter_config.json").read_text())
+    genft, base_card = dict(genft or {}), dict(base_card or {})
+    genft.setdefault("base_model", peft_config.get("base_model_name_or_path"))
+    base_model = _base_model(genft, base_card, base_model)
+    if base_model is None:
+        raise BaseModelUnknown("the adapter records no base model: pass --base-model ORG/NAME")
+    method = str(peft_config.get("peft_type", "GENFT")).lower()
+    kind = get_adapter_kind(method)
+    pipeline_tag, cls = PIPELINE_TAGS.get(str(peft_config.get("task_type")), (None, "AutoModel"))
+    meta: Dict[str, Any] = {"base_model": base_model, "library_name": "peft", "tags": _tags(kind.name, base_card)}
+    license = license or base_card.get("license")
+    if license:
+        meta["license"] = license
+    if pipeline_tag:
+        meta["pipeline_tag"] = pipeline_tag
+    lines = [
+        f"# {repo_id.split('/')[-1]}",
+        "",
+        f"A {kind.description} adapter for [{base_model}](https://huggingface.co/{base_model}), trained with "
+        "[torchtune](https://github.com/pytorch/torchtune) and `genft_tune`, in Hugging Face "
+        "PEFT's format. `genft_tune.peft` registers the method with PEFT (`pip install \"genft-tune[peft]\"`).",
+        "",
+    ]
+    lines += _quantized_base_note(base_card, base_model)
+    lines += [
+        "## Usage",
+        "",
+        "```python",
+        f"import genft_tune.peft  # registers {kind.label} with PEFT",
+        "from peft import PeftModel",
+        f"from transformers import {cls}",
+        "",
+        f'base = {cls}.from_pretrained("{base_model}")',
+        f'model = PeftModel.from_pretrained(base, "{repo_id}")',
+        "merged = model.merge_and_unload()  # optional: a plain transformers model, W = W0 + dW",
+        "```",
+        "",
+    ]
+    lines += _sections(genft, run_files or {}, loss_curve)
+    return _card(meta, lines)
 
 
 def _numel(shape) -> int:
@@ -240,4 +395,13 @@ def _numel(shape) -> int:
     return n
 
 
-__all__ = ["build_model_card", "loss_curves", "moving_average", "parse_metric_log", "plot_loss_curve"]
+__all__ = [
+    "BaseModelUnknown",
+    "build_adapter_card",
+    "build_model_card",
+    "find_run_files",
+    "loss_curves",
+    "moving_average",
+    "parse_metric_log",
+    "plot_loss_curve",
+]

@@ -1,4 +1,5 @@
-"""Publish a merged GenFT model folder to the Hugging Face Hub.
+"""Publish a merged GenFT model folder, or a PEFT-format adapter alone, to the Hugging
+Face Hub.
 
 The folder is staged (links to its files, plus the generated ``README.md`` model card
 and ``loss_curve.png``) and sent with ``HfApi.create_repo`` + ``HfApi.upload_folder``
@@ -8,6 +9,7 @@ staged files instead. The token comes from the usual ``huggingface_hub`` sources
 ``HF_ENDPOINT``.
 """
 
+import json
 import logging
 import os
 import shutil
@@ -16,9 +18,13 @@ from pathlib import Path
 from typing import Dict, List, Optional, Union
 
 from genft_tune._fs import temp_dir
+from genft_tune.checkpointing._peft_format import PEFT_CONFIG_FILE, PEFT_SUBDIR, PEFT_WEIGHTS_FILE
+from genft_tune.hub._base import base_card
 from genft_tune.hub._model_card import (
+    build_adapter_card,
     build_model_card,
     CARD_FILE,
+    find_run_files,
     LOSS_CURVE_FILE,
     parse_metric_log,
     plot_loss_curve,
@@ -44,17 +50,52 @@ def _files(folder: Path) -> List[Path]:
     return out
 
 
+# Our adapter pair and PEFT's: not part of a merged model's upload unless asked (a
+# top-level adapter_config.json would even make transformers load the folder as an adapter).
+ADAPTER_FILES = ("genft_adapter.safetensors", "genft_config.json", PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE)
+
+
+def _is_adapter_file(rel: Path) -> bool:
+    return rel.parts[0] == PEFT_SUBDIR or (len(rel.parts) == 1 and rel.name in ADAPTER_FILES)
+
+
+def _place(src: Path, dst: Path, copy: bool) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if copy:
+        shutil.copy2(src, dst)
+        return
+    try:
+        os.symlink(src.resolve(), dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _loss_curve(run_files: Dict[str, Path], staging: Path) -> Optional[Path]:
+    log_path = run_files.get(TRAINING_LOG_FILE)
+    return plot_loss_curve(parse_metric_log(log_path), staging / LOSS_CURVE_FILE) if log_path else None
+
+
 def stage_folder(
-    folder: PathLike, staging: PathLike, *, repo_id: str, license: Optional[str] = None, copy: bool = False
+    folder: PathLike,
+    staging: PathLike,
+    *,
+    repo_id: str,
+    license: Optional[str] = None,
+    copy: bool = False,
+    base_model: Optional[str] = None,
+    include_adapter: bool = False,
 ) -> List[str]:
-    """Fill ``staging`` with what is published: the folder's files (symlinked, or
-    copied with ``copy``), a generated ``README.md`` and ``loss_curve.png``.
+    """Fill ``staging`` with what is published for a merged model: the folder's files
+    (symlinked, or copied with ``copy``) but its adapter files (unless
+    ``include_adapter``), the run's config and metric log when the folder is a recipe's
+    ``epoch_N`` (they live in its parent), a generated ``README.md`` and ``loss_curve.png``.
 
     Returns:
         List[str]: the staged paths, relative, sorted.
 
     Raises:
         FileNotFoundError: if ``folder`` does not exist or holds no weights.
+        BaseModelUnknown: if the base is recorded only as a local path (pass ``base_model``).
     """
     folder, staging = Path(folder), Path(staging)
     if not folder.is_dir():
@@ -63,23 +104,61 @@ def stage_folder(
         raise FileNotFoundError(
             f"no weights in {folder} (expected {', '.join(WEIGHT_PATTERNS)}): run `genft-tune merge` first"
         )
+    run_files = find_run_files(folder)
     staging.mkdir(parents=True, exist_ok=True)
     for rel in _files(folder):
         if rel.as_posix() in (CARD_FILE, LOSS_CURVE_FILE):
             continue  # regenerated below (the base's card is read for its license)
-        dst = staging / rel
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if copy:
-            shutil.copy2(folder / rel, dst)
-        else:
-            try:
-                os.symlink((folder / rel).resolve(), dst)
-            except OSError:
-                shutil.copy2(folder / rel, dst)
-    curve = None
-    if (folder / TRAINING_LOG_FILE).is_file():
-        curve = plot_loss_curve(parse_metric_log(folder / TRAINING_LOG_FILE), staging / LOSS_CURVE_FILE)
-    card = build_model_card(folder, repo_id=repo_id, license=license, loss_curve=curve.name if curve else None)
+        if _is_adapter_file(rel) and not include_adapter:
+            continue
+        _place(folder / rel, staging / rel, copy)
+    for name, path in run_files.items():  # from the recipe's output_dir, under their usual names
+        if not (staging / name).exists():
+            _place(path, staging / name, copy)
+    curve = _loss_curve(run_files, staging)
+    card = build_model_card(folder, repo_id=repo_id, license=license, loss_curve=curve.name if curve else None,
+                            base_model=base_model, run_files=run_files)
+    (staging / CARD_FILE).write_text(card, encoding="utf8")
+    return sorted(p.as_posix() for p in _files(staging))
+
+
+def stage_adapter(
+    folder: PathLike,
+    staging: PathLike,
+    *,
+    repo_id: str,
+    license: Optional[str] = None,
+    copy: bool = False,
+    base_model: Optional[str] = None,
+) -> List[str]:
+    """Fill ``staging`` with a PEFT-format adapter alone (``publish --adapter-only``):
+    ``adapter_config.json`` + ``adapter_model.safetensors`` from ``folder`` or its
+    ``peft/`` subfolder, a ``README.md`` for PEFT and ``loss_curve.png``.
+
+    Raises:
+        FileNotFoundError: if there is no PEFT adapter of ours (naming the fix).
+        BaseModelUnknown: if the base's Hub id is unknown (pass ``base_model``).
+    """
+    from genft_tune.checkpointing._peft_format import peft_adapter_method
+
+    folder, staging = Path(folder), Path(staging)
+    peft_dir = next((d for d in (folder, folder / PEFT_SUBDIR) if peft_adapter_method(d)), None)
+    if peft_dir is None or not (peft_dir / PEFT_WEIGHTS_FILE).is_file():
+        hint = f"write one with `genft-tune export-peft {folder}`" if (folder / ADAPTER_FILES[1]).is_file() else \
+            "expected a recipe's checkpoint folder or the output of `genft-tune export-peft`"
+        raise FileNotFoundError(f"no PEFT GenFT/WeGeFT adapter in {folder} or {folder / PEFT_SUBDIR}: {hint}")
+    genft_path = folder / ADAPTER_FILES[1]
+    genft = json.loads(genft_path.read_text()) if genft_path.is_file() else {}
+    base_dir = next((p for p in ((genft.get("extra") or {}).get("base_model_path"), genft.get("base_model"))
+                     if p and Path(p).is_dir()), None)
+    run_files = find_run_files(folder)
+    staging.mkdir(parents=True, exist_ok=True)
+    build = dict(repo_id=repo_id, genft=genft, base_card=base_card(base_dir), license=license,
+                 base_model=base_model, run_files=run_files)
+    for name in (PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE):
+        _place(peft_dir / name, staging / name, copy)
+    curve = _loss_curve(run_files, staging)
+    card = build_adapter_card(peft_dir, loss_curve=curve.name if curve else None, **build)
     (staging / CARD_FILE).write_text(card, encoding="utf8")
     return sorted(p.as_posix() for p in _files(staging))
 
@@ -93,11 +172,15 @@ def publish_folder(
     dry_run_dir: Optional[PathLike] = None,
     license: Optional[str] = None,
     commit_message: str = "Upload GenFT model with genft-tune",
+    base_model: Optional[str] = None,
+    adapter_only: bool = False,
+    include_adapter: bool = False,
 ) -> Dict[str, object]:
     """Create ``repo_id`` (if needed) and upload ``folder`` with its model card.
 
     Args:
-        folder (PathLike): a merged model folder (``genft-tune merge`` output).
+        folder (PathLike): a merged model folder (``genft-tune merge`` output or a
+            recipe's last ``epoch_N``), or with ``adapter_only`` any adapter checkpoint.
         repo_id (str): ``USER/NAME``.
         private (bool): create the repo private.
         token (Optional[str]): Hub token; default: ``HF_TOKEN`` or the cached login.
@@ -105,6 +188,9 @@ def publish_folder(
             there (must not exist) instead of uploading.
         license (Optional[str]): license for the card (default: the base's).
         commit_message (str): message of the commit.
+        base_model (Optional[str]): the base's Hub id, where the folder does not say it.
+        adapter_only (bool): upload the PEFT-format adapter alone (:func:`stage_adapter`).
+        include_adapter (bool): also upload the adapter files found next to merged weights.
 
     Returns:
         Dict[str, object]: ``files`` (uploaded paths) and ``url`` (repo URL, or the
@@ -117,7 +203,16 @@ def publish_folder(
     """
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise ValueError(f"repo_id must look like USER/NAME, got {repo_id!r}")
+    if adapter_only and include_adapter:
+        raise ValueError("adapter_only and include_adapter exclude each other")
     folder = Path(folder)
+
+    def stage(staging, copy=False):
+        if adapter_only:
+            return stage_adapter(folder, staging, repo_id=repo_id, license=license, copy=copy, base_model=base_model)
+        return stage_folder(folder, staging, repo_id=repo_id, license=license, copy=copy, base_model=base_model,
+                            include_adapter=include_adapter)
+
     if dry_run_dir is not None:
         dry_run_dir = Path(dry_run_dir)
         if dry_run_dir.exists():
@@ -125,7 +220,7 @@ def publish_folder(
         dry_run_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = temp_dir(dry_run_dir.parent, prefix=f"{dry_run_dir.name}.tmp-")
         try:
-            files = stage_folder(folder, tmp, repo_id=repo_id, license=license, copy=True)
+            files = stage(tmp, copy=True)
             os.replace(tmp, dry_run_dir)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -142,7 +237,7 @@ def publish_folder(
         )
     api = HfApi(token=token)
     with tempfile.TemporaryDirectory(prefix="genft-publish-") as staging:
-        files = stage_folder(folder, staging, repo_id=repo_id, license=license)
+        files = stage(staging)
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         log.info(f"Uploading {len(files)} files to {url}")
         api.upload_folder(
@@ -151,4 +246,4 @@ def publish_folder(
     return {"files": files, "url": str(url)}
 
 
-__all__ = ["publish_folder", "stage_folder"]
+__all__ = ["publish_folder", "stage_adapter", "stage_folder"]

@@ -1,0 +1,82 @@
+"""``genft-tune export-peft``: write Hugging Face PEFT's files for a saved adapter.
+
+::
+
+    genft-tune export-peft ./out/epoch_0                     # -> ./out/epoch_0/peft/
+    genft-tune export-peft ./out/epoch_0 --base ./Llama-3.2-1B --base-model meta-llama/Llama-3.2-1B
+
+The output (``adapter_config.json`` + ``adapter_model.safetensors``) loads with
+``import genft_tune.peft`` and ``peft.PeftModel.from_pretrained`` onto the Hugging Face base.
+"""
+
+import argparse
+import logging
+import sys
+import textwrap
+
+
+def _base_dir(args: argparse.Namespace):
+    """``--base``, else the base directory the adapter recorded (when it still exists)."""
+    from pathlib import Path
+
+    from genft_tune.checkpointing import load_genft_adapter_config
+
+    if args.base:
+        return Path(args.base)
+    cfg = load_genft_adapter_config(args.adapter)
+    for candidate in ((cfg.get("extra") or {}).get("base_model_path"), cfg.base_model):
+        if candidate and (Path(candidate) / "config.json").is_file():
+            return Path(candidate)
+    raise ValueError(
+        f"--base: the adapter in {args.adapter} records no Hugging Face base directory that exists here; "
+        "pass --base DIR (the base checkpoint with its config.json)"
+    )
+
+
+def _export(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    from pathlib import Path
+
+    from genft_tune.checkpointing._peft_format import export_peft_adapter, PEFT_SUBDIR
+    from genft_tune.hub._base import base_hub_id, HUB_ID
+
+    if args.base_model is not None and not HUB_ID.match(args.base_model):
+        print(f"genft-tune export-peft: error: --base-model must be a Hub id like ORG/NAME, got {args.base_model!r}",
+              file=sys.stderr)
+        return 2
+    try:
+        base = _base_dir(args)
+        out = Path(args.output) if args.output else Path(args.adapter) / PEFT_SUBDIR
+        written = export_peft_adapter(
+            args.adapter, base_dir=base, base_model_name_or_path=args.base_model or base_hub_id(base), output_dir=out
+        )
+    except (ValueError, FileNotFoundError) as e:
+        print(f"genft-tune export-peft: error: {e}", file=sys.stderr)
+        return 1
+    print(f"PEFT adapter written to {written}: load it with `import genft_tune.peft` and "
+          f"peft.PeftModel.from_pretrained(<base model>, {str(written)!r})")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``export-peft`` subcommand."""
+    parser = subparsers.add_parser(
+        "export-peft",
+        help="Write Hugging Face PEFT's adapter files for a genft-tune adapter",
+        description="Convert genft_adapter.safetensors + genft_config.json (torchtune naming) into "
+        "adapter_config.json + adapter_model.safetensors (PEFT, Hugging Face naming) for "
+        "peft.PeftModel.from_pretrained after `import genft_tune.peft`.",
+        epilog=textwrap.dedent(
+            """\
+            examples:
+                $ genft-tune export-peft ./out/epoch_0
+                $ genft-tune export-peft ./out/epoch_0 --base ./Llama-3.2-1B --base-model meta-llama/Llama-3.2-1B
+            """
+        ),
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
+    parser.add_argument("adapter", help="adapter directory written by a genft-tune recipe")
+    parser.add_argument("--base", default=None, help="Hugging Face base checkpoint directory (default: the one the adapter records)")
+    parser.add_argument("--base-model", default=None, help="Hub id of the base for base_model_name_or_path (default: the base directory's original_repo_id.json or card)")
+    parser.add_argument("--output", default=None, help="output directory (default: ADAPTER/peft)")
+    parser.set_defaults(func=_export, parser=parser)
