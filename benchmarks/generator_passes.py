@@ -49,6 +49,7 @@ _VIEWS = {torch.ops.aten.t.default, torch.ops.aten.view.default, torch.ops.aten.
 # (out, in)-sized passes of one launch of each fused kernel, by construction
 KERNEL_PASSES = {
     "merged_weight": 2,  # reads W0, writes W
+    "merged_weight_dd1": 2,  # the same, and dD1 = dpre1.T @ W0 from that read
     "row_to_h2": 0,  # F_row lives in registers only
     "stage_backward": 1,  # reads G = dLoss/dF once
     "row_backward": 0,  # dF_row = D2.T @ dpre2 and F_row rebuilt in registers

@@ -339,10 +339,12 @@ def test_kernels_compile_for_sm90_without_a_gpu(dtype):
 
     k = _fused._kernels(False)
     floats = {"scaling", "p", "keep_scale"}
-    fp32_ptrs = {"R", "H1", "OUT", "DL", "DR", "DBR", "DBC", "DP2", "DH1", "DE1T", "DD1", "DD2"}
+    fp32_ptrs = {"R", "H1", "OUT", "DL", "DR", "DBR", "DBC", "DP1", "DP2", "DH1", "DE1T", "DD1", "DD2"}
     consts = dict(ACT=3, PREC="ieee" if dtype == "fp32" else "tf32", BO=64, BI=64, RP=64, HAS_DROP=True,
                   HAS_BR=True, HAS_BC=True, HAS_D1=True)
-    for fn in (k.merged_weight_kernel, k.row_to_h2_kernel, k.stage_backward_kernel, k.row_backward_kernel):
+    kernels = (k.merged_weight_kernel, k.merged_weight_dd1_kernel, k.row_to_h2_kernel, k.stage_backward_kernel,
+               k.row_backward_kernel)
+    for fn in kernels:
         mine = {n: v for n, v in consts.items() if n in fn.arg_names}
         signature = {
             n: "constexpr" if n in mine else "fp32" if n in floats else

@@ -14,7 +14,9 @@ backward, given ``G = dLoss/dF`` (``scaling * g.T @ x``, the one full GEMM)
     one read of ``G`` for the column stage (:func:`stage_backward_kernel`); the row stage
     needs no ``(out, in)`` tensor at all (:func:`row_backward_kernel`: ``dF_row = D2.T @
     dpre2`` has rank ``r`` and ``F_row`` is recomputed); ``dD1 = ratio * dpre1.T @ W0``
-    (torch, one read of ``W0``).
+    from the same read of ``W0`` as the rebuild of ``W`` for the input's gradient
+    (:func:`merged_weight_dd1_kernel`; a torch matmul when ``W`` is not rebuilt or is
+    transposed).
 
 Dropout on ``F_row`` / ``F_col`` draws in-kernel Philox numbers from a seed, so the
 backward replays the forward's mask from the seed alone (:func:`dropout_keep_mask`
@@ -411,28 +413,82 @@ def fused_backward(grad: torch.Tensor, W0: torch.Tensor, stages: Sequence, spec:
         List[Optional[torch.Tensor]]: fp32 gradients ordered as ``stages`` (None where
         a stage tensor is absent).
     """
+    g = backward_through_stages(grad, stages, spec, seed, pre1, pre2)
+    finish_backward(g, W0, stages, spec, seed, pre1, pre2, rebuild=False)
+    return gradient_list(g, stages)
+
+
+def gradient_list(g: Dict[str, torch.Tensor], stages: Sequence) -> List[Optional[torch.Tensor]]:
+    return [g.get(name) if t is not None else None for name, t in zip(STAGE_NAMES, stages)]
+
+
+def backward_through_stages(grad, stages, spec: FusedSpec, seed: int, pre1, pre2) -> Dict[str, torch.Tensor]:
+    """Everything :func:`fused_backward` needs ``grad`` for: the gradients by stage name,
+    ``D1``'s excepted (``"dpre1"`` instead; :func:`finish_backward` adds it)."""
     D1, E1, D2, E2, c1, d1, c2, d2 = stages
     act_in = ACTIVATIONS[spec.act_in]
     g = {}
     with torch.no_grad():
-        W0g = W0.to(generator_dtype(stages))
         row_seed, col_seed = _seeds(seed)
         if spec.use_column:
             g["E2"], dH2t, g["d2"], _ = _stage_backward(grad, E2, act_in(pre2), d2, None, spec, spec.act_out, col_seed)
-            dpre2 = _act_vjp(spec.act_in, pre2, dH2t)
-            g["c2"] = dpre2.sum(1)
+            g["dpre2"] = _act_vjp(spec.act_in, pre2, dH2t)
+            g["c2"] = g["dpre2"].sum(1)
             if spec.use_row:
-                g["dH1"], g["E1"], g["d1"], g["D2"] = _row_backward(act_in(pre1), E1, d1, D2, dpre2, spec, row_seed)
-            else:
-                g["D2"] = spec.weight_ratio * (dpre2.to(W0g.dtype) @ W0g.T).float()
+                dH1, g["E1"], g["d1"], g["D2"] = _row_backward(act_in(pre1), E1, d1, D2, g["dpre2"], spec, row_seed)
         else:
-            g["dH1"], dE1T, _, g["d1"] = _stage_backward(grad, act_in(pre1), E1.T, None, d1, spec, spec.act_out, row_seed)
+            dH1, dE1T, _, g["d1"] = _stage_backward(grad, act_in(pre1), E1.T, None, d1, spec, spec.act_out, row_seed)
             g["E1"] = dE1T.T
         if spec.use_row:
-            dpre1 = _act_vjp(spec.act_in, pre1, g["dH1"])
-            g["c1"] = dpre1.sum(0)
-            g["D1"] = spec.weight_ratio * (dpre1.T.to(W0g.dtype) @ W0g).float()
-    return [g.get(name) if t is not None else None for name, t in zip(STAGE_NAMES, stages)]
+            g["dpre1"] = _act_vjp(spec.act_in, pre1, dH1)
+            g["c1"] = g["dpre1"].sum(0)
+    return g
+
+
+def finish_backward(g: Dict[str, torch.Tensor], W0, stages, spec: FusedSpec, seed: int, pre1, pre2,
+                    *, rebuild: bool) -> Optional[torch.Tensor]:
+    """The gradients that read ``W0`` (``D1``'s; ``D2``'s without a row stage) into ``g``,
+    and with ``rebuild`` the merged weight again (for the input's gradient), from the same
+    read of ``W0`` where it can (row stage, untransposed ``W``).
+
+    Returns:
+        Optional[torch.Tensor]: the merged weight when ``rebuild``, else None.
+    """
+    with torch.no_grad():
+        if spec.use_row and rebuild and not spec.transpose:
+            W, dD1 = _merge_and_d1(W0, stages, spec, seed, pre1, pre2, g["dpre1"])
+            g["D1"] = spec.weight_ratio * dD1
+            return W
+        W0g = W0.to(generator_dtype(stages))
+        if spec.use_column and not spec.use_row:
+            g["D2"] = spec.weight_ratio * (g["dpre2"].to(W0g.dtype) @ W0g.T).float()
+        if spec.use_row:
+            g["D1"] = spec.weight_ratio * (g["dpre1"].T.to(W0g.dtype) @ W0g).float()
+        return merged_from_saved(W0, stages, spec, seed, pre1, pre2) if rebuild else None
+
+
+def _merge_and_d1(W0, stages, spec: FusedSpec, seed: int, pre1, pre2, dpre1):
+    """``(W, dpre1.T @ W0)`` with one read of ``W0`` (:func:`merged_weight_dd1_kernel`)."""
+    L, R, br, bc, act, s = _last_stage(stages, spec, pre1, pre2, seed)
+    device = W0.device
+    k = _kernels_for(device)
+    n_out, n_in, r = L.shape[0], R.shape[1], L.shape[1]
+    W = torch.empty_like(W0)
+    dD1 = torch.zeros(r, n_in, device=device, dtype=torch.float32)
+    bo, bi, warps = _blocks(device)
+    n_i = -(-n_in // bi)
+    n_split, per_prog = _split(n_out, n_i, bo, device)
+    p = spec.p
+    _launch(
+        "merged_weight_dd1", k.merged_weight_dd1_kernel, (n_i, n_split),
+        W0, *_strides(W0), W, *_strides(W), L, *_strides(L), R, *_strides(R),
+        br if br is not None else L, bc if bc is not None else L, dpre1.contiguous(), dD1,
+        n_out, n_in, r, per_prog, spec.scaling, s, p, 1.0 / (1.0 - p),
+        HAS_BR=br is not None, HAS_BC=bc is not None, HAS_DROP=p > 0, ACT=_ACT_CODES[act],
+        PREC=_precision(L.dtype if L.dtype != torch.float32 else R.dtype),
+        BO=bo, BI=bi, RP=_latent_pad(r), num_warps=warps,
+    )
+    return W, dD1
 
 
 class FusedMergedWeight(torch.autograd.Function):
@@ -496,20 +552,23 @@ class FusedMergedLinear(torch.autograd.Function):
         g2d = grad_out.reshape(-1, grad_out.shape[-1])
         grad_bias = g2d.sum(0) if needs_bias else None
         wanted = [t for t, need in zip(tensors, needs_tensors) if need]
-        grads = iter(())
+        detached = [t.detach() if t is not None else None for t in stages]
+        grads, W = iter(()), None
         if wanted:
             # dLoss/dF = scaling * g.T @ x: the one (out, in) GEMM, freed before W is rebuilt
             x2d = x.reshape(-1, x.shape[-1]).to(g2d.dtype)
             grad_gen = torch.addmm(g2d.new_zeros(()), g2d.T, x2d, beta=0, alpha=spec.scaling)
-            detached = [t.detach() if t is not None else None for t in stages]
-            stage_grads = fused_backward(grad_gen, W0, detached, spec, seed, pre1, pre2)
+            g = backward_through_stages(grad_gen, detached, spec, seed, pre1, pre2)
             del grad_gen
-            pairs = [(t, g.to(t.dtype)) for t, g in zip(stages, stage_grads) if t is not None and t.requires_grad]
-            grads = iter(torch.autograd.grad([t for t, _ in pairs], wanted, [g for _, g in pairs], allow_unused=True))
+            W = finish_backward(g, W0, detached, spec, seed, pre1, pre2, rebuild=needs_x)
+            pairs = [(t, d.to(t.dtype)) for t, d in zip(stages, gradient_list(g, stages))
+                     if t is not None and t.requires_grad]
+            grads = iter(torch.autograd.grad([t for t, _ in pairs], wanted, [d for _, d in pairs], allow_unused=True))
         grads = [next(grads) if need else None for need in needs_tensors]
         grad_x = None
         if needs_x:
-            W = merged_from_saved(W0, [t.detach() if t is not None else None for t in stages], spec, seed, pre1, pre2)
+            if W is None:
+                W = merged_from_saved(W0, detached, spec, seed, pre1, pre2)
             grad_x = grad_out @ W.to(grad_out.dtype)
         return (None, grad_x, grad_bias, *grads)
 

@@ -153,6 +153,40 @@ def merged_weight_kernel(
 
 
 @triton.jit
+def merged_weight_dd1_kernel(
+    W0, s_w0o, s_w0i, W, s_wo, s_wi,
+    L, s_lo, s_lr, R, s_rr, s_ri, BR, BC, DP1, DD1,
+    n_out, n_in, r, o_per_prog, scaling, seed, p, keep_scale,
+    HAS_BR: tl.constexpr, HAS_BC: tl.constexpr, HAS_DROP: tl.constexpr, ACT: tl.constexpr,
+    PREC: tl.constexpr, BO: tl.constexpr, BI: tl.constexpr, RP: tl.constexpr,
+):
+    """:func:`merged_weight_kernel` for the backward's rebuild of ``W``, which also
+    accumulates ``DD1 (r, in) += DP1.T @ W0`` (``DP1 = dLoss/dpre1 (out, r)``) from the
+    same read of ``W0``: a strip kernel, untransposed ``W`` only."""
+    offs_i = tl.program_id(0) * BI + tl.arange(0, BI)
+    offs_r = tl.arange(0, RP)
+    mi, mr = offs_i < n_in, offs_r < r
+    rr = _load_tile(R, offs_r, offs_i, s_rr, s_ri, mr, mi)
+    dd1_acc = tl.full((RP, BI), 0.0, tl.float32)
+    o_start = tl.program_id(1) * o_per_prog
+    o_end = tl.minimum(o_start + o_per_prog, n_out)
+    for o0 in range(o_start, o_end, BO):
+        offs_o = o0 + tl.arange(0, BO)
+        mo = offs_o < n_out
+        l = _load_tile(L, offs_o, offs_r, s_lo, s_lr, mo, mr)
+        f = _act(_z(l, rr, BR, BC, offs_o, offs_i, mo, mi, HAS_BR, HAS_BC, PREC), ACT)
+        if HAS_DROP:
+            f = tl.where(_keep(seed, offs_o, offs_i, n_in, p), f * keep_scale, 0.0)
+        w0 = _load_tile(W0, offs_o, offs_i, s_w0o, s_w0i, mo, mi)
+        mask = mo[:, None] & mi[None, :]
+        tl.store(W + offs_o[:, None] * s_wo + offs_i[None, :] * s_wi, (w0 + scaling * f).to(W.dtype.element_ty),
+                 mask=mask)
+        dp1 = _load_tile(DP1, offs_o, offs_r, r, 1, mo, mr)  # (BO, RP)
+        dd1_acc += tl.dot(tl.trans(dp1), w0, input_precision=PREC)
+    tl.atomic_add(DD1 + offs_r[:, None] * n_in + offs_i[None, :], dd1_acc, mask=mr[:, None] & mi[None, :])
+
+
+@triton.jit
 def row_to_h2_kernel(
     H1, s_ho, s_hr, E1, s_ei, s_er, D1B, D2, s_dr, s_do, OUT,
     n_out, n_in, r, o_per_prog, seed, p, keep_scale,
