@@ -300,7 +300,7 @@ def test_dispatch_falls_back_and_always_says_why(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     layer = _layer(40, 40)
     x = torch.randn(2, 40)
-    assert layer.config.fused == "auto"
+    _set_fused(layer, "auto")
     calls = dict(_fused.launch_counts)
     _loss_and_grads(layer, x)
     assert _fused.launch_counts == calls  # eager
@@ -320,7 +320,7 @@ def test_dispatch_falls_back_and_always_says_why(monkeypatch):
 
 
 def test_config_field():
-    assert GenFTConfig().fused == "auto"
+    assert GenFTConfig().fused == "never"  # until the kernels are measured on a GPU
     config = GenFTConfig(fused="never")
     assert config.to_dict()["fused"] == "never"
     assert GenFTConfig(**config.to_dict()) == config

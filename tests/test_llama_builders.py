@@ -441,3 +441,22 @@ def test_wegeft_builders_on_meta():
         wegeft_llama3_1_8b(wegeft_attn_modules=["wq"])
     with pytest.raises(ValueError, match="rank"):
         wegeft_llama3_1_8b(wegeft_rank=0)
+
+
+def test_every_genft_builder_takes_every_genft_config_field():
+    """A GenFTConfig field that a builder lacks cannot be set from a recipe config."""
+    import dataclasses
+    import inspect
+
+    from genft_tune import models
+    from genft_tune.models.llama import _model_builders as llama_builders
+    from genft_tune.models.smollm2 import genft_smollm2_135m
+    from genft_tune.models.vit import vit_genft
+    from genft_tune.modules import GenFTConfig
+
+    builders = [models.genft_model, models.llama.llama_genft, genft_smollm2_135m, vit_genft]
+    builders += [f for n, f in vars(llama_builders).items() if n.startswith("genft_") and callable(f)]
+    fields = {f.name for f in dataclasses.fields(GenFTConfig)}
+    for builder in builders:
+        missing = fields - set(inspect.signature(builder).parameters)
+        assert not missing, f"{builder.__name__} lacks {sorted(missing)}"

@@ -1,5 +1,6 @@
-"""Adapter files (``genft_adapter.safetensors`` + ``genft_config.json``) and merging
-adapters into base checkpoints."""
+"""Adapter files (``genft_adapter.safetensors`` + ``genft_config.json``; Hugging Face PEFT's
+``adapter_config.json`` + ``adapter_model.safetensors`` both ways) and merging adapters into
+base checkpoints."""
 
 from genft_tune.checkpointing._adapter import (
     ADAPTER_CONFIG_FILE,
@@ -38,6 +39,16 @@ __all__ += ["DTYPES", "find_base_checkpoint", "merge_adapter_checkpoint", "parse
 from genft_tune.checkpointing._authors import import_authors_adapter, read_authors_adapter  # noqa: E402
 
 __all__ += ["import_authors_adapter", "read_authors_adapter"]
+
+from genft_tune.checkpointing._peft_format import (  # noqa: E402
+    export_peft_adapter,
+    import_peft_adapter,
+    load_any_adapter,
+    PEFT_SUBDIR,
+    PeftFormatError,
+)
+
+__all__ += ["export_peft_adapter", "import_peft_adapter", "load_any_adapter", "PEFT_SUBDIR", "PeftFormatError"]
 
 from genft_tune.checkpointing._hf_checkpointer import HFCheckpointer  # noqa: E402
 

@@ -208,6 +208,8 @@ def peft_files_from_adapter(
             or the adapter holds tensors that PEFT's format has no place for.
     """
     method = adapter_cfg.method
+    if method not in NAMES:
+        raise PeftFormatError(f"the {method!r} method has no PEFT format here (PEFT's files are written for {sorted(NAMES)})")
     names = NAMES[method]
     converter = _converter(hf_config)
     targets = list(adapter_cfg["target_modules"])

@@ -67,6 +67,7 @@ def genft_model(
     recompute: bool = GenFTConfig.recompute,
     stages: str = GenFTConfig.stages,
     convention: str = GenFTConfig.convention,
+    fused: str = GenFTConfig.fused,
 ) -> nn.Module:
     """Any torchtune model with GenFT on ``targets``.
 
@@ -89,6 +90,7 @@ def genft_model(
         recompute (bool): recompute the generator in backward. Default: True
         stages (str): "both", "row" or "column". Default: "both"
         convention (str): "ours", "authors_peft" or "authors_vit". Default: "ours"
+        fused (str): "never", "auto" or "always": the fused Triton kernels for the dense training forward (see ``GenFTConfig``). Default: "never"
 
     Returns:
         nn.Module: the model, adapted in place, base frozen, ``genft_generators`` registered.
@@ -112,6 +114,7 @@ def genft_model(
         recompute=recompute,
         stages=stages,
         convention=convention,
+        fused=fused,
     )
     return adapter_model(base=base, config=config, targets=targets, base_kwargs=base_kwargs)
 

@@ -339,6 +339,7 @@ def llama_genft(
     recompute: bool = True,
     stages: str = "both",
     convention: str = "ours",
+    fused: str = "never",
     # Quantization args
     quantize_base: bool = False,
 ) -> TransformerDecoder:
@@ -381,6 +382,7 @@ def llama_genft(
         recompute (bool): recompute the generator in backward. Default: True
         stages (str): "both", "row" or "column" (the paper's ablations). Default: "both"
         convention (str): "ours", "authors_peft" or "authors_vit" (see ``GenFTConfig``). Default: "ours"
+        fused (str): "never", "auto" or "always": the fused Triton kernels for the dense training forward (see ``GenFTConfig``). Default: "never"
         quantize_base (bool): store the frozen base weights of the attention and MLP
             linears in NF4 (the lm head stays unquantized, as in torchtune's QLoRA).
             Default: False
@@ -408,6 +410,7 @@ def llama_genft(
         recompute=recompute,
         stages=stages,
         convention=convention,
+        fused=fused,
     )
     targets = set(check_attn_modules("genft_attn_modules", genft_attn_modules))
     if apply_genft_to_mlp:

@@ -48,6 +48,7 @@ def genft_llama3_2_1b(
     recompute: bool = True,
     stages: str = "both",
     convention: str = "ours",
+    fused: str = "never",
     quantize_base: bool = False,
 ) -> TransformerDecoder:
     """Llama 3.2 1B with GenFT: the architecture of torchtune's ``llama3_2_1b``.
@@ -74,6 +75,7 @@ def genft_llama3_2_1b(
         recompute (bool): recompute the generator in backward. Default: True
         stages (str): "both", "row" or "column" (the paper's ablations). Default: "both"
         convention (str): "ours", "authors_peft" or "authors_vit" (see ``GenFTConfig``). Default: "ours"
+        fused (str): "never", "auto" or "always": the fused Triton kernels for the dense training forward (see ``GenFTConfig``). Default: "never"
         quantize_base (bool): NF4 base weights for attention and MLP linears (QGenFT). Default: False
 
     Returns:
@@ -109,6 +111,7 @@ def genft_llama3_2_1b(
         recompute=recompute,
         stages=stages,
         convention=convention,
+        fused=fused,
         quantize_base=quantize_base,
     )
 
@@ -135,6 +138,7 @@ def genft_llama3_2_3b(
     recompute: bool = True,
     stages: str = "both",
     convention: str = "ours",
+    fused: str = "never",
     quantize_base: bool = False,
 ) -> TransformerDecoder:
     """Llama 3.2 3B with GenFT: the architecture of torchtune's ``llama3_2_3b``.
@@ -161,6 +165,7 @@ def genft_llama3_2_3b(
         recompute (bool): recompute the generator in backward. Default: True
         stages (str): "both", "row" or "column" (the paper's ablations). Default: "both"
         convention (str): "ours", "authors_peft" or "authors_vit" (see ``GenFTConfig``). Default: "ours"
+        fused (str): "never", "auto" or "always": the fused Triton kernels for the dense training forward (see ``GenFTConfig``). Default: "never"
         quantize_base (bool): NF4 base weights for attention and MLP linears (QGenFT). Default: False
 
     Returns:
@@ -196,6 +201,7 @@ def genft_llama3_2_3b(
         recompute=recompute,
         stages=stages,
         convention=convention,
+        fused=fused,
         quantize_base=quantize_base,
     )
 
@@ -221,6 +227,7 @@ def genft_llama3_1_8b(
     recompute: bool = True,
     stages: str = "both",
     convention: str = "ours",
+    fused: str = "never",
     quantize_base: bool = False,
 ) -> TransformerDecoder:
     """Llama 3.1 8B with GenFT: the architecture of torchtune's ``llama3_1_8b``.
@@ -245,6 +252,7 @@ def genft_llama3_1_8b(
         recompute (bool): recompute the generator in backward. Default: True
         stages (str): "both", "row" or "column" (the paper's ablations). Default: "both"
         convention (str): "ours", "authors_peft" or "authors_vit" (see ``GenFTConfig``). Default: "ours"
+        fused (str): "never", "auto" or "always": the fused Triton kernels for the dense training forward (see ``GenFTConfig``). Default: "never"
         quantize_base (bool): NF4 base weights for attention and MLP linears (QGenFT). Default: False
 
     Returns:
@@ -280,6 +288,7 @@ def genft_llama3_1_8b(
         recompute=recompute,
         stages=stages,
         convention=convention,
+        fused=fused,
         quantize_base=quantize_base,
     )
 
@@ -305,6 +314,7 @@ def genft_llama3_1_70b(
     recompute: bool = True,
     stages: str = "both",
     convention: str = "ours",
+    fused: str = "never",
     quantize_base: bool = False,
 ) -> TransformerDecoder:
     """Llama 3.1 70B with GenFT: the architecture of torchtune's ``llama3_1_70b``.
@@ -329,6 +339,7 @@ def genft_llama3_1_70b(
         recompute (bool): recompute the generator in backward. Default: True
         stages (str): "both", "row" or "column" (the paper's ablations). Default: "both"
         convention (str): "ours", "authors_peft" or "authors_vit" (see ``GenFTConfig``). Default: "ours"
+        fused (str): "never", "auto" or "always": the fused Triton kernels for the dense training forward (see ``GenFTConfig``). Default: "never"
         quantize_base (bool): NF4 base weights for attention and MLP linears (QGenFT). Default: False
 
     Returns:
@@ -364,6 +375,7 @@ def genft_llama3_1_70b(
         recompute=recompute,
         stages=stages,
         convention=convention,
+        fused=fused,
         quantize_base=quantize_base,
     )
 
@@ -389,6 +401,7 @@ def genft_llama3_1_405b(
     recompute: bool = True,
     stages: str = "both",
     convention: str = "ours",
+    fused: str = "never",
     quantize_base: bool = False,
 ) -> TransformerDecoder:
     """Llama 3.1 405B with GenFT: the architecture of torchtune's ``llama3_1_405b``.
@@ -413,6 +426,7 @@ def genft_llama3_1_405b(
         recompute (bool): recompute the generator in backward. Default: True
         stages (str): "both", "row" or "column" (the paper's ablations). Default: "both"
         convention (str): "ours", "authors_peft" or "authors_vit" (see ``GenFTConfig``). Default: "ours"
+        fused (str): "never", "auto" or "always": the fused Triton kernels for the dense training forward (see ``GenFTConfig``). Default: "never"
         quantize_base (bool): NF4 base weights for attention and MLP linears (QGenFT). Default: False
 
     Returns:
@@ -448,6 +462,7 @@ def genft_llama3_1_405b(
         recompute=recompute,
         stages=stages,
         convention=convention,
+        fused=fused,
         quantize_base=quantize_base,
     )
 
@@ -473,6 +488,7 @@ def genft_llama2_7b(
     recompute: bool = True,
     stages: str = "both",
     convention: str = "ours",
+    fused: str = "never",
     quantize_base: bool = False,
 ) -> TransformerDecoder:
     """Llama 2 7B with GenFT: the architecture of torchtune's ``llama2_7b``.
@@ -497,6 +513,7 @@ def genft_llama2_7b(
         recompute (bool): recompute the generator in backward. Default: True
         stages (str): "both", "row" or "column" (the paper's ablations). Default: "both"
         convention (str): "ours", "authors_peft" or "authors_vit" (see ``GenFTConfig``). Default: "ours"
+        fused (str): "never", "auto" or "always": the fused Triton kernels for the dense training forward (see ``GenFTConfig``). Default: "never"
         quantize_base (bool): NF4 base weights for attention and MLP linears (QGenFT). Default: False
 
     Returns:
@@ -532,6 +549,7 @@ def genft_llama2_7b(
         recompute=recompute,
         stages=stages,
         convention=convention,
+        fused=fused,
         quantize_base=quantize_base,
     )
 

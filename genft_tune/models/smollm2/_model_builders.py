@@ -60,6 +60,7 @@ def genft_smollm2_135m(
     recompute: bool = True,
     stages: str = "both",
     convention: str = "ours",
+    fused: str = "never",
     quantize_base: bool = False,
 ) -> TransformerDecoder:
     """SmolLM2 135M with GenFT (architecture of :func:`smollm2_135m`).
@@ -84,6 +85,7 @@ def genft_smollm2_135m(
         recompute (bool): recompute the generator in backward. Default: True
         stages (str): "both", "row" or "column". Default: "both"
         convention (str): "ours", "authors_peft" or "authors_vit" (see ``GenFTConfig``). Default: "ours"
+        fused (str): "never", "auto" or "always": the fused Triton kernels for the dense training forward (see ``GenFTConfig``). Default: "never"
         quantize_base (bool): NF4 base weights for the attention and MLP linears. SmolLM2's
             shapes are not multiples of torchao's default NF4 scaler block, so their
             per-block scales are grouped in smaller blocks (see
@@ -115,6 +117,7 @@ def genft_smollm2_135m(
         recompute=recompute,
         stages=stages,
         convention=convention,
+        fused=fused,
         quantize_base=quantize_base,
     )
 

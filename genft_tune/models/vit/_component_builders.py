@@ -214,6 +214,7 @@ def vit_genft(
     recompute: bool = True,
     stages: str = "both",
     convention: str = "ours",
+    fused: str = "never",
     share_qv_specific: bool = False,
     quantize_base: bool = False,
 ) -> ViTClassifier:
@@ -264,6 +265,7 @@ def vit_genft(
         recompute (bool): recompute the generator in backward. Default: True
         stages (str): "both", "row" or "column" (ablations). Default: "both"
         convention (str): "ours", "authors_peft" or "authors_vit" (see ``GenFTConfig``). Default: "ours"
+        fused (str): "never", "auto" or "always": the fused Triton kernels for the dense training forward (see ``GenFTConfig``). Default: "never"
         share_qv_specific (bool): ``q_proj`` and ``v_proj`` of a block use one pair of
             specific factors ``A, B`` (the same parameters), as the authors' ViT code
             does; needs both in ``genft_attn_modules`` and ``specific_dim > 0``.
@@ -305,6 +307,7 @@ def vit_genft(
         recompute=recompute,
         stages=stages,
         convention=convention,
+        fused=fused,
     )
     model = _adapted_vit(
         config,

@@ -99,11 +99,13 @@ class GenFTConfig:
             published runs and adapters; see ``GENFT_SPEC.md``.
         fused (str): the dense training forward (not the low-rank path) through fused
             Triton kernels that never write the generator's ``(out, in)`` intermediates:
-            ``"auto"`` (when the tensors are on CUDA, triton imports and the call is
-            supported; else the eager generator), ``"never"`` (eager) or ``"always"``
-            (an error where it cannot run; on CPU only under ``TRITON_INTERPRET=1``,
-            Triton's interpreter, which is how the tests run it). Same values to fp32
-            round-off; dropout draws another (equally distributed) mask than eager.
+            ``"never"`` (eager, the default until the kernels have been measured on a
+            GPU: benchmarks/README.md, "Fused dense generator"), ``"auto"`` (when the
+            tensors are on CUDA, triton imports and the call is supported; else eager)
+            or ``"always"`` (an error where it cannot run; on CPU only under
+            ``TRITON_INTERPRET=1``, Triton's interpreter, which is how the tests run it).
+            Same values to fp32 round-off; dropout draws another (equally distributed)
+            mask than eager.
 
     Raises:
         ValueError: if any field is out of its allowed range.
@@ -123,7 +125,7 @@ class GenFTConfig:
     recompute: bool = True
     stages: str = "both"
     convention: str = "ours"
-    fused: str = "auto"
+    fused: str = "never"
 
     def __post_init__(self):
         for field in ("shared_dim", "specific_dim"):
