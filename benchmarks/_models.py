@@ -19,7 +19,7 @@ Targets use short names: ``q, k, v, o`` (attention projections) and ``mlp`` (``w
 """
 
 import ctypes
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch

@@ -296,7 +296,7 @@ PREVIEW_REPO_ID = "YOU/smollm2-135m-genft-wordnet"
 
 def preview_adapter_upload(checkpoint_dir: Path, preview_dir: Path) -> Optional[Path]:
     """What ``genft-tune publish --adapter-only`` would upload for the run (PEFT's pair,
-    kilobytes, and its model card), written to ``preview_dir``; prints how to publish.
+    megabytes, and its model card), written to ``preview_dir``; prints how to publish.
     Returns the card's path (None when the base's Hub id is unknown: the message says so)."""
     import shutil
 

@@ -43,6 +43,7 @@ from tqdm import tqdm
 from genft_tune import training as genft_training
 from genft_tune._recipe_registry import resolve_config_argv
 from genft_tune._fs import give_open_modes
+from genft_tune.checkpointing import load_any_adapter
 
 log = utils.get_logger("DEBUG")
 
@@ -189,7 +190,8 @@ class GenFTFinetuneRecipeDistributed(FTRecipeInterface):
             return base_state_dict, None, None
         recipe_state = genft_training.load_recipe_state(self._output_dir)
         adapter_dir = self._output_dir / recipe_state[genft_training.ADAPTER_DIR_KEY]
-        adapter_state_dict, adapter_config = genft_training.load_adapter_files(
+        # ours, or PEFT's pair when only that is there
+        adapter_state_dict, adapter_config = load_any_adapter(
             adapter_dir, base_dir=genft_training.checkpoint_dir_of(self._checkpointer)
         )
         self._resume_adapter_config = adapter_config

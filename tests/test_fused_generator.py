@@ -457,3 +457,19 @@ def test_gpu_fsdp2_single_rank(tmp_path):
             assert_close(a, b.double(), 1e-4, "grad")
     finally:
         dist.destroy_process_group()
+
+
+@needs_triton
+def test_input_without_gradient(interpret):
+    """The first adapted layer after frozen embeddings gets an ``x`` that needs no
+    gradient: the fused backward then skips ``grad_x`` and still gives every factor's."""
+    layer = _layer(48, 40)
+    x = torch.randn(3, 40)
+    grads = {}
+    for mode in ("never", "always"):
+        _set_fused(layer, mode)
+        params = [p for p in [*layer.generator.parameters(), *layer.parameters()] if p.requires_grad]
+        loss = (layer(x) * torch.linspace(-1, 1, 48)).square().sum()
+        grads[mode] = torch.autograd.grad(loss, params)
+    for a, b in zip(grads["always"], grads["never"]):
+        assert_close(a, b.double(), 2e-5, "factor gradient")

@@ -23,7 +23,6 @@ from genft_tune.checkpointing._peft_format import (
 )
 from genft_tune.models._families import get_family
 from genft_tune.modules import adapter_kind_for_config, apply_adapter, GenFTConfig, WeGeFTConfig
-from genft_tune.training._genft import adapter_target_modules
 
 peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
@@ -186,3 +185,51 @@ def test_export_peft_cli(tmp_path, capsys):
     assert cli_main(["export-peft", str(tmp_path / "ckpt"), "--base", str(tmp_path / "nowhere")]) == 1
     err = capsys.readouterr().err
     assert "config.json not found" in err and "Traceback" not in err
+
+
+def test_wegeft_adapter_without_recorded_keys_shares_by_module_type(tmp_path):
+    """An adapter file whose target_modules is a plain list (no shared keys recorded) shares
+    by module type, as our merge does: output_proj's pair must reach PEFT's o_proj."""
+    config = CONFIGS["wegeft"]
+    base = write_tiny_checkpoint(tmp_path / "base")
+    model, _ = _tune_model(base, config)
+    kind = adapter_kind_for_config(config)
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, kind.layer_cls)}
+    save_genft_adapter(tmp_path / "a", adapter_state_dict={k: v for k, v in model.state_dict().items() if kind.is_key(k)},
+                       config=config, target_modules=list(layers),
+                       target_shapes={n: (m.out_dim, m.in_dim) for n, m in layers.items()})
+    export_peft_adapter(tmp_path / "a", base_dir=base)
+    assert "base_model.wegeft_factors.o_proj.phi" in load_file(str(tmp_path / "a" / PEFT_WEIGHTS_FILE))
+    with torch.no_grad():
+        loaded = peft.PeftModel.from_pretrained(_hf(base), str(tmp_path / "a")).eval()
+        torch.testing.assert_close(loaded(_tokens()).logits, model(_tokens()), rtol=1e-4, atol=1e-4)
+
+
+def test_peft_layer_filters_are_refused_on_import(tmp_path):
+    base = write_tiny_checkpoint(tmp_path / "base")
+    model = peft.get_peft_model(_hf(base), genft_tune.peft.GenFTPeftConfig(target_modules=["q_proj"], layers_to_transform=[0]))
+    model.save_pretrained(tmp_path / "peft")
+    with pytest.raises(PeftFormatError, match=r"layers_to_transform \[0\] is not supported"):
+        import_peft_adapter(tmp_path / "peft", tmp_path / "ours", base_dir=base)
+    assert not (tmp_path / "ours").exists()
+
+
+@pytest.mark.parametrize("method", ["genft", "wegeft"])
+def test_merging_two_peft_adapters_generates_both_from_the_original_weight(tmp_path, method):
+    base = write_tiny_checkpoint(tmp_path / "base")
+    make = {"genft": lambda: genft_tune.peft.GenFTPeftConfig(target_modules=["q_proj"], zero_init=False),
+            "wegeft": lambda: genft_tune.peft.WeGeFTPeftConfig(target_modules=["q_proj"], rank=2)}[method]
+    model = peft.get_peft_model(_hf(base), make(), adapter_name="a")
+    model.add_adapter("b", make())
+    with torch.no_grad():  # WeGeFT starts at dW = 0 (phi = 0)
+        for name, p in model.named_parameters():
+            if ".phi" in name or "_phi" in name:
+                p.normal_(std=0.3)
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj
+    W0 = layer.get_base_layer().weight.detach().clone()
+    want = W0 + layer.get_delta_weight("a") + layer.get_delta_weight("b")
+    assert (layer.get_delta_weight("b") - layer.get_delta_weight("a")).abs().max() > 1e-4  # two different adapters
+    layer.merge(adapter_names=["a", "b"])
+    torch.testing.assert_close(layer.get_base_layer().weight, want, rtol=1e-5, atol=1e-6)
+    layer.unmerge()
+    torch.testing.assert_close(layer.get_base_layer().weight, W0, rtol=0, atol=0)

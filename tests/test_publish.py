@@ -323,3 +323,5 @@ def test_unknown_base_asks_for_base_model(tmp_path, capsys):
         assert not (tmp_path / "d").exists()
     assert cli_main(args + ["--base-model", "org/named"]) == 0
     assert card_front_matter((tmp_path / "d" / "README.md").read_text())["base_model"] == "org/named"
+    # the uploaded adapter_config.json names it too (not the local path it was trained from)
+    assert json.loads((tmp_path / "d" / "adapter_config.json").read_text())["base_model_name_or_path"] == "org/named"

@@ -47,14 +47,16 @@ def _export(args: argparse.Namespace) -> int:
     try:
         base = _base_dir(args)
         out = Path(args.output) if args.output else Path(args.adapter) / PEFT_SUBDIR
-        written = export_peft_adapter(
-            args.adapter, base_dir=base, base_model_name_or_path=args.base_model or base_hub_id(base), output_dir=out
-        )
+        hub_id = args.base_model or base_hub_id(base)
+        written = export_peft_adapter(args.adapter, base_dir=base, base_model_name_or_path=hub_id, output_dir=out)
     except (ValueError, FileNotFoundError) as e:
         print(f"genft-tune export-peft: error: {e}", file=sys.stderr)
         return 1
     print(f"PEFT adapter written to {written}: load it with `import genft_tune.peft` and "
           f"peft.PeftModel.from_pretrained(<base model>, {str(written)!r})")
+    if hub_id is None:
+        print("genft-tune export-peft: warning: the base's Hub id is unknown, so base_model_name_or_path is what "
+              "the adapter recorded (a local path?); pass --base-model ORG/NAME to name it", file=sys.stderr)
     return 0
 
 

@@ -150,7 +150,7 @@ def _short_targets(hf_modules: List[str], hf_config: Mapping[str, Any]) -> Union
     layers = hf_config.get("num_hidden_layers")
     by_type: Dict[str, List[str]] = {}
     for m in hf_modules:
-        by_type.setdefault(m.rsplit(".", 1)[-1], []).append(m)
+        by_type.setdefault(_short(m), []).append(m)
     if layers and all(len(set(ms)) == layers for ms in by_type.values()):
         return sorted(by_type)
     import re
@@ -230,7 +230,7 @@ def peft_files_from_adapter(
         for t in targets:
             idx = _row_order(converter, t, shapes[t])
             if idx is not None:
-                short = hf_of[t].rsplit(".", 1)[-1]
+                short = _short(hf_of[t])
                 h = _rope_heads(idx, hf_config, hf_of[t])
                 if heads.setdefault(short, h) != h:
                     raise PeftFormatError(f"{short} modules have differently ordered rows ({heads[short]} vs {h} heads)")
@@ -239,12 +239,18 @@ def peft_files_from_adapter(
         extra["torchtune_rope_heads"] = None
     key_to_peft: Dict[str, str] = {}
     if method == "wegeft":
-        key_to_peft = _wegeft_shared_keys(
-            {t: k for t, k in (adapter_cfg.get("target_keys") or {}).items() if k is not None}, hf_of
-        )
-        shared_keys = {_short(hf_of[t]): key_to_peft[k] for t, k in (adapter_cfg.get("target_keys") or {}).items()
-                       if k is not None and key_to_peft[k] != _short(hf_of[t])}
-        extra["shared_keys"] = shared_keys or None
+        shared_keys: Dict[str, str] = {}
+        if adapter_cfg.config.shared:  # a target without a recorded key shares by its module type
+            key_of = {t: k or _short(t) for t, k in adapter_cfg.target_modules.items()}
+            key_to_peft = _wegeft_shared_keys(key_of, hf_of)
+            for t, k in key_of.items():
+                hf_type, peft_key = _short(hf_of[t]), key_to_peft[k]
+                if shared_keys.setdefault(hf_type, peft_key) != peft_key:
+                    raise PeftFormatError(
+                        f"{hf_type} modules share different WeGeFT pairs ({shared_keys[hf_type]!r}, {peft_key!r}): "
+                        "PEFT's shared_keys maps a module type to one pair"
+                    )
+        extra["shared_keys"] = {t: k for t, k in shared_keys.items() if k != t} or None
 
     tensors: Dict[str, torch.Tensor] = {}
     root = names.root + "."
@@ -396,8 +402,10 @@ def adapter_from_peft_files(
         config = kind.config_cls(**{k: v for k, v in peft_config.items() if k in known})
     except (TypeError, ValueError) as e:
         raise PeftFormatError(f"{PEFT_CONFIG_FILE}: {e}") from None
-    if peft_config.get("modules_to_save"):
-        raise PeftFormatError(f"{PEFT_CONFIG_FILE}: modules_to_save {peft_config['modules_to_save']} is not supported")
+    for name in ("modules_to_save", "layers_to_transform", "layers_pattern", "exclude_modules"):
+        if peft_config.get(name):
+            raise PeftFormatError(f"{PEFT_CONFIG_FILE}: {name} {peft_config[name]!r} is not supported here "
+                                  "(name the targets in target_modules instead)")
     converter = _converter(hf_config)
     modules = [k[: -len(".weight")] for k, s in base_shapes.items() if k.endswith(".weight") and len(s) == 2]
     hf_targets = _targets_in(peft_config.get("target_modules") or [], modules)
@@ -414,10 +422,15 @@ def adapter_from_peft_files(
     weight_layout = "torchtune"
     if method == "genft":
         heads = peft_config.get("torchtune_rope_heads") or {}
-        reordered = [m for m in hf_targets if _row_order(converter, tune_of[m], target_shapes[tune_of[m]]) is not None]
-        recorded = [m for m in reordered if m.rsplit(".", 1)[-1] in heads]
+        orders = {m: _row_order(converter, tune_of[m], target_shapes[tune_of[m]]) for m in hf_targets}
+        reordered = [m for m, idx in orders.items() if idx is not None]
+        recorded = [m for m in reordered if _short(m) in heads]
         if recorded and len(recorded) != len(reordered):
             raise PeftFormatError(f"torchtune_rope_heads covers {sorted(heads)} but not every reordered target")
+        for m in recorded:  # the layer would generate in another row order than this base's
+            if heads[_short(m)] != _rope_heads(orders[m], hf_config, m):
+                raise PeftFormatError(f"torchtune_rope_heads[{_short(m)!r}] = {heads[_short(m)]} does not match the "
+                                      f"base ({_rope_heads(orders[m], hf_config, m)} heads for {m})")
         if reordered and not recorded:  # trained by PEFT on Hugging Face's rows
             weight_layout = "hf"
 
@@ -437,6 +450,10 @@ def adapter_from_peft_files(
         if rest is None:
             raise PeftFormatError(f"{PEFT_WEIGHTS_FILE}: tensor {key!r} belongs to no target of {PEFT_CONFIG_FILE}")
         state[f"{tune_of[module]}.{rest}"] = value
+    per_layer = [n for n in state if not n.startswith(names.root + ".")]
+    bare = [tune_of[m] for m in hf_targets if not any(n.startswith(tune_of[m] + ".") for n in per_layer)]
+    if per_layer and bare:  # an adapter with per-layer tensors has them for every target
+        raise PeftFormatError(f"{PEFT_WEIGHTS_FILE} has no tensors for the targets {bare[:3]}")
     targets: Union[List[str], Dict[str, Optional[str]]] = [tune_of[m] for m in hf_targets]
     if method == "wegeft":
         targets = {tune_of[m]: (ours_key[peft_key_of[m]] if config.shared else None) for m in hf_targets}
@@ -483,6 +500,13 @@ def import_peft_adapter(src_dir: PathLike, output_dir: PathLike, *, base_dir: Pa
     return save_genft_adapter(output_dir, **args)
 
 
+def _is_authors_adapter(adapter_dir: Path) -> bool:
+    try:
+        return "generator_share_dim" in json.loads((adapter_dir / PEFT_CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+
+
 def has_our_adapter(adapter_dir: PathLike) -> bool:
     return (Path(adapter_dir) / ADAPTER_CONFIG_FILE).is_file()
 
@@ -500,6 +524,11 @@ def adapter_in_our_format(adapter_dir: PathLike, *, base_dir: Optional[PathLike]
     adapter_dir = Path(adapter_dir)
     peft_dir = next((d for d in (adapter_dir, adapter_dir / PEFT_SUBDIR) if peft_adapter_method(d)), None)
     if has_our_adapter(adapter_dir) or peft_dir is None:
+        if not has_our_adapter(adapter_dir) and _is_authors_adapter(adapter_dir):
+            raise FileNotFoundError(
+                f"{adapter_dir} holds an adapter saved by the GenFT authors' PEFT: convert it first with "
+                f"`genft-tune import-authors {adapter_dir} --output DIR`"
+            )
         if not has_our_adapter(adapter_dir) and adapter_dir.is_dir():
             raise FileNotFoundError(
                 f"{adapter_dir} holds no adapter: expected {ADAPTER_WEIGHTS_FILE} + {ADAPTER_CONFIG_FILE} "
@@ -513,19 +542,6 @@ def adapter_in_our_format(adapter_dir: PathLike, *, base_dir: Optional[PathLike]
         yield import_peft_adapter(peft_dir, Path(tmp) / "adapter", base_dir=base_dir)
 
 
-__all__ = [
-    "adapter_in_our_format",
-    "export_peft_adapter",
-    "import_peft_adapter",
-    "PEFT_CONFIG_FILE",
-    "PEFT_SUBDIR",
-    "PEFT_WEIGHTS_FILE",
-    "peft_adapter_method",
-    "peft_files_from_adapter",
-    "PeftFormatError",
-    "read_hf_config",
-    "tune_rows_in_hf_order",
-]
 
 
 def load_any_adapter(adapter_dir: PathLike, *, base_dir: Optional[PathLike]) -> Tuple[Dict[str, torch.Tensor], GenFTAdapterConfig]:
@@ -542,20 +558,36 @@ def write_peft_files(
     the base is a Hugging Face checkpoint of a family whose modules PEFT's format can
     name; otherwise None, with the reason logged (our adapter is complete either way)."""
     import logging
+    import shutil
 
     log = logging.getLogger(__name__)
+    out = Path(adapter_dir) / PEFT_SUBDIR
     config_path = Path(base_dir) / "config.json" if base_dir else None
-    if config_path is None or not config_path.is_file():
-        log.info(f"No PEFT adapter files in {adapter_dir}: the base is not a Hugging Face checkpoint (no config.json)")
-        return None
     try:
+        if config_path is None or not config_path.is_file():
+            raise PeftFormatError("the base is not a Hugging Face checkpoint (no config.json)")
         return export_peft_adapter(
-            adapter_dir, base_dir=base_dir, base_model_name_or_path=base_model_name_or_path,
-            output_dir=Path(adapter_dir) / PEFT_SUBDIR,
+            adapter_dir, base_dir=base_dir, base_model_name_or_path=base_model_name_or_path, output_dir=out
         )
-    except PeftFormatError as e:
-        log.warning(f"No PEFT adapter files in {adapter_dir}: {e}")
+    except Exception as e:  # optional files: a failure here must not stop a training run
+        shutil.rmtree(out, ignore_errors=True)  # no pair of an earlier save left to be taken for this one
+        level = logging.INFO if isinstance(e, PeftFormatError) else logging.WARNING
+        log.log(level, f"No PEFT adapter files in {adapter_dir}: {e}")
         return None
 
 
-__all__ += ["load_any_adapter", "write_peft_files"]
+__all__ = [
+    "adapter_in_our_format",
+    "export_peft_adapter",
+    "import_peft_adapter",
+    "load_any_adapter",
+    "PEFT_CONFIG_FILE",
+    "PEFT_SUBDIR",
+    "PEFT_WEIGHTS_FILE",
+    "peft_adapter_method",
+    "peft_files_from_adapter",
+    "PeftFormatError",
+    "read_hf_config",
+    "tune_rows_in_hf_order",
+    "write_peft_files",
+]

@@ -157,23 +157,31 @@ class BaseModelUnknown(ValueError):
     """The card needs the base's Hub id, and nothing the folder holds says it."""
 
 
-def _base_model(genft: Dict[str, Any], base_card: Dict[str, Any], override: Optional[str]) -> Optional[str]:
+def _hub_id(value: Any) -> Optional[str]:
+    """``value`` when it is a Hub id (``ORG/NAME``, not an existing local path)."""
+    return str(value) if value and HUB_ID.match(str(value)) and not Path(str(value)).exists() else None
+
+
+def _base_model(
+    genft: Dict[str, Any], base_card: Dict[str, Any], override: Optional[str], *also: Optional[str]
+) -> Optional[str]:
     """The base's Hub id: ``override``, else the adapter's recorded ``base_model`` when it
-    is a Hub id, else the base card's own ``base_model``. A base recorded only as a local
-    path is an error (the card would name no base): pass ``--base-model``."""
+    is a Hub id, else the base card's own ``base_model``, else the first Hub id among
+    ``also``. A base recorded only as a local path is an error (the card would name no
+    base): pass ``--base-model``."""
     if override:
         if not HUB_ID.match(override):
             raise ValueError(f"--base-model must be a Hub id like ORG/NAME, got {override!r}")
         return override
     recorded = genft.get("base_model")
-    if recorded and HUB_ID.match(str(recorded)) and not Path(str(recorded)).exists():
-        return str(recorded)
     from_card = base_card.get("base_model")
-    if isinstance(from_card, str) and HUB_ID.match(from_card):
-        return from_card
-    if recorded:
+    for candidate in (recorded, from_card if isinstance(from_card, str) else None, *also):
+        if _hub_id(candidate):
+            return _hub_id(candidate)
+    if recorded or any(also):
+        where = recorded or next(a for a in also if a)
         raise BaseModelUnknown(
-            f"the base model is recorded as {recorded!r}, not a Hub id, and its card names none: "
+            f"the base model is recorded as {where!r}, not a Hub id, and its card names none: "
             "pass --base-model ORG/NAME (the Hub id of the base it was trained on)"
         )
     return None
@@ -315,6 +323,27 @@ def build_model_card(
 PIPELINE_TAGS = {"CAUSAL_LM": ("text-generation", "AutoModelForCausalLM")}
 
 
+def adapter_base_model(
+    peft_config: Dict[str, Any],
+    *,
+    genft: Optional[Dict[str, Any]] = None,
+    base_card: Optional[Dict[str, Any]] = None,
+    override: Optional[str] = None,
+) -> str:
+    """The Hub id of a PEFT adapter's base (what its card and its published
+    ``adapter_config.json`` name): ``override``, our json's, the base card's, or PEFT's
+    ``base_model_name_or_path``.
+
+    Raises:
+        BaseModelUnknown: when none of them is a Hub id.
+    """
+    recorded = peft_config.get("base_model_name_or_path")
+    base = _base_model(genft or {}, base_card or {}, override, recorded)
+    if base is None:
+        raise BaseModelUnknown("the adapter records no base model: pass --base-model ORG/NAME")
+    return base
+
+
 def build_adapter_card(
     peft_dir: PathLike,
     *,
@@ -348,10 +377,7 @@ def build_adapter_card(
     """
     peft_config = json.loads((Path(peft_dir) / "adapter_config.json").read_text())
     genft, base_card = dict(genft or {}), dict(base_card or {})
-    genft.setdefault("base_model", peft_config.get("base_model_name_or_path"))
-    base_model = _base_model(genft, base_card, base_model)
-    if base_model is None:
-        raise BaseModelUnknown("the adapter records no base model: pass --base-model ORG/NAME")
+    base_model = adapter_base_model(peft_config, genft=genft, base_card=base_card, override=base_model)
     method = str(peft_config.get("peft_type", "GENFT")).lower()
     kind = get_adapter_kind(method)
     pipeline_tag, cls = PIPELINE_TAGS.get(str(peft_config.get("task_type")), (None, "AutoModel"))
@@ -396,6 +422,7 @@ def _numel(shape) -> int:
 
 
 __all__ = [
+    "adapter_base_model",
     "BaseModelUnknown",
     "build_adapter_card",
     "build_model_card",

@@ -21,6 +21,7 @@ from genft_tune._fs import temp_dir
 from genft_tune.checkpointing._peft_format import PEFT_CONFIG_FILE, PEFT_SUBDIR, PEFT_WEIGHTS_FILE
 from genft_tune.hub._base import base_card
 from genft_tune.hub._model_card import (
+    adapter_base_model,
     build_adapter_card,
     build_model_card,
     CARD_FILE,
@@ -152,11 +153,17 @@ def stage_adapter(
     base_dir = next((p for p in ((genft.get("extra") or {}).get("base_model_path"), genft.get("base_model"))
                      if p and Path(p).is_dir()), None)
     run_files = find_run_files(folder)
+    card = base_card(base_dir)
+    peft_config = json.loads((peft_dir / PEFT_CONFIG_FILE).read_text())
+    # the published config names the base by its Hub id (not the trainer's local path)
+    peft_config["base_model_name_or_path"] = adapter_base_model(
+        peft_config, genft=genft, base_card=card, override=base_model
+    )
     staging.mkdir(parents=True, exist_ok=True)
-    build = dict(repo_id=repo_id, genft=genft, base_card=base_card(base_dir), license=license,
-                 base_model=base_model, run_files=run_files)
-    for name in (PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE):
-        _place(peft_dir / name, staging / name, copy)
+    build = dict(repo_id=repo_id, genft=genft, base_card=card, license=license,
+                 base_model=peft_config["base_model_name_or_path"], run_files=run_files)
+    (staging / PEFT_CONFIG_FILE).write_text(json.dumps(peft_config, indent=2) + "\n")
+    _place(peft_dir / PEFT_WEIGHTS_FILE, staging / PEFT_WEIGHTS_FILE, copy)
     curve = _loss_curve(run_files, staging)
     card = build_adapter_card(peft_dir, loss_curve=curve.name if curve else None, **build)
     (staging / CARD_FILE).write_text(card, encoding="utf8")

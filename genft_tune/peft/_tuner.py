@@ -3,11 +3,13 @@ tuner layer on PEFT's ``BaseTunerLayer`` (merge from the saved ``W0``, exact unm
 forward ``base(x) + update``) and a tuner model that keeps a method's shared tensors
 once, on the tuner, per adapter."""
 
-from typing import Any, Dict, List, Optional
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Dict, List, Optional, Union
 
 import torch
 from torch import nn
 
+from peft import PeftConfig
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, check_adapters_to_merge
 from peft.utils import PeftType
 
@@ -39,7 +41,7 @@ class AdapterPeftLayer(nn.Module, BaseTunerLayer):
         self.base_layer = base_layer
         for name in self.adapter_layer_names:
             setattr(self, name, nn.ModuleDict() if name in self._module_stores else nn.ParameterDict())
-        self._original: Dict[str, torch.Tensor] = {}  # W0 kept by merge, restored by unmerge
+        self._original: Optional[torch.Tensor] = None  # W0 before the first merge, restored by unmerge
         self._disable_adapters = False
         self.merged_adapters: List[str] = []
         base = self.get_base_layer()
@@ -72,9 +74,13 @@ class AdapterPeftLayer(nn.Module, BaseTunerLayer):
         self._move_adapter_to_device_of_base_layer(adapter_name)
         self.set_adapter(self.active_adapters)
 
+    def _original_weight(self) -> torch.Tensor:
+        """``W0``: the base weight before any merge (every adapter's ``dW`` is made from it)."""
+        return (self._original if self._original is not None else self.get_base_layer().weight).detach()
+
     def get_delta_weight(self, adapter: str) -> torch.Tensor:
         """``dW`` (fp32 maths, no dropout) from the original ``W0``."""
-        W0 = self._original.get(adapter, self.get_base_layer().weight).detach()
+        W0 = self._original_weight()
         return (self._merged_weight(adapter, W0).float() - W0.float()).to(W0.dtype)
 
     def merge(self, safe_merge: bool = False, adapter_names: Optional[List[str]] = None) -> None:
@@ -82,17 +88,22 @@ class AdapterPeftLayer(nn.Module, BaseTunerLayer):
             if not self._has_adapter(adapter):
                 continue
             base = self.get_base_layer()
-            W0 = base.weight.data.clone()
-            merged = self._merged_weight(adapter, W0)
+            if self._original is None:  # the first merge: W0 + dW in one fp32 computation
+                merged = self._merged_weight(adapter, base.weight.data)
+            else:  # more: add this adapter's dW, also generated from the original W0
+                merged = (base.weight.data.float() + self.get_delta_weight(adapter).float()).to(base.weight.dtype)
             if safe_merge and not torch.isfinite(merged).all():
                 raise ValueError(f"NaNs detected in the merged weights. The adapter {adapter} seems to be broken")
+            if self._original is None:
+                self._original = base.weight.data.clone()
             base.weight.data = merged
-            self._original[adapter] = W0
             self.merged_adapters.append(adapter)
 
     def unmerge(self) -> None:
-        while self.merged_adapters:  # restores the saved W0 bit for bit, no subtraction
-            self.get_base_layer().weight.data = self._original.pop(self.merged_adapters.pop())
+        if self._original is not None:  # restores W0 bit for bit, no subtraction
+            self.get_base_layer().weight.data = self._original
+        self._original = None
+        self.merged_adapters.clear()
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self.disable_adapters:
@@ -151,9 +162,30 @@ class AdapterPeftModel(BaseTuner):
         self._replace_module(parent, target_name, new, target)
 
 
-def peft_fields(obj: Any, config_cls: type) -> Dict[str, Any]:
-    """The fields of the dataclass ``config_cls`` read off ``obj`` (a PEFT config with
-    the same field names)."""
-    from dataclasses import fields
+@dataclass
+class AdapterPeftConfig(PeftConfig):
+    """What our PEFT configs share: PEFT's targeting fields (``target_modules`` required)
+    and the validation of their method's own config, whose fields each subclass repeats
+    (``method_config_cls``; ``tests/test_peft_plugin.py`` checks that none is missing)."""
 
-    return {f.name: getattr(obj, f.name) for f in fields(config_cls)}
+    target_modules: Optional[Union[List[str], str]] = field(default=None)
+    exclude_modules: Optional[Union[List[str], str]] = field(default=None)
+    modules_to_save: Optional[List[str]] = field(default=None)
+    layers_to_transform: Optional[Union[List[int], int]] = field(default=None)
+    layers_pattern: Optional[Union[List[str], str]] = field(default=None)
+
+    method_config_cls: ClassVar[type]
+    method_peft_type: ClassVar[PeftType]
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.peft_type = self.method_peft_type
+        if isinstance(self.target_modules, list):
+            self.target_modules = set(self.target_modules)
+        if not self.target_modules:
+            raise ValueError(f"{type(self).__name__} needs target_modules, e.g. ['q_proj', 'v_proj']")
+        self.method_config()  # the same validation, the same messages as our config
+
+    def method_config(self) -> Any:
+        """Our config (``GenFTConfig``, ``WeGeFTConfig``) that these fields describe."""
+        return self.method_config_cls(**{f.name: getattr(self, f.name) for f in fields(self.method_config_cls)})

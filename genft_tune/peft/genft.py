@@ -14,42 +14,34 @@ from ``W0`` in torchtune's row order and returns it in Hugging Face's, exactly t
 """
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Union
+from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peft import PeftConfig
 from peft.utils import register_peft_method
 
+from genft_tune.checkpointing._peft_format import tune_rows_in_hf_order
 from genft_tune.modules import GenFTConfig, GenFTGenerators, merged_weight_fp32, tie_specific_factors
 from genft_tune.modules.genft.layer import initialize_specific_factors, SPECIFIC, specific_factor_shapes
-from genft_tune.peft._tuner import AdapterPeftLayer, AdapterPeftModel, peft_fields, peft_type
+from genft_tune.peft._tuner import AdapterPeftConfig, AdapterPeftLayer, AdapterPeftModel, peft_type
 
 PREFIX = "genft_"
 GENFT = peft_type("GENFT")
 
 
-def tune_rows_in_hf_order(out_dim: int, num_heads: int) -> torch.Tensor:
-    """Row indices ``idx`` with ``W_hf = W_tune[idx]`` for a q/k projection of
-    ``num_heads`` heads: torchtune's ``tune_to_hf`` RoPE permutation (per head, the two
-    interleaved halves of the rotary pairs become contiguous)."""
-    if out_dim % num_heads or (out_dim // num_heads) % 2:
-        raise ValueError(f"a RoPE projection of {out_dim} rows cannot have {num_heads} heads")
-    head_dim = out_dim // num_heads
-    return torch.arange(out_dim).view(num_heads, head_dim // 2, 2).transpose(1, 2).reshape(-1)
-
-
 @dataclass
-class GenFTPeftConfig(PeftConfig):
+class GenFTPeftConfig(AdapterPeftConfig):
     """:class:`~genft_tune.modules.GenFTConfig`'s fields as a PEFT config, plus PEFT's
     ``target_modules`` (required: e.g. ``["q_proj", "v_proj"]``) and friends; validated
     as :class:`GenFTConfig` is, with the same messages.
 
     ``torchtune_rope_heads`` (module name -> number of heads) is set by
     ``genft-tune export-peft`` for adapters trained in torchtune's q/k row order (see
-    the module docstring); leave it empty for adapters trained with PEFT.
+    the module docstring); leave it empty for adapters trained with PEFT. ``recompute``
+    and ``fused`` are carried for the recipes (the same adapter trains there with them);
+    the PEFT layer always runs the eager generator and keeps its graph.
     """
 
     shared_dim: int = GenFTConfig.shared_dim
@@ -68,27 +60,15 @@ class GenFTPeftConfig(PeftConfig):
     convention: str = GenFTConfig.convention
     fused: str = GenFTConfig.fused
     torchtune_rope_heads: Optional[Dict[str, int]] = field(default=None)
-    target_modules: Optional[Union[List[str], str]] = field(default=None)
-    exclude_modules: Optional[Union[List[str], str]] = field(default=None)
-    modules_to_save: Optional[List[str]] = field(default=None)
-    layers_to_transform: Optional[Union[List[int], int]] = field(default=None)
-    layers_pattern: Optional[Union[List[str], str]] = field(default=None)
+
+    method_config_cls = GenFTConfig
+    method_peft_type = GENFT
 
     def __post_init__(self):
-        super().__post_init__()
-        self.peft_type = GENFT
-        if isinstance(self.target_modules, list):
-            self.target_modules = set(self.target_modules)
-        if not self.target_modules:
-            raise ValueError("GenFTPeftConfig needs target_modules, e.g. ['q_proj', 'v_proj']")
         for name, heads in (self.torchtune_rope_heads or {}).items():
             if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
                 raise ValueError(f"torchtune_rope_heads[{name!r}] must be a number of heads >= 1, got {heads!r}")
-        self.genft_config()  # the same validation, the same messages
-
-    def genft_config(self) -> GenFTConfig:
-        """The :class:`GenFTConfig` these fields describe."""
-        return GenFTConfig(**peft_fields(self, GenFTConfig))
+        super().__post_init__()
 
 
 class GenFTPeftLinear(AdapterPeftLayer):
@@ -111,7 +91,7 @@ class GenFTPeftLinear(AdapterPeftLayer):
         self._generators[adapter_name] = generator
         heads = (config.torchtune_rope_heads or {}).get(self.module_name)
         self._rope_rows[adapter_name] = None if heads is None else tune_rows_in_hf_order(self.out_features, heads)
-        cfg = config.genft_config()
+        cfg = config.method_config()
         shapes = specific_factor_shapes(cfg, self.in_features, self.out_features)
         factors = {n: nn.Parameter(torch.empty(*s)) for n, s in shapes.items()}
         initialize_specific_factors(factors, cfg, tied=self.tied)
@@ -162,7 +142,7 @@ class GenFTPeftModel(AdapterPeftModel):
     root_attr = "genft_generators"
 
     def make_root(self, peft_config: GenFTPeftConfig) -> GenFTGenerators:
-        return GenFTGenerators(peft_config.genft_config())
+        return GenFTGenerators(peft_config.method_config())
 
 
 register_peft_method(name="genft", config_cls=GenFTPeftConfig, model_cls=GenFTPeftModel, prefix=PREFIX)

@@ -11,17 +11,15 @@ from the torchtune recipes need no conversion of their rows.
 """
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Union
+from typing import Dict, Optional
 
 import torch
-from torch import nn
 
-from peft import PeftConfig
 from peft.utils import register_peft_method
 
 from genft_tune.modules.wegeft import WeGeFTConfig, WeGeFTFactors, WeGeFTSharedFactors, wegeft_merged_weight
 from genft_tune.modules.wegeft.layer import wegeft_projection, wegeft_update
-from genft_tune.peft._tuner import AdapterPeftLayer, AdapterPeftModel, peft_fields, peft_type
+from genft_tune.peft._tuner import AdapterPeftConfig, AdapterPeftLayer, AdapterPeftModel, peft_type
 
 PREFIX = "wegeft_"
 WEGEFT = peft_type("WEGEFT")
@@ -29,7 +27,7 @@ LAYER_FACTORS = f"{PREFIX}layer_factors"
 
 
 @dataclass
-class WeGeFTPeftConfig(PeftConfig):
+class WeGeFTPeftConfig(AdapterPeftConfig):
     """:class:`~genft_tune.modules.WeGeFTConfig`'s fields as a PEFT config, plus PEFT's
     ``target_modules`` (required) and friends; validated as :class:`WeGeFTConfig` is.
 
@@ -43,24 +41,9 @@ class WeGeFTPeftConfig(PeftConfig):
     shared: bool = WeGeFTConfig.shared
     recompute: bool = WeGeFTConfig.recompute
     shared_keys: Optional[Dict[str, str]] = field(default=None)
-    target_modules: Optional[Union[List[str], str]] = field(default=None)
-    exclude_modules: Optional[Union[List[str], str]] = field(default=None)
-    modules_to_save: Optional[List[str]] = field(default=None)
-    layers_to_transform: Optional[Union[List[int], int]] = field(default=None)
-    layers_pattern: Optional[Union[List[str], str]] = field(default=None)
 
-    def __post_init__(self):
-        super().__post_init__()
-        self.peft_type = WEGEFT
-        if isinstance(self.target_modules, list):
-            self.target_modules = set(self.target_modules)
-        if not self.target_modules:
-            raise ValueError("WeGeFTPeftConfig needs target_modules, e.g. ['q_proj', 'v_proj']")
-        self.wegeft_config()  # the same validation, the same messages
-
-    def wegeft_config(self) -> WeGeFTConfig:
-        """The :class:`WeGeFTConfig` these fields describe."""
-        return WeGeFTConfig(**peft_fields(self, WeGeFTConfig))
+    method_config_cls = WeGeFTConfig
+    method_peft_type = WEGEFT
 
 
 class WeGeFTPeftLinear(AdapterPeftLayer):
@@ -72,7 +55,7 @@ class WeGeFTPeftLinear(AdapterPeftLayer):
     def update_layer(self, adapter_name: str, config: WeGeFTPeftConfig, shared: WeGeFTSharedFactors) -> None:
         if not hasattr(self, "_factors"):
             self._factors: Dict[str, WeGeFTFactors] = {}  # adapter -> its (phi, psi)
-        cfg = config.wegeft_config()
+        cfg = config.method_config()
         weight = self.get_base_layer().weight
         if cfg.shared:
             key = (config.shared_keys or {}).get(self.module_name, self.module_name)
@@ -110,7 +93,7 @@ class WeGeFTPeftModel(AdapterPeftModel):
     root_attr = "wegeft_factors"
 
     def make_root(self, peft_config: WeGeFTPeftConfig) -> WeGeFTSharedFactors:
-        return WeGeFTSharedFactors(peft_config.wegeft_config())
+        return WeGeFTSharedFactors(peft_config.method_config())
 
 
 register_peft_method(name="wegeft", config_cls=WeGeFTPeftConfig, model_cls=WeGeFTPeftModel, prefix=PREFIX)

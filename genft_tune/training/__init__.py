@@ -1,6 +1,6 @@
 """Helpers for the GenFT fine-tuning recipes (``recipes/genft_finetune_*.py``)."""
 
-from genft_tune.training._adapter_files import checkpoint_dir_of, load_adapter_files, save_adapter_files
+from genft_tune.training._adapter_files import checkpoint_dir_of, save_adapter_files
 from genft_tune.training._adapter_method import (
     AdapterMethod,
     check_wegeft_targets,
@@ -66,7 +66,6 @@ from genft_tune.training._state import (
 __all__ = [
     "AdapterMethod",
     "checkpoint_dir_of",
-    "load_adapter_files",
     "save_adapter_files",
     "ConfigError",
     "user_errors",

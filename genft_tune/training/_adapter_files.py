@@ -7,12 +7,12 @@ weights in the same folder as a plain model)."""
 
 import os
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Union
 
 import torch
 
-from genft_tune.checkpointing import GenFTAdapterConfig, save_genft_adapter
-from genft_tune.checkpointing._peft_format import load_any_adapter, write_peft_files
+from genft_tune.checkpointing import save_genft_adapter
+from genft_tune.checkpointing._peft_format import write_peft_files
 from genft_tune.hub._base import base_hub_id
 from genft_tune.training._adapter_method import AdapterMethod
 
@@ -59,11 +59,4 @@ def save_adapter_files(
     write_peft_files(adapter_dir, base_dir=base_dir, base_model_name_or_path=base)
 
 
-def load_adapter_files(
-    adapter_dir: PathLike, *, base_dir: Optional[PathLike]
-) -> Tuple[Dict[str, torch.Tensor], GenFTAdapterConfig]:
-    """A saved adapter checkpoint, from our pair or, when only PEFT's is there, from that."""
-    return load_any_adapter(adapter_dir, base_dir=base_dir)
-
-
-__all__ = ["checkpoint_dir_of", "load_adapter_files", "save_adapter_files"]
+__all__ = ["checkpoint_dir_of", "save_adapter_files"]

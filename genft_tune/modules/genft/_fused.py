@@ -148,6 +148,8 @@ def unsupported_reason(config, x: torch.Tensor, tensors: Sequence[torch.Tensor])
         return "tensors on several devices"
     if device.type != "cuda" and not (device.type == "cpu" and interpreter_enabled()):
         return f"tensors on {device.type}: the kernels need CUDA (or TRITON_INTERPRET=1 on CPU)"
+    if device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 0):
+        return "a GPU older than compute capability 8.0 (the kernels' tf32 dot products need Ampere or newer)"
     if tensors[0].requires_grad:
         return "the frozen weight requires a gradient"
     dtypes = {t.dtype for t in tensors[1:]}
