@@ -60,18 +60,20 @@ def _steps_done(out: Path) -> int:
 
 
 def test_training_killed_anywhere_resumes_to_the_same_adapter(tmp_path):
-    steps = 40
-    cfg = base_config(tmp_path, max_steps_per_epoch=steps, save_every_n_steps=1, save_adapter_weights_only=True)
+    cfg = base_config(tmp_path, max_steps_per_epoch=40, save_every_n_steps=1, save_adapter_weights_only=True)
     ref = tmp_path / "ref"
     ref_cfg = write_config(dict(cfg, output_dir=str(ref)), tmp_path / "ref.yaml")
     t0 = time.perf_counter()
-    proc, startup = _start(ref_cfg), None
+    proc, startup, trained = _start(ref_cfg), None, None
     while proc.poll() is None:
         if startup is None and (ref / "step_1").exists():
             startup = time.perf_counter() - t0  # imports, model and data set-up
-        time.sleep(0.02)
+        if trained is None and (ref / "epoch_0").exists():
+            trained = time.perf_counter() - t0  # then only the exit is left
+        time.sleep(0.01)
     assert proc.returncode == 0 and startup is not None
-    train_time = time.perf_counter() - t0 - startup
+    train_time = (trained or time.perf_counter() - t0) - startup
+    steps = _steps_done(ref)  # the data set may end the epoch before max_steps_per_epoch
     reference = load_file(str(ref / "epoch_0" / "genft_adapter.safetensors"))
 
     out = tmp_path / "soak"
@@ -84,10 +86,16 @@ def test_training_killed_anywhere_resumes_to_the_same_adapter(tmp_path):
         done = _steps_done(out)
         proc = _start(soak_cfg, f"resume_from_checkpoint={done > 0}")
         if kills < KILLS:
-            # a random moment of the steps still to run: forward, backward, optimizer step or checkpoint write
-            # a resumed run's start-up is longer (it reloads the recipe state and fast-forwards the
-            # data), so the window spans the whole of an uninterrupted run and a little more
+            # Start-up (imports, model, data) takes most of a run of this tiny model, so a delay
+            # drawn over the whole run would mostly kill start-ups. Every third kill is anywhere
+            # in the run; the others wait for the run's first new checkpoint and then kill at a
+            # random moment of the steps still to run: forward, backward, optimizer step or
+            # checkpoint write.
             delay = rng.uniform(0.6, 1.3) * (startup + train_time)
+            if kills % 3:
+                while proc.poll() is None and _steps_done(out) <= done:
+                    time.sleep(0.01)
+                delay = rng.uniform(0.0, 1.1) * train_time * (steps - done) / steps
             try:
                 proc.wait(timeout=delay)
             except subprocess.TimeoutExpired:
