@@ -156,6 +156,56 @@ def test_recipe_end_to_end(recipe_module, folder, base_ckpt, tmp_path):
         torch.testing.assert_close(ours(pixel_values=pixels).logits, recipe_hf(pixel_values=pixels).logits, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(ours(pixel_values=pixels).logits, recipe._model.eval()(pixels), atol=1e-4, rtol=1e-4)
 
+    # PEFT's pair in peft/ (targets and the head as modules_to_save) gives the same model on
+    # the Hugging Face base with the task's classes
+    pytest.importorskip("peft")
+    import genft_tune.peft  # noqa: F401
+    from peft import PeftModel
+
+    base_hf = transformers.ViTForImageClassification.from_pretrained(
+        base_ckpt, num_labels=len(CLASSES), ignore_mismatched_sizes=True)
+    peft_model = PeftModel.from_pretrained(base_hf, out / "epoch_1" / "peft").eval()
+    assert json.loads((out / "epoch_1" / "peft" / "adapter_config.json").read_text())["modules_to_save"] == ["classifier"]
+    with torch.no_grad():
+        torch.testing.assert_close(peft_model(pixel_values=pixels).logits, recipe_hf(pixel_values=pixels).logits,
+                                   atol=1e-4, rtol=1e-4)
+    # and back: merging PEFT's pair alone writes the same weights as merging ours
+    assert cli_main(["merge", "--base", str(base_ckpt), "--adapter", str(out / "epoch_1" / "peft"),
+                     "--output", str(tmp_path / "merged_peft")]) == 0
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(merged_dir / "model.safetensors")), load_file(str(tmp_path / "merged_peft" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    # `publish --adapter-only`: its card's snippet, run as printed against a Hub cache with the
+    # base and the adapter, loads the same classifier
+    import os
+    import subprocess
+    import sys
+
+    from test_publish import _hub_cache_repo
+
+    staged = tmp_path / "staged"
+    assert cli_main(["publish", "--folder", str(out / "epoch_1"), "--repo-id", "me/vit-genft", "--adapter-only",
+                     "--base-model", "org/tiny-vit", "--dry-run", str(staged)]) == 0
+    card = (staged / "README.md").read_text()
+    assert "pipeline_tag: image-classification" in card
+    snippet = card.split("```python\n", 1)[1].split("```", 1)[0]
+    assert f"num_labels={len(CLASSES)}, ignore_mismatched_sizes=True" in snippet
+    cache = tmp_path / "hub"
+    _hub_cache_repo(cache, "org/tiny-vit", {p.name: p for p in base_ckpt.iterdir() if p.is_file()})
+    _hub_cache_repo(cache, "me/vit-genft", {n: staged / n for n in ("adapter_config.json", "adapter_model.safetensors")})
+    torch.save(pixels, tmp_path / "pixels.pt")
+    check = (f"\nimport torch\nwith torch.no_grad():\n    torch.save(merged.eval()(pixel_values=torch.load("
+             f"{str(tmp_path / 'pixels.pt')!r})).logits, {str(tmp_path / 'logits.pt')!r})\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
+    env.update(HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"))
+    proc = subprocess.run([sys.executable, "-c", snippet + check], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with torch.no_grad():
+        torch.testing.assert_close(torch.load(tmp_path / "logits.pt"), recipe_hf(pixel_values=pixels).logits,
+                                   atol=1e-4, rtol=1e-4)
+
     # the merged model is a plain HF ViT; its accuracy, counted by hand, is the recipe's
     hf = transformers.ViTForImageClassification.from_pretrained(out / "hf_model").eval()
     assert hf.config.id2label == dict(enumerate(CLASSES))

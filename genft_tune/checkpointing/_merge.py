@@ -58,6 +58,9 @@ class KeyConverter:
     name: str
     to_tune: StateDictFn
     from_tune: StateDictFn
+    # the Hugging Face model's module of a torchtune module, for a family whose module
+    # names differ from its checkpoint keys (transformers 5's ViT); None: the same
+    module_name: Optional[Callable[[str], Optional[str]]] = None
 
     def tune_shapes(self, key: str, shape) -> Dict[str, Tuple[int, ...]]:
         """``{torchtune key: shape}`` of the tensor ``key`` (several for a fused tensor
@@ -92,9 +95,9 @@ def parse_size(size: Union[str, int]) -> int:
 
 def _hf_converter(config: Dict[str, Any]) -> KeyConverter:
     if config.get("model_type") == "vit":
-        from genft_tune.models.vit import vit_hf_to_tune, vit_tune_to_hf
+        from genft_tune.models.vit import vit_hf_module_name, vit_hf_to_tune, vit_tune_to_hf
 
-        return KeyConverter("vit", vit_hf_to_tune, vit_tune_to_hf)
+        return KeyConverter("vit", vit_hf_to_tune, vit_tune_to_hf, vit_hf_module_name)
     from genft_tune.models._families import get_family
 
     family = get_family(config)

@@ -16,6 +16,11 @@ any row order of ``W0``: nothing to record). Going back, a PEFT GenFT adapter tr
 Hugging Face's rows (by PEFT itself) becomes ours with ``weight_layout: hf``, which
 ``genft-tune merge`` folds into the Hugging Face checkpoint as it is.
 
+Trained whole modules (a ViT's new classifier head, ``head.*`` in our files) are PEFT's
+``modules_to_save`` (``classifier``). PEFT names the modules of the transformers model, which
+for transformers 5's ViT differ from its checkpoint keys: the family's converter says so
+(``KeyConverter.module_name``).
+
 Neither direction needs ``peft`` installed.
 """
 
@@ -117,7 +122,22 @@ def _hf_module(converter, target: str, shape: Tuple[int, int]) -> str:
             f"(it fuses it with others into one tensor): PEFT's format cannot hold this adapter; "
             "merge it (genft-tune merge) and share the merged model instead"
         )
+    if converter.module_name is not None:  # module names that differ from the checkpoint's keys
+        name = converter.module_name(target)
+        if name is None:
+            raise PeftFormatError(f"the {converter.name} family's Hugging Face model has no module for {target!r}")
+        return name
     return next(iter(out))[: -len(".weight")]
+
+
+def _saved_modules(converter, keys: List[str], shapes: Mapping[str, Tuple[int, ...]]) -> Dict[str, str]:
+    """Our ``modules_to_save`` tensors (``head.weight``) under PEFT's names
+    (``classifier.weight``: the Hugging Face model's module and the parameter)."""
+    out = {}
+    for key in keys:
+        module, _, param = key.rpartition(".")
+        out[key] = f"{_hf_module(converter, module, tuple(shapes[key]))}.{param}"
+    return out
 
 
 def _row_order(converter, target: str, shape: Tuple[int, int]) -> Optional[torch.Tensor]:
@@ -218,11 +238,8 @@ def peft_files_from_adapter(
     if missing:
         raise PeftFormatError(f"the adapter does not record the weight shapes of {missing[:3]}")
     hf_of = {t: _hf_module(converter, t, shapes[t]) for t in targets}
-    if adapter_cfg.get("modules_to_save"):
-        raise PeftFormatError(
-            f"the adapter also trained {adapter_cfg['modules_to_save']}: the PEFT export covers adapters "
-            "without modules_to_save; merge it (genft-tune merge) instead"
-        )
+    # trained whole modules (a ViT's new head): PEFT's modules_to_save
+    saved = _saved_modules(converter, list(adapter_cfg.get("modules_to_save") or []), adapter_cfg["tensor_shapes"])
 
     extra: Dict[str, Any] = {}
     if method == "genft" and adapter_cfg.weight_layout == "torchtune":
@@ -255,6 +272,9 @@ def peft_files_from_adapter(
     tensors: Dict[str, torch.Tensor] = {}
     root = names.root + "."
     for key, value in adapter_sd.items():
+        if key in saved:
+            tensors[f"{MODEL}{saved[key]}"] = value
+            continue
         if key.startswith(root):
             group, rest = key[len(root):].split(".", 1)
             tensors[f"{TUNER}{names.root}.{key_to_peft.get(group, group)}.{rest}"] = value
@@ -275,7 +295,7 @@ def peft_files_from_adapter(
         **extra,
         target_modules=_short_targets(list(hf_of.values()), hf_config),
         exclude_modules=None,
-        modules_to_save=None,
+        modules_to_save=sorted({k.rpartition(".")[0] for k in saved.values()}) or None,
         layers_to_transform=None,
         layers_pattern=None,
     )
@@ -360,6 +380,25 @@ def peft_adapter_method(adapter_dir: PathLike) -> Optional[str]:
     return method
 
 
+def _base_linears(converter, base_shapes: Mapping[str, Tuple[int, ...]]) -> Dict[str, Tuple[str, Tuple[int, ...]]]:
+    """The base's linears as PEFT names them: ``{module: (torchtune module, (out, in))}``
+    (a checkpoint tensor that the family splits into several of ours, Phi-3's
+    ``qkv_proj``, is none of them)."""
+    out: Dict[str, Tuple[str, Tuple[int, ...]]] = {}
+    for key, shape in base_shapes.items():
+        parts = converter.tune_shapes(key, shape)
+        if len(parts) != 1:
+            continue
+        (tune_key, tune_shape), = parts.items()
+        if not tune_key.endswith(".weight") or len(tune_shape) != 2:
+            continue
+        module = tune_key[: -len(".weight")]
+        name = converter.module_name(module) if converter.module_name else key[: -len(".weight")]
+        if name:
+            out[name] = (module, tuple(tune_shape))
+    return out
+
+
 def _targets_in(target_modules: Union[str, List[str]], modules: List[str]) -> List[str]:
     """PEFT's rule: a regex matches the full name; a list entry equals it or ends it."""
     import re
@@ -402,22 +441,18 @@ def adapter_from_peft_files(
         config = kind.config_cls(**{k: v for k, v in peft_config.items() if k in known})
     except (TypeError, ValueError) as e:
         raise PeftFormatError(f"{PEFT_CONFIG_FILE}: {e}") from None
-    for name in ("modules_to_save", "layers_to_transform", "layers_pattern", "exclude_modules"):
+    for name in ("layers_to_transform", "layers_pattern", "exclude_modules"):
         if peft_config.get(name):
             raise PeftFormatError(f"{PEFT_CONFIG_FILE}: {name} {peft_config[name]!r} is not supported here "
                                   "(name the targets in target_modules instead)")
     converter = _converter(hf_config)
-    modules = [k[: -len(".weight")] for k, s in base_shapes.items() if k.endswith(".weight") and len(s) == 2]
-    hf_targets = _targets_in(peft_config.get("target_modules") or [], modules)
+    linears = _base_linears(converter, base_shapes)  # PEFT's module name -> (torchtune module, shape)
+    hf_targets = _targets_in(peft_config.get("target_modules") or [], list(linears))
     if not hf_targets:
         raise PeftFormatError(f"{PEFT_CONFIG_FILE}: target_modules {peft_config.get('target_modules')!r} match no linear of the base")
-    tune_of: Dict[str, str] = {}
-    for m in hf_targets:
-        out = converter.tune_shapes(f"{m}.weight", base_shapes[f"{m}.weight"])
-        if len(out) != 1:
-            raise PeftFormatError(f"target {m!r} has no single torchtune weight ({sorted(out)})")
-        tune_of[m] = next(iter(out))[: -len(".weight")]
-    target_shapes = {tune_of[m]: tuple(base_shapes[f"{m}.weight"]) for m in hf_targets}
+    tune_of = {m: linears[m][0] for m in hf_targets}
+    target_shapes = {linears[m][0]: linears[m][1] for m in hf_targets}
+    saved_modules = set(peft_config.get("modules_to_save") or [])
 
     weight_layout = "torchtune"
     if method == "genft":
@@ -440,7 +475,16 @@ def adapter_from_peft_files(
     ours_key = _wegeft_shared_keys(peft_key_of, tune_of)
     root = f"{TUNER}{names.root}."
     state: Dict[str, torch.Tensor] = {}
+    modules_to_save: Dict[str, torch.Tensor] = {}
     for key, value in tensors.items():
+        if key.startswith(MODEL) and key[len(MODEL):].rpartition(".")[0] in saved_modules:
+            # PEFT's modules_to_save (a ViT's classifier) back to our keys (head.weight)
+            try:
+                (ours, value), = converter.to_tune({key[len(MODEL):]: value}).items()
+            except Exception:
+                raise PeftFormatError(f"{PEFT_WEIGHTS_FILE}: {key!r} of modules_to_save has no torchtune key") from None
+            modules_to_save[ours] = value
+            continue
         if key.startswith(root):
             group, rest = key[len(root):].split(".", 1)
             state[f"{names.root}.{ours_key.get(group, group)}.{rest}"] = value
@@ -465,6 +509,7 @@ def adapter_from_peft_files(
         base_model=peft_config.get("base_model_name_or_path"),
         weight_layout=weight_layout,
         extra={"imported_from": "peft"},
+        modules_to_save=modules_to_save or None,
     )
 
 

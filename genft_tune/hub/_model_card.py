@@ -320,7 +320,17 @@ def build_model_card(
     return _card(meta, lines)
 
 
-PIPELINE_TAGS = {"CAUSAL_LM": ("text-generation", "AutoModelForCausalLM")}
+def _adapter_base_class(peft_config: Dict[str, Any], genft: Dict[str, Any], hf_config: Dict[str, Any]):
+    """``(pipeline_tag, transformers class, from_pretrained keywords)`` the adapter's
+    base loads with: a causal LM, or a ViT classifier with the trained head's classes
+    (the base's own head, if any, is replaced: ``ignore_mismatched_sizes``)."""
+    if peft_config.get("task_type") == "CAUSAL_LM":
+        return "text-generation", "AutoModelForCausalLM", ""
+    if hf_config.get("model_type") == "vit":
+        head = (genft.get("tensor_shapes") or {}).get("head.weight")
+        kwargs = f", num_labels={head[0]}, ignore_mismatched_sizes=True" if head else ""
+        return "image-classification", "AutoModelForImageClassification", kwargs
+    return None, "AutoModel", ""
 
 
 def adapter_base_model(
@@ -354,6 +364,7 @@ def build_adapter_card(
     base_model: Optional[str] = None,
     loss_curve: Optional[str] = None,
     run_files: Optional[Dict[str, Path]] = None,
+    hf_config: Optional[Dict[str, Any]] = None,
 ) -> str:
     """The ``README.md`` text for a PEFT-format adapter (``publish --adapter-only``).
 
@@ -367,6 +378,8 @@ def build_adapter_card(
         base_model (Optional[str]): the base's Hub id, overriding ``base_model_name_or_path``.
         loss_curve (Optional[str]): file name of a loss-curve image.
         run_files (Optional[Dict[str, Path]]): the run's config and metric log.
+        hf_config (Optional[Dict[str, Any]]): the base's ``config.json`` (which model
+            class the snippet loads).
 
     Returns:
         str: front matter (``base_model``, ``library_name: peft``, ``license``, ``tags``,
@@ -380,7 +393,7 @@ def build_adapter_card(
     base_model = adapter_base_model(peft_config, genft=genft, base_card=base_card, override=base_model)
     method = str(peft_config.get("peft_type", "GENFT")).lower()
     kind = get_adapter_kind(method)
-    pipeline_tag, cls = PIPELINE_TAGS.get(str(peft_config.get("task_type")), (None, "AutoModel"))
+    pipeline_tag, cls, load_kwargs = _adapter_base_class(peft_config, genft, hf_config or {})
     meta: Dict[str, Any] = {"base_model": base_model, "library_name": "peft", "tags": _tags(kind.name, base_card)}
     license = license or base_card.get("license")
     if license:
@@ -404,7 +417,7 @@ def build_adapter_card(
         "from peft import PeftModel",
         f"from transformers import {cls}",
         "",
-        f'base = {cls}.from_pretrained("{base_model}")',
+        f'base = {cls}.from_pretrained("{base_model}"{load_kwargs})',
         f'model = PeftModel.from_pretrained(base, "{repo_id}")',
         "merged = model.merge_and_unload()  # optional: a plain transformers model, W = W0 + dW",
         "```",

@@ -160,8 +160,10 @@ def stage_adapter(
         peft_config, genft=genft, base_card=card, override=base_model
     )
     staging.mkdir(parents=True, exist_ok=True)
+    hf_config_path = Path(base_dir) / "config.json" if base_dir else None
+    hf_config = json.loads(hf_config_path.read_text()) if hf_config_path and hf_config_path.is_file() else {}
     build = dict(repo_id=repo_id, genft=genft, base_card=card, license=license,
-                 base_model=peft_config["base_model_name_or_path"], run_files=run_files)
+                 base_model=peft_config["base_model_name_or_path"], run_files=run_files, hf_config=hf_config)
     (staging / PEFT_CONFIG_FILE).write_text(json.dumps(peft_config, indent=2) + "\n")
     _place(peft_dir / PEFT_WEIGHTS_FILE, staging / PEFT_WEIGHTS_FILE, copy)
     curve = _loss_curve(run_files, staging)

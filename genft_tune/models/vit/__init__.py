@@ -19,6 +19,7 @@ from genft_tune.models.vit._convert_weights import (
     load_timm_vit_state_dict,
     load_vit_state_dict,
     vit_hf_config,
+    vit_hf_module_name,
     vit_hf_to_tune,
     vit_tune_to_hf,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "vit_b16_wegeft",
     "vit_genft",
     "vit_hf_config",
+    "vit_hf_module_name",
     "vit_hf_to_tune",
     "vit_lora",
     "vit_tiny",

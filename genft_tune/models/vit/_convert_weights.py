@@ -92,6 +92,7 @@ def _rules(table: List[Tuple[str, str]], reverse: bool = False) -> List[Tuple[re
 
 _HF_TO_TUNE = _rules(_HF_HUB) + _rules(_HF_V5)
 _TUNE_TO_HF = _rules(_HF_HUB, reverse=True)
+_TUNE_TO_HF_V5 = _rules(_HF_V5, reverse=True)
 _TIMM_TO_TUNE = _rules(_TIMM)
 
 
@@ -168,6 +169,17 @@ def vit_tune_to_hf(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tenso
             raise ValueError(f"unexpected key {key!r}: not a parameter of a ViT classifier")
         converted["vit." + new] = value
     return converted
+
+
+def vit_hf_module_name(module: str) -> Optional[str]:
+    """The module of transformers 5's ``ViTForImageClassification`` that is our module
+    ``module`` (``layers.0.attn.q_proj`` -> ``vit.layers.0.attention.q_proj``, ``head`` ->
+    ``classifier``): the names PEFT's files use, which differ from the checkpoint keys'
+    Hub spelling. None for a module that is not a linear of a ViT classifier."""
+    if module == "head":
+        return "classifier"
+    new = _rename(f"{module}.weight", _TUNE_TO_HF_V5)
+    return None if new is None else "vit." + new[: -len(".weight")]
 
 
 def convert_timm_vit_state_dict(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
