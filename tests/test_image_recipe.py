@@ -179,11 +179,7 @@ def test_recipe_end_to_end(recipe_module, folder, base_ckpt, tmp_path):
 
     # `publish --adapter-only`: its card's snippet, run as printed against a Hub cache with the
     # base and the adapter, loads the same classifier
-    import os
-    import subprocess
-    import sys
-
-    from test_publish import _hub_cache_repo
+    from test_publish import run_card_snippet
 
     staged = tmp_path / "staged"
     assert cli_main(["publish", "--folder", str(out / "epoch_1"), "--repo-id", "me/vit-genft", "--adapter-only",
@@ -192,16 +188,13 @@ def test_recipe_end_to_end(recipe_module, folder, base_ckpt, tmp_path):
     assert "pipeline_tag: image-classification" in card
     snippet = card.split("```python\n", 1)[1].split("```", 1)[0]
     assert f"num_labels={len(CLASSES)}, ignore_mismatched_sizes=True" in snippet
-    cache = tmp_path / "hub"
-    _hub_cache_repo(cache, "org/tiny-vit", {p.name: p for p in base_ckpt.iterdir() if p.is_file()})
-    _hub_cache_repo(cache, "me/vit-genft", {n: staged / n for n in ("adapter_config.json", "adapter_model.safetensors")})
     torch.save(pixels, tmp_path / "pixels.pt")
     check = (f"\nimport torch\nwith torch.no_grad():\n    torch.save(merged.eval()(pixel_values=torch.load("
              f"{str(tmp_path / 'pixels.pt')!r})).logits, {str(tmp_path / 'logits.pt')!r})\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
-    env.update(HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"))
-    proc = subprocess.run([sys.executable, "-c", snippet + check], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_card_snippet(card, tmp_path, {
+        "org/tiny-vit": {p.name: p for p in base_ckpt.iterdir() if p.is_file()},
+        "me/vit-genft": {n: staged / n for n in ("adapter_config.json", "adapter_model.safetensors")},
+    }, check)
     with torch.no_grad():
         torch.testing.assert_close(torch.load(tmp_path / "logits.pt"), recipe_hf(pixel_values=pixels).logits,
                                    atol=1e-4, rtol=1e-4)

@@ -278,6 +278,19 @@ def _hub_cache_repo(cache: Path, repo_id: str, files: dict) -> None:
         (snap / name).write_bytes(Path(src).read_bytes())
 
 
+def run_card_snippet(card: str, tmp_path: Path, repos: dict, check: str) -> None:
+    """Run the card's python block unmodified (then ``check``) in a fresh interpreter that
+    finds ``repos`` (``{repo_id: {file name: source path}}``) in an offline Hub cache."""
+    snippet = card.split("```python\n", 1)[1].split("```", 1)[0]
+    cache = tmp_path / "hub"
+    for repo_id, files in repos.items():
+        _hub_cache_repo(cache, repo_id, files)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
+    env.update(HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"))
+    proc = subprocess.run([sys.executable, "-c", snippet + check], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 def test_adapter_only_card_and_its_snippet_runs_as_printed(recipe_run, tmp_path):
     """``--adapter-only`` stages PEFT's pair and a card for PEFT; the card's usage snippet,
     taken from the card text, runs unmodified against a Hub cache holding the base and the
@@ -295,17 +308,14 @@ def test_adapter_only_card_and_its_snippet_runs_as_printed(recipe_run, tmp_path)
     snippet = card.split("```python\n", 1)[1].split("```", 1)[0]
     assert 'from_pretrained("org/tiny-llama")' in snippet and f'from_pretrained(base, "{REPO_ID}")' in snippet
 
-    cache = tmp_path / "hub"
-    _hub_cache_repo(cache, "org/tiny-llama", {n: base / n for n in ("config.json", "model.safetensors")})
-    _hub_cache_repo(cache, REPO_ID, {n: out / n for n in ("adapter_config.json", "adapter_model.safetensors")})
     tokens = torch.randint(0, 256, (1, 12), generator=torch.Generator().manual_seed(0))
     torch.save(tokens, tmp_path / "tokens.pt")
     check = (f"\nimport torch\nwith torch.no_grad():\n    logits = merged.eval()(torch.load({str(tmp_path / 'tokens.pt')!r})).logits\n"
              f"torch.save(logits, {str(tmp_path / 'logits.pt')!r})\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
-    env.update(HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"))
-    proc = subprocess.run([sys.executable, "-c", snippet + check], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_card_snippet(card, tmp_path, {
+        "org/tiny-llama": {n: base / n for n in ("config.json", "model.safetensors")},
+        REPO_ID: {n: out / n for n in ("adapter_config.json", "adapter_model.safetensors")},
+    }, check)
     from transformers import AutoModelForCausalLM
 
     merged = AutoModelForCausalLM.from_pretrained(str(epoch), dtype=torch.float32).eval()
