@@ -83,6 +83,11 @@ class AdapterPeftLayer(nn.Module, BaseTunerLayer):
         W0 = self._original_weight()
         return (self._merged_weight(adapter, W0).float() - W0.float()).to(W0.dtype)
 
+    def supports_lora_conversion(self, adapter_name: str = "default") -> bool:
+        """PEFT's ``convert_to_lora``/``save_as_lora`` may factor this layer: it is additive
+        (``W0 + dW``) and :meth:`get_delta_weight` gives ``dW`` in the base's row order."""
+        return True
+
     def merge(self, safe_merge: bool = False, adapter_names: Optional[List[str]] = None) -> None:
         for adapter in check_adapters_to_merge(self, adapter_names):
             if not self._has_adapter(adapter):
