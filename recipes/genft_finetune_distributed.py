@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 from warnings import warn
 
+import genft_tune  # noqa: F401  (first: lets torchtune import with the pinned torchao)
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, ListConfig

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 from warnings import warn
 
+import genft_tune  # noqa: F401  (first: lets torchtune import with the pinned torchao)
 import torch
 import torch.nn.functional as F
 import torchtune.modules.common_utils as common_utils
