@@ -9,7 +9,9 @@ Layout (one source of truth for each file):
 - configs live in the repository's ``configs/<family>/<name>.yaml`` and ship inside
   the package as ``genft_tune/configs`` (a link to ``../configs`` in a checkout, real
   files in a wheel), so the same names work from a checkout, an editable install and
-  an installed wheel.
+  an installed wheel. A config belongs to the recipe its own header names in its launch
+  line (``tune run <recipe> --config <family/stem>``), so adding a yaml file is all it
+  takes to list and run a new config.
 
 ``tune run`` only knows torchtune's own config names, so each recipe calls
 :func:`resolve_config_argv` before parsing its arguments: ``--config
@@ -18,7 +20,9 @@ is used as given.
 """
 
 import importlib.util
+import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import List, Optional
 
@@ -45,97 +49,59 @@ class Recipe:
     supports_distributed: bool = False
 
 
-def _configs(*names: str) -> List[Config]:
-    return [Config(name=n, file_path=f"{n}.yaml") for n in names]
-
-
-_ALL_RECIPES = [
-    Recipe(
-        name="genft_finetune_single_device",
-        file_path="genft_finetune_single_device.py",
-        configs=_configs(
-            "llama3_2/1B_genft_single_device",
-            "llama3_2/3B_genft_single_device",
-            "llama3_2/1B_qgenft_single_device",
-            "llama3_1/8B_genft_single_device",
-            "llama3_1/8B_qgenft_single_device",
-            "llama2/7B_genft_single_device",
-            "llama2/7B_genft_authors",
-            "llama3_2/1B_wegeft_single_device",
-            "llama3_1/8B_wegeft_single_device",
-            "smollm2/135M_wegeft_cpu",
-            "smollm2/135M_genft_cpu",
-            # derived from torchtune's LoRA configs (configs/derive_family_configs.py)
-            "gemma2/2B_genft_single_device",
-            "gemma2/9B_genft_single_device",
-            "mistral/7B_genft_single_device",
-            "phi3/mini_genft_single_device",
-            "phi4/14B_genft_single_device",
-            "qwen2_5/0.5B_genft_single_device",
-            "qwen2_5/1.5B_genft_single_device",
-            "qwen2_5/3B_genft_single_device",
-            "qwen2_5/7B_genft_single_device",
-            "qwen3/0.6B_genft_single_device",
-            "qwen3/1.7B_genft_single_device",
-            "qwen3/4B_genft_single_device",
-            "qwen3/8B_genft_single_device",
-        ),
-        supports_distributed=False,
-    ),
-    Recipe(
-        name="genft_finetune_distributed",
-        file_path="genft_finetune_distributed.py",
-        configs=_configs(
-            "llama3_1/8B_genft_distributed",
-            "llama3_1/70B_genft_distributed",
-            "llama3_1/8B_wegeft_distributed",
-            # derived from torchtune's LoRA configs (configs/derive_family_configs.py)
-            "gemma2/2B_genft_distributed",
-            "gemma2/9B_genft_distributed",
-            "llama3_3/70B_genft_distributed",
-            "mistral/7B_genft_distributed",
-            "phi3/mini_genft_distributed",
-            "phi4/14B_genft_distributed",
-            "qwen2_5/0.5B_genft_distributed",
-            "qwen2_5/1.5B_genft_distributed",
-            "qwen2_5/32B_genft_distributed",
-            "qwen2_5/3B_genft_distributed",
-            "qwen2_5/7B_genft_distributed",
-        ),
-        supports_distributed=True,
-    ),
-    Recipe(
-        name="genft_finetune_image_single_device",
-        file_path="genft_finetune_image_single_device.py",
-        configs=_configs(
-            "vit/tiny_genft_cpu",
-            "vit/tiny_wegeft_cpu",
-            "vit/b16_genft_vtab",
-            "vit/b16_genft_fgvc",
-            "vit/b16_genft_authors_vtab",
-            "vit/b16_genft_authors_fgvc",
-            "vit/b16_wegeft_vtab",
-        ),
-        supports_distributed=False,
-    ),
+_RECIPES = [  # name, distributed
+    ("genft_finetune_single_device", False),
+    ("genft_finetune_distributed", True),
+    ("genft_finetune_image_single_device", False),
 ]
+
+# The launch line every config's header carries, as torchtune's configs do:
+# "#   tune run [--nnodes N --nproc_per_node N ...] <recipe> --config <family/stem>"
+_LAUNCH_LINE = re.compile(r"tune run (?:--\S+ \S+ )*(\w+) --config (\S+)")
+
+
+def _recipe_of(path: Path, name: str) -> Optional[str]:
+    """The recipe named in the config's own launch line (``tune run <recipe> --config <name>``)."""
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        match = _LAUNCH_LINE.search(line)
+        if match and match.group(2) == name:
+            return match.group(1)
+    return None
+
+
+@lru_cache(maxsize=None)
+def _all_recipes() -> tuple:
+    """Every recipe with the configs in the configs folder whose launch line names it."""
+    root = configs_dir()
+    found = {name: [] for name, _ in _RECIPES}
+    for path in sorted(root.glob("*/*.yaml")):
+        name = path.relative_to(root).with_suffix("").as_posix()
+        recipe = _recipe_of(path, name)
+        if recipe in found:
+            found[recipe].append(Config(name=name, file_path=f"{name}.yaml"))
+    return tuple(
+        Recipe(name=name, file_path=f"{name}.py", configs=found[name], supports_distributed=distributed)
+        for name, distributed in _RECIPES
+    )
 
 
 def get_all_recipes() -> List[Recipe]:
     """Every recipe this package ships, with its configs."""
-    return list(_ALL_RECIPES)
+    return list(_all_recipes())
 
 
 def get_recipe(name: str) -> Optional[Recipe]:
     """The recipe called ``name``, or None."""
-    return next((r for r in _ALL_RECIPES if r.name == name), None)
+    return next((r for r in _all_recipes() if r.name == name), None)
 
 
 def get_config(name: str) -> Optional[Config]:
     """The packaged config called ``name`` (``family/stem``, ``.yaml`` optional), or None."""
     if name.endswith((".yaml", ".yml")):
         name = name.rsplit(".", 1)[0]
-    for recipe in _ALL_RECIPES:
+    for recipe in _all_recipes():
         for config in recipe.configs:
             if config.name == name:
                 return config
@@ -171,7 +137,7 @@ def did_you_mean(name: str) -> str:
     names (empty when none is close)."""
     import difflib
 
-    known = [c.name for r in _ALL_RECIPES for c in r.configs]
+    known = [c.name for r in _all_recipes() for c in r.configs]
     close = difflib.get_close_matches(str(name), known, n=3, cutoff=0.6)
     return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
 
@@ -186,7 +152,7 @@ def recipe_path(name: str) -> Path:
     recipe = get_recipe(name)
     if recipe is None:
         raise ValueError(
-            f"no recipe named {name!r}; recipes: {[r.name for r in _ALL_RECIPES]}"
+            f"no recipe named {name!r}; recipes: {[name for name, _ in _RECIPES]}"
         )
     spec = importlib.util.find_spec(recipe.name)
     if spec is not None and spec.origin and Path(spec.origin).is_file():
