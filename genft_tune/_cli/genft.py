@@ -14,6 +14,7 @@ SUBCOMMANDS = [
     "genft_tune._cli.merge",  # merge an adapter into a base checkpoint
     "genft_tune._cli.import_authors",  # convert an adapter saved by the authors' PEFT
     "genft_tune._cli.export_peft",  # write Hugging Face PEFT's files for an adapter
+    "genft_tune._cli.export_lora",  # an adapter as a plain LoRA, for vLLM/SGLang
     "genft_tune._cli.publish",  # upload a merged model to the Hugging Face Hub
 ]
 

@@ -1,0 +1,108 @@
+"""``genft-tune export-lora``: a GenFT/WeGeFT adapter as a standard PEFT LoRA, for servers
+that take LoRA adapters only (vLLM, SGLang).
+
+::
+
+    genft-tune export-lora ./out/epoch_0 --rank 64 --base ./SmolLM2-135M --output ./lora-r64
+    genft-tune export-lora ./out/epoch_0 --energy 0.99 --base ./SmolLM2-135M --output ./lora
+
+WeGeFT converts exactly at its rank r, GenFT's low-rank path (act_out identity) at a+b+1;
+the dense GenFT default is truncated, and the command prints what that costs (energy kept
+per layer, the relative error of the worst one). The output loads with
+``peft.PeftModel.from_pretrained`` and ``vllm serve BASE --enable-lora --lora-modules
+NAME=OUT --max-lora-rank R`` (R: the printed value).
+"""
+
+import argparse
+import sys
+import textwrap
+from pathlib import Path
+
+PROG = "genft-tune export-lora"
+
+
+def _user_error(args: argparse.Namespace):
+    """The first mistake in the arguments (one line), found before anything is loaded."""
+    from genft_tune.checkpointing._lora_export import check_rank_choice
+    from genft_tune.checkpointing._peft_format import (
+        has_our_adapter, PEFT_CONFIG_FILE, PEFT_SUBDIR, PEFT_WEIGHTS_FILE, peft_adapter_method,
+    )
+
+    try:
+        check_rank_choice(args.rank, args.energy)
+    except ValueError as e:
+        return f"--rank/--energy: {e}"
+    adapter = Path(args.adapter)
+    if not adapter.is_dir():
+        return f"adapter directory {adapter} does not exist"
+    if not (has_our_adapter(adapter) or any(peft_adapter_method(d) for d in (adapter, adapter / PEFT_SUBDIR))):
+        return (f"{adapter} holds no GenFT/WeGeFT adapter: expected genft_adapter.safetensors + genft_config.json "
+                f"or {PEFT_WEIGHTS_FILE} + {PEFT_CONFIG_FILE} (GenFT or WeGeFT; in the folder or its {PEFT_SUBDIR}/)")
+    if args.base is None:
+        return ("--base is required: the LoRA is computed from the base weights (GenFT's dW is generated from W0, "
+                "WeGeFT's is W0 phi^T psi); pass the Hugging Face base checkpoint directory")
+    if not (Path(args.base) / "config.json").is_file():
+        return f"--base {args.base}: no config.json there (expected a Hugging Face checkpoint directory)"
+    output = Path(args.output) if args.output else adapter / "lora"
+    if output.exists() and not args.overwrite:
+        return f"--output {output} exists (pass --overwrite to replace it)"
+    return None
+
+
+def _export(args: argparse.Namespace) -> int:
+    problem = _user_error(args)
+    if problem:
+        print(f"{PROG}: error: {problem}", file=sys.stderr)
+        return 2
+    from genft_tune.checkpointing._lora_export import export_lora_adapter
+    from genft_tune.checkpointing._peft_format import PeftFormatError
+
+    output = Path(args.output) if args.output else Path(args.adapter) / "lora"
+    try:
+        result = export_lora_adapter(
+            args.adapter, base_dir=args.base, output_dir=output, rank=args.rank, energy=args.energy,
+            dtype=args.dtype, base_model_name_or_path=args.base_model, overwrite=args.overwrite,
+        )
+    except PeftFormatError as e:  # the adapter or base cannot be written as a LoRA: a user's choice
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
+    for line in result.summary(per_layer=args.per_layer):
+        print(line)
+    print(f"LoRA written to {result.output_dir}: load it with peft.PeftModel.from_pretrained(<base model>, "
+          f"{str(result.output_dir)!r})")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``export-lora`` subcommand."""
+    parser = subparsers.add_parser(
+        "export-lora",
+        help="Write a GenFT/WeGeFT adapter as a standard PEFT LoRA (for vLLM, SGLang)",
+        description="Convert a GenFT/WeGeFT adapter (ours or its PEFT files) into a LoRA "
+        "(adapter_config.json + adapter_model.safetensors): truncated SVD of each layer's dW, "
+        "one rank for every layer, scaling 1. Prints the energy of dW kept per layer.",
+        epilog=textwrap.dedent(
+            """\
+            examples:
+                $ genft-tune export-lora ./out/epoch_0 --rank 64 --base ./SmolLM2-135M --output ./lora-r64
+                $ genft-tune export-lora ./out/epoch_0 --energy 0.99 --base ./SmolLM2-135M
+                $ vllm serve ./SmolLM2-135M --enable-lora --lora-modules mine=./out/epoch_0/lora --max-lora-rank 64
+            """
+        ),
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
+    parser.add_argument("adapter", help="adapter directory (genft_adapter.* or PEFT's GenFT/WeGeFT files)")
+    parser.add_argument("--rank", type=int, default=None, help="LoRA rank (every layer)")
+    parser.add_argument("--energy", type=float, default=None,
+                        help="instead of --rank: keep at least this fraction of each layer's squared singular values")
+    parser.add_argument("--base", default=None, help="Hugging Face base checkpoint directory (required)")
+    parser.add_argument("--output", default=None, help="output directory (default: ADAPTER/lora)")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                        help="dtype of the LoRA factors (default: the base's)")
+    parser.add_argument("--base-model", default=None, help="base_model_name_or_path to record (default: the adapter's)")
+    parser.add_argument("--per-layer", action="store_true", help="print every layer's energy and error")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    parser.set_defaults(func=_export, parser=parser)
