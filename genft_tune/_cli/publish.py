@@ -30,9 +30,14 @@ def _publish(args: argparse.Namespace) -> int:
             adapter_only=args.adapter_only,
             include_adapter=args.include_adapter,
         )
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError) as e:  # the user's input: nothing uploaded
         print(f"genft-tune publish: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the Hub or the network (huggingface_hub's errors are OSErrors)
+        print(f"genft-tune publish: error: the upload failed: {e}", file=sys.stderr)
         return 1
+    for note in result.get("warnings", []):
+        print(f"genft-tune publish: warning: {note}", file=sys.stderr)
     verb = "Would upload" if args.dry_run else "Uploaded"
     print(f"{verb} {len(result['files'])} files to {args.repo_id}: {result['url']}")
     for name in result["files"]:

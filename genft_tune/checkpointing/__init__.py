@@ -50,9 +50,9 @@ from genft_tune.checkpointing._peft_format import (  # noqa: E402
 
 __all__ += ["export_peft_adapter", "import_peft_adapter", "load_any_adapter", "PEFT_SUBDIR", "PeftFormatError"]
 
-from genft_tune.checkpointing._hf_checkpointer import HFCheckpointer  # noqa: E402
+from genft_tune.checkpointing._hf_checkpointer import finalize_merged_folder, HFCheckpointer  # noqa: E402
 
-__all__ += ["HFCheckpointer"]
+__all__ += ["finalize_merged_folder", "HFCheckpointer"]
 
 # Method-neutral names (the files serve every adapter method; the genft_* names stay valid).
 AdapterFileConfig = GenFTAdapterConfig

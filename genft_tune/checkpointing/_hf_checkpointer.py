@@ -14,9 +14,83 @@ every other ``model_type`` is torchtune's own, unchanged::
 """
 
 import contextlib
-from typing import Any, Dict, Iterator
+import json
+import logging
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any, Dict, Iterator, Optional, Union
 
 from torchtune.training import FullModelHFCheckpointer
+
+from genft_tune._fs import give_open_modes, temp_file
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, os.PathLike]
+
+# safetensors' dtype names -> config.json's
+_SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "BF16": "bfloat16", "F16": "float16"}
+
+
+def written_dtype(folder: PathLike) -> Optional[str]:
+    """The dtype (``config.json`` spelling) of most floating-point elements in the
+    folder's top-level ``*.safetensors`` (read from their headers), None when there are none."""
+    counts: Counter = Counter()
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        if path.name.startswith(("genft_", "adapter_")):
+            continue
+        with open(path, "rb") as f:
+            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+        for key, info in header.items():
+            if key != "__metadata__" and info.get("dtype") in _SAFETENSORS_DTYPES:
+                start, end = info["data_offsets"]
+                counts[_SAFETENSORS_DTYPES[info["dtype"]]] += end - start
+    return counts.most_common(1)[0][0] if counts else None
+
+
+def write_config_dtype(folder: PathLike, dtype: str) -> bool:
+    """Make ``folder/config.json`` say ``dtype`` (``torch_dtype``, and transformers 5's
+    ``dtype`` where present); returns whether it changed. Atomic (temporary name, rename)."""
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        return False
+    config = json.loads(path.read_text())
+    keys = [k for k in ("torch_dtype", "dtype") if k in config] or ["torch_dtype"]
+    if all(config.get(k) == dtype for k in keys):
+        return False
+    for k in keys:
+        config[k] = dtype
+    fd, tmp = temp_file(path.parent, prefix=".config.", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(config, indent=2) + "\n")
+    os.replace(tmp, path)
+    return True
+
+
+def finalize_merged_folder(folder: PathLike, *, base_dir: Optional[PathLike]) -> None:
+    """What a recipe's merged ``epoch_N`` needs after torchtune's checkpointer wrote it
+    (the checkpointer copies every non-weight file of the base, unchanged):
+
+    - ``config.json``'s dtype says what the tensors are: the merged tensors keep the
+      training dtype, as torchtune's LoRA recipes write them (a bf16 run on an fp32 base
+      writes bf16 tensors), and the copied config still said the base's;
+    - its own model card in place of the base's ``README.md``, which describes another
+      model (:func:`genft_tune.hub.write_local_card`);
+    - the modes ``open()`` would give (torchtune writes 0600 safetensors).
+    """
+    from genft_tune.hub._model_card import write_local_card
+
+    folder = Path(folder)
+    dtype = written_dtype(folder)
+    if dtype is not None and write_config_dtype(folder, dtype):
+        log.info(f"{folder / 'config.json'}: dtype set to {dtype}, the dtype of the merged weights")
+    try:
+        write_local_card(folder, base_dir=base_dir)
+    except (ValueError, OSError) as e:  # no card rather than the base's
+        (folder / "README.md").unlink(missing_ok=True)
+        log.warning(f"No model card written to {folder}: {e}")
+    give_open_modes(folder)
 
 # our model_type -> (torchtune model_type whose code path it shares, its converter module
 # attribute names, our converters' import path)
@@ -68,9 +142,15 @@ class HFCheckpointer(FullModelHFCheckpointer):
         with self._converters():
             return super().load_checkpoint(*args, **kwargs)
 
-    def save_checkpoint(self, *args: Any, **kwargs: Any) -> None:
+    def save_checkpoint(
+        self, state_dict: Dict[str, Any], epoch: int, intermediate_checkpoint: bool = False, adapter_only: bool = False
+    ) -> None:
         with self._converters():
-            return super().save_checkpoint(*args, **kwargs)
+            super().save_checkpoint(
+                state_dict, epoch, intermediate_checkpoint=intermediate_checkpoint, adapter_only=adapter_only
+            )
+        if not adapter_only:
+            finalize_merged_folder(Path(self._output_dir) / f"epoch_{epoch}", base_dir=self._checkpoint_dir)
 
 
-__all__ = ["HFCheckpointer"]
+__all__ = ["finalize_merged_folder", "HFCheckpointer", "write_config_dtype", "written_dtype"]

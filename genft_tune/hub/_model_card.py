@@ -12,7 +12,8 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import yaml
 
@@ -32,17 +33,41 @@ GENFT_CONFIG_FILE = "genft_config.json"
 TAGS = ["peft", "torchtune"]  # after the method's own tag (genft, wegeft)
 
 _LOG_LINE = re.compile(r"^Step (\d+) \| (.*)$")
+_TIMESTAMPED_LOG = re.compile(r"^log_(\d+)\.txt$")  # DiskLogger's default name
 
 
-def parse_metric_log(path: PathLike) -> Dict[str, List[Tuple[int, float]]]:
-    """``{metric: [(step, value), ...]}`` from a torchtune ``DiskLogger`` file."""
-    metrics: Dict[str, List[Tuple[int, float]]] = {}
-    for line in Path(path).read_text().splitlines():
+def _log_entries(text: str) -> List[Tuple[int, str]]:
+    """``(step, line)`` of every ``Step N | ...`` line of a ``DiskLogger`` file."""
+    out = []
+    for line in text.splitlines():
         m = _LOG_LINE.match(line.strip())
-        if not m:
-            continue
-        step = int(m.group(1))
-        for item in m.group(2).split():
+        if m:
+            out.append((int(m.group(1)), line.strip()))
+    return out
+
+
+def merge_metric_logs(paths: Sequence[PathLike]) -> str:
+    """One metric log for a whole run from its ``DiskLogger`` files, oldest first.
+
+    A run resumed after an interruption logs again from its last checkpoint's step (in a
+    new file, or appended to the same one): wherever the step goes back, the lines of that
+    step and later ones logged before are dropped, so the resumed steps replace the
+    overlapped ones and every step appears once (its training line, and its validation
+    line when there is one: both carry the same step)."""
+    kept: List[Tuple[int, str]] = []
+    for path in paths:
+        for step, line in _log_entries(Path(path).read_text(errors="replace")):
+            if kept and step < kept[-1][0]:
+                kept = [(s, l) for s, l in kept if s < step]
+            kept.append((step, line))
+    return "".join(f"{line}\n" for _, line in kept)
+
+
+def parse_metric_text(text: str) -> Dict[str, List[Tuple[int, float]]]:
+    """``{metric: [(step, value), ...]}`` from ``DiskLogger`` lines ``Step N | name:value ...``."""
+    metrics: Dict[str, List[Tuple[int, float]]] = {}
+    for step, line in _log_entries(text):
+        for item in _LOG_LINE.match(line).group(2).split():
             name, sep, value = item.partition(":")
             if not sep:
                 continue
@@ -51,6 +76,11 @@ def parse_metric_log(path: PathLike) -> Dict[str, List[Tuple[int, float]]]:
             except ValueError:
                 continue
     return metrics
+
+
+def parse_metric_log(path: PathLike) -> Dict[str, List[Tuple[int, float]]]:
+    """``{metric: [(step, value), ...]}`` from a torchtune ``DiskLogger`` file."""
+    return parse_metric_text(Path(path).read_text(errors="replace"))
 
 
 Series = Union[Dict[int, float], List[Tuple[int, float]]]
@@ -135,21 +165,106 @@ def _fmt(value: Any) -> str:
     return f"`{value}`" if isinstance(value, str) else str(value)
 
 
-def find_run_files(folder: PathLike) -> Dict[str, Path]:
-    """The training run's files for ``folder`` (a merged model or adapter checkpoint):
-    ``{TRAINING_CONFIG_FILE: path, TRAINING_LOG_FILE: path}``, each where found, in the
-    folder itself or its parent (a recipe's ``output_dir``, whose ``epoch_N``/``step_N``
-    the folder is: the config there, the newest metric log under ``logs/``)."""
+def _log_order(path: Path) -> Tuple[float, str]:
+    """Oldest first: ``log_<unix time>.txt`` by its time, other names by modification time."""
+    m = _TIMESTAMPED_LOG.match(path.name)
+    return (float(m.group(1)) if m else path.stat().st_mtime, path.name)
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a == b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return abs(float(a) - float(b)) <= 1e-9 * max(1.0, abs(float(a)), abs(float(b)))
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same_value(x, y) for x, y in zip(a, b))
+    return str(a) == str(b)
+
+
+def _config_contradiction(config_path: Path, genft: Dict[str, Any]) -> Optional[str]:
+    """Why the run's ``torchtune_config.yaml`` does not belong to the adapter ``genft``
+    (a later start in the same ``output_dir`` rewrote it), or None when it agrees with
+    every hyperparameter the adapter recorded."""
+    try:
+        cfg = yaml.safe_load(config_path.read_text(errors="replace"))
+    except yaml.YAMLError:
+        return f"the run's {config_path} is not valid YAML"
+    model = cfg.get("model") if isinstance(cfg, dict) else None
+    if not genft or not isinstance(model, dict):
+        return None
+    try:
+        kind = get_adapter_kind(genft.get("method", "genft"))
+    except ValueError:
+        return None
+    hyper = genft.get(f"{kind.name}_config") or {}
+    for key, value in hyper.items():
+        theirs = model.get(key)
+        if key in model and not (isinstance(theirs, str) and "${" in theirs) and not _same_value(theirs, value):
+            return (
+                f"the run's {config_path} does not belong to this checkpoint (its model.{key} is {theirs!r}, "
+                f"the adapter's {key} is {value!r}: a later start in the same output_dir rewrote it)"
+            )
+    return None
+
+
+@dataclass
+class RunFiles:
+    """The training run's files for a checkpoint folder (:func:`find_run_files`).
+
+    Attributes:
+        config (Optional[Path]): the run's ``torchtune_config.yaml``, when it agrees with
+            the checkpoint's adapter.
+        logs (List[Path]): its ``DiskLogger`` metric logs, oldest first (a resumed run has
+            several, or one appended to).
+        config_problem (Optional[str]): why the run's config was found but not taken.
+        searched (List[Path]): the folders searched for them.
+    """
+
+    config: Optional[Path] = None
+    logs: List[Path] = field(default_factory=list)
+    config_problem: Optional[str] = None
+    searched: List[Path] = field(default_factory=list)
+
+    def log_text(self) -> str:
+        """The whole run's metric log (:func:`merge_metric_logs`)."""
+        return merge_metric_logs(self.logs)
+
+    def metrics(self) -> Dict[str, List[Tuple[int, float]]]:
+        return parse_metric_text(self.log_text()) if self.logs else {}
+
+
+def read_adapter_json(folder: PathLike) -> Dict[str, Any]:
+    """The ``genft_config.json`` of a checkpoint folder (``{}`` when absent or unreadable)."""
+    path = Path(folder) / GENFT_CONFIG_FILE
+    try:
+        data = json.loads(path.read_text()) if path.is_file() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def find_run_files(folder: PathLike, genft: Optional[Dict[str, Any]] = None) -> RunFiles:
+    """The training run's files for ``folder`` (a merged model or adapter checkpoint), in
+    the folder itself or its parent (a recipe's ``output_dir``, whose ``epoch_N``/``step_N``
+    the folder is): the config, and every metric log under ``logs/`` (a whole run across
+    resumes). The config is left out (``config_problem`` says why) when it contradicts the
+    hyperparameters of the checkpoint's own adapter (``genft``, default: the folder's
+    ``genft_config.json``)."""
     folder = Path(folder)
-    found: Dict[str, Path] = {}
+    genft = read_adapter_json(folder) if genft is None else genft
+    found = RunFiles(searched=[folder, folder.parent])
     for parent in (folder, folder.parent):
-        if TRAINING_CONFIG_FILE not in found and (parent / TRAINING_CONFIG_FILE).is_file():
-            found[TRAINING_CONFIG_FILE] = parent / TRAINING_CONFIG_FILE
-        if TRAINING_LOG_FILE not in found:
+        if found.config is None and (parent / TRAINING_CONFIG_FILE).is_file():
+            found.config = parent / TRAINING_CONFIG_FILE
+        if not found.logs:
             if (parent / TRAINING_LOG_FILE).is_file():
-                found[TRAINING_LOG_FILE] = parent / TRAINING_LOG_FILE
-            elif (parent / "logs").is_dir() and (logs := sorted((parent / "logs").glob("*.txt"), key=os.path.getmtime)):
-                found[TRAINING_LOG_FILE] = logs[-1]
+                found.logs = [parent / TRAINING_LOG_FILE]
+            elif (parent / "logs").is_dir():
+                found.logs = sorted((p for p in (parent / "logs").glob("*.txt") if p.is_file()), key=_log_order)
+    if found.config is not None:
+        found.config_problem = _config_contradiction(found.config, genft)
+        if found.config_problem:
+            found.config = None
     return found
 
 
@@ -187,7 +302,40 @@ def _base_model(
     return None
 
 
-def _sections(genft: Dict[str, Any], run_files: Dict[str, Path], loss_curve: Optional[str]) -> List[str]:
+# per-step metrics named for what they are on the card (DiskLogger's name says GPU on a CPU too)
+_METRIC_NAMES = {"tokens_per_second_per_gpu": "tokens_per_second_per_device"}
+
+
+def _metric_lines(run_files: RunFiles) -> List[str]:
+    """The "Final metrics" section: each metric's last value (the learning rate's peak: its
+    last value is the schedule's end, often 0), or a sentence saying why there are none."""
+    lines = ["## Final metrics", ""]
+    metrics = run_files.metrics()
+    if not run_files.logs:
+        where = " or ".join(str(p) for p in run_files.searched)
+        return lines + [f"No metric log was found for this checkpoint ({TRAINING_LOG_FILE} or logs/*.txt "
+                        f"in {where}): the card shows no metrics.", ""]
+    if not metrics:
+        names = ", ".join(p.name for p in run_files.logs)
+        return lines + [f"The run's metric logs ({names}) hold no training steps: the card shows no metrics.", ""]
+    lines += ["| metric | step | value |", "|---|---|---|"]
+    for name, points in sorted(metrics.items()):
+        if name == "lr":
+            step, value = max(points, key=lambda p: p[1])
+            lines.append(f"| peak lr | {step} | {value:.6g} |")
+            continue
+        step, value = points[-1]
+        lines.append(f"| {_METRIC_NAMES.get(name, name)} | {step} | {value:.6g} |")
+    lines.append("")
+    if len(run_files.logs) > 1:
+        lines += [f"Joined from the run's {len(run_files.logs)} metric logs (a resumed run's steps replace "
+                  "those logged after its checkpoint).", ""]
+    return lines
+
+
+def _sections(
+    genft: Dict[str, Any], run_files: RunFiles, loss_curve: Optional[str], *, run: bool = True
+) -> List[str]:
     """The card's body after its usage: hyperparameters, final metrics, loss curve and
     training configuration (each when known)."""
     lines: List[str] = []
@@ -205,31 +353,26 @@ def _sections(genft: Dict[str, Any], run_files: Dict[str, Path], loss_curve: Opt
             f"| genft_tune version | {genft.get('genft_tune_version', 'unknown')} |",
             "",
         ]
-    log_path = run_files.get(TRAINING_LOG_FILE)
-    if log_path is not None:
-        metrics = parse_metric_log(log_path)
-        if metrics:
-            lines += ["## Final metrics", "", "| metric | step | value |", "|---|---|---|"]
-            for name, points in sorted(metrics.items()):
-                step, value = points[-1]
-                lines.append(f"| {name} | {step} | {value:.6g} |")
-            lines.append("")
+    if not run:
+        return lines
+    lines += _metric_lines(run_files)
     if loss_curve:
         lines += ["## Training loss", "", f"![training loss]({loss_curve})", ""]
-    cfg_path = run_files.get(TRAINING_CONFIG_FILE)
-    if cfg_path is not None:
+    if run_files.config is not None:
         lines += [
             "## Training configuration",
             "",
             "<details><summary>torchtune config</summary>",
             "",
             "```yaml",
-            cfg_path.read_text().rstrip(),
+            run_files.config.read_text().rstrip(),
             "```",
             "",
             "</details>",
             "",
         ]
+    elif run_files.config_problem:
+        lines += ["## Training configuration", "", f"Not shown: {run_files.config_problem}.", ""]
     return lines
 
 
@@ -243,49 +386,74 @@ def _tags(method: str, base_card: Dict[str, Any]) -> List[str]:
     return own + [t for t in (base_card.get("tags") or []) if t not in own and isinstance(t, str)]
 
 
+_QUANTIZED_NOTE = "Trained on a quantized copy of"
+
+
 def _quantized_base_note(base_card: Dict[str, Any], base_model: Optional[str]) -> List[str]:
     if base_card.get("base_model_relation") != "quantized" or not base_model:
         return []
     return [
-        f"Trained on a quantized copy of [{base_model}](https://huggingface.co/{base_model}) "
+        f"{_QUANTIZED_NOTE} [{base_model}](https://huggingface.co/{base_model}) "
         "(its weights dequantized): on the original weights the fine-tune behaves closely, "
         "not identically.",
         "",
     ]
 
 
-def build_model_card(
-    folder: PathLike,
-    *,
-    repo_id: str,
-    license: Optional[str] = None,
-    loss_curve: Optional[str] = None,
-    base_model: Optional[str] = None,
-    run_files: Optional[Dict[str, Path]] = None,
-) -> str:
-    """The ``README.md`` text for a merged GenFT model folder.
+# first line of the card that merged folders get in place of the base's (see write_local_card)
+LOCAL_CARD_MARK = "<!-- model card written by genft-tune for a local folder -->"
 
-    Args:
-        folder (PathLike): the folder to publish.
-        repo_id (str): its Hub id, for the title and the usage snippet.
-        license (Optional[str]): overrides the license of the base's card.
-        loss_curve (Optional[str]): file name of a loss-curve image in the folder.
-        base_model (Optional[str]): the base's Hub id, overriding what the folder records.
-        run_files (Optional[Dict[str, Path]]): the run's config and metric log
-            (default: :func:`find_run_files`).
 
-    Returns:
-        str: YAML front matter (``base_model``, ``library_name``, ``tags``,
-        ``license``, ``pipeline_tag``) and a Markdown body.
+def folder_base_card(folder: PathLike) -> Dict[str, Any]:
+    """What a merged folder's ``README.md`` says about the base: the base's own card
+    (folders written before merged folders got their own card), or the front matter of
+    the card :func:`write_local_card` wrote (its base, license and tags)."""
+    path = Path(folder) / CARD_FILE
+    if not path.is_file():
+        return {}
+    text = path.read_text(encoding="utf8", errors="replace")
+    card = front_matter(text)
+    if LOCAL_CARD_MARK in text:
+        card = {k: card[k] for k in ("base_model", "license", "tags") if k in card}
+        if _QUANTIZED_NOTE in text:
+            card["base_model_relation"] = "quantized"
+    return card
 
-    Raises:
-        BaseModelUnknown: when the base is recorded only as a local path.
-    """
+
+def find_adapter_json(folder: PathLike) -> Dict[str, Any]:
+    """The adapter json of a merged folder: its own ``genft_config.json``, or for the image
+    recipe's ``hf_model/`` the one of the run's last ``epoch_N``."""
     folder = Path(folder)
-    genft = json.loads((folder / GENFT_CONFIG_FILE).read_text()) if (folder / GENFT_CONFIG_FILE).is_file() else {}
-    base_card = front_matter((folder / CARD_FILE).read_text()) if (folder / CARD_FILE).is_file() else {}
+    own = read_adapter_json(folder)
+    if own or folder.name != "hf_model":
+        return own
+    epochs = sorted(folder.parent.glob("epoch_*"), key=lambda p: int(p.name[6:]) if p.name[6:].isdigit() else -1)
+    return read_adapter_json(epochs[-1]) if epochs else {}
+
+
+def _merged_card(
+    folder: Path,
+    *,
+    title: str,
+    load_id: str,
+    base_card: Dict[str, Any],
+    license: Optional[str],
+    loss_curve: Optional[str],
+    base_model: Optional[str],
+    run_files: Optional[RunFiles],
+    intro: Sequence[str] = (),
+    strict_base: bool = True,
+    run_sections: bool = True,
+    note: Optional[str] = None,
+) -> str:
+    genft = find_adapter_json(folder)
     hf_format = (folder / "config.json").is_file()
-    base_model = _base_model(genft, base_card, base_model)
+    try:
+        base_model = _base_model(genft, base_card, base_model)
+    except BaseModelUnknown:
+        if strict_base:
+            raise
+        base_model = None
     license = license or base_card.get("license")
     kind = get_adapter_kind(genft.get("method", "genft"))
 
@@ -303,7 +471,7 @@ def build_model_card(
             else "text-generation"
         )
 
-    lines = [f"# {repo_id.split('/')[-1]}", ""]
+    lines = [*intro, f"# {title}", ""]
     base_txt = f" of [{base_model}](https://huggingface.co/{base_model})" if base_model else ""
     lines += [
         f"A fine-tuned version{base_txt}, trained with {kind.description} using "
@@ -313,11 +481,74 @@ def build_model_card(
         "",
     ]
     lines += _quantized_base_note(base_card, base_model)
+    if note:
+        lines += [note, ""]
     if hf_format:
         cls = "AutoModelForImageClassification" if meta.get("pipeline_tag") == "image-classification" else "AutoModelForCausalLM"
-        lines += ["## Usage", "", "```python", f"from transformers import {cls}", "", f'model = {cls}.from_pretrained("{repo_id}")', "```", ""]
-    lines += _sections(genft, find_run_files(folder) if run_files is None else run_files, loss_curve)
+        lines += ["## Usage", "", "```python", f"from transformers import {cls}", "", f'model = {cls}.from_pretrained("{load_id}")', "```", ""]
+    run_files = find_run_files(folder, genft) if run_files is None and run_sections else run_files
+    lines += _sections(genft, run_files or RunFiles(), loss_curve, run=run_sections)
     return _card(meta, lines)
+
+
+def build_model_card(
+    folder: PathLike,
+    *,
+    repo_id: str,
+    license: Optional[str] = None,
+    loss_curve: Optional[str] = None,
+    base_model: Optional[str] = None,
+    run_files: Optional[RunFiles] = None,
+) -> str:
+    """The ``README.md`` text for a merged GenFT model folder.
+
+    Args:
+        folder (PathLike): the folder to publish.
+        repo_id (str): its Hub id, for the title and the usage snippet.
+        license (Optional[str]): overrides the license of the base's card.
+        loss_curve (Optional[str]): file name of a loss-curve image in the folder.
+        base_model (Optional[str]): the base's Hub id, overriding what the folder records.
+        run_files (Optional[RunFiles]): the run's config and metric logs
+            (default: :func:`find_run_files`).
+
+    Returns:
+        str: YAML front matter (``base_model``, ``library_name``, ``tags``,
+        ``license``, ``pipeline_tag``) and a Markdown body.
+
+    Raises:
+        BaseModelUnknown: when the base is recorded only as a local path.
+    """
+    folder = Path(folder)
+    return _merged_card(folder, title=repo_id.split("/")[-1], load_id=repo_id, base_card=folder_base_card(folder),
+                        license=license, loss_curve=loss_curve, base_model=base_model, run_files=run_files)
+
+
+def write_local_card(folder: PathLike, *, base_dir: Optional[PathLike], final_path: Optional[PathLike] = None) -> Path:
+    """Write a merged folder's own ``README.md`` (replacing the base's card that was copied
+    with the base's other files: it describes another model, e.g. a GGUF conversion
+    ``base_model_relation: quantized``): the card :func:`build_model_card` writes, for the
+    local folder (its usage snippet loads ``final_path``, where the folder ends up), with the
+    base's license and Hub id from ``base_dir``'s card. ``genft-tune publish`` reads it back.
+    """
+    from genft_tune.hub._base import base_card as read_base_card
+
+    folder = Path(folder)
+    final_path = Path(final_path or folder).resolve()
+    base_card = read_base_card(base_dir) if base_dir and Path(base_dir).resolve() != folder.resolve() else {}
+    intro = [LOCAL_CARD_MARK, ""]
+    hint = (f"Written for the local folder `{final_path}`; the run's metrics, loss curve and training config "
+            f"are in its logs. `genft-tune publish --folder {final_path} --repo-id USER/NAME` uploads it with a "
+            "card for the Hub that shows them.")
+    # a base known only by its local path: this card names none (publish asks for --base-model)
+    text = _merged_card(folder, title=final_path.name, load_id=str(final_path), base_card=base_card, license=None,
+                        loss_curve=None, base_model=None, run_files=None, intro=intro, strict_base=False,
+                        run_sections=False, note=hint)
+    path = folder / CARD_FILE
+    fd, tmp = temp_file(folder, prefix=".README.", suffix=".md")
+    with os.fdopen(fd, "w", encoding="utf8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return path
 
 
 def _adapter_base_class(peft_config: Dict[str, Any], genft: Dict[str, Any], hf_config: Dict[str, Any]):
@@ -363,7 +594,7 @@ def build_adapter_card(
     license: Optional[str] = None,
     base_model: Optional[str] = None,
     loss_curve: Optional[str] = None,
-    run_files: Optional[Dict[str, Path]] = None,
+    run_files: Optional[RunFiles] = None,
     hf_config: Optional[Dict[str, Any]] = None,
 ) -> str:
     """The ``README.md`` text for a PEFT-format adapter (``publish --adapter-only``).
@@ -377,7 +608,7 @@ def build_adapter_card(
         license (Optional[str]): overrides the base card's license.
         base_model (Optional[str]): the base's Hub id, overriding ``base_model_name_or_path``.
         loss_curve (Optional[str]): file name of a loss-curve image.
-        run_files (Optional[Dict[str, Path]]): the run's config and metric log.
+        run_files (Optional[RunFiles]): the run's config and metric logs.
         hf_config (Optional[Dict[str, Any]]): the base's ``config.json`` (which model
             class the snippet loads).
 
@@ -423,7 +654,7 @@ def build_adapter_card(
         "```",
         "",
     ]
-    lines += _sections(genft, run_files or {}, loss_curve)
+    lines += _sections(genft, run_files or RunFiles(), loss_curve)
     return _card(meta, lines)
 
 
@@ -439,7 +670,13 @@ __all__ = [
     "BaseModelUnknown",
     "build_adapter_card",
     "build_model_card",
+    "find_adapter_json",
     "find_run_files",
+    "folder_base_card",
+    "merge_metric_logs",
+    "parse_metric_text",
+    "RunFiles",
+    "write_local_card",
     "loss_curves",
     "moving_average",
     "parse_metric_log",

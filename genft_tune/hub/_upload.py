@@ -12,6 +12,7 @@ staged files instead. The token comes from the usual ``huggingface_hub`` sources
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,16 +20,19 @@ from typing import Dict, List, Optional, Union
 
 from genft_tune._fs import temp_dir
 from genft_tune.checkpointing._peft_format import PEFT_CONFIG_FILE, PEFT_SUBDIR, PEFT_WEIGHTS_FILE
-from genft_tune.hub._base import base_card
+from genft_tune.hub._base import base_card, front_matter, HUB_ID
 from genft_tune.hub._model_card import (
     adapter_base_model,
     build_adapter_card,
     build_model_card,
     CARD_FILE,
+    find_adapter_json,
     find_run_files,
+    folder_base_card,
     LOSS_CURVE_FILE,
-    parse_metric_log,
     plot_loss_curve,
+    RunFiles,
+    TRAINING_CONFIG_FILE,
     TRAINING_LOG_FILE,
 )
 
@@ -71,9 +75,98 @@ def _place(src: Path, dst: Path, copy: bool) -> None:
         shutil.copy2(src, dst)
 
 
-def _loss_curve(run_files: Dict[str, Path], staging: Path) -> Optional[Path]:
-    log_path = run_files.get(TRAINING_LOG_FILE)
-    return plot_loss_curve(parse_metric_log(log_path), staging / LOSS_CURVE_FILE) if log_path else None
+def _loss_curve(run_files: RunFiles, staging: Path) -> Optional[Path]:
+    metrics = run_files.metrics()
+    return plot_loss_curve(metrics, staging / LOSS_CURVE_FILE) if metrics else None
+
+
+def _stage_run_files(run_files: RunFiles, staging: Path, copy: bool) -> None:
+    """The run's config and its whole metric log (every log of the run joined, resumed
+    steps replacing the overlapped ones), under their usual names, unless the folder had
+    its own."""
+    if run_files.config is not None and not (staging / TRAINING_CONFIG_FILE).exists():
+        _place(run_files.config, staging / TRAINING_CONFIG_FILE, copy)
+    if run_files.logs and not (staging / TRAINING_LOG_FILE).exists():
+        (staging / TRAINING_LOG_FILE).write_text(run_files.log_text())
+
+
+def _safetensors_problem(path: Path) -> Optional[str]:
+    """Why ``path`` is not a complete safetensors file (None when its header and data
+    are all there): what an interrupted write leaves."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if n <= 0 or 8 + n > size:
+                return "its header is cut off"
+            header = json.loads(f.read(n))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return "its header is not readable"
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
+    if 8 + n + max(ends, default=0) > size:
+        return f"it holds {size} bytes of {8 + n + max(ends)}"
+    return None
+
+
+def check_merged_folder(folder: Path) -> None:
+    """Refuse a folder that would not load as what its model card says: a merged GenFT or
+    WeGeFT model (transformers' format: ``config.json`` and complete weights; or
+    torchtune's ``.pt``/``.pth``) with the adapter json that the card's claims come from.
+
+    Raises:
+        FileNotFoundError: naming what is missing and the fix (``--adapter-only`` for an
+            adapter checkpoint).
+    """
+    if not folder.exists():
+        raise FileNotFoundError(f"--folder {folder} does not exist")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--folder {folder} is a file, not a folder")
+    weights = [rel for rel in _files(folder) if rel.suffix in (".safetensors", ".bin", ".pt", ".pth")
+               and not _is_adapter_file(rel) and len(rel.parts) == 1]
+    has_adapter = (folder / ADAPTER_FILES[1]).is_file() or (folder / PEFT_SUBDIR / PEFT_CONFIG_FILE).is_file() \
+        or (folder / PEFT_CONFIG_FILE).is_file()
+    if not weights and has_adapter:
+        raise FileNotFoundError(
+            f"{folder} holds an adapter only, no merged weights: publish the adapter with --adapter-only, or merge it "
+            f"first (genft-tune merge --base BASE --adapter {folder} --output DIR) and publish DIR"
+        )
+    if not weights:
+        raise FileNotFoundError(
+            f"no weights in {folder} (expected {', '.join(WEIGHT_PATTERNS)}): run `genft-tune merge` first"
+        )
+    hf_weights = [w for w in weights if w.suffix in (".safetensors", ".bin")]
+    config = folder / "config.json"
+    if hf_weights and not config.is_file():
+        raise FileNotFoundError(
+            f"{folder} has weights but no config.json, so transformers cannot load it (a checkpoint interrupted "
+            "while it was written?): merge again with `genft-tune merge`, or resume the run to write it"
+        )
+    if config.is_file():
+        try:
+            model_type = json.loads(config.read_text()).get("model_type")
+        except (ValueError, AttributeError, UnicodeDecodeError):
+            model_type = None
+        if not model_type:
+            raise FileNotFoundError(f"{config} is not a transformers config (no model_type): transformers cannot load it")
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise FileNotFoundError(f"{index} is not a readable safetensors index") from None
+        missing = [s for s in shards if not (folder / s).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{index} names missing shard(s) {missing[:3]}: the checkpoint is incomplete")
+    for rel in (w for w in weights if w.suffix == ".safetensors"):
+        problem = _safetensors_problem(folder / rel)
+        if problem:
+            raise FileNotFoundError(f"{folder / rel} is incomplete ({problem}): an interrupted write? merge again")
+    if not find_adapter_json(folder):
+        raise FileNotFoundError(
+            f"no genft_config.json in {folder}: the card describes a GenFT/WeGeFT fine-tune from the adapter's "
+            "hyperparameters, and this folder records none (it is not `genft-tune merge` output or a recipe's "
+            "last epoch_N); upload other models with `hf upload`"
+        )
 
 
 def stage_folder(
@@ -95,27 +188,23 @@ def stage_folder(
         List[str]: the staged paths, relative, sorted.
 
     Raises:
-        FileNotFoundError: if ``folder`` does not exist or holds no weights.
+        FileNotFoundError: if ``folder`` would not load as a merged GenFT model
+            (:func:`check_merged_folder`).
         BaseModelUnknown: if the base is recorded only as a local path (pass ``base_model``).
     """
     folder, staging = Path(folder), Path(staging)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"folder {folder} does not exist")
-    if not any(any(folder.glob(p)) for p in WEIGHT_PATTERNS):
-        raise FileNotFoundError(
-            f"no weights in {folder} (expected {', '.join(WEIGHT_PATTERNS)}): run `genft-tune merge` first"
-        )
-    run_files = find_run_files(folder)
+    check_merged_folder(folder)
+    run_files = find_run_files(folder, find_adapter_json(folder))
     staging.mkdir(parents=True, exist_ok=True)
     for rel in _files(folder):
         if rel.as_posix() in (CARD_FILE, LOSS_CURVE_FILE):
-            continue  # regenerated below (the base's card is read for its license)
+            continue  # regenerated below (the folder's card is read for the base's license)
         if _is_adapter_file(rel) and not include_adapter:
             continue
+        if rel.as_posix() == TRAINING_LOG_FILE:
+            continue  # the run's whole log, below
         _place(folder / rel, staging / rel, copy)
-    for name, path in run_files.items():  # from the recipe's output_dir, under their usual names
-        if not (staging / name).exists():
-            _place(path, staging / name, copy)
+    _stage_run_files(run_files, staging, copy)
     curve = _loss_curve(run_files, staging)
     card = build_model_card(folder, repo_id=repo_id, license=license, loss_curve=curve.name if curve else None,
                             base_model=base_model, run_files=run_files)
@@ -143,6 +232,8 @@ def stage_adapter(
     from genft_tune.checkpointing._peft_format import peft_adapter_method
 
     folder, staging = Path(folder), Path(staging)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--folder {folder} {'is a file, not a folder' if folder.exists() else 'does not exist'}")
     peft_dir = next((d for d in (folder, folder / PEFT_SUBDIR) if peft_adapter_method(d)), None)
     if peft_dir is None or not (peft_dir / PEFT_WEIGHTS_FILE).is_file():
         hint = f"write one with `genft-tune export-peft {folder}`" if (folder / ADAPTER_FILES[1]).is_file() else \
@@ -152,8 +243,8 @@ def stage_adapter(
     genft = json.loads(genft_path.read_text()) if genft_path.is_file() else {}
     base_dir = next((p for p in ((genft.get("extra") or {}).get("base_model_path"), genft.get("base_model"))
                      if p and Path(p).is_dir()), None)
-    run_files = find_run_files(folder)
-    card = base_card(base_dir)
+    run_files = find_run_files(folder, genft)
+    card = base_card(base_dir) or folder_base_card(folder)
     peft_config = json.loads((peft_dir / PEFT_CONFIG_FILE).read_text())
     # the published config names the base by its Hub id (not the trainer's local path)
     peft_config["base_model_name_or_path"] = adapter_base_model(
@@ -170,6 +261,19 @@ def stage_adapter(
     card = build_adapter_card(peft_dir, loss_curve=curve.name if curve else None, **build)
     (staging / CARD_FILE).write_text(card, encoding="utf8")
     return sorted(p.as_posix() for p in _files(staging))
+
+
+LICENSE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+-]*$")
+
+
+def card_warnings(staging: PathLike) -> List[str]:
+    """What a staged card lacks that the user can add: its license (the Hub shows a model
+    without one as unlicensed)."""
+    card = front_matter((Path(staging) / CARD_FILE).read_text(encoding="utf8"))
+    if not card.get("license"):
+        return ["no license found (the base's card names none): the card has no license; pass --license ID "
+                "(the base's license, e.g. apache-2.0)"]
+    return []
 
 
 def publish_folder(
@@ -202,16 +306,20 @@ def publish_folder(
         include_adapter (bool): also upload the adapter files found next to merged weights.
 
     Returns:
-        Dict[str, object]: ``files`` (uploaded paths) and ``url`` (repo URL, or the
-        dry-run directory).
+        Dict[str, object]: ``files`` (uploaded paths), ``url`` (repo URL, or the
+        dry-run directory) and ``warnings`` (what the card lacks, e.g. a license).
 
     Raises:
         ValueError: for a malformed ``repo_id`` or when no token is found.
         FileNotFoundError: if ``folder`` holds no weights.
         FileExistsError: if ``dry_run_dir`` exists.
     """
-    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise ValueError(f"repo_id must look like USER/NAME, got {repo_id!r}")
+    if not HUB_ID.match(repo_id) or repo_id.count("/") != 1:
+        raise ValueError(f"--repo-id must look like USER/NAME (letters, digits, '-', '_', '.'), got {repo_id!r}")
+    if license is not None and not LICENSE_ID.match(license):
+        raise ValueError(f"--license must be a license id like apache-2.0 or mit (no spaces), got {license!r}")
+    if base_model is not None and not HUB_ID.match(base_model):
+        raise ValueError(f"--base-model must be a Hub id like ORG/NAME, got {base_model!r}")
     if adapter_only and include_adapter:
         raise ValueError("adapter_only and include_adapter exclude each other")
     folder = Path(folder)
@@ -222,20 +330,23 @@ def publish_folder(
         return stage_folder(folder, staging, repo_id=repo_id, license=license, copy=copy, base_model=base_model,
                             include_adapter=include_adapter)
 
+    if not adapter_only:
+        check_merged_folder(folder)  # before anything is written
     if dry_run_dir is not None:
         dry_run_dir = Path(dry_run_dir)
         if dry_run_dir.exists():
-            raise FileExistsError(f"dry-run directory {dry_run_dir} exists")
+            raise FileExistsError(f"--dry-run {dry_run_dir} exists: give a new folder")
         dry_run_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = temp_dir(dry_run_dir.parent, prefix=f"{dry_run_dir.name}.tmp-")
         try:
             files = stage(tmp, copy=True)
+            notes = card_warnings(tmp)
             os.replace(tmp, dry_run_dir)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         log.info(f"Dry run: {len(files)} files that would be uploaded to {repo_id} written to {dry_run_dir}")
-        return {"files": files, "url": str(dry_run_dir)}
+        return {"files": files, "url": str(dry_run_dir), "warnings": notes}
 
     from huggingface_hub import get_token, HfApi
 
@@ -247,12 +358,13 @@ def publish_folder(
     api = HfApi(token=token)
     with tempfile.TemporaryDirectory(prefix="genft-publish-") as staging:
         files = stage(staging)
+        notes = card_warnings(staging)
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         log.info(f"Uploading {len(files)} files to {url}")
         api.upload_folder(
             repo_id=repo_id, folder_path=staging, repo_type="model", commit_message=commit_message
         )
-    return {"files": files, "url": str(url)}
+    return {"files": files, "url": str(url), "warnings": notes}
 
 
 __all__ = ["publish_folder", "stage_adapter", "stage_folder"]
