@@ -1,7 +1,7 @@
 """GenFT as a PEFT method: :class:`GenFTPeftConfig`, :class:`GenFTPeftLinear`,
 :class:`GenFTPeftModel`.
 
-The shared generators live once, on the tuner (``base_model.genft_generators.<OUT>x<IN>.*``
+The shared generators live once, on the model (``base_model.genft_generators.<OUT>x<IN>.*``
 in the saved file), not per layer; each adapted linear holds its specific factors
 (``genft_A1`` ...). The maths is :class:`~genft_tune.modules.GenFTGenerator`'s.
 
@@ -13,8 +13,8 @@ from ``W0`` in torchtune's row order and returns it in Hugging Face's, exactly t
 ``dW`` the recipe trained.
 """
 
-from dataclasses import dataclass, field
-from typing import Dict, Optional
+from dataclasses import dataclass, field, replace
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +25,7 @@ from peft.utils import register_peft_method
 from genft_tune.checkpointing._peft_format import tune_rows_in_hf_order
 from genft_tune.modules import GenFTConfig, GenFTGenerators, merged_weight_fp32, tie_specific_factors
 from genft_tune.modules.genft.layer import initialize_specific_factors, SPECIFIC, specific_factor_shapes
-from genft_tune.peft._tuner import AdapterPeftConfig, AdapterPeftLayer, AdapterPeftModel, peft_type
+from genft_tune.peft._tuner import AdapterPeftConfig, AdapterPeftLayer, AdapterPeftModel, move_like, peft_type
 
 PREFIX = "genft_"
 GENFT = peft_type("GENFT")
@@ -42,6 +42,8 @@ class GenFTPeftConfig(AdapterPeftConfig):
     the module docstring); leave it empty for adapters trained with PEFT. ``recompute``
     and ``fused`` are carried for the recipes (the same adapter trains there with them);
     the PEFT layer always runs the eager generator and keeps its graph.
+    ``init_weights=False`` (PEFT's switch for an adapter that acts at initialisation)
+    is ``zero_init=False``.
     """
 
     shared_dim: int = GenFTConfig.shared_dim
@@ -70,6 +72,10 @@ class GenFTPeftConfig(AdapterPeftConfig):
                 raise ValueError(f"torchtune_rope_heads[{name!r}] must be a number of heads >= 1, got {heads!r}")
         super().__post_init__()
 
+    def method_config(self) -> GenFTConfig:
+        config = super().method_config()
+        return config if self.init_weights else replace(config, zero_init=False)
+
 
 class GenFTPeftLinear(AdapterPeftLayer):
     """A PEFT tuner layer: ``base_layer(x) + x @ dW.T`` with ``dW`` from the shared
@@ -83,11 +89,11 @@ class GenFTPeftLinear(AdapterPeftLayer):
 
     def update_layer(self, adapter_name: str, config: GenFTPeftConfig, generators: GenFTGenerators) -> None:
         if not hasattr(self, "_generators"):
-            self._generators: Dict[str, nn.Module] = {}  # adapter -> its GenFTGenerator (on the tuner)
+            self._generators: Dict[str, nn.Module] = {}  # adapter -> its GenFTGenerator (on the model)
             self._rope_rows: Dict[str, Optional[torch.Tensor]] = {}
         weight = self.get_base_layer().weight
         generator = generators.get(self.out_features, self.in_features)
-        generator.to(device=weight.device, dtype=weight.dtype if weight.is_floating_point() else None)
+        move_like(generator, weight)
         self._generators[adapter_name] = generator
         heads = (config.torchtune_rope_heads or {}).get(self.module_name)
         self._rope_rows[adapter_name] = None if heads is None else tune_rows_in_hf_order(self.out_features, heads)
@@ -99,8 +105,12 @@ class GenFTPeftLinear(AdapterPeftLayer):
             getattr(self, PREFIX + name)[adapter_name] = param
         self._finish_update(adapter_name)
 
-    def _has_adapter(self, adapter: str) -> bool:
-        return adapter in getattr(self, "_generators", {})
+    def _shared_modules(self) -> Dict[str, nn.Module]:
+        return getattr(self, "_generators", {})
+
+    def _forget(self, adapter: str) -> None:
+        self._shared_modules().pop(adapter, None)
+        getattr(self, "_rope_rows", {}).pop(adapter, None)
 
     def _specific(self, adapter: str):
         def get(name):
@@ -122,19 +132,35 @@ class GenFTPeftLinear(AdapterPeftLayer):
         return self._in_generator_rows(adapter, weight, lambda w: merged_weight_fp32(w, generator, specific))
 
     def _update(self, adapter: str, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return F.linear(x.to(self._dtype(adapter)), self._delta_weight(adapter, weight, training=self.training))
+
+    def _dtype(self, adapter: str) -> torch.dtype:
         generator, specific = self._generators[adapter], self._specific(adapter)
-        dtype = next(t.dtype for t in (*specific, *generator.shared_tensors()) if t is not None)
-        delta = self._in_generator_rows(
-            adapter, weight.to(dtype), lambda w: generator.delta_weight(w, *specific, training=self.training)
+        return next(t.dtype for t in (*specific, *generator.shared_tensors()) if t is not None)
+
+    def _delta_weight(self, adapter: str, weight: torch.Tensor, training: bool) -> torch.Tensor:
+        generator, specific = self._generators[adapter], self._specific(adapter)
+        return self._in_generator_rows(
+            adapter, weight.to(self._dtype(adapter)),
+            lambda w: generator.delta_weight(w, *specific, training=training),
         )
-        return F.linear(x.to(dtype), delta)
+
+    def _cached_inputs(self, adapter: str) -> List[torch.Tensor]:
+        specific = [t for t in self._specific(adapter) if t is not None]
+        return specific + self._generators[adapter].shared_tensors()
+
+    def _eval_state(self, adapter: str, weight: torch.Tensor) -> torch.Tensor:
+        return self._delta_weight(adapter, weight, training=False)  # dW, in the adapter's dtype
+
+    def _eval_update(self, adapter: str, x: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        return F.linear(x.to(state.dtype), state)
 
     def __repr__(self) -> str:
         return "genft." + super().__repr__()
 
 
 class GenFTPeftModel(AdapterPeftModel):
-    """The PEFT tuner of GenFT: one :class:`GenFTGenerators` per adapter on the tuner
+    """The PEFT tuner of GenFT: one :class:`GenFTGenerators` per adapter on the model
     (``genft_generators``), :class:`GenFTPeftLinear` on every target linear."""
 
     prefix: str = PREFIX

@@ -2,8 +2,9 @@
 :class:`WeGeFTPeftModel`.
 
 ``dW = (alpha/r) W0 phi^T psi``. With ``shared`` (the default, the authors'
-``tied_modules``) one ``(phi, psi)`` pair per module type lives once on the tuner
-(``base_model.wegeft_factors.<type>.phi`` in the saved file); otherwise each adapted
+``tied_modules``) one ``(phi, psi)`` pair per module type lives once on the model
+(``base_model.wegeft_factors.<type>.phi`` in the saved file; on the model, see
+:mod:`genft_tune.peft._tuner`); otherwise each adapted
 linear holds its own (``<module>.wegeft_layer_factors.phi``). The maths is
 :mod:`genft_tune.modules.wegeft`'s. ``dW`` is a row-wise function of ``W0``, so a row
 permutation of ``W0`` (Hugging Face's q/k RoPE order) permutes ``dW`` alike: adapters
@@ -11,15 +12,17 @@ from the torchtune recipes need no conversion of their rows.
 """
 
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import torch
+from torch import nn
 
 from peft.utils import register_peft_method
 
 from genft_tune.modules.wegeft import WeGeFTConfig, WeGeFTFactors, WeGeFTSharedFactors, wegeft_merged_weight
 from genft_tune.modules.wegeft.layer import wegeft_projection, wegeft_update
-from genft_tune.peft._tuner import AdapterPeftConfig, AdapterPeftLayer, AdapterPeftModel, peft_type
+from genft_tune.modules._base import linear_default_init
+from genft_tune.peft._tuner import AdapterPeftConfig, AdapterPeftLayer, AdapterPeftModel, move_like, peft_type
 
 PREFIX = "wegeft_"
 WEGEFT = peft_type("WEGEFT")
@@ -33,6 +36,8 @@ class WeGeFTPeftConfig(AdapterPeftConfig):
 
     ``shared_keys`` (module name -> key) groups module types under one shared pair
     (e.g. ``{"q_proj": "qk", "k_proj": "qk"}``); by default each module type has its own.
+    ``init_weights=False`` starts ``phi`` as ``psi`` (``nn.Linear``'s init) instead of
+    zeros: an adapter that changes the output at initialisation.
     """
 
     rank: int = WeGeFTConfig.rank
@@ -59,26 +64,47 @@ class WeGeFTPeftLinear(AdapterPeftLayer):
         weight = self.get_base_layer().weight
         if cfg.shared:
             key = (config.shared_keys or {}).get(self.module_name, self.module_name)
+            new = key not in shared
             factors = shared.get(key, self.in_features)
-            factors.to(device=weight.device, dtype=weight.dtype if weight.is_floating_point() else None)
+            move_like(factors, weight)
         else:
+            new = True
             factors = WeGeFTFactors(self.in_features, config=cfg)
             getattr(self, LAYER_FACTORS)[adapter_name] = factors
+        if new and not config.init_weights and not factors.phi.is_meta:
+            with torch.no_grad():
+                linear_default_init(factors.phi, None)
         self._factors[adapter_name] = factors
         self._finish_update(adapter_name)
 
-    def _has_adapter(self, adapter: str) -> bool:
-        return adapter in getattr(self, "_factors", {})
+    def _shared_modules(self) -> Dict[str, nn.Module]:
+        return getattr(self, "_factors", {})
+
+    def _forget(self, adapter: str) -> None:
+        self._shared_modules().pop(adapter, None)
 
     def _merged_weight(self, adapter: str, weight: torch.Tensor) -> torch.Tensor:
         factors = self._factors[adapter]
         return wegeft_merged_weight(weight, factors.phi, factors.psi, factors.config)
 
+    def _projection(self, adapter: str, weight: torch.Tensor, dropout: float) -> torch.Tensor:
+        phi = self._factors[adapter].phi
+        return wegeft_projection(weight.to(phi.dtype), phi, dropout)
+
     def _update(self, adapter: str, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        cfg = self._factors[adapter].config
+        projection = self._projection(adapter, weight, cfg.dropout if self.training else 0.0)
+        return self._eval_update(adapter, x, projection)
+
+    def _cached_inputs(self, adapter: str) -> List[torch.Tensor]:
+        return [self._factors[adapter].phi]
+
+    def _eval_state(self, adapter: str, weight: torch.Tensor) -> torch.Tensor:
+        return self._projection(adapter, weight, 0.0)  # W0 phi^T, (out, r): the update then costs LoRA's
+
+    def _eval_update(self, adapter: str, x: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         factors = self._factors[adapter]
-        phi, psi, cfg = factors.phi, factors.psi, factors.config
-        projection = wegeft_projection(weight.to(phi.dtype), phi, cfg.dropout if self.training else 0.0)
-        return wegeft_update(x.to(phi.dtype), projection, psi, cfg.scaling)
+        return wegeft_update(x.to(state.dtype), state, factors.psi, factors.config.scaling)
 
     def __repr__(self) -> str:
         return "wegeft." + super().__repr__()
@@ -86,7 +112,7 @@ class WeGeFTPeftLinear(AdapterPeftLayer):
 
 class WeGeFTPeftModel(AdapterPeftModel):
     """The PEFT tuner of WeGeFT: the shared ``(phi, psi)`` pairs of each adapter on the
-    tuner (``wegeft_factors``), :class:`WeGeFTPeftLinear` on every target linear."""
+    model (``wegeft_factors``), :class:`WeGeFTPeftLinear` on every target linear."""
 
     prefix: str = PREFIX
     tuner_layer_cls = WeGeFTPeftLinear
