@@ -128,6 +128,8 @@ class GenFTFinetuneRecipeDistributed(FTRecipeInterface):
         self.max_steps_per_epoch = cfg.max_steps_per_epoch
         self.global_step = 0
         self._steps_in_epoch = 0
+        self._last_checkpoint: Optional[str] = None  # named by the Ctrl-C message
+        self._checked_datasets = []  # CheckedRows: skipped rows, reported per epoch
         self._clip_grad_norm = cfg.get("clip_grad_norm", None)
 
         self._save_adapter_weights_only = cfg.get("save_adapter_weights_only", False)
@@ -190,6 +192,7 @@ class GenFTFinetuneRecipeDistributed(FTRecipeInterface):
         if not self._resume_from_checkpoint:
             return base_state_dict, None, None
         recipe_state = genft_training.load_recipe_state(self._output_dir)
+        self._last_checkpoint = recipe_state[genft_training.ADAPTER_DIR_KEY]
         adapter_dir = self._output_dir / recipe_state[genft_training.ADAPTER_DIR_KEY]
         # ours, or PEFT's pair when only that is there
         adapter_state_dict, adapter_config = load_any_adapter(
@@ -255,12 +258,6 @@ class GenFTFinetuneRecipeDistributed(FTRecipeInterface):
         Setup the recipe state. This includes recipe state (if resume_from_checkpoint is True),
         model, tokenizer, loss, optimizer, learning rate scheduler, sampler, and dataloader.
         """
-        if self._is_rank_zero:
-            self._metric_logger = config.instantiate(cfg.metric_logger)
-
-            # log config with parameter override
-            self._metric_logger.log_config(cfg)
-
         base_state_dict, recipe_state, adapter_state_dict = self.load_checkpoint(
             cfg_checkpointer=cfg.checkpointer
         )
@@ -352,6 +349,12 @@ class GenFTFinetuneRecipeDistributed(FTRecipeInterface):
         # Set up profiler, returns DummyProfiler (nullcontext object with no-op `step` method)
         # if cfg is missing profiler key or if `cfg.profiler.enabled = False`
         self._profiler = self._setup_profiler(cfg.get(PROFILER_KEY, None))
+
+        # The metric logger (logs/, torchtune_config.yaml) last: a start that fails above
+        # leaves an earlier run's files in output_dir untouched.
+        if self._is_rank_zero:
+            self._metric_logger = config.instantiate(cfg.metric_logger)
+            self._metric_logger.log_config(cfg)
 
         # Restore this rank's random state last, so nothing done during setup consumes it.
         if recipe_state is not None:
@@ -624,13 +627,13 @@ class GenFTFinetuneRecipeDistributed(FTRecipeInterface):
         """
         if isinstance(cfg_dataset, ListConfig):
             datasets = [
-                config.instantiate(single_cfg_dataset, self._tokenizer)
+                self._checked(config.instantiate(single_cfg_dataset, self._tokenizer), single_cfg_dataset)
                 for single_cfg_dataset in cfg_dataset
             ]
             ds = ConcatDataset(datasets=datasets)
             packed = getattr(ds, "packed", False)
         else:
-            ds = config.instantiate(cfg_dataset, self._tokenizer)
+            ds = self._checked(config.instantiate(cfg_dataset, self._tokenizer), cfg_dataset)
             packed = cfg_dataset.get("packed", False)
 
         # Instantiate collate_fn
@@ -652,6 +655,10 @@ class GenFTFinetuneRecipeDistributed(FTRecipeInterface):
             ignore_index=self._loss_fn.ignore_index,
             fp8=self._enable_fp8_training,
         )
+        if not packed:  # rows that fail or lose every label to truncation are skipped
+            collate = genft_training.skip_none_collate(
+                collate, pad_id=self._tokenizer.pad_id, ignore_index=self._loss_fn.ignore_index
+            )
 
         dataloader = StatefulDataLoader(
             dataset=ds,
@@ -667,6 +674,19 @@ class GenFTFinetuneRecipeDistributed(FTRecipeInterface):
             dataloader.load_state_dict(dataloader_state_dict)
 
         return dataloader
+
+    def _checked(self, ds: Any, cfg_dataset: DictConfig) -> Any:
+        """``ds`` with its failing and fully truncated rows skipped and counted (packed
+        data sets were tokenized whole when built: left as they are)."""
+        if getattr(ds, "packed", False) or cfg_dataset.get("packed", False):
+            return ds
+        ds = genft_training.CheckedRows(
+            ds,
+            label=genft_training.dataset_label(cfg_dataset, "dataset"),
+            ignore_index=self._loss_fn.ignore_index,
+        )
+        self._checked_datasets.append(ds)
+        return ds
 
     def save_checkpoint(self, *, epoch: int, end_of_epoch: bool) -> None:
         """
@@ -734,6 +754,7 @@ class GenFTFinetuneRecipeDistributed(FTRecipeInterface):
             )
 
         torch.distributed.barrier()
+        self._last_checkpoint = name
 
     def _loss_step(self, batch: Dict[str, torch.Tensor], offload: bool = True) -> torch.Tensor:
         # Shape [b, s], needed for the loss not the model
@@ -751,7 +772,10 @@ class GenFTFinetuneRecipeDistributed(FTRecipeInterface):
             labels = labels.reshape(-1)
             logits = logits.reshape(-1, logits.size(-1))
 
-        loss = self._loss_fn(logits, labels)
+        # a batch whose examples were all skipped has no label: 0, not 0 / 0
+        loss = genft_training.loss_or_zero(
+            self._loss_fn, logits, labels, self._loss_fn.ignore_index
+        )
 
         # free logits otherwise it peaks backward memory
         del logits
@@ -846,7 +870,7 @@ class GenFTFinetuneRecipeDistributed(FTRecipeInterface):
                     torch.distributed.all_reduce(running_loss)
                     # Manually scale the gradients from unnormalized loss by total # of tokens
                     # We multiply by world_size to undo FSDP2 gradient normalization.
-                    training.scale_grads(self._model, self.world_size / num_tokens)
+                    training.scale_grads(self._model, self.world_size / num_tokens.clamp(min=1))
                     if self._clip_grad_norm is not None:
                         grad_norm = torch.nn.utils.clip_grad_norm_(
                             self._model.parameters(),
@@ -863,7 +887,7 @@ class GenFTFinetuneRecipeDistributed(FTRecipeInterface):
                     self.global_step += 1
                     self._steps_in_epoch += 1
 
-                    loss_to_log = running_loss.item() / num_tokens.item()
+                    loss_to_log = running_loss.item() / max(num_tokens.item(), 1)
                     pbar.update(1)
                     pbar.set_description(
                         f"{curr_epoch + 1}|{self.global_step}|Loss: {loss_to_log}"
@@ -909,7 +933,8 @@ class GenFTFinetuneRecipeDistributed(FTRecipeInterface):
                         and self.global_step % self._save_every_n_steps == 0
                         and not epoch_done  # the epoch-end checkpoint follows
                     ):
-                        self.save_checkpoint(epoch=curr_epoch, end_of_epoch=False)
+                        with genft_training.deferred_interrupt():
+                            self.save_checkpoint(epoch=curr_epoch, end_of_epoch=False)
                     t0 = time.perf_counter()
 
                     # Stop tracking CUDA memory now that active steps are complete
@@ -934,10 +959,13 @@ class GenFTFinetuneRecipeDistributed(FTRecipeInterface):
                         break
 
             pbar.close()
+            for line in genft_training.data_reports(self._checked_datasets):
+                log.warning(line)  # every rank: each skips rows of its own share
             self.epochs_run += 1
             self._steps_in_epoch = 0
             self.validate()
-            self.save_checkpoint(epoch=curr_epoch, end_of_epoch=True)
+            with genft_training.deferred_interrupt():  # no half-written epoch_N on Ctrl-C
+                self.save_checkpoint(epoch=curr_epoch, end_of_epoch=True)
 
         self._profiler.stop()
 
@@ -957,8 +985,11 @@ def recipe_main(cfg: DictConfig) -> None:
         - Overwritten by arguments from the command-line
     """
     # a user's mistake: one clear message before anything is loaded or written
-    with genft_training.user_errors("genft_finetune_distributed"):
-        genft_training.validate_recipe_config(cfg)
+    prog = "genft_finetune_distributed"
+    # a user's mistake (config, checkpoint, data): one clear message before anything is
+    # loaded or written
+    with genft_training.user_errors(prog):
+        genft_training.preflight(cfg)
     if not training.is_distributed():
         raise RuntimeError(
             "Distributed finetune recipe should be run via a distributed launcher."
@@ -977,8 +1008,20 @@ def recipe_main(cfg: DictConfig) -> None:
     config.log_config(recipe_name="GenFTFinetuneRecipeDistributed", cfg=cfg)
 
     recipe = GenFTFinetuneRecipeDistributed(cfg=cfg)
-    recipe.setup(cfg=cfg)
-    recipe.train()
+    started = False
+    try:
+        recipe.setup(cfg=cfg)
+        started = True
+        recipe.train()
+    except KeyboardInterrupt:
+        if recipe._is_rank_zero:
+            print(
+                genft_training.interrupted_message(
+                    prog, step=recipe.global_step if started else None, last_checkpoint=recipe._last_checkpoint
+                ),
+                file=sys.stderr,
+            )
+        raise SystemExit(genft_training.EXIT_INTERRUPTED) from None
     recipe.cleanup()
 
 

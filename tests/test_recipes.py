@@ -308,7 +308,7 @@ def test_nf4_shape_nf4_cannot_take(tmp_path):
     "overrides, error, message",
     [
         ({"enable_activation_offloading": True, "enable_activation_checkpointing": True},
-         RuntimeError, r"enable_activation_offloading.*CUDA"),
+         ValueError, r"enable_activation_offloading.*CUDA"),  # the pre-flight's, since issue 23
         ({"optimizer._component_": "torchao.optim._AdamW", "optimizer.bf16_stochastic_round": True},
          ValueError, r"bf16_stochastic_round.*dtype: bf16"),
         ({"optimizer._component_": "torchao.optim.AdamWFp8"}, RuntimeError, r"AdamWFp8.*8\.9"),

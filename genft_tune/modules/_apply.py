@@ -11,7 +11,7 @@
         ...
 """
 
-from typing import Any, Iterator, Optional, Sequence, Tuple
+from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -28,6 +28,46 @@ from genft_tune.modules._method import (
 def _matches(name: str, targets: Sequence[str]) -> bool:
     # PEFT's target_modules: a target names a module by its full name or its last parts
     return any(name == t or name.endswith("." + t) for t in targets)
+
+
+# Hugging Face / PEFT module names of a decoder -> torchtune's (the names its models use)
+HF_TARGET_ALIASES = {
+    "o_proj": "output_proj",
+    "gate_proj": "w1",
+    "up_proj": "w3",
+    "down_proj": "w2",
+    "self_attn": "attn",
+    "lm_head": "output",
+}
+
+
+def target_alias(target: str) -> str:
+    """``target`` in torchtune's names: ``o_proj`` -> ``output_proj``, ``gate_proj`` ->
+    ``w1``, ``up_proj`` -> ``w3``, ``down_proj`` -> ``w2``,
+    ``model.layers.0.self_attn.o_proj`` -> ``layers.0.attn.output_proj``."""
+    parts = target.split(".")
+    if parts and parts[0] == "model" and len(parts) > 1:
+        parts = parts[1:]
+    return ".".join(HF_TARGET_ALIASES.get(p, p) for p in parts)
+
+
+def resolve_targets(names: Sequence[str], targets: Sequence[str]) -> Tuple[List[str], List[str]]:
+    """Each target as given when it names one of ``names`` (module names), else its
+    torchtune spelling (:func:`target_alias`) when that does.
+
+    Returns:
+        Tuple[List[str], List[str]]: the resolved targets and those that match nothing.
+    """
+    resolved, unmatched = [], []
+    for t in targets:
+        alias = target_alias(t)
+        if any(_matches(n, [t]) for n in names):
+            resolved.append(t)
+        elif alias != t and any(_matches(n, [alias]) for n in names):
+            resolved.append(alias)
+        else:
+            unmatched.append(t)
+    return resolved, unmatched
 
 
 def apply_adapter(model: nn.Module, config: Any, targets: Sequence[str]) -> nn.Module:
@@ -58,14 +98,21 @@ def apply_adapter(model: nn.Module, config: Any, targets: Sequence[str]) -> nn.M
         raise ValueError(f"targets must be a non-empty list of module names (e.g. ['q_proj', 'v_proj']), got {targets!r}")
     if hasattr(model, kind.root_attr):
         raise ValueError(f"the model already has a {kind.label} adapter ({kind.root_attr})")
-    found = [
+    linears = [
         (name, module)
         for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and not isinstance(module, kind.layer_cls) and _matches(clean_module_name(name), targets)
+        if isinstance(module, nn.Linear) and not isinstance(module, kind.layer_cls)
     ]
-    unmatched = [t for t in targets if not any(_matches(clean_module_name(n), [t]) for n, _ in found)]
+    # Hugging Face names (o_proj, gate_proj, ...) are aliases of torchtune's
+    targets, unmatched = resolve_targets([clean_module_name(n) for n, _ in linears], targets)
     if unmatched:
-        raise ValueError(f"targets {unmatched} match no linear layer of the model ({type(model).__name__})")
+        leaves = sorted({clean_module_name(n).rsplit(".", 1)[-1] for n, _ in linears})
+        raise ValueError(
+            f"targets {unmatched} match no linear layer of the model ({type(model).__name__}); "
+            f"its linear layers are named {leaves} (Hugging Face names are accepted too: "
+            + ", ".join(f"{k} = {v}" for k, v in HF_TARGET_ALIASES.items() if v in leaves) + ")"
+        )
+    found = [(name, module) for name, module in linears if _matches(clean_module_name(name), targets)]
     reference = found[0][1].weight
     with torch.device(reference.device):
         root = kind.make_root(config)

@@ -16,7 +16,16 @@ from genft_tune.training._config import (
     validate_image_recipe_config,
     validate_components,
     validate_recipe_config,
+    preflight,
 )
+from genft_tune.training._data_check import (
+    CheckedRows,
+    data_reports,
+    dataset_label,
+    loss_or_zero,
+    skip_none_collate,
+)
+from genft_tune.training._interrupt import deferred_interrupt, EXIT_INTERRUPTED, interrupted_message
 from genft_tune.training._distributed import (
     all_gather_objects,
     distributed_backend,
@@ -64,6 +73,15 @@ from genft_tune.training._state import (
 )
 
 __all__ = [
+    "CheckedRows",
+    "data_reports",
+    "dataset_label",
+    "deferred_interrupt",
+    "EXIT_INTERRUPTED",
+    "interrupted_message",
+    "loss_or_zero",
+    "preflight",
+    "skip_none_collate",
     "AdapterMethod",
     "checkpoint_dir_of",
     "save_adapter_files",

@@ -14,6 +14,7 @@ from torchtune.config._utils import _get_component_from_path
 
 from genft_tune.modules import adapter_kinds
 from genft_tune.training._genft import validate_genft_model_config
+from genft_tune.training._keys import unknown_key_problems
 
 
 def _walk_components(node: Any, path: str) -> Iterator[Tuple[str, str]]:
@@ -175,6 +176,13 @@ def _field_problems(cfg: DictConfig) -> List[ValueError]:
     check("optimizer.eps", lambda v: _is_number(v) and v > 0, "a number > 0")
     check("lr_scheduler.num_warmup_steps", lambda v: _is_int(v) and v >= 0, "an integer >= 0")
     check("clip_grad_norm", lambda v: _is_number(v) and v > 0, "null or a number > 0")
+    model = cfg.get("model", None)
+    kwargs = model.get("base_kwargs", None) if isinstance(model, DictConfig) else None
+    if kwargs is not None and not isinstance(kwargs, DictConfig):
+        problems.append(ValueError(
+            f"model.base_kwargs must be a mapping, got {kwargs!r}; on the command line give each "
+            "key: model.base_kwargs.embed_dim=64 model.base_kwargs.num_layers=2 ..."
+        ))
     return problems
 
 
@@ -207,6 +215,35 @@ def device_problems(cfg: DictConfig) -> List[ValueError]:
     return problems
 
 
+def memory_switch_problems(cfg: DictConfig) -> List[ValueError]:
+    """Activation offloading needs CUDA and activation checkpointing; a packed data set
+    needs ``tokenizer.max_seq_len`` (the length of a pack)."""
+    problems = []
+    device = str(cfg.get("device", "cpu") or "cpu").split(":")[0]
+    if cfg.get("enable_activation_offloading", False):
+        if device != "cuda":
+            problems.append(ValueError(
+                f"enable_activation_offloading=True needs CUDA (device=cuda; this run uses {device!r}); "
+                "set enable_activation_offloading=False"
+            ))
+        elif not cfg.get("enable_activation_checkpointing", False):
+            problems.append(ValueError(
+                "enable_activation_offloading=True needs enable_activation_checkpointing=True"
+            ))
+    tokenizer = cfg.get("tokenizer", None)
+    datasets = cfg.get("dataset", None)
+    datasets = list(datasets) if isinstance(datasets, ListConfig) else [datasets]
+    for i, node in enumerate(datasets):
+        if isinstance(node, DictConfig) and node.get("packed", False) and isinstance(tokenizer, DictConfig) \
+                and tokenizer.get("max_seq_len", None) is None:
+            field = "dataset" if len(datasets) == 1 else f"dataset[{i}]"
+            problems.append(ValueError(
+                f"{field}.packed=True needs tokenizer.max_seq_len (the length of a pack), e.g. "
+                f"tokenizer.max_seq_len=2048; or set {field}.packed=False"
+            ))
+    return problems
+
+
 def output_dir_problems(cfg: DictConfig) -> List[ValueError]:
     """``output_dir`` must be (or become) a writable folder."""
     out = Path(str(cfg.get("output_dir")))
@@ -235,7 +272,8 @@ def validate_recipe_config(cfg: DictConfig) -> None:
     for key in ("model", "checkpointer", "tokenizer", "dataset", "optimizer", "loss", "output_dir"):
         if cfg.get(key, None) is None:
             problems.append(ValueError(f"the config has no {key!r} section; the GenFT recipes need it"))
-    if problems:
+    problems += unknown_key_problems(cfg)
+    if problems:  # a misspelt key can make every later check misleading
         raise _user_error(problems[0] if len(problems) == 1 else ConfigError(problems))
     for check in (validate_components, lambda c: validate_genft_model_config(c.model),
                   lambda c: validate_checkpoint_files(c.checkpointer)):
@@ -248,7 +286,29 @@ def validate_recipe_config(cfg: DictConfig) -> None:
     if cfg.get("run_val_every_n_steps", None) is not None and cfg.get("dataset_val", None) is None:
         problems.append(ValueError("run_val_every_n_steps is set, but there is no dataset_val to validate on"))
     problems += device_problems(cfg)
+    problems += memory_switch_problems(cfg)
     problems += output_dir_problems(cfg)
+    if problems:
+        raise _user_error(problems[0] if len(problems) == 1 else ConfigError(problems))
+
+
+def preflight(cfg: DictConfig) -> None:
+    """Everything a recipe checks before it loads a weight or writes a file: the config
+    (:func:`validate_recipe_config`), then the checkpoint against the model config
+    (built on the meta device; shapes from the safetensors headers) and, for a resumed
+    run, the checkpoint to resume; then the tokenizer and the data (opens, has the
+    columns, not empty, tokenizes, not all truncated).
+
+    Raises:
+        ValueError / ConfigError: marked ``user_error`` (see :func:`user_errors`).
+    """
+    from genft_tune.training._ckpt_check import checkpoint_problems
+    from genft_tune.training._data_check import data_problems
+
+    validate_recipe_config(cfg)
+    problems: List[BaseException] = checkpoint_problems(cfg, _checkpoint_files(cfg.checkpointer))
+    ignore_index = cfg.loss.get("ignore_index", -100) if isinstance(cfg.loss, DictConfig) else -100
+    problems += data_problems(cfg, ignore_index=ignore_index)
     if problems:
         raise _user_error(problems[0] if len(problems) == 1 else ConfigError(problems))
 

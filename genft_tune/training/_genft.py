@@ -8,6 +8,7 @@ from torch import nn
 from torchao.dtypes.nf4tensor import NF4Tensor
 
 from genft_tune.modules import adapter_kinds, adapter_layers, AdapterKind, clean_module_name, get_adapter_kind
+from genft_tune.modules._apply import resolve_targets, target_alias
 from genft_tune.modules.genft import genft_adapter_init_state_dict, named_genft_generators
 
 # Attention projections an adapter can target (torchtune's LoRA names).
@@ -64,6 +65,8 @@ def check_requested_targets(
     """
     leaves = {t.rsplit(".", 1)[-1] for t in targets}
     for name in cfg_model.get("targets", None) or []:  # the generic builder's suffixes
+        resolved, _ = resolve_targets(targets, [name])  # o_proj, gate_proj... as aliases
+        name = resolved[0] if resolved else name
         if not any(t == name or t.endswith("." + name) for t in targets):
             raise ValueError(
                 f"model.targets asks for {name!r}, but the model has no {label} layer named {name!r}; "
@@ -102,9 +105,15 @@ def validate_genft_model_config(cfg_model: DictConfig) -> None:
             )
         for name in attn:
             if name not in GENFT_ATTN_MODULES:
+                alias = target_alias(name)
+                hint = (
+                    f"; {name!r} is called {alias!r} here" if alias in GENFT_ATTN_MODULES
+                    else f"; the MLP ({name}) is adapted with model.apply_{field.split('_')[0]}_to_mlp=True"
+                    if alias in ("w1", "w2", "w3") else ""
+                )
                 raise ValueError(
                     f"model.{field}: {name!r} is not an attention projection of the model; "
-                    f"allowed: {list(GENFT_ATTN_MODULES)}"
+                    f"allowed: {list(GENFT_ATTN_MODULES)}{hint}"
                 )
 
 

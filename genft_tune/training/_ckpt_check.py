@@ -1,0 +1,237 @@
+"""The checkpoint's pre-flight: before the weights load, the model config is built on the
+meta device (no memory, no weights) and compared with the checkpoint's tensor shapes,
+read from the safetensors headers only; a mismatch names the numbers on both sides and
+the ``model.base_kwargs`` (or model fields) that would fit. A resumed run's checkpoint
+must exist and have been trained with the same adapter config.
+"""
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+from omegaconf import DictConfig
+
+# checkpointer.model_type -> the config.json model_type of its checkpoints
+_MODEL_TYPES = {
+    "LLAMA2": "llama", "LLAMA3": "llama", "LLAMA3_2": "llama", "QWEN2": "qwen2", "QWEN3": "qwen3",
+    "GEMMA": "gemma", "GEMMA2": "gemma2", "MISTRAL": "mistral", "PHI3_MINI": "phi3", "PHI4": "phi3",
+}
+# config.json model_type -> torchtune's model_type and a builder that takes any size
+_FAMILY_BUILDERS = {
+    "llama": ("LLAMA3", "torchtune.models.llama3_2._component_builders.llama3_2"),
+    "qwen2": ("QWEN2", "torchtune.models.qwen2._component_builders.qwen2"),
+    "qwen3": ("QWEN3", "genft_tune.models.qwen3.qwen3"),
+    "gemma2": ("GEMMA2", "genft_tune.models.gemma2.gemma2"),
+    "mistral": ("MISTRAL", "torchtune.models.mistral._component_builders.mistral"),
+    "phi3": ("PHI3_MINI", "torchtune.models.phi3._component_builders.phi3"),
+}
+_DIM_NAMES = {
+    "vocab_size": "vocabulary", "embed_dim": "hidden size", "num_layers": "layers",
+    "q_out": "q_proj outputs", "kv_out": "k_proj outputs", "intermediate_dim": "MLP size",
+}
+
+
+def _header_shapes(ckpt_dir: Path, files: Sequence[str]) -> Dict[str, List[int]]:
+    from safetensors import safe_open
+
+    shapes: Dict[str, List[int]] = {}
+    for name in files:
+        if not name.endswith(".safetensors"):
+            return {}
+        with safe_open(str(ckpt_dir / name), framework="pt") as f:
+            for key in f.keys():
+                shapes[key] = list(f.get_slice(key).get_shape())
+    return shapes
+
+
+def _checkpoint_dims(shapes: Dict[str, List[int]]) -> Dict[str, int]:
+    """The decoder's sizes from Hugging Face (or torchtune) tensor names."""
+    dims: Dict[str, int] = {}
+    layers = {int(m.group(1)) for k in shapes for m in [re.search(r"(?:^|\.)layers\.(\d+)\.", k)] if m}
+    if layers:
+        dims["num_layers"] = max(layers) + 1
+
+    def find(*suffixes: str) -> Optional[List[int]]:
+        for key, shape in shapes.items():
+            if any(key.endswith(s) for s in suffixes):
+                return shape
+        return None
+
+    emb = find("embed_tokens.weight", "tok_embeddings.weight")
+    if emb:
+        dims["vocab_size"], dims["embed_dim"] = emb
+    q, k = find("layers.0.self_attn.q_proj.weight", "layers.0.attn.q_proj.weight"), find(
+        "layers.0.self_attn.k_proj.weight", "layers.0.attn.k_proj.weight")
+    if q and k:
+        dims["q_out"], dims["kv_out"] = q[0], k[0]
+    gate = find("layers.0.mlp.gate_proj.weight", "layers.0.mlp.w1.weight")
+    gate_up = find("layers.0.mlp.gate_up_proj.weight")
+    if gate:
+        dims["intermediate_dim"] = gate[0]
+    elif gate_up:
+        dims["intermediate_dim"] = gate_up[0] // 2
+    return dims
+
+
+def _model_dims(model: torch.nn.Module) -> Dict[str, int]:
+    dims: Dict[str, int] = {}
+    sd = {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()}
+    layers = {int(m.group(1)) for k in sd for m in [re.match(r"layers\.(\d+)\.", k)] if m}
+    if layers:
+        dims["num_layers"] = max(layers) + 1
+    if "tok_embeddings.weight" in sd:
+        dims["vocab_size"], dims["embed_dim"] = sd["tok_embeddings.weight"]
+    q, k = sd.get("layers.0.attn.q_proj.weight"), sd.get("layers.0.attn.k_proj.weight")
+    if q and k:
+        dims["q_out"], dims["kv_out"] = q[0], k[0]
+    if "layers.0.mlp.w1.weight" in sd:
+        dims["intermediate_dim"] = sd["layers.0.mlp.w1.weight"][0]
+    return dims
+
+
+def _fitting_kwargs(config: Dict[str, Any]) -> Dict[str, Any]:
+    from genft_tune.models._families import _decoder_dims
+
+    kwargs = _decoder_dims(config)
+    kwargs.pop("norm_eps", None)
+    if config.get("head_dim"):
+        kwargs["head_dim"] = config["head_dim"]
+    if config.get("tie_word_embeddings") is not None:
+        kwargs["tie_word_embeddings"] = bool(config["tie_word_embeddings"])
+    return kwargs
+
+
+def _suggestion(cfg_model: DictConfig, config: Optional[Dict[str, Any]]) -> str:
+    import inspect
+
+    from torchtune.config._utils import _get_component_from_path
+
+    if not config or "hidden_size" not in config:
+        return "use the model config of the checkpoint's family and size (genft-tune ls)"
+    kwargs = _fitting_kwargs(config)
+
+    def accepted(fn_path: str) -> Optional[set]:
+        try:
+            return set(inspect.signature(_get_component_from_path(fn_path)).parameters)
+        except Exception:  # noqa: BLE001
+            return None
+
+    def render(prefix: str, d: Dict[str, Any]) -> str:  # as command-line overrides
+        return " ".join(f"{prefix}{k}={v}" for k, v in d.items())
+
+    base = cfg_model.get("base", None)
+    if isinstance(base, str):
+        params = accepted(base)
+        if params and "embed_dim" in params:
+            fit = {k: v for k, v in kwargs.items() if k in params}
+            return f"set {render('model.base_kwargs.', fit)} (from the checkpoint's config.json)"
+    else:
+        params = accepted(str(cfg_model.get("_component_")))
+        if params and "embed_dim" in params:
+            fit = {k: v for k, v in kwargs.items() if k in params}
+            return f"set {render('model.', fit)} (from the checkpoint's config.json)"
+    family = _FAMILY_BUILDERS.get(config.get("model_type"))
+    if family is None:
+        return "use the model config of the checkpoint's family and size (genft-tune ls)"
+    builder = family[1]
+    params = accepted(builder) or set(kwargs)
+    fit = {k: v for k, v in kwargs.items() if k in params}
+    return (
+        f"{cfg_model.get('base', cfg_model.get('_component_'))} builds one fixed size; build the "
+        f"checkpoint's with model._component_=genft_tune.models.genft_model model.base={builder} "
+        f"{render('model.base_kwargs.', fit)} (see docs/own_data.md)"
+    )
+
+
+def _read_config_json(ckpt_dir: Path) -> Optional[Dict[str, Any]]:
+    path = ckpt_dir / "config.json"
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
+def build_on_meta(cfg_model: DictConfig) -> torch.nn.Module:
+    """The model config's model on the meta device (sizes only, no memory)."""
+    from torchtune import config
+
+    with torch.device("meta"):
+        return config.instantiate(cfg_model)
+
+
+def checkpoint_problems(cfg: DictConfig, checkpoint_files: Sequence[str]) -> List[ValueError]:
+    """The checkpoint against the model config (see the module docstring).
+
+    Args:
+        cfg (DictConfig): the recipe config (its checkpoint files exist).
+        checkpoint_files (Sequence[str]): the file names in ``checkpointer.checkpoint_dir``.
+
+    Returns:
+        List[ValueError]: the problems found.
+    """
+    ckpt_dir = Path(str(cfg.checkpointer.checkpoint_dir))
+    config = _read_config_json(ckpt_dir)
+    problems: List[ValueError] = []
+    model_type = str(cfg.checkpointer.get("model_type", "") or "")
+    have = (config or {}).get("model_type")
+    want = _MODEL_TYPES.get(model_type)
+    if want is not None and have is not None and have != want and have in _FAMILY_BUILDERS:
+        problems.append(ValueError(
+            f"checkpointer.model_type is {model_type}, but the checkpoint's config.json says model_type "
+            f"{have!r}: set checkpointer.model_type={_FAMILY_BUILDERS[have][0]} and a {have} model config "
+            f"({_suggestion(cfg.model, config)})"
+        ))
+        return problems
+    try:
+        model = build_on_meta(cfg.model)
+    except (ValueError, TypeError) as e:
+        return [ValueError(f"model: {e}")]
+    except Exception:  # noqa: BLE001  (a builder that cannot run on meta: the load will tell)
+        return []
+    try:
+        shapes = _header_shapes(ckpt_dir, checkpoint_files)
+    except Exception as e:  # noqa: BLE001
+        return [ValueError(f"checkpointer.checkpoint_files: cannot read the safetensors header of {ckpt_dir}: {e}")]
+    got, built = _checkpoint_dims(shapes), _model_dims(model)
+    diff = {k: (got[k], built[k]) for k in _DIM_NAMES if k in got and k in built and got[k] != built[k]}
+    if diff:
+        text = ", ".join(f"{_DIM_NAMES[k]} {a} (the model config builds {b})" for k, (a, b) in diff.items())
+        problems.append(ValueError(
+            f"the checkpoint in {ckpt_dir} does not fit the model config: it has {text}; "
+            + _suggestion(cfg.model, config)
+        ))
+    if not problems and cfg.get("resume_from_checkpoint", False):
+        problems += _resume_problems(cfg, model)
+    return problems
+
+
+def _resume_problems(cfg: DictConfig, model: torch.nn.Module) -> List[ValueError]:
+    from genft_tune.training._adapter_method import find_adapter_method
+    from genft_tune.training._state import ADAPTER_DIR_KEY, load_recipe_state, recipe_state_path
+
+    out = Path(str(cfg.output_dir))
+    if not recipe_state_path(out).is_file():
+        return [ValueError(
+            f"resume_from_checkpoint=True, but output_dir {str(out)!r} holds no checkpoint to resume "
+            f"({recipe_state_path(out).relative_to(out)} is missing); start without resume_from_checkpoint, "
+            "or set output_dir to the interrupted run's folder"
+        )]
+    try:
+        state = load_recipe_state(out)
+        saved_dir = out / state[ADAPTER_DIR_KEY]
+    except Exception as e:  # noqa: BLE001
+        return [ValueError(f"resume_from_checkpoint: cannot read {recipe_state_path(out)}: {type(e).__name__}: {e}")]
+    adapter = find_adapter_method(model)
+    saved_config = saved_dir / "genft_config.json"
+    if adapter is None or not saved_config.is_file():
+        return []
+    try:
+        adapter.check_resume_config(json.loads(saved_config.read_text()))
+    except ValueError as e:
+        return [ValueError(f"{e}; resume with the interrupted run's model settings, or start a new output_dir")]
+    return []
+
+
+__all__ = ["build_on_meta", "checkpoint_problems"]
