@@ -203,8 +203,8 @@ def quickstart(
             first), ``loss_curve.png``.
         base_dir (Optional[Union[str, Path]]): an existing HF checkpoint to start from
             instead of converting SmolLM2 (tests use a tiny stand-in).
-        max_steps (Optional[int]): optimizer steps (the config's ``max_steps_per_epoch``
-            when None).
+        max_steps (Optional[int]): optimizer steps (when None: the quickstart's 60,
+            ``QUICKSTART_OVERRIDES``, unless ``overrides`` set ``max_steps_per_epoch``).
         overrides (Sequence[str]): recipe config overrides, ``key=value`` / ``~key``.
         question (Optional[Dict[str, str]]): ``{"input", "output"}``; default: a
             held-out WordNet question.
@@ -316,15 +316,39 @@ def preview_adapter_upload(checkpoint_dir: Path, preview_dir: Path) -> Optional[
     return preview_dir / "README.md"
 
 
+def quickstart_steps() -> int:
+    """The steps the quickstart trains for without ``--max-steps`` (``QUICKSTART_OVERRIDES``)."""
+    return int(next(o for o in QUICKSTART_OVERRIDES if o.startswith("max_steps_per_epoch=")).split("=", 1)[1])
+
+
+def _positive_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value!r}")
+    return n
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m genft_tune.quickstart",
         description="Fine-tune SmolLM2-135M-Instruct with GenFT on WordNet definitions, on CPU.",
     )
     parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR, help="output folder")
-    parser.add_argument("--max-steps", type=int, default=None, help="optimizer steps (config default)")
+    parser.add_argument(
+        "--max-steps", type=_positive_int, default=None,
+        help=f"optimizer steps (default: {quickstart_steps()}, the quickstart's; the packaged config alone takes "
+        "its max_steps_per_epoch)",
+    )
     parser.add_argument("overrides", nargs="*", help="recipe config overrides, key=value or ~key")
     args = parser.parse_args(argv)
+    if args.work_dir.exists() and not args.work_dir.is_dir():
+        parser.error(f"--work-dir {args.work_dir} is a file, not a folder")
+    bad = [o for o in args.overrides if not (o.startswith("~") or "=" in o)]
+    if bad:
+        parser.error(f"overrides must look like key=value or ~key, got {bad[0]!r}")
     quickstart(work_dir=args.work_dir, max_steps=args.max_steps, overrides=args.overrides)
     return 0
 

@@ -177,11 +177,11 @@ def test_refusals(base, tmp_path, capsys):
     good = json.loads(cfg_path.read_text())
 
     cfg_path.write_text(json.dumps({**good, "peft_type": "LORA"}))
-    assert cli_main(["import-authors", str(tmp_path / "theirs"), "--output", str(tmp_path / "o1")]) == 1
+    assert cli_main(["import-authors", str(tmp_path / "theirs"), "--output", str(tmp_path / "o1")]) == 2
     assert "peft_type 'LORA'; expected 'GENFT'" in capsys.readouterr().err
 
     cfg_path.write_text(json.dumps({**good, "generator_share_dim": 0}))
-    assert cli_main(["import-authors", str(tmp_path / "theirs"), "--output", str(tmp_path / "o2")]) == 1
+    assert cli_main(["import-authors", str(tmp_path / "theirs"), "--output", str(tmp_path / "o2")]) == 2
     assert "generator_share_dim is 0" in capsys.readouterr().err
 
     # copies of the shared generator that differ: not something their code writes
@@ -190,7 +190,7 @@ def test_refusals(base, tmp_path, capsys):
     key = "base_model.model.model.layers.1.self_attn.q_proj.generator.genft_share_1_a.linear.weight"
     weights[key] = weights[key] + 1
     save_file(weights, str(tmp_path / "theirs" / "adapter_model.safetensors"))
-    assert cli_main(["import-authors", str(tmp_path / "theirs"), "--output", str(tmp_path / "o3")]) == 1
+    assert cli_main(["import-authors", str(tmp_path / "theirs"), "--output", str(tmp_path / "o3")]) == 2
     assert "differs from the one under" in capsys.readouterr().err
 
 

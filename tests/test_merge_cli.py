@@ -126,7 +126,8 @@ def test_merged_llama_loads_in_transformers_with_genft_logits(trained, tmp_path)
     out = tmp_path / "merged"
     assert cli_main(["merge", "--base", str(trained["base"]), "--adapter", str(trained["adapter"]), "--output", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["config.json", "generation_config.json", "genft_config.json", "model.safetensors", "tokenizer_config.json"]
+        ["README.md", "config.json", "generation_config.json", "genft_config.json", "model.safetensors",
+         "tokenizer_config.json"]
     )
     assert (out / "tokenizer_config.json").read_text() == '{"note": "copied verbatim"}'
     merged = hf_logits(out, trained["tokens"])
@@ -238,7 +239,7 @@ def test_torchtune_and_meta_formats(trained, tmp_path):
         torch.save(sd, base / name)
         (base / "params.json").write_text("{}")
         out = merge_adapter_checkpoint(base_dir=base, adapter_dir=trained["adapter"], output_dir=tmp_path / f"out_{name}")
-        assert sorted(p.name for p in out.iterdir()) == sorted([name, "params.json", "genft_config.json"])
+        assert sorted(p.name for p in out.iterdir()) == sorted([name, "params.json", "genft_config.json", "README.md"])
         got = torch.load(out / name, weights_only=True)
         want = convert(ref)
         assert got.keys() == want.keys()
@@ -267,7 +268,7 @@ def test_wrong_base_is_a_clear_error(trained, tmp_path, capsys):
     with pytest.raises(ValueError, match=r"layers\.0\.mlp\.w1.*\[96, 64\].*\[128, 64\]"):
         merge_adapter_checkpoint(base_dir=other, adapter_dir=trained["adapter"], output_dir=tmp_path / "merged")
     assert not (tmp_path / "merged").exists()
-    assert cli_main(["merge", "--base", str(other), "--adapter", str(trained["adapter"]), "--output", str(tmp_path / "merged")]) == 1
+    assert cli_main(["merge", "--base", str(other), "--adapter", str(trained["adapter"]), "--output", str(tmp_path / "merged")]) == 2
     assert "does not fit" in capsys.readouterr().err
     assert not list(tmp_path.glob("merged*"))
 
@@ -433,3 +434,54 @@ def test_verify_on_a_tied_embedding_base(tmp_path, capsys):
                    str(tmp_path / "merged"), "--verify", "--tolerance", "1e-4"])
     assert rc == 0, capsys.readouterr().err
     assert verify_merge(base_dir=base, adapter_dir=tmp_path / "adapter", merged_dir=base) > 1e-3
+
+
+def test_merged_folder_has_its_own_card_not_the_bases(trained, tmp_path, capsys):
+    """A base whose card is a GGUF conversion's (``base_model_relation: quantized``): the
+    merged folder's README.md is a card for the merged model (the base's Hub id and license,
+    the quantized-copy note, a snippet loading the folder), and publish keeps what it says."""
+    import shutil
+
+    import yaml
+
+    base = tmp_path / "base"
+    shutil.copytree(trained["base"], base)
+    base_card = "---\nlicense: apache-2.0\nbase_model: org/tiny-llama\nbase_model_relation: quantized\ntags: [gguf]\n---\n# GGUF\n"
+    (base / "README.md").write_text(base_card)
+    out = tmp_path / "merged"
+    assert cli_main(["merge", "--base", str(base), "--adapter", str(trained["adapter"]), "--output", str(out)]) == 0
+    card = (out / "README.md").read_text()
+    meta = yaml.safe_load(card.split("---\n")[1])
+    assert card != base_card and "# GGUF" not in card and "base_model_relation" not in meta
+    assert meta["base_model"] == "org/tiny-llama" and meta["license"] == "apache-2.0" and meta["tags"][0] == "genft"
+    assert "Trained on a quantized copy of [org/tiny-llama]" in card and f'from_pretrained("{out.resolve()}")' in card
+    dry = tmp_path / "dry"
+    assert cli_main(["publish", "--folder", str(out), "--repo-id", "me/tiny", "--dry-run", str(dry)]) == 0
+    hub = (dry / "README.md").read_text()
+    assert "license: apache-2.0" in hub and "Trained on a quantized copy of [org/tiny-llama]" in hub
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_help_texts_say_what_the_commands_do():
+    """merge --verify builds every packaged decoder family and ViT (not only Llama); the
+    quickstart trains 60 steps without --max-steps (not the config's default)."""
+    from genft_tune._cli.genft import build_parser
+    import genft_tune._cli.merge as merge_cli
+    from genft_tune.models._families import FAMILIES
+    from genft_tune.quickstart import build_config, main as quickstart_main, QUICKSTART_OVERRIDES
+
+    VERIFY_MODEL_TYPES = [*FAMILIES, "vit"]
+    assert getattr(merge_cli, "VERIFY_MODEL_TYPES", VERIFY_MODEL_TYPES) == VERIFY_MODEL_TYPES
+    merge = build_parser()._subparsers._group_actions[0].choices["merge"]
+    verify = next(a for a in merge._actions if "--verify" in a.option_strings).help
+    assert "Llama family" not in verify and all(t in verify for t in VERIFY_MODEL_TYPES)
+
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), pytest.raises(SystemExit):
+        quickstart_main(["--help"])
+    text = " ".join(buf.getvalue().split())
+    steps = build_config(base_dir=Path("b"), output_dir=Path("o"), overrides=QUICKSTART_OVERRIDES).max_steps_per_epoch
+    assert "config default" not in text and f"--max-steps MAX_STEPS optimizer steps (default: {steps}," in text

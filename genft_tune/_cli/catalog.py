@@ -77,8 +77,8 @@ def _cat(args: argparse.Namespace) -> int:
     ``--sort`` prints its parsed content with sorted keys instead."""
     name: str = args.config_name
     if get_recipe(name) is not None:
-        print(f"'{name}' is a recipe, not a config. Please use a config name.")
-        return 1
+        args.parser.error(f"'{name}' is a recipe, not a config: `genft-tune cp {name} .` copies it; "
+                          "`genft-tune ls` lists the configs")
     if get_config(name) is not None:
         path = config_path(name)
     else:
@@ -87,6 +87,8 @@ def _cat(args: argparse.Namespace) -> int:
             args.parser.error(
                 f"Config '{name}' not found{did_you_mean(name)}. Try `genft-tune ls` to see all available configs."
             )
+    if path.is_dir():
+        args.parser.error(f"Config '{name}' is a folder, not a yaml file.")
     if not path.is_file():
         args.parser.error(f"Config '{name}' not found.")
     text = path.read_text()

@@ -40,18 +40,32 @@ def _export(args: argparse.Namespace) -> int:
     from genft_tune.checkpointing._peft_format import export_peft_adapter, PEFT_SUBDIR
     from genft_tune.hub._base import base_hub_id, HUB_ID
 
+    from genft_tune._cli._checks import existing_folder, fail, new_output, UsageError
+
+    prog = "genft-tune export-peft"
     if args.base_model is not None and not HUB_ID.match(args.base_model):
-        print(f"genft-tune export-peft: error: --base-model must be a Hub id like ORG/NAME, got {args.base_model!r}",
-              file=sys.stderr)
-        return 2
+        return fail(prog, f"--base-model must be a Hub id like ORG/NAME, got {args.base_model!r}")
+    try:
+        adapter = existing_folder(args.adapter, "ADAPTER", "a recipe's epoch_N/step_N folder")
+        if not (adapter / "genft_config.json").is_file():
+            hint = (" (it is a PEFT adapter already)" if (adapter / "adapter_config.json").is_file()
+                    else ": pass a recipe's epoch_N or step_N folder")
+            raise UsageError(f"ADAPTER {args.adapter} holds no genft_config.json{hint}")
+        if args.base:
+            base = existing_folder(args.base, "--base", "the Hugging Face base checkpoint, with its config.json")
+            if not (base / "config.json").is_file():
+                raise UsageError(f"--base {args.base} has no config.json: PEFT's format needs a Hugging Face base")
+        if args.output:
+            new_output(args.output, "--output", overwrite=True)
+    except UsageError as e:
+        return fail(prog, str(e))
     try:
         base = _base_dir(args)
         out = Path(args.output) if args.output else Path(args.adapter) / PEFT_SUBDIR
         hub_id = args.base_model or base_hub_id(base)
         written = export_peft_adapter(args.adapter, base_dir=base, base_model_name_or_path=hub_id, output_dir=out)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"genft-tune export-peft: error: {e}", file=sys.stderr)
-        return 1
+    except (ValueError, FileNotFoundError) as e:  # the adapter does not fit the base, or cannot be read
+        return fail(prog, str(e))
     print(f"PEFT adapter written to {written}: load it with `import genft_tune.peft` and "
           f"peft.PeftModel.from_pretrained(<base model>, {str(written)!r})")
     if hub_id is None:

@@ -12,7 +12,6 @@ writes the model the authors trained.
 
 import argparse
 import logging
-import sys
 import textwrap
 
 
@@ -20,17 +19,29 @@ def _import(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     from pathlib import Path
 
+    from genft_tune._cli._checks import existing_folder, fail, UsageError
+
+    prog = "genft-tune import-authors"
+    out = Path(args.output)
+    try:
+        src = existing_folder(args.src, "SRC", "the folder their model.save_pretrained wrote")
+        if not (src / "adapter_config.json").is_file():
+            raise UsageError(f"SRC {args.src} has no adapter_config.json (expected the folder their "
+                             "model.save_pretrained wrote)")
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"--output {args.output} is a file; give a folder")
+        if out.exists() and any(out.iterdir()) and not args.overwrite:
+            raise UsageError(f"--output {args.output} exists and is not empty (pass --overwrite)")
+        if out.exists() and out.resolve() == src.resolve():
+            raise UsageError(f"--output {args.output} is SRC: give a new folder")
+    except UsageError as e:
+        return fail(prog, str(e))
     from genft_tune.checkpointing import import_authors_adapter
 
-    out = Path(args.output)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        print(f"genft-tune import-authors: error: {out} exists and is not empty (pass --overwrite)", file=sys.stderr)
-        return 1
     try:
         import_authors_adapter(args.src, out, base_model=args.base_model)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"genft-tune import-authors: error: {e}", file=sys.stderr)
-        return 1
+    except (ValueError, FileNotFoundError) as e:  # their files are not what their code writes
+        return fail(prog, str(e))
     print(f"Imported adapter written to {out}; merge it with: genft-tune merge --base <HF base> --adapter {out} --output <dir>")
     return 0
 

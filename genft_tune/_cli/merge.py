@@ -7,7 +7,10 @@
 
 The output has the base's format (sharded Hugging Face safetensors with an index, or
 ``consolidated.00.pth`` / ``*.pt``), its ``config.json`` (``torch_dtype`` updated),
-tokenizer and every other non-weight file, plus the adapter's ``genft_config.json``.
+tokenizer and every other non-weight file but its model card, plus the adapter's
+``genft_config.json``, the run's config and metric log, and a model card of its own.
+Mistakes in the command line are one message and exit status 2; a failed ``--verify``
+exits with 1.
 """
 
 import argparse
@@ -19,10 +22,47 @@ log = logging.getLogger(__name__)
 
 # genft_tune.checkpointing.DTYPES; not imported here so that `genft-tune ls` stays fast
 DTYPE_CHOICES = ["auto", "bf16", "fp16", "fp32"]
+# genft_tune.models._families.FAMILIES + ViT: what --verify builds (a test keeps them equal)
+VERIFY_MODEL_TYPES = ["llama", "mistral", "qwen2", "qwen3", "gemma2", "phi3", "vit"]
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """The command line's folders and numbers, before anything is read or written.
+
+    Raises:
+        UsageError: one message naming the flag.
+    """
+    from genft_tune._cli._checks import existing_folder, new_output, UsageError
+
+    base = existing_folder(args.base, "--base", "the base checkpoint folder, with config.json and its weights")
+    adapter = existing_folder(args.adapter, "--adapter", "a recipe's epoch_N/step_N folder or a PEFT adapter folder")
+    if (base / "genft_config.json").is_file() and not (base / "config.json").is_file():
+        raise UsageError(f"--base {args.base} holds an adapter, not a base model: did you swap --base and --adapter?")
+    if args.verify and not (base / "config.json").is_file():
+        raise UsageError(f"--verify compares Hugging Face models, and --base {args.base} has no config.json "
+                         "(a torchtune/Meta checkpoint): merge without --verify")
+    out = new_output(args.output, "--output", overwrite=args.overwrite)
+    for flag, path in (("--base", base), ("--adapter", adapter)):
+        if out.resolve() == path.resolve():
+            raise UsageError(f"--output {args.output} is the {flag} folder: give a new folder")
+    if args.tolerance is not None and not args.tolerance >= 0:
+        raise UsageError(f"--tolerance must be a number >= 0, got {args.tolerance}")
+    from genft_tune.checkpointing._merge import parse_size
+
+    try:
+        parse_size(args.max_shard_size)
+    except ValueError as e:
+        raise UsageError(f"--max-shard-size: {e}") from None
 
 
 def _merge(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    from genft_tune._cli._checks import fail, UsageError
+
+    try:
+        _check_args(args)
+    except UsageError as e:
+        return fail("genft-tune merge", str(e))
     from genft_tune.checkpointing import merge_adapter_checkpoint, verify_merge
 
     try:
@@ -34,9 +74,8 @@ def _merge(args: argparse.Namespace) -> int:
             max_shard_size=args.max_shard_size,
             overwrite=args.overwrite,
         )
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"genft-tune merge: error: {e}", file=sys.stderr)
-        return 1
+    except (ValueError, FileNotFoundError, FileExistsError) as e:  # the inputs do not fit: nothing written
+        return fail("genft-tune merge", str(e))
     print(f"Merged model written to {out}")
     if args.verify:
         try:
@@ -44,12 +83,11 @@ def _merge(args: argparse.Namespace) -> int:
                 base_dir=args.base, adapter_dir=args.adapter, merged_dir=out, prompt=args.prompt
             )
         except ValueError as e:
-            print(f"genft-tune merge: --verify: {e}", file=sys.stderr)
-            return 1
+            return fail("genft-tune merge", f"--verify: {e}")
         print(f"verify: max |logit diff| between the adapted model and the merged model: {diff:.3e}")
-        if diff > args.tolerance:
+        if diff > args.tolerance:  # a failed check, not a mistake in the command line
             print(f"genft-tune merge: --verify failed: {diff:.3e} > tolerance {args.tolerance}", file=sys.stderr)
-            return 2
+            return 1
     return 0
 
 
@@ -76,7 +114,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help="dtype of the output (default: auto, the base's)")
     parser.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default: 5GB)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
-    parser.add_argument("--verify", action="store_true", help="compare the logits of the adapted (base + adapter) and merged models, in fp32 (Llama family: on --prompt; ViT: on a seeded random image batch)")
+    parser.add_argument("--verify", action="store_true", help="compare the logits of the adapted (base + adapter) and merged models, in fp32, whole models on "
+                        "the CPU: decoders of every packaged family (config.json model_type " + ", ".join(VERIFY_MODEL_TYPES[:-1])
+                        + ") on --prompt, ViT (vit) on a seeded random image batch; Hugging Face bases only")
     parser.add_argument("--prompt", default="The quick brown fox jumps over the lazy dog", help="prompt for --verify (decoders)")
     parser.add_argument("--tolerance", type=float, default=1e-3, help="largest accepted |logit diff| for --verify (default: 1e-3)")
     parser.set_defaults(func=_merge, parser=parser)

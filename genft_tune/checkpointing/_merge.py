@@ -155,7 +155,8 @@ def find_base_checkpoint(base_dir: PathLike) -> _Source:
     """
     base_dir = Path(base_dir)
     if not base_dir.is_dir():
-        raise FileNotFoundError(f"base checkpoint directory {base_dir} does not exist")
+        what = "is a file, not a folder" if base_dir.exists() else "does not exist"
+        raise FileNotFoundError(f"base checkpoint directory {base_dir} {what}")
     config_path = base_dir / "config.json"
     config = json.loads(config_path.read_text()) if config_path.is_file() else None
     index = base_dir / HF_INDEX_FILE
@@ -380,6 +381,7 @@ def merge_adapter_checkpoint(
             writer.finish()
         _copy_non_weights(base_dir, tmp_dir, source, cast, config_updates)
         _copy_run_files(Path(adapter_dir), adapter_cfg, tmp_dir)
+        _write_card(tmp_dir, base_dir=base_dir, final_path=output_dir)
         _fsync_tree(tmp_dir)
         if output_dir.exists():
             old = temp_dir(output_dir.parent, prefix=f"{output_dir.name}.old-")
@@ -443,8 +445,9 @@ def _copy_non_weights(
 ) -> None:
     """Copy tokenizer, generation config and every other non-weight file; update
     ``config.json``'s ``torch_dtype``. Subdirectories holding weights (e.g. the
-    ``original/`` Meta copy of Llama 3 repos) are skipped: they would be unmerged."""
-    weight_names = {p.name for p in source.files} | {HF_INDEX_FILE}
+    ``original/`` Meta copy of Llama 3 repos) are skipped: they would be unmerged, and so
+    is the base's model card (``README.md``): it describes the base (:func:`_write_card`)."""
+    weight_names = {p.name for p in source.files} | {HF_INDEX_FILE, "README.md"}
     for path in sorted(base_dir.iterdir()):
         if path.name in weight_names or path.name.startswith("."):
             continue
@@ -468,14 +471,28 @@ def _copy_non_weights(
 
 
 def _copy_run_files(adapter_dir: Path, adapter_cfg: GenFTAdapterConfig, out_dir: Path) -> None:
-    """The adapter's ``genft_config.json`` (hyperparameters, for the model card) and the
-    training run's config and metric log (:func:`~genft_tune.hub.find_run_files`)."""
-    from genft_tune.hub._model_card import find_run_files
+    """The adapter's ``genft_config.json`` (hyperparameters, for the model card), the
+    training run's config when it belongs to this adapter, and the run's whole metric log,
+    every log of a resumed run joined (:func:`~genft_tune.hub.find_run_files`)."""
+    from genft_tune.hub._model_card import find_run_files, TRAINING_CONFIG_FILE, TRAINING_LOG_FILE
 
     (out_dir / ADAPTER_CONFIG_FILE).write_text(_dump_json(dict(adapter_cfg)))
-    for name, path in find_run_files(adapter_dir).items():
-        if not (out_dir / name).exists():
-            shutil.copy2(path, out_dir / name)
+    run = find_run_files(adapter_dir, dict(adapter_cfg))
+    if run.config is not None and not (out_dir / TRAINING_CONFIG_FILE).exists():
+        shutil.copy2(run.config, out_dir / TRAINING_CONFIG_FILE)
+    if run.logs and not (out_dir / TRAINING_LOG_FILE).exists():
+        (out_dir / TRAINING_LOG_FILE).write_text(run.log_text())
+
+
+def _write_card(out_dir: Path, *, base_dir: Path, final_path: Path) -> None:
+    """The merged model's own ``README.md`` (:func:`~genft_tune.hub.write_local_card`);
+    none, with a warning, when it cannot be written (the merge itself is complete)."""
+    from genft_tune.hub._model_card import write_local_card
+
+    try:
+        write_local_card(out_dir, base_dir=base_dir, final_path=final_path)
+    except (ValueError, OSError) as e:
+        log.warning(f"No model card written for {final_path}: {e}")
 
 
 __all__ = ["DTYPES", "KeyConverter", "find_base_checkpoint", "merge_adapter_checkpoint", "parse_size"]

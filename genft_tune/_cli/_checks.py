@@ -1,0 +1,58 @@
+"""Checks of the command line's paths and names, before anything is loaded or written:
+each mistake is one message (the flag, the value, what is expected) and exit status 2."""
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+USER_ERROR = 2  # as argparse exits for a bad command line
+
+
+class UsageError(ValueError):
+    """A mistake in the command line, reported as one message with exit status 2."""
+
+
+def fail(prog: str, message: str) -> int:
+    """Print ``PROG: error: MESSAGE`` to stderr; returns the exit status of a user mistake."""
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return USER_ERROR
+
+
+def existing_folder(value: Optional[str], flag: str, what: str) -> Path:
+    """``value`` as a folder that exists.
+
+    Raises:
+        UsageError: when it does not exist or is a file.
+    """
+    path = Path(value)
+    if not path.exists():
+        raise UsageError(f"{flag} {value}: no such folder (expected {what})")
+    if not path.is_dir():
+        raise UsageError(f"{flag} {value} is a file, not a folder (expected {what})")
+    return path
+
+
+def new_output(value: str, flag: str, *, overwrite: bool = False, overwrite_flag: str = "--overwrite") -> Path:
+    """``value`` as an output folder to create: its nearest existing ancestor must be a
+    writable folder; an existing file is refused, an existing folder unless ``overwrite``.
+
+    Raises:
+        UsageError: naming the problem.
+    """
+    path = Path(value)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{flag} {value} is a file; give a folder to create")
+    if path.exists() and not overwrite:
+        raise UsageError(f"{flag} {value} exists (pass {overwrite_flag} to replace it)")
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"{flag} {value}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {value}: {parent} is not writable")
+    return path
+
+
+__all__ = ["existing_folder", "fail", "new_output", "USER_ERROR", "UsageError"]
