@@ -264,7 +264,13 @@ def test_an_interrupted_export_leaves_nothing(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise KeyboardInterrupt
 
+    out = tmp_path / "out" / "lora"
+    export_lora_adapter(tmp_path / "adapter", base_dir=base, output_dir=out, rank=3)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
     monkeypatch.setattr(lora_export, "save_file", fail)
+    with pytest.raises(KeyboardInterrupt):  # a new export, or one replacing the old, stopped half-way
+        export_lora_adapter(tmp_path / "adapter", base_dir=base, output_dir=tmp_path / "out" / "new", rank=3)
     with pytest.raises(KeyboardInterrupt):
-        export_lora_adapter(tmp_path / "adapter", base_dir=base, output_dir=tmp_path / "out" / "lora", rank=3)
-    assert list((tmp_path / "out").iterdir()) == []
+        export_lora_adapter(tmp_path / "adapter", base_dir=base, output_dir=out, rank=2, overwrite=True)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["lora"]  # no half-written folder
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the old LoRA intact
