@@ -207,6 +207,9 @@ def test_export_lora_cli(tmp_path, capsys):
     assert "LoRA rank 16 for 12 layers" in printed and "energy kept" in printed
     assert "model.layers.1.self_attn.q_proj: rank 16 of" in printed and "--max-lora-rank 16" in printed
     assert (out / PEFT_WEIGHTS_FILE).is_file()
+    assert cli_main(["export-lora", str(adapter), "--rank", "4", "--base", str(base), "--output", str(out),
+                     "--overwrite", "--base-model", "org/tiny"]) == 0
+    assert json.loads((out / PEFT_CONFIG_FILE).read_text())["base_model_name_or_path"] == "org/tiny"
     # default output: ADAPTER/lora
     assert cli_main(["export-lora", str(adapter), "--energy", "0.5", "--base", str(base)]) == 0
     assert (adapter / "lora" / PEFT_CONFIG_FILE).is_file()
@@ -224,6 +227,7 @@ def test_export_lora_cli(tmp_path, capsys):
         (["--rank", "8", "--energy", "0.9", "--base", "{base}"], "pass exactly one of rank"),
         (["--rank", "8", "--base", "{tmp}"], "no config.json there"),
         (["--rank", "8", "--base", "{base}", "--output", "{base}"], "exists (pass --overwrite"),
+        (["--rank", "8", "--base", "{base}", "--base-model", "not an id"], "--base-model must be a Hub id"),
     ],
 )
 def test_user_mistakes_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, args, message):

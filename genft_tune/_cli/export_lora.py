@@ -43,6 +43,10 @@ def _user_error(args: argparse.Namespace):
                 "WeGeFT's is W0 phi^T psi); pass the Hugging Face base checkpoint directory")
     if not (Path(args.base) / "config.json").is_file():
         return f"--base {args.base}: no config.json there (expected a Hugging Face checkpoint directory)"
+    from genft_tune.hub._base import HUB_ID
+
+    if args.base_model is not None and not HUB_ID.match(args.base_model):
+        return f"--base-model must be a Hub id like ORG/NAME, got {args.base_model!r}"
     output = Path(args.output) if args.output else adapter / "lora"
     if output.exists() and not args.overwrite:
         return f"--output {output} exists (pass --overwrite to replace it)"
@@ -56,12 +60,14 @@ def _export(args: argparse.Namespace) -> int:
         return 2
     from genft_tune.checkpointing._lora_export import export_lora_adapter
     from genft_tune.checkpointing._peft_format import PeftFormatError
+    from genft_tune.hub._base import base_hub_id
 
     output = Path(args.output) if args.output else Path(args.adapter) / "lora"
     try:
         result = export_lora_adapter(
             args.adapter, base_dir=args.base, output_dir=output, rank=args.rank, energy=args.energy,
-            dtype=args.dtype, base_model_name_or_path=args.base_model, overwrite=args.overwrite,
+            dtype=args.dtype, base_model_name_or_path=args.base_model or base_hub_id(args.base),
+            overwrite=args.overwrite,
         )
     except PeftFormatError as e:  # the adapter or base cannot be written as a LoRA: a user's choice
         print(f"{PROG}: error: {e}", file=sys.stderr)
@@ -102,7 +108,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--output", default=None, help="output directory (default: ADAPTER/lora)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                         help="dtype of the LoRA factors (default: the base's)")
-    parser.add_argument("--base-model", default=None, help="base_model_name_or_path to record (default: the adapter's)")
+    parser.add_argument("--base-model", default=None, help="Hub id of the base for base_model_name_or_path (default: "
+                        "the base directory's original_repo_id.json or card, else what the adapter records)")
     parser.add_argument("--per-layer", action="store_true", help="print every layer's energy and error")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     parser.set_defaults(func=_export, parser=parser)
