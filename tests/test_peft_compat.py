@@ -346,3 +346,38 @@ def test_eval_cache_equals_the_uncached_forward_and_follows_changes(method, monk
     trainable = [p for p in model.parameters() if p.requires_grad]
     model(_tokens()).logits.sum().backward()
     assert all(p.grad is not None for p in trainable)
+
+
+@pytest.mark.parametrize("method", ["genft", "wegeft"])
+def test_several_active_adapters_add_up_like_their_merge(tmp_path, method):
+    _saved(tmp_path / "a", CONFIGS[method], seed=3)
+    _saved(tmp_path / "b", CONFIGS[method], seed=5)
+    model = PeftModel.from_pretrained(_base(), tmp_path / "a")
+    model.load_adapter(tmp_path / "b", adapter_name="b")
+    model.base_model.set_adapter(["default", "b"])
+    both = _logits(model)
+    assert (both - _logits(PeftModel.from_pretrained(_base(), tmp_path / "a"))).abs().max() > 1e-3
+    model.merge_adapter(["default", "b"])
+    torch.testing.assert_close(_logits(model), both, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="merged adapters"):
+        model(_tokens(), adapter_names=["b", "default"])
+
+
+def test_peft_decode_benchmark_runs(tmp_path):
+    """benchmarks/peft_decode.py with tiny arguments: a table row per variant, and the
+    cached and uncached variants decode the same tokens."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "peft_decode.py"
+    spec = importlib.util.spec_from_file_location("peft_decode", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "decode"
+    assert bench.main(["--hidden", "32", "--layers", "1", "--heads", "2", "--vocab", "64", "--prompt-len", "3",
+                       "--decode-tokens", "3", "--repeats", "1", "--out", str(out)]) == 0
+    rows = {r["variant"]: r for r in json.loads(out.with_suffix(".json").read_text())["rows"]}
+    assert set(rows) == set(bench.VARIANTS) and all(r["ms_per_token"] > 0 for r in rows.values())
+    assert rows["genft"]["tokens"] == rows["genft_uncached"]["tokens"]
+    assert "| lora_r16 |" in out.with_suffix(".md").read_text()
