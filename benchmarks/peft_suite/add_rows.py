@@ -14,10 +14,13 @@ so a PEFT version with another layout fails loudly instead of measuring nothing)
 * ``test_decoder_models.py``: rows in ``ALL_CONFIGS``, one with PEFT's per-architecture
   default targets (``target_modules=None``, as every PEFT row there) and one naming
   ``q_proj``/``v_proj``.
-* ``--shared-skips`` (the default; ``--strict`` turns it off): ours join the one skip list
-  PEFT keeps for methods with shared weights, ``_test_training_layer_indexing``'s
+* ``--shared-skips`` (the default; ``--strict`` turns it off): WeGeFT joins the one skip
+  list PEFT keeps for methods with shared weights, ``_test_training_layer_indexing``'s
   ``(VBLoRAConfig, VeraConfig, UniLoraConfig)`` ("use shared weights, so this generic
-  layer-indexing count check is skipped"). PEFT's other skips that the issue names (bias
+  layer-indexing count check is skipped"): with shared pairs (its default) all of WeGeFT's
+  trainable tensors are shared, so ``layers_to_transform=[0]`` cannot lower their count,
+  as for UniLoRA. GenFT has per-layer factors and passes that check, so it is not
+  added. PEFT's other skips that the issue names (bias
   tests, mixed adapter batches) select the methods that run by ``config_cls in (LoRA,
   ...)`` / ``config_cls == LoraConfig``, so they skip ours without an edit.
 * ``tests/__init__.py`` (the tests import each other relatively) and a ``conftest.py`` that
@@ -135,7 +138,7 @@ def patch(tests: Path, *, shared_skips: bool) -> None:
         old = "if config_cls in (VBLoRAConfig, VeraConfig, UniLoraConfig):"
         text = insert_before(text, old, "", what="layer-indexing skip")
         text = text.replace(
-            old, "if config_cls in (VBLoRAConfig, VeraConfig, UniLoraConfig, GenFTPeftConfig, WeGeFTPeftConfig):", 1
+            old, "if config_cls in (VBLoRAConfig, VeraConfig, UniLoraConfig, WeGeFTPeftConfig):", 1
         )
     path.write_text(text)
 

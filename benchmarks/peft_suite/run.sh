@@ -52,9 +52,10 @@ rm -rf "$WORK"
 mkdir -p "$WORK/stubs/diffusers"
 tar xzf "$SDIST" -C "$WORK"
 SUITE="$WORK/peft-$PEFT_VERSION"
-# testing_common imports diffusers' StableDiffusionPipeline at the top, used only by
-# PEFT's Stable Diffusion tests (not run here): a stub instead of installing diffusers
-echo "StableDiffusionPipeline = None  # genft-tune harness stub" > "$WORK/stubs/diffusers/__init__.py"
+# testing_common imports diffusers' StableDiffusionPipeline at the top, for PEFT's Stable
+# Diffusion tests (not run here) and isinstance checks: a stub class instead of diffusers
+printf 'class StableDiffusionPipeline:  # genft-tune harness stub: nothing is one\n    pass\n' \
+    > "$WORK/stubs/diffusers/__init__.py"
 
 STRICT=()
 [ "${PEFT_SUITE_STRICT:-0}" = 1 ] && STRICT=(--strict)
