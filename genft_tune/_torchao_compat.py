@@ -24,7 +24,6 @@ file that ``pip install`` puts in site-packages (see ``setup.py``) imports
 it off.
 """
 
-import contextlib
 import importlib
 import importlib.abc
 import importlib.util
@@ -69,33 +68,21 @@ def _int4_weight_only(group_size: int = 128, layout=None, *args, **kwargs):
     return Int4WeightOnlyConfig(group_size=group_size)
 
 
-class _DropMessages(logging.Filter):
-    def __init__(self, *starts: str):
-        super().__init__()
-        self.starts = starts
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self.starts)
-
-
-@contextlib.contextmanager
-def _quiet_torchao_import():
+class _DropKnownNoise(logging.Filter):
     """torchao 0.17+ logs "Failed to load ..._C_cutlass_90a.abi3.so" for its CUDA-only
     kernels on a CPU build of torch (where they can never load), and torch logs a
-    deprecation of the ``register_constant`` call torchao makes: neither is news to a
-    user, so both are dropped while torchao is first imported."""
-    import torch
+    deprecation of the ``register_constant`` call torchao makes on import: neither is
+    news to a user, so both are dropped (on a CUDA build of torch, a failed load is kept)."""
 
-    filters = [(logging.getLogger("torch.utils._pytree"), _DropMessages("%s is an Enum subclass", "<enum"))]
-    if torch.version.cuda is None:
-        filters.append((logging.getLogger("torchao"), _DropMessages("Failed to load")))
-    for logger, drop in filters:
-        logger.addFilter(drop)
-    try:
-        yield
-    finally:
-        for logger, drop in filters:
-            logger.removeFilter(drop)
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        if message.startswith("%s is an Enum subclass"):
+            args = record.args if isinstance(record.args, tuple) else (record.args,)
+            return not any(str(getattr(a, "__module__", "")).startswith("torchao") for a in args)
+        if message.startswith("Failed to load") and ".so" in message:
+            torch = sys.modules.get("torch")
+            return torch is not None and torch.version.cuda is not None
+        return True
 
 
 def patch_torchao() -> list:
@@ -104,15 +91,18 @@ def patch_torchao() -> list:
     Returns:
         list: the names added (empty on a torchao that has them all).
     """
-    with _quiet_torchao_import():
-        import torchao.dtypes
-        import torchao.quantization as quantization
+    import torchao.dtypes
+    import torchao.quantization as quantization
 
     added = []
     if importlib.util.find_spec(_NF4) is None and _NF4 not in sys.modules:
         moved = importlib.import_module(_NF4_MOVED_TO)
-        sys.modules[_NF4] = moved
-        torchao.dtypes.nf4tensor = moved
+        # A module of its own that hands out the moved module's objects (the same
+        # NF4Tensor class), so the moved module itself is never touched.
+        shim = types.ModuleType(_NF4, f"torchao < 0.18's NF4 module: the names of {_NF4_MOVED_TO}.")
+        shim.__dict__.update({k: v for k, v in vars(moved).items() if not k.startswith("__")})
+        sys.modules[_NF4] = shim
+        torchao.dtypes.nf4tensor = shim
         added.append(_NF4)
     if not hasattr(torchao.dtypes, "TensorCoreTiledLayout"):
         torchao.dtypes.TensorCoreTiledLayout = _RemovedLayout
@@ -168,6 +158,8 @@ def install() -> None:
         return
     if any(isinstance(finder, _PatchBeforeTorchtune) for finder in sys.meta_path):
         return
+    for logger in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(logger).addFilter(_DropKnownNoise())
     if "torchtune" in sys.modules:  # too late to help torchtune's import; still serve ours
         patch_torchao()
     sys.meta_path.insert(0, _PatchBeforeTorchtune())

@@ -125,3 +125,18 @@ def test_patch_adds_nothing_where_torchao_has_the_names():
     assert _torchao_compat.patch_torchao() == []  # already patched, or nothing to add
     assert torchao.quantization.int4_weight_only(group_size=32).__class__ is config_class
     assert torchao.quantization.int4_weight_only(group_size=32).group_size == 32
+
+
+def test_the_old_nf4_path_gives_torchaos_own_class_whatever_is_imported_first():
+    """``torchao.dtypes.nf4tensor`` (torchtune's path) and torchao's own module hand out
+    one NF4Tensor class, so isinstance checks agree (imported first here, before torchtune)."""
+    proc = _python(
+        "from torchao.dtypes.nf4tensor import NF4Tensor, to_nf4\n"
+        "import torch, torchao.quantization, torchtune.modules.common_utils as cu\n"
+        "from genft_tune.modules._base import NF4Tensor as ours\n"
+        "w = to_nf4(torch.randn(256, 256))\n"
+        "assert NF4Tensor is torchao.quantization.NF4Tensor is cu.NF4Tensor is ours is type(w)\n"
+        "print('one class')\n"
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "one class"
