@@ -37,6 +37,7 @@ def _export(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     from pathlib import Path
 
+    from genft_tune.checkpointing._merge import check_adapter_fits_base
     from genft_tune.checkpointing._peft_format import export_peft_adapter, PEFT_SUBDIR
     from genft_tune.hub._base import base_hub_id, HUB_ID
 
@@ -61,6 +62,7 @@ def _export(args: argparse.Namespace) -> int:
         return fail(prog, str(e))
     try:
         base = _base_dir(args)
+        check_adapter_fits_base(args.adapter, base)  # PEFT would only fail when the user loads it
         out = Path(args.output) if args.output else Path(args.adapter) / PEFT_SUBDIR
         hub_id = args.base_model or base_hub_id(base)
         written = export_peft_adapter(args.adapter, base_dir=base, base_model_name_or_path=hub_id, output_dir=out)

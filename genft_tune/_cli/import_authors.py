@@ -26,8 +26,10 @@ def _import(args: argparse.Namespace) -> int:
     try:
         src = existing_folder(args.src, "SRC", "the folder their model.save_pretrained wrote")
         if not (src / "adapter_config.json").is_file():
-            raise UsageError(f"SRC {args.src} has no adapter_config.json (expected the folder their "
-                             "model.save_pretrained wrote)")
+            ours = (src / "genft_config.json").is_file()
+            raise UsageError(f"SRC {args.src} has no adapter_config.json " + (
+                "(it is a genft-tune adapter already: merge it as it is)" if ours
+                else "(expected the folder their model.save_pretrained wrote)"))
         if out.exists() and not out.is_dir():
             raise UsageError(f"--output {args.output} is a file; give a folder")
         if out.exists() and any(out.iterdir()) and not args.overwrite:

@@ -179,6 +179,36 @@ def find_base_checkpoint(base_dir: PathLike) -> _Source:
     )
 
 
+def _base_layout(source: "_Source", base_dir: Path):
+    """``(converter, {key: shape}, {key: {torchtune key: shape}})`` of a base checkpoint,
+    read from its headers (safetensors) or memory-mapped (torch)."""
+    shapes: Dict[str, Tuple[int, ...]] = {}
+    for path in source.files:
+        for key, value in source.iter_file(path, lazy=True):
+            shapes[key] = _slice_shape(value)
+    if source.format == "hf":
+        if source.config is None:
+            raise FileNotFoundError(f"{base_dir / 'config.json'} not found: needed to map the weights")
+        converter = _hf_converter(source.config)
+    else:
+        converter = _torch_converter(list(shapes))
+    return converter, shapes, {k: converter.tune_shapes(k, s) for k, s in shapes.items()}
+
+
+def check_adapter_fits_base(adapter_dir: PathLike, base_dir: PathLike) -> None:
+    """Refuse an adapter trained on another base (another size or family) before anything
+    is written from it.
+
+    Raises:
+        ValueError: naming the target and both shapes (:func:`check_adapter_matches_model`).
+        FileNotFoundError: for a missing base or adapter file.
+    """
+    source = find_base_checkpoint(base_dir)
+    _, adapter_cfg = load_any_adapter(adapter_dir, base_dir=base_dir)
+    _, _, to_tune = _base_layout(source, Path(base_dir))
+    check_adapter_matches_model(adapter_cfg, {t: s for parts in to_tune.values() for t, s in parts.items()})
+
+
 def _merge_one(
     tune_key: str,
     weight: torch.Tensor,
@@ -296,19 +326,8 @@ def merge_adapter_checkpoint(
     source = find_base_checkpoint(base_dir)
     adapter_sd, adapter_cfg = load_any_adapter(adapter_dir, base_dir=base_dir)  # ours, or PEFT's
 
-    shapes: Dict[str, Tuple[int, ...]] = {}
-    for path in source.files:
-        for key, value in source.iter_file(path, lazy=True):
-            shapes[key] = _slice_shape(value)
-    if source.format == "hf":
-        if source.config is None:
-            raise FileNotFoundError(f"{base_dir / 'config.json'} not found: needed to map the weights")
-        converter = _hf_converter(source.config)
-    else:
-        converter = _torch_converter(list(shapes))
-    to_tune = {k: converter.tune_shapes(k, s) for k, s in shapes.items()}
-    tune_shapes = {t: s for parts in to_tune.values() for t, s in parts.items()}
-    check_adapter_matches_model(adapter_cfg, tune_shapes)
+    converter, shapes, to_tune = _base_layout(source, base_dir)
+    check_adapter_matches_model(adapter_cfg, {t: s for parts in to_tune.values() for t, s in parts.items()})
     hf_layout = adapter_cfg.weight_layout == "hf"
     if hf_layout and source.format != "hf":
         raise ValueError(
@@ -495,4 +514,11 @@ def _write_card(out_dir: Path, *, base_dir: Path, final_path: Path) -> None:
         log.warning(f"No model card written for {final_path}: {e}")
 
 
-__all__ = ["DTYPES", "KeyConverter", "find_base_checkpoint", "merge_adapter_checkpoint", "parse_size"]
+__all__ = [
+    "check_adapter_fits_base",
+    "DTYPES",
+    "KeyConverter",
+    "find_base_checkpoint",
+    "merge_adapter_checkpoint",
+    "parse_size",
+]
