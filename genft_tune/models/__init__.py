@@ -2,7 +2,7 @@
 decoders (``llama``), SmolLM2 (``smollm2``) and ViT (``vit``, import it as
 ``genft_tune.models.vit``)."""
 
-from genft_tune.models._generic import adapter_model, genft_model, wegeft_model
+from genft_tune.models._generic import adapter_model, checkpoint_decoder, genft_model, wegeft_model
 
 from genft_tune.models.llama import (
     genft_llama2_7b,
@@ -26,6 +26,7 @@ from genft_tune.models.llama import (
 
 __all__ = [
     "adapter_model",
+    "checkpoint_decoder",
     "genft_model",
     "wegeft_model",
     "genft_llama2_7b",

@@ -36,6 +36,41 @@ def _builder(base: Builder) -> Callable[..., nn.Module]:
         raise ValueError(f"model.base: cannot import the model builder {base!r} ({e})") from None
 
 
+def checkpoint_decoder(*, checkpoint_dir: str) -> nn.Module:
+    """The plain torchtune decoder of a Hugging Face checkpoint, its family and size read
+    off the checkpoint's ``config.json`` (Llama, Mistral, Qwen2/2.5, Qwen3, Gemma 2,
+    Phi-3/4): a ``base`` for :func:`genft_model` that fits any size of these families.
+
+    ::
+
+        model:
+          _component_: genft_tune.models.genft_model
+          base: genft_tune.models.checkpoint_decoder
+          base_kwargs: {checkpoint_dir: ./my_model}
+
+    Args:
+        checkpoint_dir (str): the folder with the checkpoint's ``config.json``.
+
+    Returns:
+        nn.Module: the torchtune model (same modules and names as the family's builder).
+
+    Raises:
+        ValueError: if there is no readable ``config.json`` or its ``model_type`` is none
+            of the families above.
+    """
+    import json
+    from pathlib import Path
+
+    from genft_tune.models._families import get_family
+
+    path = Path(str(checkpoint_dir)) / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"model.base_kwargs.checkpoint_dir: cannot read {path} ({e})") from None
+    return get_family(config).build(config)
+
+
 def adapter_model(
     *, base: Builder, config: Any, targets: Sequence[str] = DEFAULT_TARGETS, base_kwargs: Optional[Dict[str, Any]] = None
 ) -> nn.Module:
@@ -149,4 +184,4 @@ def wegeft_model(
     return adapter_model(base=base, config=config, targets=targets, base_kwargs=base_kwargs)
 
 
-__all__ = ["adapter_model", "genft_model", "wegeft_model"]
+__all__ = ["adapter_model", "checkpoint_decoder", "genft_model", "wegeft_model"]

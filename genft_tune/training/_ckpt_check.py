@@ -103,7 +103,7 @@ def _fitting_kwargs(config: Dict[str, Any]) -> Dict[str, Any]:
     return kwargs
 
 
-def _suggestion(cfg_model: DictConfig, config: Optional[Dict[str, Any]]) -> str:
+def _suggestion(cfg_model: DictConfig, config: Optional[Dict[str, Any]], ckpt_dir: Path) -> str:
     import inspect
 
     from torchtune.config._utils import _get_component_from_path
@@ -122,26 +122,24 @@ def _suggestion(cfg_model: DictConfig, config: Optional[Dict[str, Any]]) -> str:
         return " ".join(f"{prefix}{k}={v}" for k, v in d.items())
 
     base = cfg_model.get("base", None)
+    from_config = "genft_tune.models.checkpoint_decoder"
     if isinstance(base, str):
         params = accepted(base)
         if params and "embed_dim" in params:
             fit = {k: v for k, v in kwargs.items() if k in params}
             return f"set {render('model.base_kwargs.', fit)} (from the checkpoint's config.json)"
-    else:
-        params = accepted(str(cfg_model.get("_component_")))
-        if params and "embed_dim" in params:
-            fit = {k: v for k, v in kwargs.items() if k in params}
-            return f"set {render('model.', fit)} (from the checkpoint's config.json)"
-    family = _FAMILY_BUILDERS.get(config.get("model_type"))
-    if family is None:
-        return "use the model config of the checkpoint's family and size (genft-tune ls)"
-    builder = family[1]
-    params = accepted(builder) or set(kwargs)
-    fit = {k: v for k, v in kwargs.items() if k in params}
+        return (
+            f"set model.base={from_config} model.base_kwargs.checkpoint_dir={ckpt_dir} (builds the size "
+            "its config.json gives) and remove other model.base_kwargs"
+        )
+    params = accepted(str(cfg_model.get("_component_")))
+    if params and "embed_dim" in params:
+        fit = {k: v for k, v in kwargs.items() if k in params}
+        return f"set {render('model.', fit)} (from the checkpoint's config.json)"
     return (
-        f"{cfg_model.get('base', cfg_model.get('_component_'))} builds one fixed size; build the "
-        f"checkpoint's with model._component_=genft_tune.models.genft_model model.base={builder} "
-        f"{render('model.base_kwargs.', fit)} (see docs/own_data.md)"
+        f"{cfg_model.get('_component_')} builds one fixed size; for the checkpoint's, use "
+        f"model._component_=genft_tune.models.genft_model model.base={from_config} "
+        f"model.base_kwargs.checkpoint_dir={ckpt_dir} model.targets=[q_proj,v_proj] (docs/own_data.md)"
     )
 
 
@@ -180,10 +178,8 @@ def checkpoint_problems(cfg: DictConfig, checkpoint_files: Sequence[str]) -> Lis
     if want is not None and have is not None and have != want and have in _FAMILY_BUILDERS:
         problems.append(ValueError(
             f"checkpointer.model_type is {model_type}, but the checkpoint's config.json says model_type "
-            f"{have!r}: set checkpointer.model_type={_FAMILY_BUILDERS[have][0]} and a {have} model config "
-            f"({_suggestion(cfg.model, config)})"
+            f"{have!r}: set checkpointer.model_type={_FAMILY_BUILDERS[have][0]} (and a {have} model config)"
         ))
-        return problems
     try:
         model = build_on_meta(cfg.model)
     except (ValueError, TypeError) as e:
@@ -200,7 +196,7 @@ def checkpoint_problems(cfg: DictConfig, checkpoint_files: Sequence[str]) -> Lis
         text = ", ".join(f"{_DIM_NAMES[k]} {a} (the model config builds {b})" for k, (a, b) in diff.items())
         problems.append(ValueError(
             f"the checkpoint in {ckpt_dir} does not fit the model config: it has {text}; "
-            + _suggestion(cfg.model, config)
+            + _suggestion(cfg.model, config, ckpt_dir)
         ))
     if not problems and cfg.get("resume_from_checkpoint", False):
         problems += _resume_problems(cfg, model)

@@ -176,6 +176,19 @@ def _field_problems(cfg: DictConfig) -> List[ValueError]:
     check("optimizer.eps", lambda v: _is_number(v) and v > 0, "a number > 0")
     check("lr_scheduler.num_warmup_steps", lambda v: _is_int(v) and v >= 0, "an integer >= 0")
     check("clip_grad_norm", lambda v: _is_number(v) and v > 0, "null or a number > 0")
+    check("seed", _is_int, "null or an integer")
+    check("tokenizer.max_seq_len", lambda v: _is_int(v) and v >= 1, "null or an integer >= 1")
+    for key in ("shuffle", "compile", "resume_from_checkpoint", "save_adapter_weights_only",
+                "enable_activation_checkpointing", "enable_activation_offloading",
+                "log_peak_memory_stats", "enable_fp8_training", "dataset.packed",
+                "dataset.train_on_input", "dataset_val.train_on_input"):
+        check(key, lambda v: isinstance(v, bool), "True or False")
+    collate = cfg.get("collate_fn", None)
+    if collate is not None:
+        try:
+            _get_component_from_path(str(collate))
+        except Exception as e:  # noqa: BLE001
+            problems.append(ValueError(f"collate_fn: cannot import {collate!r}: {e}"))
     model = cfg.get("model", None)
     kwargs = model.get("base_kwargs", None) if isinstance(model, DictConfig) else None
     if kwargs is not None and not isinstance(kwargs, DictConfig):

@@ -14,6 +14,7 @@ counted, so neither a late bad row nor a batch without label tokens (``0 / 0``: 
 
 import logging
 import time
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
@@ -85,9 +86,27 @@ def _all_masked(sample: Dict[str, Any], ignore_index: int) -> bool:
     return all(label == ignore_index for label in labels)
 
 
+LOCAL_FORMATS = ("json", "csv", "parquet", "text", "arrow")
+
+
 def _open(cfg_dataset: DictConfig, tokenizer: Any, field: str, label: str) -> Any:
     """Instantiate the data set unpacked (packing would tokenize every row first)."""
     from torchtune import config
+
+    source = cfg_dataset.get("source", None)
+    files = cfg_dataset.get("data_files", None)
+    if isinstance(files, str) and Path(files).is_dir():
+        raise ValueError(
+            f"{field}.data_files {files!r} is a folder; name the files in it, e.g. "
+            f"{field}.data_files={files.rstrip('/')}/*.jsonl (a folder saved by datasets' save_to_disk "
+            f"is read with {field}.source=arrow {field}.data_files={files.rstrip('/')}/*.arrow)"
+        )
+    if files is not None and source is not None and source not in LOCAL_FORMATS and not Path(str(source)).exists():
+        hint = " (JSON Lines files are read with source=json)" if str(source).lower() in ("jsonl", "ndjson") else ""
+        raise ValueError(
+            f"{field}.source={source!r} with {field}.data_files: local files are read with source set to "
+            f"their format, one of {list(LOCAL_FORMATS)}{hint}"
+        )
 
     node = OmegaConf.create(OmegaConf.to_container(cfg_dataset, resolve=True))
     if "packed" in node:
@@ -181,6 +200,20 @@ def _check_opened(ds: Any, field: str, label: str, ignore_index: int, max_seq_le
     return problems
 
 
+def _batch_problems(cfg: DictConfig, ds: Any, label: str) -> List[ValueError]:
+    import os
+
+    batch_size, accum = cfg.get("batch_size", 1), cfg.get("gradient_accumulation_steps", 1) or 1
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if len(ds) // world // batch_size // accum == 0:
+        per = f" per process ({world} processes)" if world > 1 else ""
+        return [ValueError(
+            f"{label} has {len(ds)} rows{per}, fewer than batch_size={batch_size} x "
+            f"gradient_accumulation_steps={accum}: no optimizer step would run; use a smaller batch_size"
+        )]
+    return []
+
+
 def data_problems(cfg: DictConfig, *, ignore_index: int = -100) -> List[ValueError]:
     """Open the tokenizer and every data set of a recipe config and check them (see the
     module docstring); every problem names its field and file (and row).
@@ -205,7 +238,10 @@ def data_problems(cfg: DictConfig, *, ignore_index: int = -100) -> List[ValueErr
         except ValueError as e:
             problems.append(e)
             continue
-        problems += _check_opened(ds, field, label, ignore_index, max_seq_len)
+        found = _check_opened(ds, field, label, ignore_index, max_seq_len)
+        if not found and field == "dataset" and not node.get("packed", False):
+            found = _batch_problems(cfg, ds, label)
+        problems += found
     return problems
 
 

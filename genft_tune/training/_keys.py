@@ -117,6 +117,12 @@ def _base_kwargs_problems(model: DictConfig) -> List[ValueError]:
     if sig is None or any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values()):
         return []
     valid = set(sig.parameters)
+    if not valid and len(kwargs):
+        return [ValueError(
+            f"model.base_kwargs: {base} takes no arguments (it builds one fixed size); remove "
+            "model.base_kwargs, or set model.base to the family's builder that takes sizes "
+            "(e.g. torchtune.models.qwen2._component_builders.qwen2; see docs/own_data.md)"
+        )]
     return [_unknown("model.base_kwargs", k, valid, f"{base} takes") for k in kwargs.keys() if k not in valid]
 
 
