@@ -35,6 +35,7 @@ from torchtune.modules import (
 from torchtune.modules.common_utils import _register_reparametrize_state_dict_hooks
 
 from genft_tune.modules import apply_adapter, GenFTConfig, WeGeFTConfig
+from genft_tune.modules._builder_args import takes_config_fields
 
 # Adaptable linears of one attention block, as torchtune's LORA_ATTN_MODULES.
 GENFT_ATTN_MODULES = ("q_proj", "k_proj", "v_proj", "output_proj")
@@ -306,55 +307,7 @@ def llama(
     )
 
 
-def llama_genft(
-    *,
-    genft_attn_modules: Sequence[str],
-    apply_genft_to_mlp: bool = False,
-    apply_genft_to_output: bool = False,
-    # Llama args
-    vocab_size: int,
-    num_layers: int,
-    num_heads: int,
-    num_kv_heads: int,
-    embed_dim: int,
-    max_seq_len: int,
-    intermediate_dim: Optional[int] = None,
-    attn_dropout: float = 0.0,
-    norm_eps: float = 1e-5,
-    rope_base: float = 500_000,
-    scale_factor: Optional[float] = None,
-    tie_word_embeddings: bool = False,
-    # GenFT args
-    shared_dim: int = GenFTConfig.shared_dim,
-    specific_dim: int = GenFTConfig.specific_dim,
-    ratio: float = GenFTConfig.ratio,
-    scaling: float = GenFTConfig.scaling,
-    act_in: str = GenFTConfig.act_in,
-    act_out: str = GenFTConfig.act_out,
-    dropout: float = 0.0,
-    init_a: str = "kaiming_uniform",
-    init_b: str = "kaiming_uniform",
-    generator_bias: bool = False,
-    zero_init: bool = True,
-    recompute: bool = True,
-    stages: str = "both",
-    convention: str = "ours",
-    fused: str = "never",
-    # Quantization args
-    quantize_base: bool = False,
-) -> TransformerDecoder:
-    """A Llama decoder with GenFT applied to the selected linears.
-
-    All GenFT layers share one :class:`~genft_tune.modules.GenFTGenerators`
-    (registered as ``model.genft_generators``), so each weight shape has one shared
-    generator, saved once; layer-specific factors live in each layer.
-
-    Args:
-        genft_attn_modules (Sequence[str]): attention projections to adapt, from
-            ``{"q_proj", "k_proj", "v_proj", "output_proj"}``.
-        apply_genft_to_mlp (bool): adapt ``w1``, ``w2``, ``w3`` too. Default: False
-        apply_genft_to_output (bool): adapt the lm head (``output``); not allowed with
-            tied embeddings. Default: False
+_LLAMA_ARGS_DOC = """
         vocab_size (int): number of tokens in the vocabulary.
         num_layers (int): number of transformer layers.
         num_heads (int): number of query heads.
@@ -368,24 +321,72 @@ def llama_genft(
         scale_factor (Optional[float]): Llama 3.1-style RoPE scaling (8 for Llama 3.1,
             32 for Llama 3.2); None for plain RoPE (Llama 2/3, SmolLM2). Default: None
         tie_word_embeddings (bool): tie the lm head to the embeddings. Default: False
-        shared_dim (int): GenFT ``a``. Default: ``GenFTConfig.shared_dim``
-        specific_dim (int): GenFT ``b``. Default: ``GenFTConfig.specific_dim``
-        ratio (float): scale of ``W0`` inside the generator. Default: ``GenFTConfig.ratio``
-        scaling (float): scale of ``dW``. Default: ``GenFTConfig.scaling``
-        act_in (str): generator activation after ``D``. Default: ``GenFTConfig.act_in``
-        act_out (str): generator activation after ``E``. Default: ``GenFTConfig.act_out``
-        dropout (float): dropout on ``F_row``/``F_col``. Default: 0.0
-        init_a (str): init of ``A`` factors. Default: "kaiming_uniform"
-        init_b (str): init of ``B`` factors. Default: "kaiming_uniform"
-        generator_bias (bool): learn the generator's biases. Default: False
-        zero_init (bool): ``dW = 0`` at step 0. Default: True
-        recompute (bool): recompute the generator in backward. Default: True
-        stages (str): "both", "row" or "column" (the paper's ablations). Default: "both"
-        convention (str): "ours", "authors_peft" or "authors_vit" (see ``GenFTConfig``). Default: "ours"
-        fused (str): "never", "auto" or "always": the fused Triton kernels for the dense training forward (see ``GenFTConfig``). Default: "never"
         quantize_base (bool): store the frozen base weights of the attention and MLP
             linears in NF4 (the lm head stays unquantized, as in torchtune's QLoRA).
-            Default: False
+            Default: False"""
+
+
+def _document_llama_args(build):
+    """Puts the Llama architecture's arguments into ``build``'s docstring (one text for both builders)."""
+    build.__doc__ = build.__doc__.replace("{llama_args}", _LLAMA_ARGS_DOC)
+    return build
+
+
+def _targets(method: str, attn_field: str, attn_modules, mlp: bool, output: bool, tied: bool) -> List[str]:
+    """The module names a Llama builder adapts, checked."""
+    targets = set(check_attn_modules(attn_field, attn_modules))
+    if mlp:
+        targets.update(MLP_MODULES)
+    if output:
+        if tied:
+            raise ValueError(
+                f"apply_{method.lower()}_to_output=True is not supported with tie_word_embeddings=True: "
+                "the lm head is the embedding matrix"
+            )
+        targets.add("output")
+    if not targets:
+        raise ValueError(
+            f"{method} is applied to no layer: give {attn_field} (from "
+            f"{list(GENFT_ATTN_MODULES)}) or set apply_{method.lower()}_to_mlp / apply_{method.lower()}_to_output"
+        )
+    return sorted(targets)
+
+
+@takes_config_fields(GenFTConfig)
+@_document_llama_args
+def llama_genft(
+    *,
+    genft_attn_modules: Sequence[str],
+    apply_genft_to_mlp: bool = False,
+    apply_genft_to_output: bool = False,
+    vocab_size: int,
+    num_layers: int,
+    num_heads: int,
+    num_kv_heads: int,
+    embed_dim: int,
+    max_seq_len: int,
+    intermediate_dim: Optional[int] = None,
+    attn_dropout: float = 0.0,
+    norm_eps: float = 1e-5,
+    rope_base: float = 500_000,
+    scale_factor: Optional[float] = None,
+    tie_word_embeddings: bool = False,
+    quantize_base: bool = False,
+    config: GenFTConfig,
+) -> TransformerDecoder:
+    """A Llama decoder with GenFT applied to the selected linears.
+
+    All GenFT layers share one :class:`~genft_tune.modules.GenFTGenerators`
+    (registered as ``model.genft_generators``), so each weight shape has one shared
+    generator, saved once; layer-specific factors live in each layer. The GenFT
+    hyperparameters are :class:`~genft_tune.modules.GenFTConfig`'s fields.
+
+    Args:
+        genft_attn_modules (Sequence[str]): attention projections to adapt, from
+            ``{"q_proj", "k_proj", "v_proj", "output_proj"}``.
+        apply_genft_to_mlp (bool): adapt ``w1``, ``w2``, ``w3`` too. Default: False
+        apply_genft_to_output (bool): adapt the lm head (``output``); not allowed with
+            tied embeddings. Default: False{llama_args}
 
     Returns:
         TransformerDecoder: the model, with ``genft_generators`` registered on it.
@@ -395,39 +396,9 @@ def llama_genft(
             an unknown name in ``genft_attn_modules``, no adapted layer at all, or
             ``apply_genft_to_output`` with ``tie_word_embeddings``.
     """
-    config = GenFTConfig(
-        shared_dim=shared_dim,
-        specific_dim=specific_dim,
-        ratio=ratio,
-        scaling=scaling,
-        act_in=act_in,
-        act_out=act_out,
-        dropout=dropout,
-        init_a=init_a,
-        init_b=init_b,
-        generator_bias=generator_bias,
-        zero_init=zero_init,
-        recompute=recompute,
-        stages=stages,
-        convention=convention,
-        fused=fused,
+    targets = _targets(
+        "GenFT", "genft_attn_modules", genft_attn_modules, apply_genft_to_mlp, apply_genft_to_output, tie_word_embeddings
     )
-    targets = set(check_attn_modules("genft_attn_modules", genft_attn_modules))
-    if apply_genft_to_mlp:
-        targets.update(MLP_MODULES)
-    if apply_genft_to_output:
-        if tie_word_embeddings:
-            raise ValueError(
-                "apply_genft_to_output=True is not supported with tie_word_embeddings=True: "
-                "the lm head is the embedding matrix"
-            )
-        targets.add("output")
-    if not targets:
-        raise ValueError(
-            "GenFT is applied to no layer: give genft_attn_modules (from "
-            f"{list(GENFT_ATTN_MODULES)}) or set apply_genft_to_mlp / apply_genft_to_output"
-        )
-
     return _adapted_llama(
         config,
         targets,
@@ -457,12 +428,17 @@ def _adapted_llama(config, targets, *, quantize_base: bool, **dims) -> Transform
     return model
 
 
+# WeGeFT's Llama builders have always spelled its fields with a prefix (config keys).
+WEGEFT_KEYWORDS = {"rank": "wegeft_rank", "alpha": "wegeft_alpha", "dropout": "wegeft_dropout", "shared": "wegeft_shared"}
+
+
+@takes_config_fields(WeGeFTConfig, keywords=WEGEFT_KEYWORDS)
+@_document_llama_args
 def llama_wegeft(
     *,
     wegeft_attn_modules: Sequence[str],
     apply_wegeft_to_mlp: bool = False,
     apply_wegeft_to_output: bool = False,
-    # Llama args
     vocab_size: int,
     num_layers: int,
     num_heads: int,
@@ -475,14 +451,8 @@ def llama_wegeft(
     rope_base: float = 500_000,
     scale_factor: Optional[float] = None,
     tie_word_embeddings: bool = False,
-    # WeGeFT args
-    wegeft_rank: int = 64,
-    wegeft_alpha: float = 128.0,
-    wegeft_dropout: float = 0.0,
-    wegeft_shared: bool = True,
-    recompute: bool = True,
-    # Quantization args
     quantize_base: bool = False,
+    config: WeGeFTConfig,
 ) -> TransformerDecoder:
     """A Llama decoder with WeGeFT (arXiv 2312.00700, ``dW = (alpha/r) W0 phi^T psi``)
     applied to the selected linears: the weight-generative baseline for GenFT.
@@ -492,32 +462,15 @@ def llama_wegeft(
     default) each module type (``q_proj``, ``v_proj``, ``w1``...) has one ``(phi, psi)``
     pair shared by all layers (keys ``wegeft_factors.<type>.phi``); otherwise every
     adapted layer owns its pair (keys ``<layer>.wegeft.phi``). ``phi`` starts at zero,
-    so step 0 is the base model.
+    so step 0 is the base model. The WeGeFT hyperparameters are
+    :class:`~genft_tune.modules.WeGeFTConfig`'s fields (``wegeft_rank`` for ``rank``...).
 
     Args:
         wegeft_attn_modules (Sequence[str]): attention projections to adapt, from
             ``{"q_proj", "k_proj", "v_proj", "output_proj"}``.
         apply_wegeft_to_mlp (bool): adapt ``w1``, ``w2``, ``w3`` too. Default: False
         apply_wegeft_to_output (bool): adapt the lm head; not allowed with tied
-            embeddings. Default: False
-        vocab_size (int): number of tokens in the vocabulary.
-        num_layers (int): number of transformer layers.
-        num_heads (int): number of query heads.
-        num_kv_heads (int): number of key/value heads.
-        embed_dim (int): embedding dimension.
-        max_seq_len (int): maximum sequence length.
-        intermediate_dim (Optional[int]): MLP hidden size (None: torchtune's default).
-        attn_dropout (float): attention dropout. Default: 0.0
-        norm_eps (float): RMSNorm epsilon. Default: 1e-5
-        rope_base (float): RoPE base. Default: 500_000
-        scale_factor (Optional[float]): Llama 3.1-style RoPE scaling; None for plain RoPE.
-        tie_word_embeddings (bool): tie the lm head to the embeddings. Default: False
-        wegeft_rank (int): ``r``, rows of ``phi`` and ``psi``. Default: 64
-        wegeft_alpha (float): ``dW`` is scaled by ``alpha / r``. Default: 128.0
-        wegeft_dropout (float): dropout on ``W0`` before ``phi`` (training only). Default: 0.0
-        wegeft_shared (bool): one pair per module type across layers. Default: True
-        recompute (bool): recompute ``(out, in)`` intermediates in backward. Default: True
-        quantize_base (bool): NF4 base weights for attention and MLP linears. Default: False
+            embeddings. Default: False{llama_args}
 
     Returns:
         TransformerDecoder: the model, with ``wegeft_factors`` registered on it.
@@ -527,29 +480,10 @@ def llama_wegeft(
             an unknown name in ``wegeft_attn_modules``, no adapted layer, or
             ``apply_wegeft_to_output`` with ``tie_word_embeddings``.
     """
-    config = WeGeFTConfig(
-        rank=wegeft_rank,
-        alpha=wegeft_alpha,
-        dropout=wegeft_dropout,
-        shared=wegeft_shared,
-        recompute=recompute,
+    targets = _targets(
+        "WeGeFT", "wegeft_attn_modules", wegeft_attn_modules, apply_wegeft_to_mlp, apply_wegeft_to_output,
+        tie_word_embeddings,
     )
-    targets = set(check_attn_modules("wegeft_attn_modules", wegeft_attn_modules))
-    if apply_wegeft_to_mlp:
-        targets.update(MLP_MODULES)
-    if apply_wegeft_to_output:
-        if tie_word_embeddings:
-            raise ValueError(
-                "apply_wegeft_to_output=True is not supported with tie_word_embeddings=True: "
-                "the lm head is the embedding matrix"
-            )
-        targets.add("output")
-    if not targets:
-        raise ValueError(
-            "WeGeFT is applied to no layer: give wegeft_attn_modules (from "
-            f"{list(GENFT_ATTN_MODULES)}) or set apply_wegeft_to_mlp / apply_wegeft_to_output"
-        )
-
     return _adapted_llama(
         config,
         targets,
