@@ -9,7 +9,8 @@ so a PEFT version with another layout fails loudly instead of measuring nothing)
 * ``test_custom_models.py``: rows in ``TEST_CASES`` written like PEFT's VeRA rows (the MLP
   and the Embedding + transformers ``Conv1D`` model), rows in
   ``MULTIPLE_ACTIVE_ADAPTERS_TEST_CASES`` (``Same`` and ``Different``, ``init_weights=False``
-  as PEFT's rows). ``ALL_PEFT_CONFIG_CLASSES`` is computed from ``TEST_CASES``, so the
+  as PEFT's rows) and ``MIXED_ADAPTER_TEST_CASES`` (``adapter_names=``, like PEFT's
+  GLoRA/RoAd rows). ``ALL_PEFT_CONFIG_CLASSES`` is computed from ``TEST_CASES``, so the
   per-class tests pick ours up too.
 * ``test_decoder_models.py``: rows in ``ALL_CONFIGS``, one with PEFT's per-architecture
   default targets (``target_modules=None``, as every PEFT row there) and one naming
@@ -39,7 +40,7 @@ IMPORT = f"import genft_tune.peft  {MARK}: registers GENFT/WEGEFT\nfrom genft_tu
 
 # like PEFT's VeRA rows (``Vanilla MLP 1..5``, ``Embedding + transformers Conv1D 1``)
 CUSTOM_ROWS = '''
-# {mark}: GenFT and WeGeFT rows, written like PEFT's VeRA rows
+{mark}: GenFT and WeGeFT rows, written like PEFT's VeRA rows
 TEST_CASES.extend([
     ("Vanilla MLP 1 GenFT", "MLP", GenFTPeftConfig, {{"target_modules": "lin0"}}),
     ("Vanilla MLP 2 GenFT", "MLP", GenFTPeftConfig, {{"target_modules": ["lin0"]}}),
@@ -59,7 +60,7 @@ TEST_CASES.extend([
 '''.format(mark=MARK)
 
 MULTI_ROWS = '''
-# {mark}: like PEFT's "VeRA Same" (and "Different", which PEFT leaves out for VeRA only
+{mark}: like PEFT's "VeRA Same" (and "Different", which PEFT leaves out for VeRA only
 # because VeRA's shared matrices are sized by the first adapter; ours are keyed by shape)
 MULTIPLE_ACTIVE_ADAPTERS_TEST_CASES.extend([
     ("GenFT Same", "genft", GenFTPeftConfig,
@@ -74,8 +75,39 @@ MULTIPLE_ACTIVE_ADAPTERS_TEST_CASES.extend([
 
 '''.format(mark=MARK)
 
+MIXED_ROWS = '''
+{mark}: mixed adapter batches (adapter_names=), rows like PEFT's "GLoRA mixed adapter"
+# (PEFT adds a row here for each method that supports them). Configs are built here, at
+# import: one that cannot be built (a keyword a checkout does not know) fails its tests
+# with the reason instead of breaking the whole file's collection.
+class _UnbuildableConfig:
+    def __init__(self, error):
+        self.__dict__["error"] = error
+
+    def __getattr__(self, name):
+        raise RuntimeError(f"config could not be built: {{self.__dict__['error']!r}}")
+
+
+def _mixed_row(name, cls, kwargs0, kwargs1):
+    try:
+        return (name, cls(**kwargs0), cls(**kwargs1))
+    except Exception as error:
+        return pytest.param(name, _UnbuildableConfig(error), _UnbuildableConfig(error), id=name)
+
+
+MIXED_ADAPTER_TEST_CASES.extend([
+    _mixed_row("GenFT mixed adapter", GenFTPeftConfig,
+               {{"target_modules": ["lin0"], "init_weights": False}},
+               {{"target_modules": ["lin0"], "specific_dim": 2, "init_weights": False}}),
+    _mixed_row("WeGeFT mixed adapter", WeGeFTPeftConfig,
+               {{"target_modules": ["lin0"], "init_weights": False}},
+               {{"target_modules": ["lin0"], "rank": 2, "init_weights": False}}),
+])
+
+'''.format(mark=MARK)
+
 DECODER_ROWS = '''
-# {mark}: PEFT's rows use the per-architecture default targets (target_modules=None);
+{mark}: PEFT's rows use the per-architecture default targets (target_modules=None);
 # the q_v rows name them, so that the other tests still measure something where None is refused
 ALL_CONFIGS.extend([
     pytest.param(GenFTPeftConfig, {{"task_type": "CAUSAL_LM", "target_modules": None}}, id="GenFTPeftConfig-default_targets"),
@@ -149,6 +181,7 @@ def patch(tests: Path, *, shared_skips: bool) -> None:
         text, "def _skip_tests_with_multiple_adapters_with_target_parameters(", MULTI_ROWS,
         what="MULTIPLE_ACTIVE_ADAPTERS_TEST_CASES",
     )
+    text = insert_before(text, "class TestMixedAdapterBatches:", MIXED_ROWS, what="MIXED_ADAPTER_TEST_CASES")
     path.write_text(text)
 
     path = tests / "test_decoder_models.py"
