@@ -19,6 +19,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Union
 from torch import nn
 
 from genft_tune.modules import apply_adapter, GenFTConfig, WeGeFTConfig
+from genft_tune.modules._builder_args import takes_config_fields
 
 DEFAULT_TARGETS = ("q_proj", "v_proj")  # the GenFT authors' LLaMA setup
 
@@ -83,49 +84,22 @@ def adapter_model(
     return apply_adapter(model, config, list(targets))
 
 
+@takes_config_fields(GenFTConfig)
 def genft_model(
     *,
     base: Builder,
     targets: Sequence[str] = DEFAULT_TARGETS,
     base_kwargs: Optional[Dict[str, Any]] = None,
-    shared_dim: int = GenFTConfig.shared_dim,
-    specific_dim: int = GenFTConfig.specific_dim,
-    ratio: float = GenFTConfig.ratio,
-    scaling: float = GenFTConfig.scaling,
-    act_in: str = GenFTConfig.act_in,
-    act_out: str = GenFTConfig.act_out,
-    dropout: float = GenFTConfig.dropout,
-    init_a: str = GenFTConfig.init_a,
-    init_b: str = GenFTConfig.init_b,
-    generator_bias: bool = GenFTConfig.generator_bias,
-    zero_init: bool = GenFTConfig.zero_init,
-    recompute: bool = GenFTConfig.recompute,
-    stages: str = GenFTConfig.stages,
-    convention: str = GenFTConfig.convention,
-    fused: str = GenFTConfig.fused,
+    config: GenFTConfig,
 ) -> nn.Module:
-    """Any torchtune model with GenFT on ``targets``.
+    """Any torchtune model with GenFT on ``targets``; the GenFT hyperparameters are
+    :class:`~genft_tune.modules.GenFTConfig`'s fields.
 
     Args:
         base (Builder): a torchtune model builder or its import path
             (``torchtune.models.qwen2_5.qwen2_5_1_5b_instruct``).
         targets (Sequence[str]): module-name suffixes to adapt. Default: q_proj, v_proj
         base_kwargs (Optional[Dict[str, Any]]): arguments of ``base``. Default: None
-        shared_dim (int): GenFT ``a``. Default: ``GenFTConfig.shared_dim``
-        specific_dim (int): GenFT ``b``. Default: ``GenFTConfig.specific_dim``
-        ratio (float): scale of ``W0`` inside the generator. Default: ``GenFTConfig.ratio``
-        scaling (float): scale of ``dW``. Default: ``GenFTConfig.scaling``
-        act_in (str): generator activation after ``D``. Default: ``GenFTConfig.act_in``
-        act_out (str): generator activation after ``E``. Default: ``GenFTConfig.act_out``
-        dropout (float): dropout on ``F_row``/``F_col``. Default: 0.0
-        init_a (str): init of the ``A`` factors. Default: "kaiming_uniform"
-        init_b (str): init of the ``B`` factors. Default: "kaiming_uniform"
-        generator_bias (bool): learn the generator's biases. Default: False
-        zero_init (bool): ``dW = 0`` at step 0. Default: True
-        recompute (bool): recompute the generator in backward. Default: True
-        stages (str): "both", "row" or "column". Default: "both"
-        convention (str): "ours", "authors_peft" or "authors_vit". Default: "ours"
-        fused (str): "never", "auto" or "always": the fused Triton kernels for the dense training forward (see ``GenFTConfig``). Default: "never"
 
     Returns:
         nn.Module: the model, adapted in place, base frozen, ``genft_generators`` registered.
@@ -134,53 +108,28 @@ def genft_model(
         ValueError: on an invalid hyperparameter (before the base is built), a base that
             cannot be imported, or targets that match no linear.
     """
-    config = GenFTConfig(
-        shared_dim=shared_dim,
-        specific_dim=specific_dim,
-        ratio=ratio,
-        scaling=scaling,
-        act_in=act_in,
-        act_out=act_out,
-        dropout=dropout,
-        init_a=init_a,
-        init_b=init_b,
-        generator_bias=generator_bias,
-        zero_init=zero_init,
-        recompute=recompute,
-        stages=stages,
-        convention=convention,
-        fused=fused,
-    )
     return adapter_model(base=base, config=config, targets=targets, base_kwargs=base_kwargs)
 
 
+@takes_config_fields(WeGeFTConfig)
 def wegeft_model(
     *,
     base: Builder,
     targets: Sequence[str] = DEFAULT_TARGETS,
     base_kwargs: Optional[Dict[str, Any]] = None,
-    rank: int = WeGeFTConfig.rank,
-    alpha: float = WeGeFTConfig.alpha,
-    dropout: float = WeGeFTConfig.dropout,
-    shared: bool = WeGeFTConfig.shared,
-    recompute: bool = WeGeFTConfig.recompute,
+    config: WeGeFTConfig,
 ) -> nn.Module:
-    """Any torchtune model with WeGeFT on ``targets``.
+    """Any torchtune model with WeGeFT on ``targets``; the WeGeFT hyperparameters are
+    :class:`~genft_tune.modules.WeGeFTConfig`'s fields.
 
     Args:
         base (Builder): a torchtune model builder or its import path.
         targets (Sequence[str]): module-name suffixes to adapt. Default: q_proj, v_proj
         base_kwargs (Optional[Dict[str, Any]]): arguments of ``base``. Default: None
-        rank (int): ``r``. Default: 64
-        alpha (float): ``dW`` is scaled by ``alpha / r``. Default: 128.0
-        dropout (float): dropout on ``W0`` before ``phi``. Default: 0.0
-        shared (bool): one ``(phi, psi)`` per module type across layers. Default: True
-        recompute (bool): recompute ``(out, in)`` intermediates in backward. Default: True
 
     Returns:
         nn.Module: the model, adapted in place, base frozen, ``wegeft_factors`` registered.
     """
-    config = WeGeFTConfig(rank=rank, alpha=alpha, dropout=dropout, shared=shared, recompute=recompute)
     return adapter_model(base=base, config=config, targets=targets, base_kwargs=base_kwargs)
 
 

@@ -59,14 +59,15 @@ def insert_args(doc: Optional[str], entries: List[str]) -> str:
     return "\n".join(lines[:end] + block + ([""] + after if after else []))
 
 
-def _field_entry(keyword: str, field: dataclasses.Field, documented: Mapping[str, str]) -> str:
-    text = documented.get(field.name, f"{field.name} ({field.type}): see the config class.")
+def _field_entry(keyword: str, name: str, type_: Any, default: Any, documented: Mapping[str, str]) -> str:
+    text = documented.get(name, f"{name}: see the config class.")
     text = text.split(":", 1)[1].strip() if ":" in text else text
-    type_name = getattr(field.type, "__name__", str(field.type))
-    return f"{keyword} ({type_name}): {text} Default: {field.default!r}"
+    return f"{keyword} ({getattr(type_, '__name__', type_)}): {text} Default: {default!r}"
 
 
-def takes_config_fields(config_class: type, *, keywords: Optional[Mapping[str, str]] = None) -> Callable:
+def takes_config_fields(
+    config_class: type, *, keywords: Optional[Mapping[str, str]] = None, defaults: Optional[Mapping[str, Any]] = None
+) -> Callable:
     """Decorator: ``build(*, ..., config)`` becomes a builder that takes ``config_class``'s
     fields as keyword arguments (see the module doc).
 
@@ -74,31 +75,35 @@ def takes_config_fields(config_class: type, *, keywords: Optional[Mapping[str, s
         config_class (type): the method's config dataclass.
         keywords (Optional[Mapping[str, str]]): keyword names that differ from the field
             names (WeGeFT's Llama builders take ``wegeft_rank`` for ``rank``). Default: None
+        defaults (Optional[Mapping[str, Any]]): the builder's own defaults for some fields,
+            by field name (the ViT builders keep the authors' VTAB settings). Default: None
 
     Returns:
         Callable: the decorator.
     """
-    fields = dataclasses.fields(config_class)
-    keyword_of = {f.name: (keywords or {}).get(f.name, f.name) for f in fields}
+    defaults = dict(defaults or {})
+    # (name, type, default) of each field, with the builder's own defaults
+    fields = [(f.name, f.type, defaults.get(f.name, f.default)) for f in dataclasses.fields(config_class)]
+    keyword_of = {name: (keywords or {}).get(name, name) for name, _, _ in fields}
     documented = args_section(config_class.__doc__)
 
     def decorate(build: Callable) -> Callable:
         own = [p for p in inspect.signature(build).parameters.values() if p.name != "config"]
         own_names = {p.name for p in own}
         field_params = [
-            inspect.Parameter(keyword_of[f.name], inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type)
-            for f in fields
+            inspect.Parameter(keyword_of[name], inspect.Parameter.KEYWORD_ONLY, default=default, annotation=type_)
+            for name, type_, default in fields
         ]
 
         @functools.wraps(build)
         def builder(**kwargs: Any):
-            values = {name: kwargs.pop(keyword) for name, keyword in keyword_of.items() if keyword in kwargs}
+            values = {**defaults, **{name: kwargs.pop(keyword) for name, keyword in keyword_of.items() if keyword in kwargs}}
             reject_unknown(build.__name__, kwargs, own_names | set(keyword_of.values()))
             return build(**kwargs, config=config_class(**values))
 
         builder.__signature__ = inspect.signature(build).replace(parameters=own + field_params)
         builder.__doc__ = insert_args(
-            build.__doc__, [_field_entry(keyword_of[f.name], f, documented) for f in fields]
+            build.__doc__, [_field_entry(keyword_of[name], name, type_, default, documented) for name, type_, default in fields]
         )
         builder.config_class = config_class
         return builder

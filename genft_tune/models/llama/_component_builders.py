@@ -36,6 +36,7 @@ from torchtune.modules.common_utils import _register_reparametrize_state_dict_ho
 
 from genft_tune.modules import apply_adapter, GenFTConfig, WeGeFTConfig
 from genft_tune.modules._builder_args import takes_config_fields
+from genft_tune.modules.wegeft.config import BUILDER_KEYWORDS
 
 # Adaptable linears of one attention block, as torchtune's LORA_ATTN_MODULES.
 GENFT_ATTN_MODULES = ("q_proj", "k_proj", "v_proj", "output_proj")
@@ -428,11 +429,7 @@ def _adapted_llama(config, targets, *, quantize_base: bool, **dims) -> Transform
     return model
 
 
-# WeGeFT's Llama builders have always spelled its fields with a prefix (config keys).
-WEGEFT_KEYWORDS = {"rank": "wegeft_rank", "alpha": "wegeft_alpha", "dropout": "wegeft_dropout", "shared": "wegeft_shared"}
-
-
-@takes_config_fields(WeGeFTConfig, keywords=WEGEFT_KEYWORDS)
+@takes_config_fields(WeGeFTConfig, keywords=BUILDER_KEYWORDS)
 @_document_llama_args
 def llama_wegeft(
     *,

@@ -21,6 +21,8 @@ from torchtune.modules.low_precision import FrozenNF4Linear
 from torchtune.modules.peft import LoRALinear
 
 from genft_tune.modules import apply_adapter, GenFTConfig, WeGeFTConfig
+from genft_tune.modules._builder_args import takes_config_fields
+from genft_tune.modules.wegeft.config import BUILDER_KEYWORDS
 from genft_tune.models.vit._model import StochasticDepth, ViTClassifier
 
 ATTN_MODULES = ("q_proj", "k_proj", "v_proj", "output_proj")
@@ -185,6 +187,12 @@ def vit(
     )
 
 
+# The GenFT authors' VTAB/FGVC settings, except the init (see vit_genft).
+VIT_GENFT_DEFAULTS = dict(shared_dim=32, specific_dim=5, ratio=1.4, scaling=1.0, act_in="identity",
+                          act_out="leaky_relu", init_a="kaiming_uniform", init_b="zeros")
+
+
+@takes_config_fields(GenFTConfig, defaults=VIT_GENFT_DEFAULTS)
 def vit_genft(
     *,
     genft_attn_modules: Sequence[str] = ("q_proj", "v_proj"),
@@ -200,23 +208,9 @@ def vit_genft(
     norm_eps: float = 1e-12,
     attn_dropout: float = 0.0,
     drop_path: float = 0.0,
-    shared_dim: int = 32,
-    specific_dim: int = 5,
-    ratio: float = 1.4,
-    scaling: float = 1.0,
-    act_in: str = "identity",
-    act_out: str = "leaky_relu",
-    dropout: float = 0.0,
-    init_a: str = "kaiming_uniform",
-    init_b: str = "zeros",
-    generator_bias: bool = False,
-    zero_init: bool = True,
-    recompute: bool = True,
-    stages: str = "both",
-    convention: str = "ours",
-    fused: str = "never",
     share_qv_specific: bool = False,
     quantize_base: bool = False,
+    config: GenFTConfig,
 ) -> ViTClassifier:
     """Build a ViT classifier whose chosen linears are :class:`~genft_tune.modules.GenFTLinear`.
 
@@ -251,21 +245,6 @@ def vit_genft(
         norm_eps (float): LayerNorm eps (HF 1e-12, timm 1e-6). Default: 1e-12
         attn_dropout (float): attention dropout. Default: 0.0
         drop_path (float): stochastic depth rate of the last layer. Default: 0.0
-        shared_dim (int): GenFT ``a``. Default: 32
-        specific_dim (int): GenFT ``b``. Default: 5
-        ratio (float): scale of ``W0`` inside the generator. Default: 1.4
-        scaling (float): scale of ``dW``. Default: 1.0
-        act_in (str): generator inner activation. Default: "identity"
-        act_out (str): generator outer activation. Default: "leaky_relu"
-        dropout (float): generator dropout on ``F_row``/``F_col``. Default: 0.0
-        init_a (str): init of ``A``. Default: "kaiming_uniform"
-        init_b (str): init of ``B``. Default: "zeros"
-        generator_bias (bool): learn the generator biases. Default: False
-        zero_init (bool): ``dW = 0`` at step 0. Default: True
-        recompute (bool): recompute the generator in backward. Default: True
-        stages (str): "both", "row" or "column" (ablations). Default: "both"
-        convention (str): "ours", "authors_peft" or "authors_vit" (see ``GenFTConfig``). Default: "ours"
-        fused (str): "never", "auto" or "always": the fused Triton kernels for the dense training forward (see ``GenFTConfig``). Default: "never"
         share_qv_specific (bool): ``q_proj`` and ``v_proj`` of a block use one pair of
             specific factors ``A, B`` (the same parameters), as the authors' ViT code
             does; needs both in ``genft_attn_modules`` and ``specific_dim > 0``.
@@ -279,6 +258,7 @@ def vit_genft(
         ValueError: if a target name is unknown, nothing is adapted, or a GenFT
             hyperparameter is invalid (see :class:`~genft_tune.modules.GenFTConfig`).
     """
+    specific_dim = config.specific_dim
     targets = set(_check_targets("genft_attn_modules", genft_attn_modules))
     if apply_genft_to_mlp:
         targets |= {"w1", "w2"}
@@ -292,23 +272,6 @@ def vit_genft(
             "share_qv_specific=True needs 'q_proj' and 'v_proj' in genft_attn_modules and specific_dim > 0, "
             f"got genft_attn_modules={list(genft_attn_modules)}, specific_dim={specific_dim}"
         )
-    config = GenFTConfig(
-        shared_dim=shared_dim,
-        specific_dim=specific_dim,
-        ratio=ratio,
-        scaling=scaling,
-        act_in=act_in,
-        act_out=act_out,
-        dropout=dropout,
-        init_a=init_a,
-        init_b=init_b,
-        generator_bias=generator_bias,
-        zero_init=zero_init,
-        recompute=recompute,
-        stages=stages,
-        convention=convention,
-        fused=fused,
-    )
     model = _adapted_vit(
         config,
         targets,
@@ -417,6 +380,7 @@ def vit_lora(
     )
 
 
+@takes_config_fields(WeGeFTConfig, keywords=BUILDER_KEYWORDS)
 def vit_wegeft(
     *,
     wegeft_attn_modules: Sequence[str] = ("q_proj", "v_proj"),
@@ -432,12 +396,8 @@ def vit_wegeft(
     norm_eps: float = 1e-12,
     attn_dropout: float = 0.0,
     drop_path: float = 0.0,
-    wegeft_rank: int = 64,
-    wegeft_alpha: float = 128.0,
-    wegeft_dropout: float = 0.0,
-    wegeft_shared: bool = True,
-    recompute: bool = True,
     quantize_base: bool = False,
+    config: WeGeFTConfig,
 ) -> ViTClassifier:
     """Build a ViT classifier whose chosen linears are :class:`~genft_tune.modules.WeGeFTLinear`
     (WeGeFT, arXiv 2312.00700: ``dW = (alpha/r) W0 phi^T psi``), the other
@@ -467,11 +427,6 @@ def vit_wegeft(
         norm_eps (float): LayerNorm eps (HF 1e-12, timm 1e-6). Default: 1e-12
         attn_dropout (float): attention dropout. Default: 0.0
         drop_path (float): stochastic depth rate of the last layer. Default: 0.0
-        wegeft_rank (int): ``r``, rows of ``phi`` and ``psi``. Default: 64
-        wegeft_alpha (float): ``dW`` is scaled by ``alpha / r``. Default: 128.0
-        wegeft_dropout (float): dropout on ``W0`` before ``phi`` (training only). Default: 0.0
-        wegeft_shared (bool): one pair per module type across layers. Default: True
-        recompute (bool): recompute ``(out, in)`` intermediates in backward. Default: True
         quantize_base (bool): store frozen base linears in NF4. Default: False
 
     Returns:
@@ -489,13 +444,6 @@ def vit_wegeft(
             "wegeft_attn_modules is empty and apply_wegeft_to_mlp is False: no layer would be "
             "adapted (use genft_tune.models.vit.vit for a plain model)"
         )
-    config = WeGeFTConfig(
-        rank=wegeft_rank,
-        alpha=wegeft_alpha,
-        dropout=wegeft_dropout,
-        shared=wegeft_shared,
-        recompute=recompute,
-    )
     model = _adapted_vit(
         config,
         targets,

@@ -8,6 +8,8 @@ from typing import Any, Dict
 FACTORS_ATTR = "wegeft_factors"  # the shared factors on the model root
 LAYER_FACTORS_ATTR = "wegeft"  # per-layer factors, a submodule of each layer
 FACTOR_NAMES = ("phi", "psi")
+# The keyword names WeGeFT's model builders (and so their configs) give its fields.
+BUILDER_KEYWORDS = {"rank": "wegeft_rank", "alpha": "wegeft_alpha", "dropout": "wegeft_dropout", "shared": "wegeft_shared"}
 
 
 @dataclass(frozen=True)
