@@ -381,3 +381,20 @@ def test_peft_decode_benchmark_runs(tmp_path):
     assert set(rows) == set(bench.VARIANTS) and all(r["ms_per_token"] > 0 for r in rows.values())
     assert rows["genft"]["tokens"] == rows["genft_uncached"]["tokens"]
     assert "| lora_r16 |" in out.with_suffix(".md").read_text()
+
+
+@pytest.mark.parametrize("method", ["genft", "wegeft"])
+def test_base_model_state_dict_leaves_out_the_shared_tensors(method):
+    """PEFT's get/set_base_model_state_dict: the base model's own keys and tensors, as for LoRA."""
+    from peft import get_base_model_state_dict, set_base_model_state_dict
+
+    model = get_peft_model(_base(), CONFIGS[method]())
+    _scramble(model, 3)
+    plain = _base().state_dict()
+    state = get_base_model_state_dict(model)
+    assert state.keys() == plain.keys()
+    assert all(torch.equal(state[k], plain[k]) for k in plain)
+    other = _base(seed=1).state_dict()
+    set_base_model_state_dict(model, other)  # strict: every base key, nothing else
+    assert torch.equal(model.base_model.model.model.layers[0].self_attn.q_proj.get_base_layer().weight,
+                       other["model.layers.0.self_attn.q_proj.weight"])

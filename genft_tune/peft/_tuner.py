@@ -312,7 +312,7 @@ class AdapterPeftModel(BaseTuner):
         a tuner or the adapted model), or None."""
         for name, module in model.named_modules():
             if isinstance(module, SharedAdapterTensors) and module.root_attr == cls.root_attr:
-                return name, module
+                return name.replace("_fsdp_wrapped_module.", ""), module  # (FSDP's state dict drops it)
         return None
 
     def _store(self) -> SharedAdapterTensors:
@@ -490,7 +490,31 @@ def _install_transformers_key_mapping() -> None:
     conversion.build_peft_weight_mapping = build_peft_weight_mapping
 
 
+def _install_base_model_state_dict_filter() -> None:
+    """PEFT's ``get_base_model_state_dict``/``set_base_model_state_dict`` tell adapter keys
+    from the base model's by walking tuner layers; our stores are not tuner layers (PEFT's
+    LoRA conversion and other tools take every tuner layer for an adapted layer), so name
+    them as adapter keys too."""
+    from peft.utils import save_and_load
+
+    if getattr(save_and_load._get_adapter_state_dict_key_prefixes, "_genft_tune", False):
+        return
+    prefixes_of = save_and_load._get_adapter_state_dict_key_prefixes
+
+    @functools.wraps(prefixes_of)
+    def _get_adapter_state_dict_key_prefixes(model):
+        prefixes = prefixes_of(model)
+        for name, module in model.base_model.model.named_modules():
+            if isinstance(module, SharedAdapterTensors):
+                prefixes.add(name)
+        return prefixes
+
+    _get_adapter_state_dict_key_prefixes._genft_tune = True
+    save_and_load._get_adapter_state_dict_key_prefixes = _get_adapter_state_dict_key_prefixes
+
+
 _install_transformers_key_mapping()
+_install_base_model_state_dict_filter()
 
 
 @dataclass
