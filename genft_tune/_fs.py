@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterable, List, Tuple, Union
+from typing import Callable, Iterable, List, Tuple, Union
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,24 @@ def give_open_modes(folder: PathLike) -> None:
             give_open_mode(path)
 
 
+def write_atomically(path: PathLike, write: Callable[[str], None]) -> None:
+    """Write a file with ``write(temporary_path)``, then rename it to ``path``: an interrupted
+    write leaves no file that looks finished (the temporary one is removed on errors), and
+    the file gets the mode ``open(path, "w")`` would give (whatever ``write`` used)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = temp_file(path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        give_open_mode(tmp)  # writers such as safetensors create 0600 files
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def remove_stale(parent: PathLike, prefixes: Iterable[str]) -> List[Path]:
     """Delete what interrupted writes left in ``parent`` (entries whose name starts with one
     of ``prefixes``), logging each; returns what was removed."""
@@ -69,4 +87,4 @@ def remove_stale(parent: PathLike, prefixes: Iterable[str]) -> List[Path]:
     return removed
 
 
-__all__ = ["give_open_mode", "give_open_modes", "remove_stale", "temp_dir", "temp_file"]
+__all__ = ["give_open_mode", "give_open_modes", "remove_stale", "temp_dir", "temp_file", "write_atomically"]

@@ -1,11 +1,6 @@
 """ViT image classifiers with GenFT (and WeGeFT / LoRA baselines), and their checkpoint converters."""
 
-from genft_tune.models.vit._checkpoint import (
-    read_state_dict,
-    save_hf_vit,
-    save_json,
-    save_safetensors,
-)
+from genft_tune.models.vit._checkpoint import read_state_dict, save_json, save_safetensors
 from genft_tune.models.vit._component_builders import (
     ATTN_MODULES,
     vit,
@@ -14,6 +9,7 @@ from genft_tune.models.vit._component_builders import (
     vit_wegeft,
 )
 from genft_tune.models.vit._convert_weights import (
+    save_hf_vit,
     convert_timm_vit_state_dict,
     load_hf_vit_state_dict,
     load_timm_vit_state_dict,

@@ -1,14 +1,13 @@
 """Reading ViT checkpoints from disk and writing them atomically (temp name, then rename)."""
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from genft_tune._fs import give_open_mode, temp_file
+from genft_tune._fs import write_atomically
 
 PathLike = Union[str, Path]
 
@@ -82,20 +81,6 @@ def read_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
     )
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = temp_file(path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        give_open_mode(tmp)  # writers such as safetensors create 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_safetensors(
     state_dict: Dict[str, torch.Tensor], path: PathLike, *, metadata: Optional[Dict[str, str]] = None
 ) -> None:
@@ -108,7 +93,7 @@ def save_safetensors(
         if isinstance(value, NF4Tensor):
             value = value.get_original_weight()
         tensors[key] = value.cpu().contiguous().clone()
-    _atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata or {"format": "pt"}))
+    write_atomically(path, lambda tmp: save_file(tensors, tmp, metadata=metadata or {"format": "pt"}))
 
 
 def save_json(obj: Any, path: PathLike) -> None:
@@ -119,34 +104,4 @@ def save_json(obj: Any, path: PathLike) -> None:
             json.dump(obj, f, indent=2, sort_keys=True)
             f.write("\n")
 
-    _atomic_write(Path(path), write)
-
-
-def save_hf_vit(
-    state_dict: Dict[str, torch.Tensor],
-    *,
-    config: Dict[str, Any],
-    output_dir: PathLike,
-) -> Path:
-    """Save a plain (merged) state dict of ours as a Hugging Face
-    ``ViTForImageClassification`` directory: ``model.safetensors`` + ``config.json``.
-
-    Args:
-        state_dict (Dict[str, torch.Tensor]): our layout, no adapter keys.
-        config (Dict[str, Any]): from :func:`vit_hf_config`.
-        output_dir (PathLike): target directory (created).
-
-    Returns:
-        Path: ``output_dir``.
-    """
-    from genft_tune.models.vit._convert_weights import vit_tune_to_hf
-
-    output_dir = Path(output_dir)
-    hf = vit_tune_to_hf(state_dict)
-    dtypes = {v.dtype for v in hf.values() if v.is_floating_point()}
-    config = dict(config)
-    if len(dtypes) == 1:
-        config["torch_dtype"] = str(dtypes.pop()).replace("torch.", "")
-    save_safetensors(hf, output_dir / "model.safetensors")
-    save_json(config, output_dir / "config.json")
-    return output_dir
+    write_atomically(path, write)

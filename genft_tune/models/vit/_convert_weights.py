@@ -15,10 +15,12 @@ family stores ``q, k, v`` fused in ``blocks.{i}.attn.qkv``.
 """
 
 import re
-from typing import Callable, Dict, List, Optional, Tuple
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 
+from genft_tune.models.vit._checkpoint import read_state_dict, save_json, save_safetensors
 from genft_tune.modules import is_genft_key, is_wegeft_key
 
 _I, _P = r"(\d+)", r"(weight|bias)"
@@ -351,7 +353,6 @@ def load_vit_state_dict(
 
 
 def _load(model, checkpoint, convert: Callable, **kwargs) -> Dict[str, bool]:
-    from genft_tune.models.vit._checkpoint import read_state_dict
 
     state_dict = read_state_dict(checkpoint) if not isinstance(checkpoint, dict) else checkpoint
     return load_vit_state_dict(model, convert(state_dict), **kwargs)
@@ -411,3 +412,31 @@ def load_timm_vit_state_dict(
         reset_head=reset_head,
         interpolate_pos_embed=interpolate_pos_embed,
     )
+
+
+def save_hf_vit(
+    state_dict: Dict[str, torch.Tensor],
+    *,
+    config: Dict[str, Any],
+    output_dir: Union[str, Path],
+) -> Path:
+    """Save a plain (merged) state dict of ours as a Hugging Face
+    ``ViTForImageClassification`` directory: ``model.safetensors`` + ``config.json``.
+
+    Args:
+        state_dict (Dict[str, torch.Tensor]): our layout, no adapter keys.
+        config (Dict[str, Any]): from :func:`vit_hf_config`.
+        output_dir (PathLike): target directory (created).
+
+    Returns:
+        Path: ``output_dir``.
+    """
+    output_dir = Path(output_dir)
+    hf = vit_tune_to_hf(state_dict)
+    dtypes = {v.dtype for v in hf.values() if v.is_floating_point()}
+    config = dict(config)
+    if len(dtypes) == 1:
+        config["torch_dtype"] = str(dtypes.pop()).replace("torch.", "")
+    save_safetensors(hf, output_dir / "model.safetensors")
+    save_json(config, output_dir / "config.json")
+    return output_dir
