@@ -221,6 +221,13 @@ class AdapterPeftLayer(nn.Module, BaseTunerLayer):
             if adapter in names:
                 module.requires_grad_(requires_grad)
 
+    def requires_grad_(self, requires_grad: bool = True) -> "AdapterPeftLayer":
+        # (transformers' load_adapter freezes an inference load with layer.requires_grad_(False))
+        super().requires_grad_(requires_grad)
+        for module in self._shared_modules().values():
+            module.requires_grad_(requires_grad)
+        return self
+
     def _all_available_adapter_names(self) -> List[str]:
         return sorted(set(super()._all_available_adapter_names()) | set(self._shared_modules()))
 
