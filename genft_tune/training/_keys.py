@@ -43,8 +43,23 @@ _HF_FORMATS = {
 }
 
 
+# Names from other libraries' configs (PEFT, torchtune's LoRA, transformers) -> ours.
+_SYNONYMS = {
+    "targets": ("targets", "genft_attn_modules", "wegeft_attn_modules"),
+    "target_modules": ("targets", "genft_attn_modules", "wegeft_attn_modules"),
+    "lora_attn_modules": ("targets", "genft_attn_modules", "wegeft_attn_modules"),
+    "learning_rate": ("lr",),
+    "num_epochs": ("epochs",),
+    "num_train_epochs": ("epochs",),
+    "max_steps": ("max_steps_per_epoch",),
+    "per_device_train_batch_size": ("batch_size",),
+}
+
+
 def _closest(path: str, key: str, valid: Iterable[str]) -> str:
-    match = difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.6)
+    valid = sorted(valid)
+    match = [s for s in _SYNONYMS.get(key, ()) if s in valid][:1]
+    match = match or difflib.get_close_matches(key, valid, n=1, cutoff=0.7)
     return f"; did you mean {(f'{path}.{match[0]}' if path else match[0])!r}?" if match else ""
 
 
@@ -117,11 +132,13 @@ def _base_kwargs_problems(model: DictConfig) -> List[ValueError]:
     if sig is None or any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values()):
         return []
     valid = set(sig.parameters)
-    if not valid and len(kwargs):
+    unknown = [k for k in kwargs.keys() if k not in valid]
+    if len(unknown) > 1 and "embed_dim" not in valid:  # sizes given to a fixed-size builder
+        takes = f"takes only {sorted(valid)}" if valid else "takes no arguments"
         return [ValueError(
-            f"model.base_kwargs: {base} takes no arguments (it builds one fixed size); remove "
-            "model.base_kwargs, or set model.base to the family's builder that takes sizes "
-            "(e.g. torchtune.models.qwen2._component_builders.qwen2; see docs/own_data.md)"
+            f"model.base_kwargs: {base} builds one fixed size and {takes}, not {unknown}; remove "
+            "them, or build the checkpoint's own size with model.base=genft_tune.models.checkpoint_decoder "
+            "model.base_kwargs.checkpoint_dir=<checkpoint folder> (docs/own_data.md)"
         )]
     return [_unknown("model.base_kwargs", k, valid, f"{base} takes") for k in kwargs.keys() if k not in valid]
 
