@@ -14,7 +14,7 @@ import dataclasses
 import functools
 import inspect
 import re
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 _ARG_LINE = re.compile(r"^(\s+)(\*{0,2}\w+) \(([^)]*)\):")
 
@@ -129,6 +129,7 @@ def sized_builder(
     summary: str,
     fixed: Mapping[str, Any],
     defaults: Mapping[str, Any],
+    positional: Tuple[str, ...] = (),
 ) -> Callable:
     """A builder of one model size: ``component`` with the architecture's numbers fixed.
 
@@ -139,6 +140,8 @@ def sized_builder(
         fixed (Mapping[str, Any]): the architecture's arguments, not settable.
         defaults (Mapping[str, Any]): other arguments with this size's defaults
             (still settable).
+        positional (Tuple[str, ...]): arguments that may also be given by position, first
+            (``vit_tiny(5)`` for ``num_classes``). Default: ()
 
     Returns:
         Callable: a keyword-only builder whose signature and docstring list exactly the
@@ -150,9 +153,16 @@ def sized_builder(
         for p in signature.parameters.values()
         if p.name not in fixed
     ]
-    known = {p.name for p in params}
+    by_name = {p.name: p for p in params}
+    params = [by_name[n].replace(kind=inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in positional] + [
+        p for p in params if p.name not in positional
+    ]
+    known = set(by_name)
 
-    def builder(**kwargs: Any):
+    def builder(*args: Any, **kwargs: Any):
+        if len(args) > len(positional):
+            raise TypeError(f"{name}() takes {len(positional)} positional arguments but {len(args)} were given")
+        kwargs.update(zip(positional, args))
         reject_unknown(name, kwargs, known)
         return component(**fixed, **{**defaults, **kwargs})
 
