@@ -100,8 +100,9 @@ def test_cat_prints_config(capsys):
 
 
 def test_cat_recipe_or_unknown(capsys):
-    rc, out = _run(["cat", "genft_finetune_single_device"], capsys)
-    assert rc == 1 and "is a recipe" in out.out
+    with pytest.raises(SystemExit) as e:
+        _run(["cat", "genft_finetune_single_device"], capsys)
+    assert e.value.code == 2 and "is a recipe, not a config" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         _run(["cat", "nope/none"], capsys)
 

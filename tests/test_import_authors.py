@@ -199,7 +199,7 @@ def test_imported_adapter_is_not_verified_or_merged_in_torchtune_layout(base, tm
     assert cli_main(["import-authors", str(tmp_path / "theirs"), "--output", str(tmp_path / "ours")]) == 0
     rc = cli_main(["merge", "--base", str(base), "--adapter", str(tmp_path / "ours"), "--output",
                    str(tmp_path / "m"), "--verify"])
-    assert rc == 1 and "weight layout" in capsys.readouterr().err
+    assert rc == 2 and "weight layout" in capsys.readouterr().err
     # a torchtune-format base: the q rows are in another order there
     tt = tmp_path / "tt"
     tt.mkdir()
@@ -208,4 +208,4 @@ def test_imported_adapter_is_not_verified_or_merged_in_torchtune_layout(base, tm
     sd = hf_to_tune(load_file(str(base / "model.safetensors")), num_heads=4, num_kv_heads=4, dim=D)
     torch.save(sd, tt / "model.pt")
     rc = cli_main(["merge", "--base", str(tt), "--adapter", str(tmp_path / "ours"), "--output", str(tmp_path / "m2")])
-    assert rc == 1 and "Hugging Face's weight layout" in capsys.readouterr().err
+    assert rc == 2 and "Hugging Face's weight layout" in capsys.readouterr().err
