@@ -398,3 +398,21 @@ def test_base_model_state_dict_leaves_out_the_shared_tensors(method):
     set_base_model_state_dict(model, other)  # strict: every base key, nothing else
     assert torch.equal(model.base_model.model.model.layers[0].self_attn.q_proj.get_base_layer().weight,
                        other["model.layers.0.self_attn.q_proj.weight"])
+
+
+@pytest.mark.parametrize("method", ["genft", "wegeft"])
+def test_transformers_set_adapter_moves_trainability_like_lora(tmp_path, method):
+    """transformers' set_adapter reaches only tuner layers; the shared tensors follow them."""
+    _saved(tmp_path / "a", CONFIGS[method], seed=3)
+    _saved(tmp_path / "b", CONFIGS[method], seed=5)
+    lora_dir = tmp_path / "lora"
+    get_peft_model(_base(), LoraConfig(target_modules=["q_proj", "v_proj"])).save_pretrained(lora_dir)
+    ours, lora = _base(), _base()
+    for model, dirs in ((ours, (tmp_path / "a", tmp_path / "b")), (lora, (lora_dir, lora_dir))):
+        model.load_adapter(str(dirs[0]), adapter_name="x", is_trainable=True)
+        model.load_adapter(str(dirs[1]), adapter_name="y", is_trainable=True)
+        model.set_adapter("y")
+    for model in (ours, lora):
+        assert all(_grad_by_adapter(model, "y").values()) and not any(_grad_by_adapter(model, "x").values())
+    shared = _shared_params(ours)
+    assert shared and all(p.requires_grad == (".y." in n) for n, p in shared.items())
