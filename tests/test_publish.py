@@ -437,6 +437,14 @@ def test_card_covers_the_whole_run_across_resumes(merged_folder, tmp_path):
     (tmp_path / "m").mkdir()
     _copy_run_files(out / "epoch_0", load_genft_adapter_config(out / "epoch_0"), tmp_path / "m")
     assert parse_metric_log(tmp_path / "m" / "training_log.txt") == log
+    # a validation line shares its step with the training line; a resume at the last logged
+    # step repeats that step's loss (appended to the same file)
+    from genft_tune.hub._model_card import merge_metric_logs, parse_metric_text
+
+    (tmp_path / "one.txt").write_text("Step 1 | loss:3.0 \nStep 2 | loss:2.0 \nStep 2 | val_loss:2.5 \n"
+                                      "Step 3 | loss:1.9 \nStep 3 | loss:1.8 \nStep 4 | loss:1.7 \n")
+    joined = parse_metric_text(merge_metric_logs([tmp_path / "one.txt"]))
+    assert joined == {"loss": [(1, 3.0), (2, 2.0), (3, 1.8), (4, 1.7)], "val_loss": [(2, 2.5)]}
 
 
 def test_card_after_a_failed_rerun_in_the_same_output_dir(merged_folder, tmp_path):
@@ -524,3 +532,37 @@ def test_recipe_merged_folder_has_its_own_card_and_true_dtype(tmp_path, checkpoi
     hub_card = (tmp_path / "dry" / "README.md").read_text()
     assert card_front_matter(hub_card)["license"] == "apache-2.0"
     assert "Trained on a quantized copy of [org/tiny-llama]" in hub_card and f'from_pretrained("{REPO_ID}")' in hub_card
+
+
+def test_resumed_recipe_run_publishes_the_whole_run(tmp_path):
+    """A real run interrupted after step 3 (its step_2 checkpoint and log on disk), resumed
+    in the same output_dir (a new log file, as DiskLogger names them by start time): the
+    staged training_log.txt and the card hold steps 1..5 once each, with the losses of the
+    same run uninterrupted."""
+    import shutil
+
+    from test_recipes_fixtures import (
+        base_config, DELETE, run_recipe_in_process, run_single_device_with_snapshot, SINGLE_DEVICE_RECIPE, write_config)
+
+    run = {"max_steps_per_epoch": 5, "epochs": 1, "save_every_n_steps": 2, "batch_size": 2,
+           "metric_logger.filename": DELETE}
+    cfg = base_config(tmp_path, **run)
+    cfg_path = write_config(cfg, tmp_path / "cfg.yaml")
+    snapshot = tmp_path / "crashed"
+    run_single_device_with_snapshot(cfg_path, crash_after_step=3, snapshot=snapshot)
+    reference = parse_metric_log(next((Path(cfg["output_dir"]) / "logs").glob("log_*.txt")))["loss"]
+    assert [s for s, _ in reference] == [1, 2, 3, 4, 5]
+    shutil.rmtree(snapshot / "epoch_0", ignore_errors=True)  # not there yet when it crashed
+    (old_log,) = (snapshot / "logs").glob("log_*.txt")
+    started = int(old_log.stem.split("_")[1]) - 100  # the interrupted run started earlier
+    old_log.rename(old_log.with_name(f"log_{started}.txt"))
+    resumed = base_config(tmp_path, ckpt_dir=Path(cfg["checkpointer"]["checkpoint_dir"]), output_dir=str(snapshot),
+                          resume_from_checkpoint=True, **run)
+    run_recipe_in_process(SINGLE_DEVICE_RECIPE, write_config(resumed, tmp_path / "resumed.yaml"))
+    assert len(list((snapshot / "logs").glob("log_*.txt"))) == 2
+    dry = tmp_path / "dry"
+    assert _publish_dry(snapshot / "epoch_0", dry, "--base-model", "org/tiny") == 0
+    staged = parse_metric_log(dry / "training_log.txt")["loss"]
+    assert [s for s, _ in staged] == [1, 2, 3, 4, 5]
+    assert [v for _, v in staged] == pytest.approx([v for _, v in reference], rel=1e-5)
+    assert f"| loss | 5 | {reference[-1][1]:.6g} |" in (dry / "README.md").read_text()

@@ -46,18 +46,29 @@ def _log_entries(text: str) -> List[Tuple[int, str]]:
     return out
 
 
+def _names(line: str) -> set:
+    return {item.partition(":")[0] for item in _LOG_LINE.match(line).group(2).split() if ":" in item}
+
+
 def merge_metric_logs(paths: Sequence[PathLike]) -> str:
     """One metric log for a whole run from its ``DiskLogger`` files, oldest first.
 
-    A run resumed after an interruption logs again from its last checkpoint's step (in a
-    new file, or appended to the same one): wherever the step goes back, the lines of that
-    step and later ones logged before are dropped, so the resumed steps replace the
-    overlapped ones and every step appears once (its training line, and its validation
-    line when there is one: both carry the same step)."""
+    A run resumed after an interruption logs again from its last checkpoint's step, in a
+    new file (each start of the recipe opens one, named by its start time) or appended to
+    the same one (a fixed ``metric_logger.filename``). Where a new file starts, or where a
+    file's step goes back or repeats a metric of the same step, the lines of that step and
+    later ones logged before are dropped: the resumed steps replace the overlapped ones,
+    and every step appears once (its training line, and its validation line when there is
+    one: both carry the same step)."""
     kept: List[Tuple[int, str]] = []
     for path in paths:
-        for step, line in _log_entries(Path(path).read_text(errors="replace")):
-            if kept and step < kept[-1][0]:
+        entries = _log_entries(Path(path).read_text(errors="replace"))
+        if entries:  # a new start of the recipe
+            kept = [(s, l) for s, l in kept if s < entries[0][0]]
+        for step, line in entries:
+            if kept and (step < kept[-1][0] or (
+                step == kept[-1][0] and _names(line) & set().union(*(_names(l) for s, l in kept if s == step))
+            )):
                 kept = [(s, l) for s, l in kept if s < step]
             kept.append((step, line))
     return "".join(f"{line}\n" for _, line in kept)
