@@ -566,3 +566,16 @@ def test_resumed_recipe_run_publishes_the_whole_run(tmp_path):
     assert [s for s, _ in staged] == [1, 2, 3, 4, 5]
     assert [v for _, v in staged] == pytest.approx([v for _, v in reference], rel=1e-5)
     assert f"| loss | 5 | {reference[-1][1]:.6g} |" in (dry / "README.md").read_text()
+
+
+def test_publish_stages_a_config_with_the_weights_dtype(merged_folder, tmp_path):
+    """A folder written before recipes set the dtype (bf16 tensors, config.json float32):
+    the staged config.json says bfloat16 and loads as such; the folder is untouched."""
+    from transformers import AutoConfig
+
+    save_file({"model.embed_tokens.weight": torch.randn(8, 4, dtype=torch.bfloat16)}, str(merged_folder / "model.safetensors"))
+    before = (merged_folder / "config.json").read_text()
+    assert _publish_dry(merged_folder, tmp_path / "dry") == 0
+    assert json.loads((tmp_path / "dry" / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    assert AutoConfig.from_pretrained(str(tmp_path / "dry")).dtype == torch.bfloat16
+    assert (merged_folder / "config.json").read_text() == before

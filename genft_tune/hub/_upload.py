@@ -90,6 +90,27 @@ def _stage_run_files(run_files: RunFiles, staging: Path, copy: bool) -> None:
         (staging / TRAINING_LOG_FILE).write_text(run_files.log_text())
 
 
+def _stage_true_dtype(folder: Path, staging: Path) -> None:
+    """A ``config.json`` whose dtype is that of the weights, for a folder written before
+    recipes set it (a bf16 run on an fp32 base wrote bf16 tensors under the base's config)."""
+    from genft_tune.checkpointing._hf_checkpointer import write_config_dtype, written_dtype
+
+    staged = staging / "config.json"
+    dtype = written_dtype(folder)
+    if dtype is None or not staged.exists():
+        return
+    config = json.loads(staged.read_text())
+    if all(config.get(k) == dtype for k in ("torch_dtype", "dtype") if k in config) and (
+        "torch_dtype" in config or "dtype" in config
+    ):
+        return
+    text = staged.read_text()
+    staged.unlink()  # a link to the folder's own file, which stays untouched
+    staged.write_text(text)
+    write_config_dtype(staging, dtype)
+    log.info(f"config.json: dtype set to {dtype}, the dtype of the weights in {folder}")
+
+
 def _safetensors_problem(path: Path) -> Optional[str]:
     """Why ``path`` is not a complete safetensors file (None when its header and data
     are all there): what an interrupted write leaves."""
@@ -205,6 +226,7 @@ def stage_folder(
             continue  # the run's whole log, below
         _place(folder / rel, staging / rel, copy)
     _stage_run_files(run_files, staging, copy)
+    _stage_true_dtype(folder, staging)
     curve = _loss_curve(run_files, staging)
     card = build_model_card(folder, repo_id=repo_id, license=license, loss_curve=curve.name if curve else None,
                             base_model=base_model, run_files=run_files)
