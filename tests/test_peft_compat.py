@@ -152,7 +152,8 @@ def test_low_cpu_mem_usage_loads_the_same_adapter(tmp_path, method):
 # ---- 4. frozen and trainable adapters ---------------------------------------------------
 
 def _grad_by_adapter(model, adapter):
-    return {n: p.requires_grad for n, p in _adapter_params(model).items() if f".{adapter}." in n or n.endswith(f".{adapter}")}
+    return {n: p.requires_grad for n, p in _adapter_params(model).items()
+            if f".{adapter}." in n or n.endswith(f".{adapter}")}
 
 
 @pytest.mark.parametrize("method", list(CONFIGS))
@@ -234,9 +235,10 @@ def test_mixed_adapter_batch_equals_each_sub_batch_alone(tmp_path, method):
     with pytest.raises(ValueError, match="training mode"):
         model(x, adapter_names=names)
     model.eval()
-    out = model.generate(input_ids=x[:2], adapter_names=["b", "default"], min_new_tokens=3, max_new_tokens=3, do_sample=False)
+    greedy = dict(min_new_tokens=3, max_new_tokens=3, do_sample=False)
+    out = model.generate(input_ids=x[:2], adapter_names=["b", "default"], **greedy)
     model.set_adapter("b")
-    torch.testing.assert_close(out[0], model.generate(input_ids=x[:1], min_new_tokens=3, max_new_tokens=3, do_sample=False)[0])
+    torch.testing.assert_close(out[0], model.generate(input_ids=x[:1], **greedy)[0])
 
 
 # ---- 7. PEFT's usual arguments ---------------------------------------------------------
@@ -257,7 +259,8 @@ def test_target_modules_none_uses_peft_defaults_like_lora(method):
     make = genft_peft.GenFTPeftConfig if method == "genft" else genft_peft.WeGeFTPeftConfig
     model = get_peft_model(_base(), make())
     assert sorted(model.targeted_module_names) == sorted(lora.targeted_module_names)
-    assert model.peft_config["default"].target_modules == lora.peft_config["default"].target_modules == {"q_proj", "v_proj"}
+    targets = model.peft_config["default"].target_modules
+    assert targets == lora.peft_config["default"].target_modules == {"q_proj", "v_proj"}
 
 
 def _gpt2(seed=0):

@@ -12,7 +12,9 @@
 
 PEFT's ``PeftType`` enum has no GENFT or WEGEFT member, so importing this package adds
 them (PEFT's ``register_peft_method`` needs them). Each method's shared tensors live
-once, on the tuner; nothing of the equations is written again here (see
+once per adapter, on the adapted model (so that transformers' ``load_adapter`` and PEFT's
+``inject_adapter_in_model`` find them too; :mod:`genft_tune.peft._tuner`); nothing of the
+equations is written again here (see
 :mod:`genft_tune.peft.genft`, :mod:`genft_tune.peft.wegeft`). Needs the ``peft`` extra:
 ``pip install genft-tune[peft]``.
 """

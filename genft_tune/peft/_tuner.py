@@ -7,12 +7,16 @@ once per adapter.
 Where the shared tensors live: on the adapted model itself, as ``model.<root_attr>``
 (a :class:`SharedAdapterTensors`, keyed by adapter), so that every way of adding an
 adapter sees them: ``get_peft_model``/``PeftModel`` (model keys
-``base_model.model.<root_attr>.<adapter>.<...>``) and PEFT's ``inject_adapter_in_model``
-, which transformers' ``load_adapter`` uses and which returns the model without the
-tuner (keys ``<root_attr>.<adapter>.<...>``). The saved file keeps one name for them,
+``base_model.model.<root_attr>.<adapter>.<...>``) and PEFT's ``inject_adapter_in_model``,
+which transformers' ``load_adapter`` uses and which returns the model without the tuner
+(keys ``<root_attr>.<adapter>.<...>``). The saved file keeps one name for them,
 ``base_model.<root_attr>.<...>`` (the format since the first release); the tuner maps
-it both ways, and :func:`_install_transformers_key_mapping` teaches transformers'
-loader the same mapping.
+it both ways. Two PEFT helpers are taught about the stores when this module is
+imported: transformers' key mapping for adapters
+(:func:`_install_transformers_key_mapping`) and the base model's state dict
+(:func:`_install_base_model_state_dict_filter`). The stores are no tuner layers on
+purpose: PEFT's tools (LoRA conversion, layer status) take every tuner layer for an
+adapted layer.
 """
 
 import contextlib
