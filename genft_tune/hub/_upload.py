@@ -99,12 +99,10 @@ def _stage_true_dtype(folder: Path, staging: Path) -> None:
     dtype = written_dtype(folder)
     if dtype is None or not staged.exists():
         return
-    config = json.loads(staged.read_text())
-    if all(config.get(k) == dtype for k in ("torch_dtype", "dtype") if k in config) and (
-        "torch_dtype" in config or "dtype" in config
-    ):
-        return
     text = staged.read_text()
+    said = {json.loads(text).get(k) for k in ("torch_dtype", "dtype")} - {None}
+    if said == {dtype}:
+        return
     staged.unlink()  # a link to the folder's own file, which stays untouched
     staged.write_text(text)
     write_config_dtype(staging, dtype)
@@ -160,7 +158,7 @@ def check_merged_folder(folder: Path) -> None:
     if hf_weights and not config.is_file():
         raise FileNotFoundError(
             f"{folder} has weights but no config.json, so transformers cannot load it (a checkpoint interrupted "
-            "while it was written?): merge again with `genft-tune merge`, or resume the run to write it"
+            "while it was written?): merge again with `genft-tune merge` (or run the training again)"
         )
     if config.is_file():
         try:
