@@ -219,7 +219,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     result = dict(
         task="quickstart: SmolLM2-135M-Instruct, WordNet definitions (validation lemmas), GenFT/WeGeFT on q_proj, v_proj",
         examples=sum(len(b["input_ids"]) for b in batches), answer_tokens=scores["base"].tokens,
-        eval_seconds=eval_seconds, adapters={m: str(r) for m, r in runs.items()}, rows=rows,
+        eval_seconds=eval_seconds, adapters={m: _relative(r) for m, r in runs.items()}, rows=rows,
         torch=torch.__version__, threads=torch.get_num_threads(),
     )
     out = Path(args.out)
@@ -228,6 +228,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     out.with_suffix(".md").write_text(format_table(result) + "\n")
     print(format_table(result))
     return result
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
 
 
 def _lora_tensors(path: Path):

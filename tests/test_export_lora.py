@@ -204,7 +204,7 @@ def test_export_lora_cli(tmp_path, capsys):
     assert cli_main(["export-lora", str(adapter), "--rank", "16", "--base", str(base), "--output", str(out),
                      "--per-layer"]) == 0
     printed = capsys.readouterr().out
-    assert "LoRA rank 16 for 12 layers" in printed and "energy kept" in printed
+    assert "LoRA rank 16 for 12 layers" in printed and "energy lost (1 - fraction of ||dW||_F^2 kept): worst" in printed
     assert "model.layers.1.self_attn.q_proj: rank 16 of" in printed and "--max-lora-rank 16" in printed
     assert (out / PEFT_WEIGHTS_FILE).is_file()
     assert cli_main(["export-lora", str(adapter), "--rank", "4", "--base", str(base), "--output", str(out),

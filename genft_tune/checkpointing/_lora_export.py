@@ -98,13 +98,13 @@ class LoraExport:
         exact = sum(c.exact for c in self.layers)
         lines = [
             f"LoRA rank {self.rank} for {len(self.layers)} layers: {exact} exact (dW has rank <= {self.rank}); "
-            f"energy kept (fraction of ||dW||_F^2) mean {mean:.6f}, worst {worst.energy:.6f} ({worst.module}, "
-            f"relative Frobenius error {worst.relative_error:.3e})"
+            f"energy lost (1 - fraction of ||dW||_F^2 kept): worst {1 - worst.energy:.1e} ({worst.module}, "
+            f"relative Frobenius error {worst.relative_error:.1e}), mean {1 - mean:.1e}"
         ]
         if per_layer:
             lines += [
-                f"  {c.module}: rank {c.rank} of {c.numerical_rank}, energy {c.energy:.6f}, "
-                f"relative error {c.relative_error:.3e}"
+                f"  {c.module}: rank {c.rank} of {c.numerical_rank}, energy lost {1 - c.energy:.1e}, "
+                f"relative error {c.relative_error:.1e}"
                 for c in self.layers
             ]
         serve = next((r for r in VLLM_MAX_LORA_RANKS if r >= self.rank), None)
