@@ -25,9 +25,9 @@ import pytest
 import torch
 from test_recipes_fixtures import (
     base_config,
+    DISTRIBUTED_RECIPE,
     load_recipe_module,
     losses,
-    read_metrics,
     run_recipe_in_process,
     SINGLE_DEVICE_RECIPE,
     subprocess_env,
@@ -102,6 +102,8 @@ BAD_INPUTS = [
     ("tokenizer._component_=torchtune.models.qwen2_5.qwen2_5_tokenizer", "tokenizer: cannot load it (torchtune.models.qwen2_5.qwen2_5_tokenizer): TypeError"),
     ("checkpointer.model_type=QWEN2", "checkpointer.model_type is QWEN2, but the checkpoint's config.json says model_type 'llama': set checkpointer.model_type=LLAMA3"),
     ("collate_fn=torchtune.data.no_such_collate", "collate_fn: cannot import 'torchtune.data.no_such_collate'"),
+    ("dataset._component_=torchtune.datasets.chat_dataset dataset.data_files={data}/chats.jsonl dataset.conversation_column=conversations dataset.conversation_style=openai", "row 0 has no column 'conversations' (its columns: ['messages']); set dataset.conversation_column to the column that holds the conversations"),
+    ("dataset.packed=True dataset.data_files={data}/holes.jsonl", "1 of 16 rows have no 'output' (rows [5]); packing stops on them: drop them, or set dataset.packed=False"),
     ("model.targets=[q_proj,v_proj]", "unknown config key 'model.targets'; did you mean 'model.genft_attn_modules'?"),
     ("num_epochs=3", "unknown config key 'num_epochs'; did you mean 'epochs'?"),
 ]
@@ -138,6 +140,9 @@ def write_bad_data(folder: Path) -> Path:
     (folder / "empty.jsonl").write_text("")
     (folder / "long.jsonl").write_text(jsonl({"input": "x " * 200, "output": "y"} for _ in range(16)))
     (folder / "broken.jsonl").write_text(jsonl(good[:5]) + '{"input": "x", "output": \n' + jsonl(good[5:]))
+    holes = [dict(r) for r in good]
+    holes[5]["output"] = None
+    (folder / "holes.jsonl").write_text(jsonl(holes))
     (folder / "chats.jsonl").write_text(jsonl(
         {"messages": [{"role": "user", "content": r["input"]}, {"role": "assistant", "content": r["output"]}]} for r in good
     ))
@@ -181,13 +186,13 @@ def _run(tmp_path, overrides, **env):
     return proc.returncode, proc.stderr
 
 
-def _main_in_process(cfg_path, args):
+def _main_in_process(cfg_path, args, recipe=SINGLE_DEVICE_RECIPE):
     """recipe_main in this process: (exit code, stderr)."""
     import io
     from contextlib import redirect_stderr
 
-    module = load_recipe_module(SINGLE_DEVICE_RECIPE)
-    argv, sys.argv = sys.argv, [str(SINGLE_DEVICE_RECIPE), "--config", str(cfg_path), *args]
+    module = load_recipe_module(recipe)
+    argv, sys.argv = sys.argv, [str(recipe), "--config", str(cfg_path), *args]
     err = io.StringIO()
     try:
         with redirect_stderr(err):
@@ -224,6 +229,20 @@ def test_every_problem_is_reported_at_once_without_a_traceback(tmp_path):
     assert "Traceback" not in err and not (tmp_path / "out").exists()
     code, err = _run(tmp_path, "batch_size=0", GENFT_TUNE_DEBUG="1")
     assert code != 0 and "Traceback" in err and "batch_size must be an integer >= 1" in err
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ("max_step_per_epoch=1 optimizer.lrr=1", "the config has 2 problems"),
+    ("dataset.data_files={data}/qa.jsonl", "row 0 has no column 'input', 'output'"),
+    ("checkpointer.checkpoint_dir={big}", "does not fit the model config"),
+])
+def test_distributed_recipe_runs_the_same_preflight(tmp_path, overrides, message):
+    """The distributed recipe's pre-flight, before any process group (before: a
+    traceback asking for a distributed launcher, or a crash after start-up)."""
+    cfg_path, args, places = _case_config(tmp_path, overrides)
+    code, err = _main_in_process(cfg_path, args, recipe=DISTRIBUTED_RECIPE)
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert "genft_finetune_distributed: error:" in err and not (tmp_path / "out").exists()
 
 
 def test_every_packaged_llm_config_has_only_known_keys():

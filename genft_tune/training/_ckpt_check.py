@@ -18,14 +18,9 @@ _MODEL_TYPES = {
     "LLAMA2": "llama", "LLAMA3": "llama", "LLAMA3_2": "llama", "QWEN2": "qwen2", "QWEN3": "qwen3",
     "GEMMA": "gemma", "GEMMA2": "gemma2", "MISTRAL": "mistral", "PHI3_MINI": "phi3", "PHI4": "phi3",
 }
-# config.json model_type -> torchtune's model_type and a builder that takes any size
-_FAMILY_BUILDERS = {
-    "llama": ("LLAMA3", "torchtune.models.llama3_2._component_builders.llama3_2"),
-    "qwen2": ("QWEN2", "torchtune.models.qwen2._component_builders.qwen2"),
-    "qwen3": ("QWEN3", "genft_tune.models.qwen3.qwen3"),
-    "gemma2": ("GEMMA2", "genft_tune.models.gemma2.gemma2"),
-    "mistral": ("MISTRAL", "torchtune.models.mistral._component_builders.mistral"),
-    "phi3": ("PHI3_MINI", "torchtune.models.phi3._component_builders.phi3"),
+# config.json model_type -> the checkpointer.model_type that reads it
+_CHECKPOINTER_TYPES = {
+    "llama": "LLAMA3", "qwen2": "QWEN2", "qwen3": "QWEN3", "gemma2": "GEMMA2", "mistral": "MISTRAL", "phi3": "PHI3_MINI",
 }
 _DIM_NAMES = {
     "vocab_size": "vocabulary", "embed_dim": "hidden size", "num_layers": "layers",
@@ -175,10 +170,10 @@ def checkpoint_problems(cfg: DictConfig, checkpoint_files: Sequence[str]) -> Lis
     model_type = str(cfg.checkpointer.get("model_type", "") or "")
     have = (config or {}).get("model_type")
     want = _MODEL_TYPES.get(model_type)
-    if want is not None and have is not None and have != want and have in _FAMILY_BUILDERS:
+    if want is not None and have is not None and have != want and have in _CHECKPOINTER_TYPES:
         problems.append(ValueError(
             f"checkpointer.model_type is {model_type}, but the checkpoint's config.json says model_type "
-            f"{have!r}: set checkpointer.model_type={_FAMILY_BUILDERS[have][0]} (and a {have} model config)"
+            f"{have!r}: set checkpointer.model_type={_CHECKPOINTER_TYPES[have]} (and a {have} model config)"
         ))
     try:
         model = build_on_meta(cfg.model)

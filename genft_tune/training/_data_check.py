@@ -73,7 +73,7 @@ def _column_hint(field: str, transform: Any, required: Dict[str, str], columns: 
     if name in ("ShareGPTToMessages", "OpenAIToMessages"):
         return f"set {field}.conversation_column to the column that holds the conversations"
     # a column_map names every column the transform reads, e.g. the file's in order
-    guess = dict(zip(required, list(columns) + [f"<column>"] * len(required)))
+    guess = dict(zip(required, list(columns) + ["<column>"] * len(required)))
     return "map yours with " + " ".join(f"{field}.column_map.{k}={v}" for k, v in guess.items())
 
 
@@ -123,7 +123,9 @@ def _open(cfg_dataset: DictConfig, tokenizer: Any, field: str, label: str) -> An
         raise ValueError(f"{label}: cannot open the data set: {type(e).__name__}: {text}") from None
 
 
-def _check_opened(ds: Any, field: str, label: str, ignore_index: int, max_seq_len: Optional[int]) -> List[ValueError]:
+def _check_opened(
+    ds: Any, field: str, label: str, ignore_index: int, max_seq_len: Optional[int], packed: bool = False
+) -> List[ValueError]:
     problems: List[ValueError] = []
     n = len(ds)
     if n == 0:
@@ -149,6 +151,12 @@ def _check_opened(ds: Any, field: str, label: str, ignore_index: int, max_seq_le
             missing = [i for i, v in enumerate(values) if v is None]
             if missing and len(missing) == n:
                 problems.append(ValueError(f"{label}: no row has a value in column {column!r}"))
+            elif missing and packed:  # packing tokenizes every row up front: no skipping
+                problems.append(ValueError(
+                    f"{label}: {len(missing)} of {n} rows have no {column!r} (rows {missing[:5]}"
+                    f"{'...' if len(missing) > 5 else ''}); packing stops on them: drop them, or set "
+                    f"{field}.packed=False (an unpacked run skips them)"
+                ))
             elif missing:
                 null_rows.update(missing)
                 log.warning(
@@ -238,7 +246,8 @@ def data_problems(cfg: DictConfig, *, ignore_index: int = -100) -> List[ValueErr
         except ValueError as e:
             problems.append(e)
             continue
-        found = _check_opened(ds, field, label, ignore_index, max_seq_len)
+        packed = bool(node.get("packed", False)) if isinstance(node, DictConfig) else False
+        found = _check_opened(ds, field, label, ignore_index, max_seq_len, packed=packed)
         if not found and field == "dataset" and not node.get("packed", False):
             found = _batch_problems(cfg, ds, label)
         problems += found
