@@ -1,12 +1,15 @@
-"""The single-device GenFT recipe on a tiny Llama (CPU, fp32).
+"""The single-device recipe on a tiny Llama (CPU, fp32), for GenFT and WeGeFT.
 
-One training run (module fixture) feeds several tests: the loss falls, the checkpoint
-layout, mid-epoch resume reproducing the uninterrupted losses, and the merged
-checkpoint loading in plain transformers with the GenFT model's logits.
+One training run per method (module fixture) feeds several tests: the loss falls, the
+adapter files, mid-epoch resume reproducing the uninterrupted losses, and the merged
+checkpoint loading in plain transformers (and PEFT's pair on the Hugging Face base) with
+the adapted model's logits.
 """
 
 import json
 import logging
+import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -28,24 +31,32 @@ from test_recipes_fixtures import (
     SINGLE_DEVICE_RECIPE,
     subprocess_env,
     TINY,
+    WEGEFT_RANK,
+    wegeft_config,
     write_config,
     write_tiny_checkpoint,
 )
 
+from genft_tune.checkpointing import load_genft_adapter
+from genft_tune.modules import wegeft_merged_weight, WeGeFTConfig
+
 # Steps are counted in optimizer steps: 64 samples / batch 2 = 32 batches, 2 per step,
 # capped at 6 steps per epoch; 2 epochs = 12 steps. Saves at steps 4 and 8 (mid-epoch)
 # and at both epoch ends.
-RUN = {
+SCHEDULE = {
     "batch_size": 2,
     "gradient_accumulation_steps": 2,
     "epochs": 2,
     "max_steps_per_epoch": 6,
     "save_every_n_steps": 4,
-    "optimizer.lr": 0.02,
-    "model.scaling": 1.0,
-    "model.dropout": 0.1,  # exercises the RNG state on resume
     "clip_grad_norm": 1.0,
 }
+# per method: its config, and the settings it trains with (dropout exercises the RNG state on resume)
+METHODS = {
+    "genft": (base_config, {**SCHEDULE, "optimizer.lr": 0.02, "model.scaling": 1.0, "model.dropout": 0.1}),
+    "wegeft": (wegeft_config, {**SCHEDULE, "optimizer.lr": 0.01}),  # WEGEFT_MODEL has wegeft_dropout 0.1
+}
+RUN = METHODS["genft"][1]
 CRASH_AFTER_STEP = 9  # resume then starts from the step-8 checkpoint, mid epoch 2
 
 
@@ -59,17 +70,25 @@ def _recipe(cfg_path: Path):
     return module, cfg
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """An uninterrupted run; at step 9 its output folder is copied, which is what a
-    run that crashed right there would have left on disk."""
-    tmp = tmp_path_factory.mktemp("single")
-    cfg = base_config(tmp, **RUN)
+@pytest.fixture(scope="module", params=sorted(METHODS))
+def trained(request, tmp_path_factory):
+    """An uninterrupted run of one method; at step 9 its output folder is copied, which is
+    what a run that crashed right there would have left on disk. Tests of one method's
+    files ask for it with ``@only("genft")``."""
+    method = request.param
+    make_config, run = METHODS[method]
+    tmp = tmp_path_factory.mktemp(method)
+    cfg = make_config(tmp, **run)
     cfg_path = write_config(cfg, tmp / "config.yaml")
     out = Path(cfg["output_dir"])
     snapshot = tmp / "crashed"
     run_single_device_with_snapshot(cfg_path, crash_after_step=CRASH_AFTER_STEP, snapshot=snapshot)
-    return {"tmp": tmp, "cfg": cfg, "cfg_path": cfg_path, "out": out, "snapshot": snapshot}
+    return {"method": method, "tmp": tmp, "cfg": cfg, "cfg_path": cfg_path, "out": out, "snapshot": snapshot}
+
+
+def only(method: str):
+    """Runs a test on one method's ``trained`` run (the same cached run)."""
+    return pytest.mark.parametrize("trained", [method], indirect=True)
 
 
 def test_loss_falls(trained):
@@ -80,6 +99,7 @@ def test_loss_falls(trained):
     assert last < first - 0.3, values
 
 
+@only("genft")
 def test_checkpoint_layout(trained):
     out = trained["out"]
     for name in ("step_4", "epoch_0", "step_8", "epoch_1"):
@@ -117,10 +137,10 @@ def test_resume_mid_epoch_reproduces_losses(trained):
     assert state["steps_run"] == 8 and state["steps_in_epoch"] == 2
     assert "dataloader" in state  # a mid-epoch checkpoint
 
-    # resume reads PEFT's pair when ours is gone (the other resume tests read ours)
-    for name in ("genft_adapter.safetensors", "genft_config.json"):
-        (snapshot / "step_8" / name).unlink()
-    assert (snapshot / "step_8" / "peft" / "adapter_config.json").is_file()
+    if trained["method"] == "genft":  # resume reads PEFT's pair when ours is gone (WeGeFT reads ours)
+        for name in ("genft_adapter.safetensors", "genft_config.json"):
+            (snapshot / "step_8" / name).unlink()
+        assert (snapshot / "step_8" / "peft" / "adapter_config.json").is_file()
     cfg = dict(trained["cfg"])
     cfg["output_dir"] = str(snapshot)
     cfg["resume_from_checkpoint"] = True
@@ -144,13 +164,11 @@ def test_resume_mid_epoch_reproduces_losses(trained):
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
 
 
-def _genft_logits(cfg: dict, base_dir: Path, adapter_dir: Path, tokens: torch.Tensor) -> torch.Tensor:
-    """Logits of the GenFT model: the tiny base (HF -> torchtune conversion) plus the
-    saved adapter, in fp32."""
+def _adapter_logits(cfg: dict, base_dir: Path, adapter_dir: Path, tokens: torch.Tensor) -> torch.Tensor:
+    """Logits of the adapted model itself: the tiny base (HF -> torchtune conversion) plus
+    the saved adapter, in fp32."""
     from torchtune import config as tt_config
     from torchtune.training import FullModelHFCheckpointer, MODEL_KEY
-
-    from genft_tune.checkpointing import load_genft_adapter
 
     model = tt_config.instantiate(OmegaConf.create(cfg["model"]))
     ckpt = FullModelHFCheckpointer(
@@ -162,13 +180,17 @@ def _genft_logits(cfg: dict, base_dir: Path, adapter_dir: Path, tokens: torch.Te
     model.load_state_dict(ckpt.load_checkpoint()[MODEL_KEY], strict=False)
     adapter, _ = load_genft_adapter(adapter_dir)
     missing, unexpected = model.load_state_dict(adapter, strict=False)
-    assert not unexpected
+    assert not unexpected and not [k for k in missing if k in adapter]
     model.eval()
     with torch.no_grad():
         return model(tokens)
 
 
-def test_merged_checkpoint_loads_in_transformers_with_genft_logits(trained, tmp_path):
+# how close transformers' merged model is to the adapted one (fp32)
+TOLERANCE = {"genft": dict(rtol=1e-4, atol=1e-4), "wegeft": dict(rtol=0, atol=1e-5)}
+
+
+def test_merged_checkpoint_loads_in_transformers_with_the_adapted_logits(trained, tmp_path):
     out = trained["out"]
     merged_dir = out / "epoch_1"
     tokens = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(0))
@@ -194,8 +216,8 @@ def test_merged_checkpoint_loads_in_transformers_with_genft_logits(trained, tmp_
     hf_logits = torch.load(tmp_path / "hf_logits.pt")
 
     base_dir = Path(trained["cfg"]["checkpointer"]["checkpoint_dir"])
-    genft = _genft_logits(trained["cfg"], base_dir, merged_dir, tokens)
-    torch.testing.assert_close(hf_logits, genft, rtol=1e-4, atol=1e-4)
+    adapted = _adapter_logits(trained["cfg"], base_dir, merged_dir, tokens)
+    torch.testing.assert_close(hf_logits, adapted, **TOLERANCE[trained["method"]])
 
     # PEFT's pair that the recipe wrote gives the same model on the Hugging Face base
     import genft_tune.peft  # noqa: F401
@@ -206,7 +228,7 @@ def test_merged_checkpoint_loads_in_transformers_with_genft_logits(trained, tmp_
         LlamaForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32), str(merged_dir / "peft")
     ).eval()
     with torch.no_grad():
-        torch.testing.assert_close(peft_model(tokens).logits, genft, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(peft_model(tokens).logits, adapted, rtol=1e-4, atol=1e-4)
 
     # not trivially equal: the base model's logits differ
 
@@ -214,6 +236,65 @@ def test_merged_checkpoint_loads_in_transformers_with_genft_logits(trained, tmp_
     with torch.no_grad():
         base_logits = base(tokens).logits
     assert (base_logits - hf_logits).abs().max() > 1e-2
+
+
+@only("wegeft")
+def test_wegeft_adapter_files(trained):
+    adapter, config = load_genft_adapter(trained["out"] / "epoch_1")
+    assert config["method"] == "wegeft"
+    assert config["wegeft_config"]["rank"] == WEGEFT_RANK and config["wegeft_config"]["shared"] is True
+    # one shared (phi, psi) pair per module type, saved once; no base weights
+    assert set(adapter) == {f"wegeft_factors.{t}.{f}" for t in ("q_proj", "v_proj") for f in ("phi", "psi")}
+    assert adapter["wegeft_factors.q_proj.phi"].shape == (WEGEFT_RANK, TINY["embed_dim"])
+    assert adapter["wegeft_factors.q_proj.phi"].abs().max() > 0  # trained off its zero init
+    targets = {f"layers.{i}.attn.{t}" for i in range(TINY["num_layers"]) for t in ("q_proj", "v_proj")}
+    assert set(config["target_modules"]) == targets
+
+
+@only("wegeft")
+def test_wegeft_merge_is_the_formula_in_transformers(trained, tmp_path):
+    """The merged HF checkpoint equals the base weights plus dW computed here from the
+    formula and the saved factors, in transformers' own model."""
+    from transformers import LlamaForCausalLM
+
+    merged_dir = trained["out"] / "epoch_1"
+    base_dir = Path(trained["cfg"]["checkpointer"]["checkpoint_dir"])
+    tokens = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(0))
+    merged = LlamaForCausalLM.from_pretrained(str(merged_dir), dtype=torch.float32).eval()
+    # W0 + (alpha/r) W0 phi^T psi written into q and v (HF layout: the same linear maps, rows
+    # permuted for RoPE, which the formula commutes with: (P W0) phi^T psi = P (W0 phi^T psi))
+    adapter, _ = load_genft_adapter(merged_dir)
+    scale = trained["cfg"]["model"]["wegeft_alpha"] / WEGEFT_RANK
+    model = LlamaForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            for name in ("q_proj", "v_proj"):
+                lin = getattr(layer.self_attn, name)
+                phi = adapter[f"wegeft_factors.{name}.phi"].double()
+                psi = adapter[f"wegeft_factors.{name}.psi"].double()
+                W0 = lin.weight.double()
+                lin.weight.copy_((W0 + scale * (W0 @ phi.T) @ psi).float())
+        torch.testing.assert_close(merged(tokens).logits, model(tokens).logits, rtol=1e-4, atol=1e-4)
+
+    # and the library's own merge formula agrees with the one written above
+    W0 = torch.randn(6, 5, dtype=torch.float64)
+    phi, psi = torch.randn(WEGEFT_RANK, 5, dtype=torch.float64), torch.randn(WEGEFT_RANK, 5, dtype=torch.float64)
+    cfg = WeGeFTConfig(rank=WEGEFT_RANK, alpha=2.0 * WEGEFT_RANK)
+    torch.testing.assert_close(wegeft_merged_weight(W0, phi, psi, cfg), W0 + 2.0 * (W0 @ phi.T) @ psi)
+
+
+@only("wegeft")
+def test_resuming_with_the_other_method_is_refused(trained, tmp_path, capsys):
+    """A WeGeFT adapter cannot be resumed into a GenFT model: one message, exit 2."""
+    snapshot = tmp_path / "snap"
+    shutil.copytree(trained["snapshot"], snapshot)
+    cfg = base_config(trained["tmp"] / "genft", ckpt_dir=Path(trained["cfg"]["checkpointer"]["checkpoint_dir"]), **RUN)
+    cfg["output_dir"] = str(snapshot)
+    cfg["resume_from_checkpoint"] = True
+    with pytest.raises(SystemExit) as exit_:
+        run_recipe_in_process(SINGLE_DEVICE_RECIPE, write_config(cfg, tmp_path / "genft.yaml"))
+    assert exit_.value.code == 2
+    assert re.search("saved adapter is 'wegeft'.*built with 'genft'", capsys.readouterr().err)
 
 
 def test_tune_run_installed_module_with_cli_overrides(tmp_path):

@@ -200,6 +200,29 @@ def base_config(tmp_path: Path, *, ckpt_dir: Optional[Path] = None, **overrides:
     return cfg
 
 
+WEGEFT_RANK = 4
+WEGEFT_MODEL = {
+    "_component_": "genft_tune.models.llama.llama_wegeft",
+    "wegeft_attn_modules": ["q_proj", "v_proj"],
+    **TINY,
+    "tie_word_embeddings": False,
+    "wegeft_rank": WEGEFT_RANK,
+    "wegeft_alpha": 2.0 * WEGEFT_RANK,
+    "wegeft_dropout": 0.1,  # exercises the RNG state on resume
+    "wegeft_shared": True,
+}
+
+
+def wegeft_config(tmp_path: Path, **overrides: Any) -> Dict[str, Any]:
+    """:func:`base_config` with the tiny WeGeFT model (``model.*`` overrides apply to it)."""
+    cfg = base_config(tmp_path, **overrides)
+    cfg["model"] = dict(WEGEFT_MODEL)
+    for key, value in overrides.items():
+        if key.startswith("model."):
+            cfg["model"][key.split(".", 1)[1]] = value
+    return cfg
+
+
 def _update(cfg: Dict[str, Any], overrides: Dict[str, Any]) -> None:
     """Apply ``{"a.b": value}`` style overrides (value None deletes ``a.b``... use DELETE)."""
     for key, value in overrides.items():
