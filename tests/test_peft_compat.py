@@ -419,3 +419,18 @@ def test_transformers_set_adapter_moves_trainability_like_lora(tmp_path, method)
         assert all(_grad_by_adapter(model, "y").values()) and not any(_grad_by_adapter(model, "x").values())
     shared = _shared_params(ours)
     assert shared and all(p.requires_grad == (".y." in n) for n, p in shared.items())
+
+
+@pytest.mark.parametrize("method", ["genft", "wegeft"])
+def test_adapter_trained_through_transformers_loads_in_peft(tmp_path, method):
+    """transformers' add_adapter + save_pretrained (its Trainer's path) writes every key under
+    base_model.model., the shared ones too: PeftModel and transformers both load it back."""
+    plain = _base()
+    plain.add_adapter(CONFIGS[method]())
+    _scramble(plain, 3)
+    want = _logits(plain)
+    plain.save_pretrained(tmp_path)
+    torch.testing.assert_close(_logits(PeftModel.from_pretrained(_base(), tmp_path)), want, rtol=0, atol=0)
+    again = _base()
+    again.load_adapter(str(tmp_path))
+    torch.testing.assert_close(_logits(again), want, rtol=0, atol=0)

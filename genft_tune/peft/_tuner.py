@@ -367,9 +367,11 @@ class AdapterPeftModel(BaseTuner):
         found = cls._store_of(model)
         if found is None:
             return out
-        saved = f"base_model.{cls.root_attr}."
+        # base_model.<root_attr>.<...>; transformers' save_pretrained of an adapter on a plain
+        # model puts base_model.model. before every key, ours too
+        saved = re.compile(rf"(?:base_model\.model\.)?base_model\.{cls.root_attr}\.")
         target = f"{found[0]}.{adapter_name}."
-        return {(target + k[len(saved):] if k.startswith(saved) else k): v for k, v in out.items()}
+        return {saved.sub(target, k, count=1) if saved.match(k) else k: v for k, v in out.items()}
 
     # ---- adapters --------------------------------------------------------------------
 
