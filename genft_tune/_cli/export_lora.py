@@ -69,12 +69,11 @@ def _export(args: argparse.Namespace) -> int:
             dtype=args.dtype, base_model_name_or_path=args.base_model or base_hub_id(args.base),
             overwrite=args.overwrite,
         )
-    except PeftFormatError as e:  # the adapter or base cannot be written as a LoRA: a user's choice
+    except (PeftFormatError, ValueError, FileNotFoundError, FileExistsError) as e:
+        # an adapter that does not fit the base, a corrupt file, a base of no known family:
+        # the user's inputs (found before anything is written)
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 1
     for line in result.summary(per_layer=args.per_layer):
         print(line)
     print(f"LoRA written to {result.output_dir}: load it with peft.PeftModel.from_pretrained(<base model>, "
