@@ -147,6 +147,10 @@ def test_low_cpu_mem_usage_loads_the_same_adapter(tmp_path, method):
     assert not any(p.is_meta for p in model.parameters())
     model.set_adapter("other")
     torch.testing.assert_close(_logits(model), want, rtol=0, atol=0)
+    plain = _base()
+    plain.load_adapter(str(tmp_path), low_cpu_mem_usage=True)  # transformers' loader
+    assert not any(p.is_meta for p in plain.parameters())
+    torch.testing.assert_close(_logits(plain), want, rtol=0, atol=0)
 
 
 # ---- 4. frozen and trainable adapters ---------------------------------------------------
