@@ -278,3 +278,26 @@ def test_an_interrupted_export_leaves_nothing(tmp_path, monkeypatch):
         export_lora_adapter(tmp_path / "adapter", base_dir=base, output_dir=out, rank=2, overwrite=True)
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["lora"]  # no half-written folder
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the old LoRA intact
+
+
+def test_an_adapter_trained_with_peft_converts_in_its_own_rows(tmp_path, tokens):
+    """A GenFT adapter saved by PEFT itself (Hugging Face's q/k rows, no
+    ``torchtune_rope_heads``; the pair in the folder itself) gives PEFT's logits."""
+    from peft import get_peft_model
+
+    base = write_tiny_checkpoint(tmp_path / "base")
+    cfg = GENFT_LOWRANK
+    config = genft_peft.GenFTPeftConfig(target_modules=["q_proj", "k_proj", "v_proj"], **{
+        k: getattr(cfg, k) for k in ("shared_dim", "specific_dim", "act_out", "generator_bias", "zero_init", "scaling")})
+    model = get_peft_model(_hf(base), config)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.normal_(std=0.2)
+    model.eval().save_pretrained(tmp_path / "trained_by_peft")
+    with torch.no_grad():
+        ours = model(tokens).logits
+    rank = cfg.shared_dim + cfg.specific_dim + 1
+    export_lora_adapter(tmp_path / "trained_by_peft", base_dir=base, output_dir=tmp_path / "lora", rank=rank)
+    assert _max_err(_lora_logits(base, tmp_path / "lora", tokens), ours) < EXACT
