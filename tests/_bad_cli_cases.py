@@ -12,7 +12,8 @@ Placeholders, filled in by the test:
 - ``{tt_base}``: a torchtune-format checkpoint of ``{base}`` (``model.pt``, no ``config.json``);
 - ``{adapter}``: an adapter checkpoint of ``{base}`` as a recipe's ``step_N`` writes it
   (``genft_adapter.safetensors`` + ``genft_config.json``, no merged weights);
-- ``{merged}``: ``genft-tune merge`` output of ``{base}`` and ``{adapter}``.
+- ``{merged}``: ``genft-tune merge`` output of ``{base}`` and ``{adapter}``;
+- ``{run}``: a recipe's output_dir holding ``epoch_0`` (merged) and ``step_2`` (an adapter).
 """
 
 # (command line, a part of its message)
@@ -30,6 +31,10 @@ CLI_BAD_INPUTS = [
      "{base} holds no adapter: expected genft_adapter.safetensors + genft_config.json"),
     ("genft-tune merge --base {other_base} --adapter {adapter} --output {tmp}/m",
      "does not fit"),
+    ("genft-tune merge --base {base} --adapter {merged} --output {tmp}/m",
+     "--adapter {merged} is a merged model (genft-tune merge output), not an adapter"),
+    ("genft-tune merge --base {base} --adapter {adapter} --output {tmp}/m --verify --tolerance -1",
+     "--tolerance must be a number >= 0, got -1.0"),
     ("genft-tune merge --base {base} --adapter {adapter} --output {merged}",
      "--output {merged} exists (pass --overwrite to replace it)"),
     ("genft-tune merge --base {base} --adapter {adapter} --output {file}",
@@ -45,6 +50,8 @@ CLI_BAD_INPUTS = [
     # publish
     ("genft-tune publish --folder {adapter} --repo-id me/tiny --dry-run {tmp}/d",
      "holds an adapter only, no merged weights: publish the adapter with --adapter-only"),
+    ("genft-tune publish --folder {run} --repo-id me/tiny --dry-run {tmp}/d",
+     "{run} is a run's output_dir, not a checkpoint: publish its last epoch folder, --folder {run}/epoch_0"),
     ("genft-tune publish --folder {tmp}/nowhere --repo-id me/tiny --dry-run {tmp}/d",
      "--folder {tmp}/nowhere does not exist"),
     ("genft-tune publish --folder {file} --repo-id me/tiny --dry-run {tmp}/d",
@@ -68,6 +75,8 @@ CLI_BAD_INPUTS = [
     # export-peft
     ("genft-tune export-peft {tmp}/nowhere",
      "ADAPTER {tmp}/nowhere: no such folder"),
+    ("genft-tune export-peft {merged}",
+     "ADAPTER {merged} is a merged model (genft-tune merge output), not an adapter"),
     ("genft-tune export-peft {base}",
      "ADAPTER {base} holds no genft_config.json: pass a recipe's epoch_N or step_N folder"),
     ("genft-tune export-peft {adapter} --base {tmp}/nowhere",

@@ -5,6 +5,7 @@ no traceback, and writes nothing (the case's folder and the shared inputs are un
 import contextlib
 import io
 import shlex
+import shutil
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,9 @@ def inputs(tmp_path_factory):
     trained_adapter(base, root / "adapter", targets=("q_proj", "v_proj"))
     merge_adapter_checkpoint(base_dir=base, adapter_dir=root / "adapter", output_dir=root / "merged")
     assert load_file(str(root / "merged" / "model.safetensors"))
-    return {name: root / name for name in ("base", "other_base", "tt_base", "adapter", "merged")}
+    shutil.copytree(root / "merged", root / "run" / "epoch_0")
+    shutil.copytree(root / "adapter", root / "run" / "step_2")
+    return {name: root / name for name in ("base", "other_base", "tt_base", "adapter", "merged", "run")}
 
 
 def _tree(path: Path):

@@ -33,6 +33,18 @@ def existing_folder(value: Optional[str], flag: str, what: str) -> Path:
     return path
 
 
+def merged_not_adapter(path: Path, flag: str) -> None:
+    """Refuse a merged model folder where an adapter checkpoint is expected.
+
+    Raises:
+        UsageError: naming the folder to pass instead.
+    """
+    if (path / "genft_config.json").is_file() and not (path / "genft_adapter.safetensors").is_file() \
+            and (path / "config.json").is_file():
+        raise UsageError(f"{flag} {path} is a merged model (genft-tune merge output), not an adapter: pass the "
+                         "recipe's epoch_N or step_N folder it was merged from")
+
+
 def new_output(value: str, flag: str, *, overwrite: bool = False, overwrite_flag: str = "--overwrite") -> Path:
     """``value`` as an output folder to create: its nearest existing ancestor must be a
     writable folder; an existing file is refused, an existing folder unless ``overwrite``.
@@ -55,4 +67,4 @@ def new_output(value: str, flag: str, *, overwrite: bool = False, overwrite_flag
     return path
 
 
-__all__ = ["existing_folder", "fail", "new_output", "USER_ERROR", "UsageError"]
+__all__ = ["existing_folder", "fail", "merged_not_adapter", "new_output", "USER_ERROR", "UsageError"]

@@ -41,13 +41,14 @@ def _export(args: argparse.Namespace) -> int:
     from genft_tune.checkpointing._peft_format import export_peft_adapter, PEFT_SUBDIR
     from genft_tune.hub._base import base_hub_id, HUB_ID
 
-    from genft_tune._cli._checks import existing_folder, fail, new_output, UsageError
+    from genft_tune._cli._checks import existing_folder, fail, merged_not_adapter, new_output, UsageError
 
     prog = "genft-tune export-peft"
     if args.base_model is not None and not HUB_ID.match(args.base_model):
         return fail(prog, f"--base-model must be a Hub id like ORG/NAME, got {args.base_model!r}")
     try:
         adapter = existing_folder(args.adapter, "ADAPTER", "a recipe's epoch_N/step_N folder")
+        merged_not_adapter(adapter, "ADAPTER")
         if not (adapter / "genft_config.json").is_file():
             hint = (" (it is a PEFT adapter already)" if (adapter / "adapter_config.json").is_file()
                     else ": pass a recipe's epoch_N or step_N folder")

@@ -32,12 +32,13 @@ def _check_args(args: argparse.Namespace) -> None:
     Raises:
         UsageError: one message naming the flag.
     """
-    from genft_tune._cli._checks import existing_folder, new_output, UsageError
+    from genft_tune._cli._checks import existing_folder, merged_not_adapter, new_output, UsageError
 
     base = existing_folder(args.base, "--base", "the base checkpoint folder, with config.json and its weights")
     adapter = existing_folder(args.adapter, "--adapter", "a recipe's epoch_N/step_N folder or a PEFT adapter folder")
     if (base / "genft_config.json").is_file() and not (base / "config.json").is_file():
         raise UsageError(f"--base {args.base} holds an adapter, not a base model: did you swap --base and --adapter?")
+    merged_not_adapter(adapter, "--adapter")
     if args.verify and not (base / "config.json").is_file():
         raise UsageError(f"--verify compares Hugging Face models, and --base {args.base} has no config.json "
                          "(a torchtune/Meta checkpoint): merge without --verify")

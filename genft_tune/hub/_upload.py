@@ -149,6 +149,12 @@ def check_merged_folder(folder: Path) -> None:
             f"{folder} holds an adapter only, no merged weights: publish the adapter with --adapter-only, or merge it "
             f"first (genft-tune merge --base BASE --adapter {folder} --output DIR) and publish DIR"
         )
+    epochs = sorted((p for p in folder.glob("epoch_*") if p.is_dir() and p.name[6:].isdigit()),
+                    key=lambda p: int(p.name[6:]))
+    if not weights and epochs:
+        raise FileNotFoundError(
+            f"{folder} is a run's output_dir, not a checkpoint: publish its last epoch folder, --folder {epochs[-1]}"
+        )
     if not weights:
         raise FileNotFoundError(
             f"no weights in {folder} (expected {', '.join(WEIGHT_PATTERNS)}): run `genft-tune merge` first"
