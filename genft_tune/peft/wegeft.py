@@ -2,10 +2,10 @@
 :class:`WeGeFTPeftModel`.
 
 ``dW = (alpha/r) W0 phi^T psi``. With ``shared`` (the default, the authors'
-``tied_modules``) one ``(phi, psi)`` pair per module type lives once on the model
-(``base_model.wegeft_factors.<type>.phi`` in the saved file; on the model, see
-:mod:`genft_tune.peft._tuner`); otherwise each adapted
-linear holds its own (``<module>.wegeft_layer_factors.phi``). The maths is
+``tied_modules``) one ``(phi, psi)`` pair per module type lives once on the adapted
+model (``base_model.wegeft_factors.<type>.phi`` in the saved file; see
+:mod:`genft_tune.peft._tuner`); otherwise each adapted linear holds its own
+(``<module>.wegeft_layer_factors.phi``). The maths is
 :mod:`genft_tune.modules.wegeft`'s. ``dW`` is a row-wise function of ``W0``, so a row
 permutation of ``W0`` (Hugging Face's q/k RoPE order) permutes ``dW`` alike: adapters
 from the torchtune recipes need no conversion of their rows.
