@@ -56,6 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=textwrap.dedent(
             """\
             The token comes from --token, HF_TOKEN or `hf auth login`; the endpoint from HF_ENDPOINT.
+            A folder that would not load as its card says (adapter only, no config.json, incomplete
+            weights, no GenFT/WeGeFT adapter json) is refused: exit 2, nothing uploaded.
             examples:
                 $ genft-tune publish --folder ./merged --repo-id me/llama-3.2-1b-genft --private
                 $ genft-tune publish --folder ./out/epoch_0 --repo-id me/llama-genft-adapter --adapter-only
@@ -64,12 +66,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
         formatter_class=argparse.RawTextHelpFormatter,
     )
-    parser.add_argument("--folder", required=True, help="merged model folder (`genft-tune merge` output, or a recipe's last epoch_N); any checkpoint folder with --adapter-only")
+    parser.add_argument("--folder", required=True, help="merged model folder (`genft-tune merge` output, or a recipe's last epoch_N: config.json, complete weights, genft_config.json); any checkpoint folder with --adapter-only (a step_N holds only the adapter)")
     parser.add_argument("--repo-id", required=True, help="USER/NAME of the Hub repo (created if needed)")
     parser.add_argument("--private", action="store_true", help="create the repo private")
     parser.add_argument("--dry-run", metavar="OUT_DIR", default=None, help="write the files that would be uploaded to OUT_DIR instead")
     parser.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the cached login)")
-    parser.add_argument("--license", default=None, help="license for the model card (default: the base's)")
+    parser.add_argument("--license", default=None, help="license id for the model card, e.g. apache-2.0 (default: the base card's; a warning when there is none)")
     parser.add_argument("--base-model", default=None, help="Hub id of the base (default: what the folder records; needed when it records only a local path)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--adapter-only", action="store_true", help="upload the PEFT-format adapter alone (adapter_config.json + adapter_model.safetensors)")
