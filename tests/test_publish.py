@@ -579,3 +579,17 @@ def test_publish_stages_a_config_with_the_weights_dtype(merged_folder, tmp_path)
     assert json.loads((tmp_path / "dry" / "config.json").read_text())["torch_dtype"] == "bfloat16"
     assert AutoConfig.from_pretrained(str(tmp_path / "dry")).dtype == torch.bfloat16
     assert (merged_folder / "config.json").read_text() == before
+
+
+def test_image_recipe_hf_model_takes_the_last_epochs_adapter_json(merged_folder, tmp_path):
+    """The image recipe writes its merged model to output_dir/hf_model and the adapter json
+    to each epoch_N: publish takes the last epoch's (the card's hyperparameters)."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(merged_folder, run / "hf_model")
+    (run / "epoch_1").mkdir()
+    (run / "hf_model" / "genft_config.json").rename(run / "epoch_1" / "genft_config.json")
+    (run / "epoch_0").mkdir()
+    assert _publish_dry(run / "hf_model", tmp_path / "dry") == 0
+    assert "| shared_dim | 2 |" in (tmp_path / "dry" / "README.md").read_text()
