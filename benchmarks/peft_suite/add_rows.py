@@ -26,7 +26,8 @@ so a PEFT version with another layout fails loudly instead of measuring nothing)
   ...)`` / ``config_cls == LoraConfig``, so they skip ours without an edit.
 * ``tests/__init__.py`` (the tests import each other relatively) and a ``conftest.py`` that
   maps the Hub model ids the decoder tests load to tiny models built locally
-  (``tiny_models.py``; no Hub access here).
+  (``tiny_models.py``; no Hub access here) and deselects the ``q_v`` rows on GPT-2 (its
+  attention is ``c_attn``; the ``default_targets`` rows run there).
 
 Usage: ``python add_rows.py TESTS_DIR [--strict]``.
 """
@@ -141,6 +142,19 @@ def _from_pretrained(cls, name, *args, **kwargs):
 
 
 _BaseAutoModelClass.from_pretrained = classmethod(_from_pretrained)
+
+
+def pytest_collection_modifyitems(config, items):
+    # the rows that name q_proj/v_proj do not apply to GPT-2 (c_attn): deselected, not failed
+    keep, drop = [], []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {{}})
+        kwargs = params.get("config_kwargs") or {{}}
+        is_gpt2 = "GPT2" in str(params.get("model_id", ""))
+        (drop if is_gpt2 and isinstance(kwargs, dict) and kwargs.get("target_modules") == ["q_proj", "v_proj"] else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 '''.format(mark=MARK)
 
 
