@@ -239,10 +239,12 @@ def test_mixed_adapter_batch_equals_each_sub_batch_alone(tmp_path, method):
     with pytest.raises(ValueError, match="training mode"):
         model(x, adapter_names=names)
     model.eval()
-    greedy = dict(min_new_tokens=3, max_new_tokens=3, do_sample=False)
-    out = model.generate(input_ids=x[:2], adapter_names=["b", "default"], **greedy)
+    beams = dict(min_new_tokens=3, max_new_tokens=3, do_sample=False, num_beams=2)  # names repeat per beam
+    out = model.generate(input_ids=x[:2], adapter_names=["b", "default"], **beams)
     model.set_adapter("b")
-    torch.testing.assert_close(out[0], model.generate(input_ids=x[:1], **greedy)[0])
+    torch.testing.assert_close(out[0], model.generate(input_ids=x[:1], **beams)[0])
+    model.set_adapter("default")
+    torch.testing.assert_close(out[1], model.generate(input_ids=x[1:2], **beams)[0])
 
 
 # ---- 7. PEFT's usual arguments ---------------------------------------------------------
