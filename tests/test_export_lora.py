@@ -301,3 +301,34 @@ def test_an_adapter_trained_with_peft_converts_in_its_own_rows(tmp_path, tokens)
     rank = cfg.shared_dim + cfg.specific_dim + 1
     export_lora_adapter(tmp_path / "trained_by_peft", base_dir=base, output_dir=tmp_path / "lora", rank=rank)
     assert _max_err(_lora_logits(base, tmp_path / "lora", tokens), ours) < EXACT
+
+
+def test_a_bf16_base_gets_bf16_factors_from_an_fp32_svd(tmp_path, tokens):
+    """``dtype="auto"``: the factors in the base's dtype (what vLLM's ``--lora-dtype auto``
+    serves), ``fp32`` on request; ``B @ A`` is WeGeFT's dW of the bf16 ``W0`` (fp64
+    reference from the paper's formula); the bf16 LoRA loads with PEFT on the bf16 base."""
+    fp32_base = write_tiny_checkpoint(tmp_path / "fp32_base")
+    base = tmp_path / "base"
+    _hf(fp32_base).to(torch.bfloat16).save_pretrained(base)
+    model, _ = _tune_model(base, WEGEFT)
+    _save(model, WEGEFT, tmp_path / "adapter", base)
+    export_lora_adapter(tmp_path / "adapter", base_dir=base, output_dir=tmp_path / "auto", rank=WEGEFT.rank)
+    export_lora_adapter(tmp_path / "adapter", base_dir=base, output_dir=tmp_path / "fp32", rank=WEGEFT.rank,
+                        dtype="fp32")
+    auto = load_file(str(tmp_path / "auto" / PEFT_WEIGHTS_FILE))
+    fp32 = load_file(str(tmp_path / "fp32" / PEFT_WEIGHTS_FILE))
+    assert {t.dtype for t in auto.values()} == {torch.bfloat16} and {t.dtype for t in fp32.values()} == {torch.float32}
+
+    adapter = load_file(str(tmp_path / "adapter" / "genft_adapter.safetensors"))
+    phi, psi = (adapter[f"wegeft_factors.q_proj.{n}"].double() for n in ("phi", "psi"))
+    module = "model.layers.1.self_attn.q_proj"
+    W0 = load_file(str(base / "model.safetensors"))[f"{module}.weight"]
+    assert W0.dtype == torch.bfloat16
+    reference = WEGEFT.scaling * W0.double() @ phi.T @ psi
+    A, B = (fp32[f"base_model.model.{module}.lora_{n}.weight"].double() for n in ("A", "B"))
+    lora = B @ A
+    torch.testing.assert_close(lora, reference, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        loaded = peft.PeftModel.from_pretrained(
+            transformers.AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.bfloat16), str(tmp_path / "auto"))
+        assert torch.isfinite(loaded(tokens).logits).all()
