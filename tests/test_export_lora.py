@@ -332,3 +332,36 @@ def test_a_bf16_base_gets_bf16_factors_from_an_fp32_svd(tmp_path, tokens):
         loaded = peft.PeftModel.from_pretrained(
             transformers.AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.bfloat16), str(tmp_path / "auto"))
         assert torch.isfinite(loaded(tokens).logits).all()
+
+
+def test_lora_conversion_benchmark_smoke(tmp_path, monkeypatch):
+    """``benchmarks/lora_conversion.py`` end to end on a tiny stand-in of the quickstart's
+    folder (the held-out batches are random tokens: the tiny model has no tokenizer)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import lora_conversion
+
+    work = tmp_path / "work"
+    base = write_tiny_checkpoint(work / "base")
+    model, _ = _tune_model(base, GENFT_DENSE)
+    _save(model, GENFT_DENSE, tmp_path / "adapter", base)
+    run = merge_adapter_checkpoint(base_dir=base, adapter_dir=tmp_path / "adapter", output_dir=work / "run" / "epoch_0")
+    _save(model, GENFT_DENSE, run, base)  # the recipe's epoch_N: merged weights and the adapter
+
+    def batches(base_dir, examples, batch_size):
+        ids = torch.randint(0, TINY["vocab_size"], (examples, 9), generator=torch.Generator().manual_seed(0))
+        labels = ids.roll(-1, dims=1)
+        labels[:, -1] = -100
+        return [dict(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels)]
+
+    monkeypatch.setattr(lora_conversion, "held_out_batches", batches)
+    out = tmp_path / "results" / "lora.json"
+    result = lora_conversion.main(["--work-dir", str(work), "--ranks", "1,64", "--energy", "0.9", "--examples", "4",
+                                   "--no-wegeft", "--out", str(out)])
+    rows = {(r["model"], r.get("choice")): r for r in result["rows"]}
+    assert rows[("genft -> LoRA", "rank 64")]["max_logit_diff"] < EXACT  # full rank: exact
+    assert rows[("genft -> LoRA", "rank 1")]["max_logit_diff"] > 1e-3
+    assert ("genft -> LoRA", "energy 0.9") in rows and ("base", None) in rows
+    assert "| genft -> LoRA | rank 64 | 64 |" in out.with_suffix(".md").read_text()
