@@ -440,3 +440,16 @@ def test_adapter_trained_through_transformers_loads_in_peft(tmp_path, method):
     again = _base()
     again.load_adapter(str(tmp_path))
     torch.testing.assert_close(_logits(again), want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("method", list(CONFIGS))
+def test_model_status_lists_every_adapter_like_lora(method):
+    """PEFT's get_model_status/get_layer_status: available and active adapters, as LoRA's."""
+    lora = get_peft_model(_base(), LoraConfig(target_modules=["q_proj", "v_proj"]))
+    lora.add_adapter("b", LoraConfig(target_modules=["q_proj", "v_proj"]))
+    model = get_peft_model(_base(), CONFIGS[method]())
+    model.add_adapter("b", CONFIGS[method]())
+    for m in (lora, model):
+        status = m.get_model_status()
+        assert status.available_adapters == ["b", "default"] and status.active_adapters == ["default"]
+        assert all(layer.available_adapters == ["b", "default"] for layer in m.get_layer_status())

@@ -235,6 +235,10 @@ class AdapterPeftLayer(nn.Module, BaseTunerLayer):
     def _all_available_adapter_names(self) -> List[str]:
         return sorted(set(super()._all_available_adapter_names()) | set(self._shared_modules()))
 
+    def _get_available_adapters(self) -> set:
+        # (a shared WeGeFT layer holds no per-layer tensors: its adapters are its references)
+        return super()._get_available_adapters() | set(self._shared_modules())
+
     def delete_adapter(self, adapter_name: str) -> None:
         # forget the adapter first: PEFT picks the fallback among the adapters still here
         self._forget(adapter_name)
