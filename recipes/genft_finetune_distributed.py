@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from genft_tune import training as genft_training
 from genft_tune._recipe_registry import resolve_config_argv
-from genft_tune._fs import give_open_modes
+from genft_tune.checkpointing import finalize_merged_folder
 from genft_tune.checkpointing import load_any_adapter
 
 log = utils.get_logger("DEBUG")
@@ -79,6 +79,9 @@ class GenFTFinetuneRecipeDistributed(FTRecipeInterface):
           every rank's data position and RNG (same world size needed mid-epoch); at the
           end the merged model in the base checkpoint's format (rank 0).
         - CUDA memory statistics are skipped on CPU.
+        - Mistakes and accidents as in the single-device recipe: ``preflight`` before
+          anything loads, skipped and counted bad rows, Ctrl-C exits 130 after a
+          checkpoint being written is finished.
 
     Args:
         cfg (DictConfig): OmegaConf object parsed from yaml file
@@ -738,7 +741,10 @@ class GenFTFinetuneRecipeDistributed(FTRecipeInterface):
                     epoch=epoch,
                     intermediate_checkpoint=False,
                 )
-                give_open_modes(self._output_dir / f"epoch_{epoch}")  # torchtune writes 0600 safetensors
+                # its own card and config.json dtype, open() modes (torchtune copies the base's files, 0600)
+                finalize_merged_folder(
+                    self._output_dir / f"epoch_{epoch}", base_dir=genft_training.checkpoint_dir_of(self._checkpointer)
+                )
             recipe_state = genft_training.recipe_state_dict(
                 self,
                 optimizer_state=opt_state_dict,

@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from genft_tune import training as genft_training
 from genft_tune._recipe_registry import resolve_config_argv
-from genft_tune._fs import give_open_modes
+from genft_tune.checkpointing import finalize_merged_folder
 from genft_tune.checkpointing import load_any_adapter
 
 log = utils.get_logger("DEBUG")
@@ -84,6 +84,10 @@ class GenFTFinetuneRecipeSingleDevice(FTRecipeInterface):
           base model's own format (HF safetensors for an HF checkpoint), loadable
           without this package; ``save_adapter_weights_only: True`` skips that.
         - Logging: any torchtune metric logger, tqdm progress bar, torch profiler.
+        - Mistakes and accidents: ``recipe_main`` runs ``genft_training.preflight`` (config
+          keys, checkpoint against the model, data) before anything loads; a row that fails
+          to tokenize or loses every label to truncation is skipped and counted; Ctrl-C
+          finishes a checkpoint being written, then exits 130 naming the step to resume from.
 
     Args:
         cfg (DictConfig): OmegaConf object parsed from yaml file
@@ -642,7 +646,10 @@ class GenFTFinetuneRecipeSingleDevice(FTRecipeInterface):
                 epoch=epoch,
                 intermediate_checkpoint=False,
             )
-            give_open_modes(self._output_dir / f"epoch_{epoch}")  # torchtune writes 0600 safetensors
+            # its own card and config.json dtype, open() modes (torchtune copies the base's files, 0600)
+            finalize_merged_folder(
+                self._output_dir / f"epoch_{epoch}", base_dir=genft_training.checkpoint_dir_of(self._checkpointer)
+            )
         del state_dict
 
         recipe_state = genft_training.recipe_state_dict(

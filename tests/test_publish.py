@@ -499,15 +499,11 @@ def test_recipe_merged_folder_has_its_own_card_and_true_dtype(tmp_path, checkpoi
     dtype, as torchtune's LoRA recipes write merged weights), and its README.md is a card for
     this model (the base's Hub id and license, the quantized-copy note), not the base's.
     transformers loads it in the dtype the config names."""
-    from test_recipes_fixtures import SINGLE_DEVICE_RECIPE
-
-    if checkpointer.startswith("torchtune") and "finalize_merged_folder" not in SINGLE_DEVICE_RECIPE.read_text():
-        pytest.xfail("the recipe does not call genft_tune.checkpointing.finalize_merged_folder yet (issue 23)")
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM
 
     base_card = "---\nlicense: apache-2.0\nbase_model: org/tiny-llama\nbase_model_relation: quantized\n---\n# GGUF\n"
-    from test_recipes_fixtures import base_config, run_recipe_in_process, write_config
+    from test_recipes_fixtures import base_config, run_recipe_in_process, SINGLE_DEVICE_RECIPE, write_config
 
     cfg = base_config(tmp_path, max_steps_per_epoch=2, epochs=1, dtype="bf16", **{"checkpointer._component_": checkpointer})
     base = Path(cfg["checkpointer"]["checkpoint_dir"])
