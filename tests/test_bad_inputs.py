@@ -106,6 +106,7 @@ BAD_INPUTS = [
     ("dataset.packed=True dataset.data_files={data}/holes.jsonl", "1 of 16 rows have no 'output' (rows [5]); packing stops on them: drop them, or set dataset.packed=False"),
     ("model.targets=[q_proj,v_proj]", "unknown config key 'model.targets'; did you mean 'model.genft_attn_modules'?"),
     ("num_epochs=3", "unknown config key 'num_epochs'; did you mean 'epochs'?"),
+    ("+dataset.train_on_input=True", "unknown config key '+dataset': torchtune's command line sets new keys without '+' (write dataset.<key>=<value>)"),
 ]
 
 

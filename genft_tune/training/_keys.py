@@ -175,7 +175,10 @@ def unknown_key_problems(cfg: DictConfig, *, recipe_keys: Iterable[str] = RECIPE
     """
     valid = set(recipe_keys)
     problems = [
-        _unknown("", k, valid, "the recipe reads") for k in cfg.keys() if k not in valid
+        ValueError(f"unknown config key {k!r}: torchtune's command line sets new keys without '+' "
+                   f"(write {k[1:]}.<key>=<value>)") if str(k).startswith("+") and k[1:] in valid
+        else _unknown("", k, valid, "the recipe reads")
+        for k in cfg.keys() if k not in valid
     ]
     for key in cfg.keys():
         if key in valid:
