@@ -84,6 +84,7 @@ BAD_INPUTS = [
     # further mistakes (issue 23: "try, as a user would, ... that nobody listed")
     ("dataset.source=jsonl", "local files are read with source set to their format, one of ['json', 'csv', 'parquet', 'text', 'arrow'] (JSON Lines files are read with source=json)"),
     ("dataset.data_files={data}/broken.jsonl", "dataset ({data}/broken.jsonl): cannot open the data set: ValueError"),
+    ("dataset.source=csv dataset.data_files={data}/latin1.csv", "UnicodeDecodeError: 'utf-8' codec can't decode byte 0xe9 in position 3: unexpected end of data); save the file as UTF-8, or name its encoding: dataset.encoding=latin-1"),
     ("dataset.split=validation", "Unknown split \"validation\". Should be one of ['train']"),
     ("dataset.source=csv dataset.data_files={data}/qa.csv", "dataset ({data}/qa.csv): row 0 has no column 'input', 'output' (its columns: ['question', 'answer'])"),
     ("dataset.column_map.input=prompt dataset.column_map.output=output", "row 0 has no column 'prompt' (its columns: ['input', 'output'])"),
@@ -139,6 +140,7 @@ def write_bad_data(folder: Path) -> Path:
     (folder / "qa.jsonl").write_text(jsonl({"question": r["input"], "answer": r["output"]} for r in good))
     (folder / "qa.csv").write_text("question,answer\n" + "".join(f"q{i},a{i}\n" for i in range(16)))
     (folder / "empty.jsonl").write_text("")
+    (folder / "latin1.csv").write_bytes(b"input,output\ncaf\xe9,x\nb,y\n")
     (folder / "long.jsonl").write_text(jsonl({"input": "x " * 200, "output": "y"} for _ in range(16)))
     (folder / "broken.jsonl").write_text(jsonl(good[:5]) + '{"input": "x", "output": \n' + jsonl(good[5:]))
     holes = [dict(r) for r in good]

@@ -118,6 +118,8 @@ def _open(cfg_dataset: DictConfig, tokenizer: Any, field: str, label: str) -> An
     except Exception as e:  # noqa: BLE001  (datasets' and torchtune's own errors)
         cause = e.__cause__ or e.__context__
         text = f"{e}" + (f" ({type(cause).__name__}: {cause})" if cause is not None and str(cause) not in str(e) else "")
+        if isinstance(cause, UnicodeDecodeError):
+            text += f"; save the file as UTF-8, or name its encoding: {field}.encoding=latin-1 (for example)"
         if "corresponds to no data" in text or "no data" in text.lower():
             text = f"no rows could be read from it as {cfg_dataset.get('source', '?')} (an empty file, or another format?)"
         raise ValueError(f"{label}: cannot open the data set: {type(e).__name__}: {text}") from None
