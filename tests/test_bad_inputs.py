@@ -71,7 +71,8 @@ BAD_INPUTS = [
     ("model.shared_dimm=8", "unknown config key 'model.shared_dimm'; did you mean 'model.shared_dim'?"),
     ("optimizer.lrr=1e-3", "unknown config key 'optimizer.lrr'; did you mean 'optimizer.lr'?"),
     ("dataset.data_files={data}/qa.jsonl", "dataset ({data}/qa.jsonl): row 0 has no column 'input', 'output' (its columns: ['question', 'answer']); map yours with dataset.column_map.input=question dataset.column_map.output=answer"),
-    ("dataset.data_files={data}/empty.jsonl", "dataset ({data}/empty.jsonl): cannot open the data set"),
+    ("dataset.data_files={data}/empty.jsonl", "dataset ({data}/empty.jsonl): {data}/empty.jsonl is empty (0 bytes): nothing to train on"),
+    ("dataset.data_files={data}/empty_list.json", "dataset ({data}/empty_list.json): cannot open the data set: ValueError: no rows could be read from it as json"),
     ("dataset.data_files={data}/long.jsonl", "dataset ({data}/long.jsonl): every example (16 rows) is longer than tokenizer.max_seq_len=64: truncation masks all of its labels"),
     ("checkpointer.checkpoint_dir={big}", "the checkpoint in {big} does not fit the model config: it has hidden size 96 (the model config builds 64), layers 3 (the model config builds 2)"),
     ("checkpointer.checkpoint_dir={big}", "set model.vocab_size=272 model.num_layers=3 model.num_heads=6 model.num_kv_heads=2 model.embed_dim=96 model.intermediate_dim=192"),
@@ -140,6 +141,7 @@ def write_bad_data(folder: Path) -> Path:
     (folder / "qa.jsonl").write_text(jsonl({"question": r["input"], "answer": r["output"]} for r in good))
     (folder / "qa.csv").write_text("question,answer\n" + "".join(f"q{i},a{i}\n" for i in range(16)))
     (folder / "empty.jsonl").write_text("")
+    (folder / "empty_list.json").write_text("[]")
     (folder / "latin1.csv").write_bytes(b"input,output\ncaf\xe9,x\nb,y\n")
     (folder / "long.jsonl").write_text(jsonl({"input": "x " * 200, "output": "y"} for _ in range(16)))
     (folder / "broken.jsonl").write_text(jsonl(good[:5]) + '{"input": "x", "output": \n' + jsonl(good[5:]))

@@ -101,6 +101,10 @@ def _open(cfg_dataset: DictConfig, tokenizer: Any, field: str, label: str) -> An
             f"{field}.data_files={files.rstrip('/')}/*.jsonl (a folder saved by datasets' save_to_disk "
             f"is read with {field}.source=arrow {field}.data_files={files.rstrip('/')}/*.arrow)"
         )
+    listed = [files] if isinstance(files, str) else list(files) if isinstance(files, (ListConfig, list)) else []
+    empty = [str(f) for f in listed if Path(str(f)).is_file() and Path(str(f)).stat().st_size == 0]
+    if empty:
+        raise ValueError(f"{label}: {empty[0]} is empty (0 bytes): nothing to train on")
     if files is not None and source is not None and source not in LOCAL_FORMATS and not Path(str(source)).exists():
         hint = " (JSON Lines files are read with source=json)" if str(source).lower() in ("jsonl", "ndjson") else ""
         raise ValueError(
@@ -120,7 +124,7 @@ def _open(cfg_dataset: DictConfig, tokenizer: Any, field: str, label: str) -> An
         text = f"{e}" + (f" ({type(cause).__name__}: {cause})" if cause is not None and str(cause) not in str(e) else "")
         if isinstance(cause, UnicodeDecodeError):
             text += f"; save the file as UTF-8, or name its encoding: {field}.encoding=latin-1 (for example)"
-        if "corresponds to no data" in text or "no data" in text.lower():
+        if "corresponds to no data" in text:  # datasets: the file gave no split
             text = f"no rows could be read from it as {cfg_dataset.get('source', '?')} (an empty file, or another format?)"
         raise ValueError(f"{label}: cannot open the data set: {type(e).__name__}: {text}") from None
 
