@@ -129,6 +129,7 @@ HANDLED = [
     ("`model.targets=[q_proj,gate_proj]`, `[o_proj]`, `[up_proj,down_proj]` (Hugging Face / PEFT names)", "accepted: `o_proj` = `output_proj`, `gate_proj` = `w1`, `up_proj` = `w3`, `down_proj` = `w2`"),
     ("Ctrl-C during training", "exit status 130, `genft_finetune_single_device: interrupted at step N; resume with resume_from_checkpoint=True (last checkpoint step_M)`, no traceback; a checkpoint being written is finished first"),
     ("`resume_from_checkpoint=True` with a changed adapter setting (`model.shared_dim=8`)", "exit status 2 before anything loads: `resume_from_checkpoint: the saved adapter's GenFT config differs from the model's (field: (saved, config)): {'shared_dim': (4, 8)}; resume with the interrupted run's model settings, or start a new output_dir`"),
+    ("`resume_from_checkpoint=True` with other targets (`model.genft_attn_modules=[q_proj,k_proj,v_proj]`)", "exit status 2 before anything loads: `resume_from_checkpoint: the model config adapts other layers than the saved adapter (new: ['layers.0.attn.k_proj', ...], gone: []); ...` (before: `ValueError: Missing GenFT adapter key` traceback after loading)"),
     ("any failed start in the `output_dir` of a finished run", "the finished run's `torchtune_config.yaml`, `logs/` and checkpoints are left as they were (the metric logger is created once everything is loaded)"),
 ]
 
@@ -319,6 +320,9 @@ def test_a_failed_start_leaves_a_finished_run_untouched(tmp_path, monkeypatch):
     code, err = _main_in_process(cfg_path, ["resume_from_checkpoint=True", "model.shared_dim=8"])
     assert code == 2 and "Traceback" not in err
     assert "the saved adapter's GenFT config differs from the model's" in err and "'shared_dim': (4, 8)" in err
+    assert _tree(out) == before
+    code, err = _main_in_process(cfg_path, ["resume_from_checkpoint=True", "model.genft_attn_modules=[q_proj,k_proj,v_proj]"])
+    assert code == 2 and "adapts other layers than the saved adapter (new: ['layers.0.attn.k_proj'" in err, err
     assert _tree(out) == before
     time.sleep(1.1)  # a new DiskLogger file would get another name
     module = load_recipe_module(SINGLE_DEVICE_RECIPE)

@@ -218,10 +218,20 @@ def _resume_problems(cfg: DictConfig, model: torch.nn.Module) -> List[ValueError
     saved_config = saved_dir / "genft_config.json"
     if adapter is None or not saved_config.is_file():
         return []
+    advice = "resume with the interrupted run's model settings, or start a new output_dir"
     try:
-        adapter.check_resume_config(json.loads(saved_config.read_text()))
+        saved = json.loads(saved_config.read_text())
+        adapter.check_resume_config(saved)
     except ValueError as e:
-        return [ValueError(f"{e}; resume with the interrupted run's model settings, or start a new output_dir")]
+        return [ValueError(f"{e}; {advice}")]
+    saved_targets, targets = set(saved.get("target_modules") or []), set(adapter.target_modules)
+    if saved_targets and saved_targets != targets:
+        added, dropped = sorted(targets - saved_targets), sorted(saved_targets - targets)
+        return [ValueError(
+            f"resume_from_checkpoint: the model config adapts other layers than the saved adapter "
+            f"(new: {added[:4]}{'...' if len(added) > 4 else ''}, gone: {dropped[:4]}"
+            f"{'...' if len(dropped) > 4 else ''}); {advice}"
+        )]
     return []
 
 
