@@ -99,6 +99,7 @@ BAD_INPUTS = [
     ("seed=abc", "seed must be null or an integer, got 'abc'"),
     ("shuffle=maybe", "shuffle must be True or False, got 'maybe'"),
     ("dataset.train_on_input=yes_please", "dataset.train_on_input must be True or False, got 'yes_please'"),
+    ("tokenizer.max_seq_len=1000", "tokenizer.max_seq_len=1000 is longer than the model's max_seq_len=256: an example longer than 256 tokens would stop the run"),
     ("tokenizer.max_seq_len=-5", "tokenizer.max_seq_len must be null or an integer >= 1, got -5"),
     ("tokenizer.path={tmp}/nope.model", "tokenizer: file not found: {tmp}/nope.model; check tokenizer.path"),
     ("tokenizer._component_=torchtune.models.qwen2_5.qwen2_5_tokenizer", "tokenizer: cannot load it (torchtune.models.qwen2_5.qwen2_5_tokenizer): TypeError"),

@@ -181,6 +181,13 @@ def checkpoint_problems(cfg: DictConfig, checkpoint_files: Sequence[str]) -> Lis
         return [ValueError(f"model: {e}")]
     except Exception:  # noqa: BLE001  (a builder that cannot run on meta: the load will tell)
         return []
+    model_max = getattr(model, "max_seq_len", None)
+    tok_max = cfg.tokenizer.get("max_seq_len", None) if isinstance(cfg.get("tokenizer", None), DictConfig) else None
+    if isinstance(model_max, int) and isinstance(tok_max, int) and tok_max > model_max:
+        problems.append(ValueError(
+            f"tokenizer.max_seq_len={tok_max} is longer than the model's max_seq_len={model_max}: an example "
+            f"longer than {model_max} tokens would stop the run; set tokenizer.max_seq_len={model_max} (or less)"
+        ))
     try:
         shapes = _header_shapes(ckpt_dir, checkpoint_files)
     except Exception as e:  # noqa: BLE001
