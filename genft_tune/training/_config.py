@@ -258,8 +258,17 @@ def memory_switch_problems(cfg: DictConfig) -> List[ValueError]:
 
 
 def output_dir_problems(cfg: DictConfig) -> List[ValueError]:
-    """``output_dir`` must be (or become) a writable folder."""
+    """``output_dir`` must be (or become) a writable folder, outside the base checkpoint's
+    folder (torchtune's checkpointer refuses that only once the run has started)."""
     out = Path(str(cfg.get("output_dir")))
+    ckpt = (cfg.get("checkpointer") or {}).get("checkpoint_dir", None) if isinstance(cfg.get("checkpointer", None), DictConfig) else None
+    if ckpt is not None:
+        a, b = out.resolve(), Path(str(ckpt)).resolve()
+        if a == b or b in a.parents:
+            return [ValueError(
+                f"output_dir {str(out)!r} is inside checkpointer.checkpoint_dir {str(ckpt)!r}: the run would "
+                "write next to the base model's files; choose an output_dir outside it"
+            )]
     if out.exists() and not out.is_dir():
         return [ValueError(f"output_dir {str(out)!r} exists and is not a folder")]
     existing = out
