@@ -105,6 +105,7 @@ BAD_INPUTS = [
     ("tokenizer._component_=torchtune.models.qwen2_5.qwen2_5_tokenizer", "tokenizer: cannot load it (torchtune.models.qwen2_5.qwen2_5_tokenizer): TypeError"),
     ("checkpointer.model_type=QWEN2", "checkpointer.model_type is QWEN2, but the checkpoint's config.json says model_type 'llama': set checkpointer.model_type=LLAMA3"),
     ("output_dir={tmp}/base/run", "output_dir '{tmp}/base/run' is inside checkpointer.checkpoint_dir '{tmp}/base'"),
+    ("metric_logger._component_=torchtune.training.metric_logging.CometLogger ~metric_logger.filename", "metric_logger: CometLogger needs the 'comet_ml' package (pip install comet_ml)"),
     ("collate_fn=torchtune.data.no_such_collate", "collate_fn: cannot import 'torchtune.data.no_such_collate'"),
     ("dataset._component_=torchtune.datasets.chat_dataset dataset.data_files={data}/chats.jsonl dataset.conversation_column=conversations dataset.conversation_style=openai", "row 0 has no column 'conversations' (its columns: ['messages']); set dataset.conversation_column to the column that holds the conversations"),
     ("dataset.packed=True dataset.data_files={data}/holes.jsonl", "1 of 16 rows have no 'output' (rows [5]); packing stops on them: drop them, or set dataset.packed=False"),

@@ -228,6 +228,39 @@ def device_problems(cfg: DictConfig) -> List[ValueError]:
     return problems
 
 
+# torchtune metric loggers -> (the module they import when created, its pip package)
+_LOGGER_PACKAGES = {
+    "WandBLogger": ("wandb", "wandb"),
+    "TensorBoardLogger": ("torch.utils.tensorboard", "tensorboard"),
+    "CometLogger": ("comet_ml", "comet_ml"),
+    "MLFlowLogger": ("mlflow", "mlflow"),
+}
+
+
+def metric_logger_problems(cfg: DictConfig) -> List[ValueError]:
+    """A metric logger whose package is not installed (torchtune finds out when it creates
+    the logger, after the model has loaded)."""
+    import importlib.util
+
+    node = cfg.get("metric_logger", None)
+    name = str(node.get("_component_", "")).rsplit(".", 1)[-1] if isinstance(node, DictConfig) else ""
+    if name not in _LOGGER_PACKAGES:
+        return []
+    module, package = _LOGGER_PACKAGES[name]
+    try:
+        found = importlib.util.find_spec(module) is not None
+        if found and module == "torch.utils.tensorboard":
+            found = importlib.util.find_spec("tensorboard") is not None
+    except (ImportError, ValueError):
+        found = False
+    if found:
+        return []
+    return [ValueError(
+        f"metric_logger: {name} needs the {package!r} package (pip install {package}); or log to files with "
+        "metric_logger._component_=torchtune.training.metric_logging.DiskLogger"
+    )]
+
+
 def memory_switch_problems(cfg: DictConfig) -> List[ValueError]:
     """Activation offloading needs CUDA and activation checkpointing; a packed data set
     needs ``tokenizer.max_seq_len`` (the length of a pack)."""
@@ -309,6 +342,7 @@ def validate_recipe_config(cfg: DictConfig) -> None:
         problems.append(ValueError("run_val_every_n_steps is set, but there is no dataset_val to validate on"))
     problems += device_problems(cfg)
     problems += memory_switch_problems(cfg)
+    problems += metric_logger_problems(cfg)
     problems += output_dir_problems(cfg)
     if problems:
         raise _user_error(problems[0] if len(problems) == 1 else ConfigError(problems))
