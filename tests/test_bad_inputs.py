@@ -9,7 +9,8 @@ test checks that the file is exactly what these lists produce (``GENFT_TUNE_UPDA
 rewrites it).
 
 Placeholders: ``{file}`` an existing file, ``{tmp}`` the case's folder, ``{data}`` a folder
-of bad data files (see ``write_bad_data``), ``{big}`` a Llama checkpoint of another size.
+of bad data files (see ``write_bad_data``), ``{big}`` a Llama checkpoint of another size,
+``{sharded}`` the tiny checkpoint in two shards.
 A case starting with ``[genft_model]`` runs on a ``genft_tune.models.genft_model`` config.
 """
 
@@ -105,6 +106,7 @@ BAD_INPUTS = [
     ("tokenizer._component_=torchtune.models.qwen2_5.qwen2_5_tokenizer", "tokenizer: cannot load it (torchtune.models.qwen2_5.qwen2_5_tokenizer): TypeError"),
     ("checkpointer.model_type=QWEN2", "checkpointer.model_type is QWEN2, but the checkpoint's config.json says model_type 'llama': set checkpointer.model_type=LLAMA3"),
     ("output_dir={tmp}/base/run", "output_dir '{tmp}/base/run' is inside checkpointer.checkpoint_dir '{tmp}/base'"),
+    ("checkpointer.checkpoint_dir={sharded} checkpointer.checkpoint_files=[model-00001-of-00002.safetensors]", "checkpointer.checkpoint_files lists 1 of the 2 shards that model.safetensors.index.json names; add ['model-00002-of-00002.safetensors']"),
     ("metric_logger._component_=torchtune.training.metric_logging.CometLogger ~metric_logger.filename", "metric_logger: CometLogger needs the 'comet_ml' package (pip install comet_ml)"),
     ("collate_fn=torchtune.data.no_such_collate", "collate_fn: cannot import 'torchtune.data.no_such_collate'"),
     ("dataset._component_=torchtune.datasets.chat_dataset dataset.data_files={data}/chats.jsonl dataset.conversation_column=conversations dataset.conversation_style=openai", "row 0 has no column 'conversations' (its columns: ['messages']); set dataset.conversation_column to the column that holds the conversations"),
@@ -176,11 +178,17 @@ def _case_config(tmp_path, overrides):
     if overrides.startswith("[genft_model] "):
         overrides = overrides[len("[genft_model] "):]
         cfg["model"] = dict(GENERIC_MODEL)
-    places = {"file": tmp_path / "a_file", "tmp": tmp_path, "data": tmp_path / "bad_data", "big": tmp_path / "big"}
+    places = {"file": tmp_path / "a_file", "tmp": tmp_path, "data": tmp_path / "bad_data", "big": tmp_path / "big",
+              "sharded": tmp_path / "sharded"}
     if "{data}" in overrides:
         write_bad_data(places["data"])
     if "{big}" in overrides:
         write_big_checkpoint(places["big"])
+    if "{sharded}" in overrides:  # the tiny checkpoint again, in two shards
+        from transformers import LlamaForCausalLM
+
+        places["sharded"] = tmp_path / "sharded"
+        LlamaForCausalLM.from_pretrained(str(tmp_path / "base")).save_pretrained(places["sharded"], max_shard_size="300KB")
     cfg_path = write_config(cfg, tmp_path / "c.yaml")
     return cfg_path, [a.format(**places) for a in overrides.split()], places
 

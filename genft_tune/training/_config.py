@@ -80,11 +80,28 @@ def validate_checkpoint_files(cfg_checkpointer: DictConfig) -> None:
             f"checkpointer.checkpoint_dir {str(ckpt_dir)!r} does not exist; download the base "
             "model there first (e.g. `tune download <repo> --output-dir <dir>`)"
         )
-    for name in _checkpoint_files(cfg_checkpointer):
+    names = _checkpoint_files(cfg_checkpointer)
+    for name in names:
         if not (ckpt_dir / name).is_file():
             raise FileNotFoundError(
                 f"checkpointer.checkpoint_files: {name!r} not found in checkpointer.checkpoint_dir "
                 f"{str(ckpt_dir)!r}"
+            )
+    # a sharded checkpoint: every shard its index names must be listed
+    index = ckpt_dir / "model.safetensors.index.json"
+    if names and all(n.endswith(".safetensors") for n in names) and index.is_file():
+        import json
+
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (OSError, ValueError, KeyError, AttributeError):
+            shards = []
+        missing = [f for f in shards if f not in names]
+        if missing:
+            raise ValueError(
+                f"checkpointer.checkpoint_files lists {len(shards) - len(missing)} of the {len(shards)} shards "
+                f"that {index.name} names; add {missing[:3]}{'...' if len(missing) > 3 else ''} "
+                f"(checkpointer.checkpoint_files=[{','.join(shards)}])"
             )
 
 
