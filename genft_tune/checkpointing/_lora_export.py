@@ -34,14 +34,17 @@ import torch
 from safetensors.torch import save_file
 
 from genft_tune._fs import give_open_mode, remove_stale, temp_dir
-from genft_tune.checkpointing._adapter import _dump_json, check_adapter_matches_model
-from genft_tune.checkpointing._merge import _merge_one, _slice_shape, find_base_checkpoint
+from genft_tune.checkpointing._adapter import _dump_json, check_adapter_matches_model, load_genft_adapter_config
+from genft_tune.checkpointing._base_checkpoint import find_base_checkpoint
+from genft_tune.checkpointing._merge import _merge_one
 from genft_tune.checkpointing._peft_format import (
     _converter,
     _short_targets,
     _task_type,
+    has_our_adapter,
     load_any_adapter,
     PEFT_CONFIG_FILE,
+    PEFT_SUBDIR,
     PEFT_WEIGHTS_FILE,
     PeftFormatError,
 )
@@ -156,7 +159,7 @@ def delta_weights(adapter_dir: PathLike, *, base_dir: PathLike) -> Iterator[Tupl
             f"the adapter also trains whole modules ({', '.join(adapter_cfg['modules_to_save'][:3])}): a LoRA for "
             "vLLM/SGLang cannot hold them (vLLM refuses modules_to_save); merge it instead (genft-tune merge)"
         )
-    shapes = {k: _slice_shape(v) for path in source.files for k, v in source.iter_file(path, lazy=True)}
+    shapes = source.shapes()
     to_tune = {k: converter.tune_shapes(k, s) for k, s in shapes.items()}
     check_adapter_matches_model(adapter_cfg, {t: s for parts in to_tune.values() for t, s in parts.items()})
     target_keys = {f"{t}.weight" for t in adapter_cfg["target_modules"]}
@@ -278,9 +281,6 @@ def export_lora_adapter(
         costs.append(cost)
     hf_config = json.loads((Path(base_dir) / "config.json").read_text())
     if base_model_name_or_path is None:
-        from genft_tune.checkpointing._adapter import load_genft_adapter_config
-        from genft_tune.checkpointing._peft_format import has_our_adapter, PEFT_SUBDIR
-
         adapter_dir = Path(adapter_dir)
         if has_our_adapter(adapter_dir):
             base_model_name_or_path = load_genft_adapter_config(adapter_dir).base_model

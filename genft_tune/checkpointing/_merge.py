@@ -18,12 +18,10 @@ import logging
 import os
 import re
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from genft_tune._fs import give_open_mode, remove_stale, temp_dir
@@ -33,44 +31,22 @@ from genft_tune.checkpointing._adapter import (
     check_adapter_matches_model,
     GenFTAdapterConfig,
 )
+from genft_tune.checkpointing._base_checkpoint import (
+    base_layout,
+    BaseCheckpoint,
+    find_base_checkpoint,
+    HF_INDEX_FILE,
+    KeyConverter,
+    WEIGHT_SUFFIXES,
+)
 from genft_tune.checkpointing._peft_format import load_any_adapter
 from genft_tune.modules import get_adapter_kind
 
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
-StateDictFn = Callable[[Dict[str, torch.Tensor]], Dict[str, torch.Tensor]]
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "auto": None}
-HF_INDEX_FILE = "model.safetensors.index.json"
-TORCH_SUFFIXES = (".pth", ".pt")
-WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
-
-
-@dataclass
-class KeyConverter:
-    """Per-tensor conversion between a checkpoint's layout and torchtune's.
-
-    Both functions take and return state dicts and must work key by key (a dict
-    with one entry gives a dict with one entry), as torchtune's converters do.
-    """
-
-    name: str
-    to_tune: StateDictFn
-    from_tune: StateDictFn
-    # the Hugging Face model's module of a torchtune module, for a family whose module
-    # names differ from its checkpoint keys (transformers 5's ViT); None: the same
-    module_name: Optional[Callable[[str], Optional[str]]] = None
-
-    def tune_shapes(self, key: str, shape) -> Dict[str, Tuple[int, ...]]:
-        """``{torchtune key: shape}`` of the tensor ``key`` (several for a fused tensor
-        such as Phi-3's ``qkv_proj``; empty when the converter drops or does not know
-        it), computed on a meta tensor of ``shape``."""
-        try:
-            out = self.to_tune({key: torch.empty(tuple(shape), device="meta")})
-        except Exception:  # unknown to this family's mapping: copied untouched
-            return {}
-        return {k: tuple(v.shape) for k, v in out.items()}
 
 
 def parse_size(size: Union[str, int]) -> int:
@@ -93,108 +69,6 @@ def parse_size(size: Union[str, int]) -> int:
     return value
 
 
-def _hf_converter(config: Dict[str, Any]) -> KeyConverter:
-    if config.get("model_type") == "vit":
-        from genft_tune.models.vit import vit_hf_module_name, vit_hf_to_tune, vit_tune_to_hf
-
-        return KeyConverter("vit", vit_hf_to_tune, vit_tune_to_hf, vit_hf_module_name)
-    from genft_tune.models._families import get_family
-
-    family = get_family(config)
-    return KeyConverter(family.name, lambda sd: family.to_tune(sd, config), lambda sd: family.from_tune(sd, config))
-
-
-def _torch_converter(keys: List[str]) -> KeyConverter:
-    from torchtune.models import convert_weights
-
-    if any(".attention.wq." in k for k in keys):
-        return KeyConverter("meta", convert_weights.meta_to_tune, convert_weights.tune_to_meta)
-    return KeyConverter("torchtune", dict, dict)  # already torchtune's layout
-
-
-@dataclass
-class _Source:
-    """The weight files of a base checkpoint directory."""
-
-    format: str  # "hf" (safetensors) or "torch" (.pt/.pth)
-    files: List[Path]
-    config: Optional[Dict[str, Any]]
-
-    def iter_file(self, path: Path, lazy: bool = False) -> Iterator[Tuple[str, Any]]:
-        """``(key, tensor)`` of one file, one tensor in memory at a time (safetensors)
-        or memory-mapped (torch); ``lazy`` yields safetensors slices instead."""
-        if self.format == "hf":
-            try:
-                with safe_open(str(path), framework="pt") as f:
-                    for key in f.keys():
-                        yield key, (f.get_slice(key) if lazy else f.get_tensor(key))
-            except Exception as e:
-                if isinstance(e, (KeyboardInterrupt, GeneratorExit)):
-                    raise
-                raise ValueError(f"cannot read base checkpoint file {path}: {e}") from e
-        else:
-            try:
-                sd = torch.load(str(path), map_location="cpu", mmap=True, weights_only=True)
-            except Exception as e:
-                raise ValueError(f"cannot read base checkpoint file {path}: {e}") from e
-            if "model" in sd and isinstance(sd["model"], dict):
-                sd = sd["model"]
-            for key, tensor in sd.items():
-                yield key, tensor
-
-
-def _slice_shape(value: Any) -> Tuple[int, ...]:
-    return tuple(value.get_shape()) if hasattr(value, "get_shape") else tuple(value.shape)
-
-
-def find_base_checkpoint(base_dir: PathLike) -> _Source:
-    """Detect the format and weight files of a base checkpoint directory.
-
-    Raises:
-        FileNotFoundError: if the directory has no supported weight files.
-    """
-    base_dir = Path(base_dir)
-    if not base_dir.is_dir():
-        what = "is a file, not a folder" if base_dir.exists() else "does not exist"
-        raise FileNotFoundError(f"base checkpoint directory {base_dir} {what}")
-    config_path = base_dir / "config.json"
-    config = json.loads(config_path.read_text()) if config_path.is_file() else None
-    index = base_dir / HF_INDEX_FILE
-    if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        files = [base_dir / name for name in sorted(set(weight_map.values()))]
-        missing = [str(f) for f in files if not f.is_file()]
-        if missing:
-            raise FileNotFoundError(f"{index} names missing shard(s) {missing[:3]}")
-        return _Source("hf", files, config)
-    safetensors_files = sorted(base_dir.glob("*.safetensors"))
-    if safetensors_files:
-        return _Source("hf", safetensors_files, config)
-    torch_files = sorted(p for p in base_dir.iterdir() if p.suffix in TORCH_SUFFIXES)
-    if torch_files:
-        return _Source("torch", torch_files, config)
-    raise FileNotFoundError(
-        f"no base weights in {base_dir}: expected {HF_INDEX_FILE}, *.safetensors, "
-        "or consolidated.00.pth / *.pt"
-    )
-
-
-def _base_layout(source: "_Source", base_dir: Path):
-    """``(converter, {key: shape}, {key: {torchtune key: shape}})`` of a base checkpoint,
-    read from its headers (safetensors) or memory-mapped (torch)."""
-    shapes: Dict[str, Tuple[int, ...]] = {}
-    for path in source.files:
-        for key, value in source.iter_file(path, lazy=True):
-            shapes[key] = _slice_shape(value)
-    if source.format == "hf":
-        if source.config is None:
-            raise FileNotFoundError(f"{base_dir / 'config.json'} not found: needed to map the weights")
-        converter = _hf_converter(source.config)
-    else:
-        converter = _torch_converter(list(shapes))
-    return converter, shapes, {k: converter.tune_shapes(k, s) for k, s in shapes.items()}
-
-
 def check_adapter_fits_base(adapter_dir: PathLike, base_dir: PathLike) -> None:
     """Refuse an adapter trained on another base (another size or family) before anything
     is written from it.
@@ -205,7 +79,7 @@ def check_adapter_fits_base(adapter_dir: PathLike, base_dir: PathLike) -> None:
     """
     source = find_base_checkpoint(base_dir)
     _, adapter_cfg = load_any_adapter(adapter_dir, base_dir=base_dir)
-    _, _, to_tune = _base_layout(source, Path(base_dir))
+    _, _, to_tune = base_layout(source, Path(base_dir))
     check_adapter_matches_model(adapter_cfg, {t: s for parts in to_tune.values() for t, s in parts.items()})
 
 
@@ -326,7 +200,7 @@ def merge_adapter_checkpoint(
     source = find_base_checkpoint(base_dir)
     adapter_sd, adapter_cfg = load_any_adapter(adapter_dir, base_dir=base_dir)  # ours, or PEFT's
 
-    converter, shapes, to_tune = _base_layout(source, base_dir)
+    converter, shapes, to_tune = base_layout(source, base_dir)
     check_adapter_matches_model(adapter_cfg, {t: s for parts in to_tune.values() for t, s in parts.items()})
     hf_layout = adapter_cfg.weight_layout == "hf"
     if hf_layout and source.format != "hf":
@@ -458,7 +332,7 @@ def _config_updates(
 def _copy_non_weights(
     base_dir: Path,
     out_dir: Path,
-    source: _Source,
+    source: BaseCheckpoint,
     cast: Optional[torch.dtype],
     config_updates: Optional[Dict[str, Any]] = None,
 ) -> None:

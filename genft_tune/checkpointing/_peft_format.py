@@ -45,6 +45,7 @@ from genft_tune.checkpointing._adapter import (
     save_genft_adapter,
     write_file_pair,
 )
+from genft_tune.checkpointing._base_checkpoint import find_base_checkpoint, hf_converter
 from genft_tune.modules import get_adapter_kind
 
 PathLike = Union[str, os.PathLike]
@@ -100,10 +101,8 @@ def tune_rows_in_hf_order(out_dim: int, num_heads: int) -> torch.Tensor:
 
 
 def _converter(hf_config: Mapping[str, Any]):
-    from genft_tune.checkpointing._merge import _hf_converter
-
     try:
-        return _hf_converter(dict(hf_config))
+        return hf_converter(dict(hf_config))
     except (KeyError, ValueError) as e:
         raise PeftFormatError(f"the base's config.json names no model family this package converts: {e}") from None
 
@@ -514,12 +513,10 @@ def adapter_from_peft_files(
 
 
 def _base_shapes(base_dir: PathLike) -> Dict[str, Tuple[int, ...]]:
-    from genft_tune.checkpointing._merge import _slice_shape, find_base_checkpoint
-
     source = find_base_checkpoint(base_dir)
     if source.format != "hf":
         raise PeftFormatError(f"{base_dir}: a PEFT adapter is read against its Hugging Face base (safetensors)")
-    return {k: _slice_shape(v) for path in source.files for k, v in source.iter_file(path, lazy=True)}
+    return source.shapes()
 
 
 def import_peft_adapter(src_dir: PathLike, output_dir: PathLike, *, base_dir: PathLike) -> Path:

@@ -20,7 +20,7 @@ from torch import nn
 
 from genft_tune.checkpointing._adapter import GenFTAdapterConfig
 from genft_tune.checkpointing._peft_format import load_any_adapter
-from genft_tune.checkpointing._merge import _hf_converter, find_base_checkpoint
+from genft_tune.checkpointing._base_checkpoint import find_base_checkpoint, hf_converter
 from genft_tune.modules import apply_adapter, get_adapter_kind
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ def _load_tune_state_dict(directory: Path) -> Dict[str, torch.Tensor]:
     source = find_base_checkpoint(directory)
     if source.format != "hf" or source.config is None:
         raise ValueError(f"verify needs a Hugging Face checkpoint with config.json, got {directory}")
-    converter = _hf_converter(source.config)
+    converter = hf_converter(source.config)
     sd = {}
     for path in source.files:
         for key, tensor in source.iter_file(path):

@@ -1,0 +1,171 @@
+"""Reading a base checkpoint directory: its weight files, its ``config.json`` and the
+model family's key converter between its layout and torchtune's.
+
+The bottom of :mod:`genft_tune.checkpointing`: merge, verify, PEFT export and LoRA export
+all read bases through this module; it imports none of them.
+"""
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
+
+import torch
+from safetensors import safe_open
+from torchtune.models import convert_weights
+
+from genft_tune.models._families import get_family
+from genft_tune.models.vit import vit_hf_module_name, vit_hf_to_tune, vit_tune_to_hf
+
+PathLike = Union[str, os.PathLike]
+StateDictFn = Callable[[Dict[str, torch.Tensor]], Dict[str, torch.Tensor]]
+
+HF_INDEX_FILE = "model.safetensors.index.json"
+TORCH_SUFFIXES = (".pth", ".pt")
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+
+
+@dataclass
+class KeyConverter:
+    """Per-tensor conversion between a checkpoint's layout and torchtune's.
+
+    Both functions take and return state dicts and must work key by key (a dict
+    with one entry gives a dict with one entry), as torchtune's converters do.
+    """
+
+    name: str
+    to_tune: StateDictFn
+    from_tune: StateDictFn
+    # the Hugging Face model's module of a torchtune module, for a family whose module
+    # names differ from its checkpoint keys (transformers 5's ViT); None: the same
+    module_name: Optional[Callable[[str], Optional[str]]] = None
+
+    def tune_shapes(self, key: str, shape) -> Dict[str, Tuple[int, ...]]:
+        """``{torchtune key: shape}`` of the tensor ``key`` (several for a fused tensor
+        such as Phi-3's ``qkv_proj``; empty when the converter drops or does not know
+        it), computed on a meta tensor of ``shape``."""
+        try:
+            out = self.to_tune({key: torch.empty(tuple(shape), device="meta")})
+        except Exception:  # unknown to this family's mapping: copied untouched
+            return {}
+        return {k: tuple(v.shape) for k, v in out.items()}
+
+
+def hf_converter(config: Dict[str, Any]) -> KeyConverter:
+    """The key converter of the model family named by a Hugging Face ``config.json``.
+
+    Raises:
+        ValueError: for a model type no family converts.
+    """
+    if config.get("model_type") == "vit":
+        return KeyConverter("vit", vit_hf_to_tune, vit_tune_to_hf, vit_hf_module_name)
+    family = get_family(config)
+    return KeyConverter(family.name, lambda sd: family.to_tune(sd, config), lambda sd: family.from_tune(sd, config))
+
+
+def torch_converter(keys: List[str]) -> KeyConverter:
+    """The converter of a torchtune/Meta ``.pt``/``.pth`` checkpoint with these keys."""
+    if any(".attention.wq." in k for k in keys):
+        return KeyConverter("meta", convert_weights.meta_to_tune, convert_weights.tune_to_meta)
+    return KeyConverter("torchtune", dict, dict)  # already torchtune's layout
+
+
+@dataclass
+class BaseCheckpoint:
+    """The weight files of a base checkpoint directory."""
+
+    format: str  # "hf" (safetensors) or "torch" (.pt/.pth)
+    files: List[Path]
+    config: Optional[Dict[str, Any]]
+
+    def iter_file(self, path: Path, lazy: bool = False) -> Iterator[Tuple[str, Any]]:
+        """``(key, tensor)`` of one file, one tensor in memory at a time (safetensors)
+        or memory-mapped (torch); ``lazy`` yields safetensors slices instead."""
+        if self.format == "hf":
+            try:
+                with safe_open(str(path), framework="pt") as f:
+                    for key in f.keys():
+                        yield key, (f.get_slice(key) if lazy else f.get_tensor(key))
+            except Exception as e:
+                if isinstance(e, (KeyboardInterrupt, GeneratorExit)):
+                    raise
+                raise ValueError(f"cannot read base checkpoint file {path}: {e}") from e
+        else:
+            try:
+                sd = torch.load(str(path), map_location="cpu", mmap=True, weights_only=True)
+            except Exception as e:
+                raise ValueError(f"cannot read base checkpoint file {path}: {e}") from e
+            if "model" in sd and isinstance(sd["model"], dict):
+                sd = sd["model"]
+            for key, tensor in sd.items():
+                yield key, tensor
+
+    def shapes(self) -> Dict[str, Tuple[int, ...]]:
+        """``{key: shape}`` of every tensor, read from the headers (safetensors) or
+        memory-mapped (torch)."""
+        return {k: slice_shape(v) for path in self.files for k, v in self.iter_file(path, lazy=True)}
+
+
+def slice_shape(value: Any) -> Tuple[int, ...]:
+    """The shape of a tensor or of a lazy safetensors slice."""
+    return tuple(value.get_shape()) if hasattr(value, "get_shape") else tuple(value.shape)
+
+
+def find_base_checkpoint(base_dir: PathLike) -> BaseCheckpoint:
+    """Detect the format and weight files of a base checkpoint directory.
+
+    Raises:
+        FileNotFoundError: if the directory has no supported weight files.
+    """
+    base_dir = Path(base_dir)
+    if not base_dir.is_dir():
+        what = "is a file, not a folder" if base_dir.exists() else "does not exist"
+        raise FileNotFoundError(f"base checkpoint directory {base_dir} {what}")
+    config_path = base_dir / "config.json"
+    config = json.loads(config_path.read_text()) if config_path.is_file() else None
+    index = base_dir / HF_INDEX_FILE
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        files = [base_dir / name for name in sorted(set(weight_map.values()))]
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{index} names missing shard(s) {missing[:3]}")
+        return BaseCheckpoint("hf", files, config)
+    safetensors_files = sorted(base_dir.glob("*.safetensors"))
+    if safetensors_files:
+        return BaseCheckpoint("hf", safetensors_files, config)
+    torch_files = sorted(p for p in base_dir.iterdir() if p.suffix in TORCH_SUFFIXES)
+    if torch_files:
+        return BaseCheckpoint("torch", torch_files, config)
+    raise FileNotFoundError(
+        f"no base weights in {base_dir}: expected {HF_INDEX_FILE}, *.safetensors, "
+        "or consolidated.00.pth / *.pt"
+    )
+
+
+def base_layout(source: BaseCheckpoint, base_dir: Path):
+    """``(converter, {key: shape}, {key: {torchtune key: shape}})`` of a base checkpoint,
+    read from its headers (safetensors) or memory-mapped (torch)."""
+    shapes = source.shapes()
+    if source.format == "hf":
+        if source.config is None:
+            raise FileNotFoundError(f"{base_dir / 'config.json'} not found: needed to map the weights")
+        converter = hf_converter(source.config)
+    else:
+        converter = torch_converter(list(shapes))
+    return converter, shapes, {k: converter.tune_shapes(k, s) for k, s in shapes.items()}
+
+
+__all__ = [
+    "base_layout",
+    "BaseCheckpoint",
+    "find_base_checkpoint",
+    "HF_INDEX_FILE",
+    "hf_converter",
+    "KeyConverter",
+    "slice_shape",
+    "torch_converter",
+    "TORCH_SUFFIXES",
+    "WEIGHT_SUFFIXES",
+]
