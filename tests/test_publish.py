@@ -213,7 +213,7 @@ def test_publish_without_token_is_a_clear_error(merged_folder, tmp_path, monkeyp
 
 def test_loss_curve_is_smoothed_as_well_as_raw(tmp_path):
     from genft_tune.hub import plot_loss_curve
-    from genft_tune.hub._model_card import loss_curves, moving_average
+    from genft_tune.cards._model_card import loss_curves, moving_average
 
     assert moving_average([1.0, 2.0, 3.0, 4.0], 2) == [1.0, 1.5, 2.5, 3.5]
     raw = {step: 3.0 - 0.01 * step + (0.5 if step % 2 else -0.5) for step in range(1, 61)}
@@ -439,7 +439,7 @@ def test_card_covers_the_whole_run_across_resumes(merged_folder, tmp_path):
     assert parse_metric_log(tmp_path / "m" / "training_log.txt") == log
     # a validation line shares its step with the training line; a resume at the last logged
     # step repeats that step's loss (appended to the same file)
-    from genft_tune.hub._model_card import merge_metric_logs, parse_metric_text
+    from genft_tune.cards._model_card import merge_metric_logs, parse_metric_text
 
     (tmp_path / "one.txt").write_text("Step 1 | loss:3.0 \nStep 2 | loss:2.0 \nStep 2 | val_loss:2.5 \n"
                                       "Step 3 | loss:1.9 \nStep 3 | loss:1.8 \nStep 4 | loss:1.7 \n")

@@ -85,7 +85,7 @@ def test_output_files_and_config(hf_dir):
     assert config["tie_word_embeddings"] is True
     assert not list(hf_dir.parent.glob(".hf.*")), "temporary directories left behind"
     # its card names the Hub source and license: what cards and PEFT files built on it record
-    from genft_tune.hub._base import base_hub_id, base_license
+    from genft_tune.cards._base import base_hub_id, base_license
 
     assert base_hub_id(hf_dir) == "HuggingFaceTB/SmolLM2-135M-Instruct" and base_license(hf_dir) == "apache-2.0"
 

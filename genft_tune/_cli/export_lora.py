@@ -43,7 +43,7 @@ def _user_error(args: argparse.Namespace):
                 "WeGeFT's is W0 phi^T psi); pass the Hugging Face base checkpoint directory")
     if not (Path(args.base) / "config.json").is_file():
         return f"--base {args.base}: no config.json there (expected a Hugging Face checkpoint directory)"
-    from genft_tune.hub._base import HUB_ID
+    from genft_tune.cards._base import HUB_ID
 
     if args.base_model is not None and not HUB_ID.match(args.base_model):
         return f"--base-model must be a Hub id like ORG/NAME, got {args.base_model!r}"
@@ -60,7 +60,7 @@ def _export(args: argparse.Namespace) -> int:
         return 2
     from genft_tune.checkpointing._lora_export import export_lora_adapter
     from genft_tune.checkpointing._peft_format import PeftFormatError
-    from genft_tune.hub._base import base_hub_id
+    from genft_tune.cards._base import base_hub_id
 
     output = Path(args.output) if args.output else Path(args.adapter) / "lora"
     try:

@@ -39,7 +39,7 @@ def _export(args: argparse.Namespace) -> int:
 
     from genft_tune.checkpointing._merge import check_adapter_fits_base
     from genft_tune.checkpointing._peft_format import export_peft_adapter, PEFT_SUBDIR
-    from genft_tune.hub._base import base_hub_id, HUB_ID
+    from genft_tune.cards._base import base_hub_id, HUB_ID
 
     from genft_tune._cli._checks import existing_folder, fail, merged_not_adapter, new_output, UsageError
 

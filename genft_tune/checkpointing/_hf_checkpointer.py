@@ -24,6 +24,7 @@ from typing import Any, Dict, Iterator, Optional, Union
 from torchtune.training import FullModelHFCheckpointer
 
 from genft_tune._fs import give_open_modes, temp_file
+from genft_tune.cards import write_local_card
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +77,9 @@ def finalize_merged_folder(folder: PathLike, *, base_dir: Optional[PathLike]) ->
       training dtype, as torchtune's LoRA recipes write them (a bf16 run on an fp32 base
       writes bf16 tensors), and the copied config still said the base's;
     - its own model card in place of the base's ``README.md``, which describes another
-      model (:func:`genft_tune.hub.write_local_card`);
+      model (:func:`genft_tune.cards.write_local_card`);
     - the modes ``open()`` would give (torchtune writes 0600 safetensors).
     """
-    from genft_tune.hub._model_card import write_local_card
-
     folder = Path(folder)
     dtype = written_dtype(folder)
     if dtype is not None and write_config_dtype(folder, dtype):

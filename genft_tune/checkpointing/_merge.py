@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import save_file
 
 from genft_tune._fs import give_open_mode, remove_stale, temp_dir
+from genft_tune.cards._model_card import find_run_files, TRAINING_CONFIG_FILE, TRAINING_LOG_FILE, write_local_card
 from genft_tune.checkpointing._adapter import (
     _dump_json,
     ADAPTER_CONFIG_FILE,
@@ -366,9 +367,7 @@ def _copy_non_weights(
 def _copy_run_files(adapter_dir: Path, adapter_cfg: GenFTAdapterConfig, out_dir: Path) -> None:
     """The adapter's ``genft_config.json`` (hyperparameters, for the model card), the
     training run's config when it belongs to this adapter, and the run's whole metric log,
-    every log of a resumed run joined (:func:`~genft_tune.hub.find_run_files`)."""
-    from genft_tune.hub._model_card import find_run_files, TRAINING_CONFIG_FILE, TRAINING_LOG_FILE
-
+    every log of a resumed run joined (:func:`~genft_tune.cards.find_run_files`)."""
     (out_dir / ADAPTER_CONFIG_FILE).write_text(_dump_json(dict(adapter_cfg)))
     run = find_run_files(adapter_dir, dict(adapter_cfg))
     if run.config is not None and not (out_dir / TRAINING_CONFIG_FILE).exists():
@@ -378,10 +377,8 @@ def _copy_run_files(adapter_dir: Path, adapter_cfg: GenFTAdapterConfig, out_dir:
 
 
 def _write_card(out_dir: Path, *, base_dir: Path, final_path: Path) -> None:
-    """The merged model's own ``README.md`` (:func:`~genft_tune.hub.write_local_card`);
+    """The merged model's own ``README.md`` (:func:`~genft_tune.cards.write_local_card`);
     none, with a warning, when it cannot be written (the merge itself is complete)."""
-    from genft_tune.hub._model_card import write_local_card
-
     try:
         write_local_card(out_dir, base_dir=base_dir, final_path=final_path)
     except (ValueError, OSError) as e:

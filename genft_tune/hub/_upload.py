@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Dict, List, Optional, Union
 
 from genft_tune._fs import temp_dir
-from genft_tune.checkpointing._peft_format import PEFT_CONFIG_FILE, PEFT_SUBDIR, PEFT_WEIGHTS_FILE
-from genft_tune.hub._base import base_card, front_matter, HUB_ID
-from genft_tune.hub._model_card import (
+from genft_tune.checkpointing._hf_checkpointer import write_config_dtype, written_dtype
+from genft_tune.checkpointing._peft_format import peft_adapter_method, PEFT_CONFIG_FILE, PEFT_SUBDIR, PEFT_WEIGHTS_FILE
+from genft_tune.cards._base import base_card, front_matter, HUB_ID
+from genft_tune.cards._model_card import (
     adapter_base_model,
     build_adapter_card,
     build_model_card,
@@ -93,8 +94,6 @@ def _stage_run_files(run_files: RunFiles, staging: Path, copy: bool) -> None:
 def _stage_true_dtype(folder: Path, staging: Path) -> None:
     """A ``config.json`` whose dtype is that of the weights, for a folder written before
     recipes set it (a bf16 run on an fp32 base wrote bf16 tensors under the base's config)."""
-    from genft_tune.checkpointing._hf_checkpointer import write_config_dtype, written_dtype
-
     staged = staging / "config.json"
     dtype = written_dtype(folder)
     if dtype is None or not staged.exists():
@@ -255,8 +254,6 @@ def stage_adapter(
         FileNotFoundError: if there is no PEFT adapter of ours (naming the fix).
         BaseModelUnknown: if the base's Hub id is unknown (pass ``base_model``).
     """
-    from genft_tune.checkpointing._peft_format import peft_adapter_method
-
     folder, staging = Path(folder), Path(staging)
     if not folder.is_dir():
         raise FileNotFoundError(f"--folder {folder} {'is a file, not a folder' if folder.exists() else 'does not exist'}")

@@ -13,7 +13,7 @@ import torch
 
 from genft_tune.checkpointing import save_genft_adapter
 from genft_tune.checkpointing._peft_format import write_peft_files
-from genft_tune.hub._base import base_hub_id
+from genft_tune.cards._base import base_hub_id
 from genft_tune.training._adapter_method import AdapterMethod
 
 PathLike = Union[str, os.PathLike]

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import yaml
 
 from genft_tune._fs import temp_file
-from genft_tune.hub._base import front_matter, HUB_ID
+from genft_tune.cards._base import base_card as read_base_card, front_matter, HUB_ID
 from genft_tune.modules import get_adapter_kind
 
 log = logging.getLogger(__name__)
@@ -541,8 +541,6 @@ def write_local_card(folder: PathLike, *, base_dir: Optional[PathLike], final_pa
     local folder (its usage snippet loads ``final_path``, where the folder ends up), with the
     base's license and Hub id from ``base_dir``'s card. ``genft-tune publish`` reads it back.
     """
-    from genft_tune.hub._base import base_card as read_base_card
-
     folder = Path(folder)
     final_path = Path(final_path or folder).resolve()
     base_card = read_base_card(base_dir) if base_dir and Path(base_dir).resolve() != folder.resolve() else {}
