@@ -13,12 +13,13 @@ import argparse
 import logging
 import sys
 import textwrap
+from pathlib import Path
+
+from genft_tune._cli._checks import existing_folder, fail, merged_not_adapter, new_output, UsageError
 
 
 def _base_dir(args: argparse.Namespace):
     """``--base``, else the base directory the adapter recorded (when it still exists)."""
-    from pathlib import Path
-
     from genft_tune.checkpointing import load_genft_adapter_config
 
     if args.base:
@@ -35,13 +36,9 @@ def _base_dir(args: argparse.Namespace):
 
 def _export(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-    from pathlib import Path
-
     from genft_tune.checkpointing._merge import check_adapter_fits_base
     from genft_tune.checkpointing._peft_format import export_peft_adapter, PEFT_SUBDIR
     from genft_tune.cards._base import base_hub_id, HUB_ID
-
-    from genft_tune._cli._checks import existing_folder, fail, merged_not_adapter, new_output, UsageError
 
     prog = "genft-tune export-peft"
     if args.base_model is not None and not HUB_ID.match(args.base_model):

@@ -2,6 +2,11 @@
 
 Each module exposes ``register(subparsers)``, which adds its parser and sets
 ``func`` to the callable that runs it with the parsed ``argparse.Namespace``.
+
+The subcommand modules import only the standard library and ``genft_tune._cli`` at their
+top; what a subcommand runs (torch, checkpointing, hub) is imported inside the function
+that runs it, so that ``genft-tune ls`` and ``--help`` do not load torch. These are the
+package's only imports inside functions besides optional dependencies.
 """
 
 import argparse

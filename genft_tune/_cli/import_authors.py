@@ -13,14 +13,13 @@ writes the model the authors trained.
 import argparse
 import logging
 import textwrap
+from pathlib import Path
+
+from genft_tune._cli._checks import existing_folder, fail, UsageError
 
 
 def _import(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-    from pathlib import Path
-
-    from genft_tune._cli._checks import existing_folder, fail, UsageError
-
     prog = "genft-tune import-authors"
     out = Path(args.output)
     try:

@@ -18,6 +18,8 @@ import logging
 import sys
 import textwrap
 
+from genft_tune._cli._checks import existing_folder, fail, merged_not_adapter, new_output, UsageError
+
 log = logging.getLogger(__name__)
 
 # genft_tune.checkpointing.DTYPES; not imported here so that `genft-tune ls` stays fast
@@ -32,8 +34,6 @@ def _check_args(args: argparse.Namespace) -> None:
     Raises:
         UsageError: one message naming the flag.
     """
-    from genft_tune._cli._checks import existing_folder, merged_not_adapter, new_output, UsageError
-
     base = existing_folder(args.base, "--base", "the base checkpoint folder, with config.json and its weights")
     adapter = existing_folder(args.adapter, "--adapter", "a recipe's epoch_N/step_N folder or a PEFT adapter folder")
     if (base / "genft_config.json").is_file() and not (base / "config.json").is_file():
@@ -58,8 +58,6 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def _merge(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-    from genft_tune._cli._checks import fail, UsageError
-
     try:
         _check_args(args)
     except UsageError as e:

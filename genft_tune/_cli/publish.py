@@ -13,11 +13,11 @@ import logging
 import sys
 import textwrap
 
-from genft_tune.hub import publish_folder
-
 
 def _publish(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    from genft_tune.hub import publish_folder
+
     try:
         result = publish_folder(
             args.folder,
