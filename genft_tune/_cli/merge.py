@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 # genft_tune.checkpointing.DTYPES; not imported here so that `genft-tune ls` stays fast
 DTYPE_CHOICES = ["auto", "bf16", "fp16", "fp32"]
-# genft_tune.models._families.FAMILIES + ViT: what --verify builds (a test keeps them equal)
+# genft_tune.models._families.FAMILIES: what --verify builds (a test keeps them equal; not
+# imported here so that `genft-tune ls` stays fast)
 VERIFY_MODEL_TYPES = ["llama", "mistral", "qwen2", "qwen3", "gemma2", "phi3", "vit"]
 
 

@@ -19,6 +19,7 @@ import yaml
 
 from genft_tune._fs import temp_file
 from genft_tune.cards._base import base_card as read_base_card, front_matter, HUB_ID
+from genft_tune.models._families import FAMILIES
 from genft_tune.modules import get_adapter_kind
 
 log = logging.getLogger(__name__)
@@ -476,11 +477,8 @@ def _merged_card(
     if license:
         meta["license"] = license
     if hf_format:
-        meta["pipeline_tag"] = (
-            "image-classification"
-            if json.loads((folder / "config.json").read_text()).get("model_type") == "vit"
-            else "text-generation"
-        )
+        family = FAMILIES.get(json.loads((folder / "config.json").read_text()).get("model_type"))
+        meta["pipeline_tag"] = family.pipeline_tag if family else "text-generation"
 
     lines = [*intro, f"# {title}", ""]
     base_txt = f" of [{base_model}](https://huggingface.co/{base_model})" if base_model else ""
@@ -566,10 +564,11 @@ def _adapter_base_class(peft_config: Dict[str, Any], genft: Dict[str, Any], hf_c
     (the base's own head, if any, is replaced: ``ignore_mismatched_sizes``)."""
     if peft_config.get("task_type") == "CAUSAL_LM":
         return "text-generation", "AutoModelForCausalLM", ""
-    if hf_config.get("model_type") == "vit":
+    family = FAMILIES.get(hf_config.get("model_type"))
+    if family is not None and not family.is_decoder:  # a classifier (ViT)
         head = (genft.get("tensor_shapes") or {}).get("head.weight")
         kwargs = f", num_labels={head[0]}, ignore_mismatched_sizes=True" if head else ""
-        return "image-classification", "AutoModelForImageClassification", kwargs
+        return family.pipeline_tag, family.auto_class, kwargs
     return None, "AutoModel", ""
 
 

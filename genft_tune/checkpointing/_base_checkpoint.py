@@ -15,8 +15,7 @@ import torch
 from safetensors import safe_open
 from torchtune.models import convert_weights
 
-from genft_tune.models._families import get_family
-from genft_tune.models.vit import vit_hf_module_name, vit_hf_to_tune, vit_tune_to_hf
+from genft_tune.models._families import Family, get_family
 
 PathLike = Union[str, os.PathLike]
 StateDictFn = Callable[[Dict[str, torch.Tensor]], Dict[str, torch.Tensor]]
@@ -40,6 +39,8 @@ class KeyConverter:
     # the Hugging Face model's module of a torchtune module, for a family whose module
     # names differ from its checkpoint keys (transformers 5's ViT); None: the same
     module_name: Optional[Callable[[str], Optional[str]]] = None
+    # the model family (None for torchtune/Meta .pt checkpoints)
+    family: Optional[Family] = None
 
     def tune_shapes(self, key: str, shape) -> Dict[str, Tuple[int, ...]]:
         """``{torchtune key: shape}`` of the tensor ``key`` (several for a fused tensor
@@ -58,10 +59,14 @@ def hf_converter(config: Dict[str, Any]) -> KeyConverter:
     Raises:
         ValueError: for a model type no family converts.
     """
-    if config.get("model_type") == "vit":
-        return KeyConverter("vit", vit_hf_to_tune, vit_tune_to_hf, vit_hf_module_name)
     family = get_family(config)
-    return KeyConverter(family.name, lambda sd: family.to_tune(sd, config), lambda sd: family.from_tune(sd, config))
+    return KeyConverter(
+        family.name,
+        lambda sd: family.to_tune(sd, config),
+        lambda sd: family.from_tune(sd, config),
+        family.module_name,
+        family,
+    )
 
 
 def torch_converter(keys: List[str]) -> KeyConverter:

@@ -14,6 +14,7 @@ every other ``model_type`` is torchtune's own, unchanged::
 """
 
 import contextlib
+import importlib
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ from torchtune.training import FullModelHFCheckpointer
 
 from genft_tune._fs import give_open_modes, temp_file
 from genft_tune.cards import write_local_card
+from genft_tune.models._families import FAMILIES
 
 log = logging.getLogger(__name__)
 
@@ -91,13 +93,6 @@ def finalize_merged_folder(folder: PathLike, *, base_dir: Optional[PathLike]) ->
         log.warning(f"No model card written to {folder}: {e}")
     give_open_modes(folder)
 
-# our model_type -> (torchtune model_type whose code path it shares, its converter module
-# attribute names, our converters' import path)
-_EXTRA_MODEL_TYPES = {
-    "QWEN3": ("QWEN2", "torchtune.models.qwen2._convert_weights", "qwen2", "genft_tune.models.qwen3", "qwen3"),
-    # torchtune's own GEMMA2 converter swaps the two MLP norms (see genft_tune.models.gemma2)
-    "GEMMA2": ("GEMMA2", "torchtune.models.gemma2._convert_weights", "gemma2", "genft_tune.models.gemma2", "gemma2"),
-}
 
 
 class HFCheckpointer(FullModelHFCheckpointer):
@@ -115,27 +110,26 @@ class HFCheckpointer(FullModelHFCheckpointer):
     """
 
     def __init__(self, *, model_type: str, **kwargs: Any):
-        self._extra = _EXTRA_MODEL_TYPES.get(str(model_type).upper())
-        super().__init__(model_type=self._extra[0] if self._extra else model_type, **kwargs)
+        family = FAMILIES.get(str(model_type).lower())
+        self._extra = family.torchtune_checkpointer if family else None  # (its model family says)
+        super().__init__(model_type=self._extra.model_type if self._extra else model_type, **kwargs)
 
     @contextlib.contextmanager
     def _converters(self) -> Iterator[None]:
         if self._extra is None:
             yield
             return
-        import importlib
-
-        _, theirs_path, theirs, ours_path, ours = self._extra
-        shared_path, ours_module = importlib.import_module(theirs_path), importlib.import_module(ours_path)
-        names = [f"{theirs}_hf_to_tune", f"{theirs}_tune_to_hf"]
-        saved = [getattr(shared_path, n) for n in names]
-        for n in names:  # e.g. qwen2_hf_to_tune -> qwen3_hf_to_tune, for this call only
-            setattr(shared_path, n, getattr(ours_module, n.replace(theirs, ours)))
+        shared = importlib.import_module(self._extra.converter_module)
+        ours = {f"{self._extra.prefix}_hf_to_tune": self._extra.hf_to_tune,
+                f"{self._extra.prefix}_tune_to_hf": self._extra.tune_to_hf}
+        saved = {n: getattr(shared, n) for n in ours}
+        for n, fn in ours.items():  # e.g. qwen2_hf_to_tune -> qwen3_hf_to_tune, for this call only
+            setattr(shared, n, fn)
         try:
             yield
         finally:
-            for n, fn in zip(names, saved):
-                setattr(shared_path, n, fn)
+            for n, fn in saved.items():
+                setattr(shared, n, fn)
 
     def load_checkpoint(self, *args: Any, **kwargs: Any) -> Dict[str, Any]:
         with self._converters():

@@ -41,6 +41,7 @@ from genft_tune.checkpointing._base_checkpoint import (
     WEIGHT_SUFFIXES,
 )
 from genft_tune.checkpointing._peft_format import load_any_adapter
+from genft_tune.models._families import FAMILIES, same_names
 from genft_tune.modules import get_adapter_kind
 
 log = logging.getLogger(__name__)
@@ -216,8 +217,9 @@ def merge_adapter_checkpoint(
     for tune_key in adapter_cfg.get("modules_to_save") or []:
         (src_key, value), = converter.from_tune({tune_key: adapter_sd[tune_key]}).items()
         replacements[src_key] = value
-    config_updates = _config_updates(source.config, replacements, adapter_cfg)
-    out_name, back_name = _output_names(converter, shapes, replacements)
+    family = FAMILIES.get((source.config or {}).get("model_type"))
+    config_updates = family.merged_config(source.config, replacements, adapter_cfg.get("extra") or {}) if family else {}
+    out_name, back_name = (converter.family.output_names if converter.family else same_names)(shapes, replacements)
     log.info(
         f"Merging {len(target_keys)} adapted weights ({adapter_cfg.method}) into {base_dir} "
         f"({source.format}, {converter.name} layout, {len(source.files)} file(s))"
@@ -289,45 +291,6 @@ def merge_adapter_checkpoint(
         raise
     log.info(f"Merged checkpoint ({merged_count} weights updated) written to {output_dir}")
     return output_dir
-
-
-def _output_names(converter: KeyConverter, shapes: Dict[str, Any], replacements: Dict[str, torch.Tensor]):
-    """``(out_name, back_name)``: the output key of each source key (None: dropped), and
-    the normalisation of ``from_tune``'s keys to that spelling.
-
-    Only a Hugging Face ``ViTModel`` base (keys without ``vit.``) changes anything: with the
-    adapter's classifier head the merged model is a ``ViTForImageClassification`` (every
-    backbone key gains ``vit.``, the pooler is dropped); without one it stays a ``ViTModel``.
-    """
-    vit_model_base = converter.name == "vit" and not any(k.startswith(("vit.", "classifier.")) for k in shapes)
-    if not vit_model_base:
-        return (lambda key: key), (lambda key: key)
-    if "classifier.weight" in replacements:
-        from genft_tune.models.vit._convert_weights import _HF_IGNORED
-
-        return (lambda key: None if _HF_IGNORED.match(key) else f"vit.{key}"), (lambda key: key)
-    return (lambda key: key), (lambda key: key[len("vit."):] if key.startswith("vit.") else key)
-
-
-def _config_updates(
-    config: Optional[Dict[str, Any]], replacements: Dict[str, torch.Tensor], adapter_cfg: GenFTAdapterConfig
-) -> Dict[str, Any]:
-    """``config.json`` changes implied by a replaced classifier (ViT): labels and
-    architecture follow the trained head (labels from the adapter's ``extra.id2label``)."""
-    head = replacements.get("classifier.weight")
-    if not config or config.get("model_type") != "vit" or head is None:
-        return {}
-    n = int(head.shape[0])
-    id2label = (adapter_cfg.get("extra") or {}).get("id2label")
-    if not id2label or len(id2label) != n:
-        old = config.get("id2label") or {}
-        id2label = old if len(old) == n else {str(i): f"LABEL_{i}" for i in range(n)}
-    id2label = {str(k): str(v) for k, v in id2label.items()}
-    return {
-        "architectures": ["ViTForImageClassification"],
-        "id2label": id2label,
-        "label2id": {v: int(k) for k, v in id2label.items()},
-    }
 
 
 def _copy_non_weights(

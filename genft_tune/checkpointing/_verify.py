@@ -3,24 +3,27 @@ model must give the same outputs.
 
 Both models start as the same plain model built from the base's ``config.json``:
 decoders (Llama, Mistral, Qwen2/2.5, Qwen3, Gemma 2, Phi-3/4) with their torchtune
-component builder (``genft_tune.models._families``; logits on a tokenized prompt), ViT classifiers with :func:`genft_tune.models.vit.vit` (logits on a seeded
-random image). The unmerged model then has every adapter target swapped for a GenFT or
-WeGeFT layer holding the same base weight, and loads the adapter. Everything runs in
-fp32 on CPU and loads whole models: meant for checks on small models.
+component builder, ViT classifiers with :func:`genft_tune.models.vit.vit`; the family's
+entry (``genft_tune.models._families``) builds and loads the model and gives the example
+input (logits on a tokenized prompt; on a seeded random image for ViT). The unmerged
+model then has every adapter target swapped for a GenFT or WeGeFT layer holding the same
+base weight, and loads the adapter. Everything runs in fp32 on CPU and loads whole
+models: meant for checks on small models.
 """
 
 import json
 import logging
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import Dict, Optional, Union
 
 import torch
 from torch import nn
 
 from genft_tune.checkpointing._adapter import GenFTAdapterConfig
-from genft_tune.checkpointing._peft_format import load_any_adapter
 from genft_tune.checkpointing._base_checkpoint import find_base_checkpoint, hf_converter
+from genft_tune.checkpointing._peft_format import load_any_adapter
+from genft_tune.models._families import get_family
 from genft_tune.modules import apply_adapter, get_adapter_kind
 
 log = logging.getLogger(__name__)
@@ -66,61 +69,19 @@ def _submodule(model: nn.Module, name: str):
         return None
 
 
-def _prompt_tokens(directory: Path, prompt: str, vocab_size: int) -> List[int]:
-    if (directory / "tokenizer.json").is_file() or (directory / "tokenizer.model").is_file():
-        try:
-            from transformers import AutoTokenizer
-
-            ids = AutoTokenizer.from_pretrained(str(directory)).encode(prompt)
-            if ids:
-                return [int(i) for i in ids]
-        except Exception as e:  # a broken tokenizer must not hide the logits check
-            log.warning(f"Could not tokenize the prompt with {directory}'s tokenizer ({e}); using bytes")
-    return [b % vocab_size for b in prompt.encode("utf-8")] or [1]
-
-
-def _build_vit(config: Dict, num_classes: Optional[int] = None) -> nn.Module:
-    from genft_tune.models.vit import vit
-
-    return vit(
-        image_size=config["image_size"],
-        patch_size=config["patch_size"],
-        num_channels=config.get("num_channels", 3),
-        embed_dim=config["hidden_size"],
-        num_layers=config["num_hidden_layers"],
-        num_heads=config["num_attention_heads"],
-        mlp_dim=config["intermediate_size"],
-        num_classes=num_classes or len(config.get("id2label") or {}) or 2,
-        norm_eps=config.get("layer_norm_eps", 1e-12),
-    )
-
-
 def _plain_model(directory: Path, config: Dict, head: Optional[torch.Tensor] = None) -> nn.Module:
     """The plain model of ``config``'s family with the weights of ``directory``, fp32, eval.
 
-    ``head``: a ViT classifier weight that will replace the checkpoint's (an adapter's
-    trained head, whose class count may differ from the base's).
+    ``head``: a classifier weight that will replace the checkpoint's (an adapter's trained
+    ViT head, whose class count may differ from the base's).
     """
-    if config.get("model_type") == "vit":
-        from genft_tune.models.vit import load_hf_vit_state_dict
-
-        model = _build_vit(config, num_classes=head.shape[0] if head is not None else None)
-        loaded = load_hf_vit_state_dict(model, directory, interpolate_pos_embed=False)
-        if loaded["head_reset"] and head is None:
-            raise ValueError(f"verify needs a ViT checkpoint with its classifier head, {directory} has none that fits")
+    family = get_family(config)
+    if family.plain_model is not None:  # a family that loads its own checkpoints (ViT)
+        model = family.plain_model(directory, config, head)
     else:
-        from genft_tune.models._families import get_family
-
-        model = get_family(config).build(config)
+        model = family.build(config)
         model.load_state_dict(_load_tune_state_dict(directory), strict=True)
     return model.float().eval()
-
-
-def _example_input(base_dir: Path, config: Dict, prompt: str) -> torch.Tensor:
-    if config.get("model_type") == "vit":
-        size, channels = config["image_size"], config.get("num_channels", 3)
-        return torch.randn(2, channels, size, size, generator=torch.Generator().manual_seed(0))
-    return torch.tensor([_prompt_tokens(base_dir, prompt, config["vocab_size"])])
 
 
 @torch.no_grad()
@@ -156,7 +117,7 @@ def verify_merge(
             "(imported from the authors' code or trained by PEFT), which the torchtune model that --verify builds "
             "cannot run; the merge itself applied it to the Hugging Face tensors as trained"
         )
-    inputs = _example_input(base_dir, config, prompt)
+    inputs = get_family(config).example_input(base_dir, config, prompt)
 
     head = adapter_sd.get("head.weight") if "head.weight" in (adapter_cfg.get("modules_to_save") or []) else None
     adapted = _add_adapter(_plain_model(base_dir, config, head=head), adapter_cfg, adapter_sd)

@@ -14,10 +14,13 @@ as frozen biases), Gemma 2, Mistral, Phi-3/4, Llama and Qwen3 (``genft_tune.mode
 all work this way; the adapter's hyperparameters are validated before the base is built.
 """
 
+import json
+from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence, Union
 
 from torch import nn
 
+from genft_tune.models._families import FAMILIES, get_family
 from genft_tune.modules import apply_adapter, GenFTConfig, WeGeFTConfig
 from genft_tune.modules._builder_args import takes_config_fields
 
@@ -59,17 +62,16 @@ def checkpoint_decoder(*, checkpoint_dir: str) -> nn.Module:
         ValueError: if there is no readable ``config.json`` or its ``model_type`` is none
             of the families above.
     """
-    import json
-    from pathlib import Path
-
-    from genft_tune.models._families import get_family
-
     path = Path(str(checkpoint_dir)) / "config.json"
     try:
         config = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise ValueError(f"model.base_kwargs.checkpoint_dir: cannot read {path} ({e})") from None
-    return get_family(config).build(config)
+    family = get_family(config)
+    if not family.is_decoder:
+        decoders = [name for name, f in FAMILIES.items() if f.is_decoder]
+        raise ValueError(f"config.json model_type must be one of {sorted(decoders)}, got {family.name!r}")
+    return family.build(config)
 
 
 def adapter_model(
