@@ -8,12 +8,13 @@ on a shared filesystem; these helpers give the modes ``open()`` / ``mkdir()`` wo
 (``0666`` / ``0777`` minus the process umask).
 """
 
+import contextlib
 import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterable, List, Tuple, Union
+from typing import Callable, Iterable, Iterator, List, Tuple, Union
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +55,73 @@ def give_open_modes(folder: PathLike) -> None:
             give_open_mode(path)
 
 
-def write_atomically(path: PathLike, write: Callable[[str], None]) -> None:
+def fsync_file(path: PathLike) -> None:
+    """Flush a written file to disk (before a rename makes it look finished)."""
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def fsync_dir(path: PathLike) -> None:
+    """Flush a directory's entries (renames) to disk, where the platform allows it."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: PathLike) -> None:
+    """:func:`fsync_file` for every file below ``root``, then ``root`` itself."""
+    for path in Path(root).rglob("*"):
+        if path.is_file():
+            fsync_file(path)
+    fsync_dir(root)
+
+
+@contextlib.contextmanager
+def new_folder(output_dir: PathLike, *, hidden: bool = False, fsync: bool = True) -> Iterator[Path]:
+    """Write a folder under a temporary name next to ``output_dir`` (yielded), then swap it
+    in when the block completes: files fsynced, an existing ``output_dir`` moved aside first
+    (the swap is two renames) and removed after. On any error the temporary folder is
+    removed and ``output_dir`` stays as it was; what a killed earlier write left
+    (``NAME.tmp-*``, ``NAME.old-*``) is removed, logged, before starting.
+
+    Args:
+        output_dir (PathLike): the folder to create or replace.
+        hidden (bool): temporary names start with a dot (``.NAME.tmp-*``).
+        fsync (bool): flush every file before the swap.
+    """
+    output_dir = Path(output_dir)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f"{'.' if hidden else ''}{output_dir.name}"
+    remove_stale(output_dir.parent, [f"{prefix}.tmp-", f"{prefix}.old-"])
+    tmp = temp_dir(output_dir.parent, prefix=f"{prefix}.tmp-")
+    try:
+        yield tmp
+        if fsync:
+            fsync_tree(tmp)
+        if output_dir.exists():
+            old = temp_dir(output_dir.parent, prefix=f"{prefix}.old-")
+            os.replace(output_dir, old / "x")
+            os.replace(tmp, output_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, output_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_atomically(path: PathLike, write: Callable[[str], None], *, fsync: bool = False) -> None:
     """Write a file with ``write(temporary_path)``, then rename it to ``path``: an interrupted
     write leaves no file that looks finished (the temporary one is removed on errors), and
-    the file gets the mode ``open(path, "w")`` would give (whatever ``write`` used)."""
+    the file gets the mode ``open(path, "w")`` would give (whatever ``write`` used);
+    ``fsync`` flushes it to disk before the rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = temp_file(path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -65,11 +129,18 @@ def write_atomically(path: PathLike, write: Callable[[str], None]) -> None:
     try:
         write(tmp)
         give_open_mode(tmp)  # writers such as safetensors create 0600 files
+        if fsync:
+            fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_text_atomically(path: PathLike, text: str) -> None:
+    """:func:`write_atomically` of a text file (utf-8)."""
+    write_atomically(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def remove_stale(parent: PathLike, prefixes: Iterable[str]) -> List[Path]:
@@ -87,4 +158,16 @@ def remove_stale(parent: PathLike, prefixes: Iterable[str]) -> List[Path]:
     return removed
 
 
-__all__ = ["give_open_mode", "give_open_modes", "remove_stale", "temp_dir", "temp_file", "write_atomically"]
+__all__ = [
+    "fsync_dir",
+    "fsync_file",
+    "fsync_tree",
+    "give_open_mode",
+    "give_open_modes",
+    "new_folder",
+    "remove_stale",
+    "temp_dir",
+    "temp_file",
+    "write_atomically",
+    "write_text_atomically",
+]

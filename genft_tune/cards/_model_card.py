@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import yaml
 
-from genft_tune._fs import temp_file
+from genft_tune._fs import write_atomically, write_text_atomically
 from genft_tune.cards._base import base_card as read_base_card, front_matter, HUB_ID
 from genft_tune.models._families import FAMILIES
 from genft_tune.modules import get_adapter_kind
@@ -159,15 +159,11 @@ def plot_loss_curve(metrics: Dict[str, Series], path: PathLike, *, title: Option
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = temp_file(path.parent, prefix=f".{path.stem}.", suffix=path.suffix or ".png")
-    os.close(fd)
+    fmt = (path.suffix or ".png")[1:]  # the temporary name's suffix says no format
     try:
-        fig.savefig(tmp, metadata={"Software": None})
-        os.replace(tmp, path)
+        write_atomically(path, lambda tmp: fig.savefig(tmp, format=fmt, metadata={"Software": None}))
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 
@@ -551,10 +547,7 @@ def write_local_card(folder: PathLike, *, base_dir: Optional[PathLike], final_pa
                         loss_curve=None, base_model=None, run_files=None, intro=intro, strict_base=False,
                         run_sections=False, note=hint)
     path = folder / CARD_FILE
-    fd, tmp = temp_file(folder, prefix=".README.", suffix=".md")
-    with os.fdopen(fd, "w", encoding="utf8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_text_atomically(path, text)
     return path
 
 

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import genft_tune
-from genft_tune._fs import give_open_mode, temp_file
+from genft_tune._fs import fsync_dir, fsync_file, give_open_mode, temp_file
 from genft_tune.modules import adapter_kind_for_config, adapter_kinds, get_adapter_kind
 
 ADAPTER_WEIGHTS_FILE = "genft_adapter.safetensors"
@@ -100,24 +100,6 @@ class GenFTAdapterConfig(dict):
         return self.get("weight_layout", "torchtune")
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
-
-
 _INT_LIST = re.compile(r"\[\s+(-?\d+(?:,\s+-?\d+)*)\s+\]")
 
 
@@ -171,18 +153,16 @@ def write_file_pair(
     try:
         save_file(dict(tensors), str(tmp_weights), metadata=tensor_metadata)
         give_open_mode(tmp_weights)
-        _fsync_file(tmp_weights)
-        with open(tmp_config, "w") as f:
-            f.write(config_text(tmp_weights))
-            f.flush()
-            os.fsync(f.fileno())
+        fsync_file(tmp_weights)
+        tmp_config.write_text(config_text(tmp_weights))
+        fsync_file(tmp_config)
         # the old pair stops looking complete before the new weights replace the old
         config_path.unlink(missing_ok=True)
-        _fsync_dir(output_dir)
+        fsync_dir(output_dir)
         os.replace(tmp_weights, weights_path)
-        _fsync_dir(output_dir)
+        fsync_dir(output_dir)
         os.replace(tmp_config, config_path)
-        _fsync_dir(output_dir)
+        fsync_dir(output_dir)
     finally:
         tmp_weights.unlink(missing_ok=True)
         tmp_config.unlink(missing_ok=True)

@@ -24,7 +24,7 @@ from typing import Any, Dict, Iterator, Optional, Union
 
 from torchtune.training import FullModelHFCheckpointer
 
-from genft_tune._fs import give_open_modes, temp_file
+from genft_tune._fs import give_open_modes, write_text_atomically
 from genft_tune.cards import write_local_card
 from genft_tune.models._families import FAMILIES
 
@@ -64,10 +64,7 @@ def write_config_dtype(folder: PathLike, dtype: str) -> bool:
         return False
     for k in keys:
         config[k] = dtype
-    fd, tmp = temp_file(path.parent, prefix=".config.", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(config, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text_atomically(path, json.dumps(config, indent=2) + "\n")
     return True
 
 

@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple, Union
@@ -33,7 +32,7 @@ from typing import Dict, Iterator, List, Optional, Tuple, Union
 import torch
 from safetensors.torch import save_file
 
-from genft_tune._fs import give_open_mode, remove_stale, temp_dir
+from genft_tune._fs import give_open_mode, new_folder
 from genft_tune.checkpointing._adapter import _dump_json, check_adapter_matches_model, load_genft_adapter_config
 from genft_tune.checkpointing._base_checkpoint import find_base_checkpoint
 from genft_tune.checkpointing._merge import _merge_one
@@ -327,26 +326,10 @@ def lora_config(rank: int, target_modules, *, base_model_name_or_path: Optional[
 def _write(output_dir: Path, tensors: Dict[str, torch.Tensor], config: dict) -> None:
     """Both files into a temporary folder next to ``output_dir``, renamed into place when
     complete: an interrupted export leaves no folder that looks like a LoRA."""
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(output_dir.parent, [f"{output_dir.name}.tmp-", f"{output_dir.name}.old-"])
-    tmp = temp_dir(output_dir.parent, prefix=f"{output_dir.name}.tmp-")
-    try:
+    with new_folder(output_dir) as tmp:
         save_file(dict(sorted(tensors.items())), str(tmp / PEFT_WEIGHTS_FILE), metadata={"format": "pt"})
         give_open_mode(tmp / PEFT_WEIGHTS_FILE)
         (tmp / PEFT_CONFIG_FILE).write_text(_dump_json(config))
-        for path in tmp.iterdir():
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())
-        if output_dir.exists():
-            old = temp_dir(output_dir.parent, prefix=f"{output_dir.name}.old-")
-            os.replace(output_dir, old / "x")
-            os.replace(tmp, output_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, output_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 __all__ = [

@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 import torch
 from safetensors.torch import save_file
 
-from genft_tune._fs import give_open_mode, remove_stale, temp_dir
+from genft_tune._fs import give_open_mode, new_folder
 from genft_tune.cards._model_card import find_run_files, TRAINING_CONFIG_FILE, TRAINING_LOG_FILE, write_local_card
 from genft_tune.checkpointing._adapter import (
     _dump_json,
@@ -144,18 +144,6 @@ class _ShardWriter:
         return names
 
 
-def _fsync_tree(root: Path) -> None:
-    for path in root.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())
-    fd = os.open(root, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def merge_adapter_checkpoint(
     *,
     base_dir: PathLike,
@@ -225,11 +213,9 @@ def merge_adapter_checkpoint(
         f"({source.format}, {converter.name} layout, {len(source.files)} file(s))"
     )
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    # what a killed earlier merge into the same output left behind (logged)
-    remove_stale(output_dir.parent, [f"{output_dir.name}.tmp-", f"{output_dir.name}.old-"])
-    tmp_dir = temp_dir(output_dir.parent, prefix=f"{output_dir.name}.tmp-")
-    try:
+    # written under a temporary name, swapped in when complete; what a killed earlier merge
+    # into the same output left behind is removed (logged)
+    with new_folder(output_dir) as tmp_dir:
         merged_count = 0
         writer = _ShardWriter(tmp_dir, max_bytes) if source.format == "hf" else None
         for i, path in enumerate(source.files):
@@ -278,17 +264,6 @@ def merge_adapter_checkpoint(
         _copy_non_weights(base_dir, tmp_dir, source, cast, config_updates)
         _copy_run_files(Path(adapter_dir), adapter_cfg, tmp_dir)
         _write_card(tmp_dir, base_dir=base_dir, final_path=output_dir)
-        _fsync_tree(tmp_dir)
-        if output_dir.exists():
-            old = temp_dir(output_dir.parent, prefix=f"{output_dir.name}.old-")
-            os.replace(output_dir, old / "x")
-            os.replace(tmp_dir, output_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp_dir, output_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
     log.info(f"Merged checkpoint ({merged_count} weights updated) written to {output_dir}")
     return output_dir
 

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Union
 
-from genft_tune._fs import temp_dir
+from genft_tune._fs import new_folder
 from genft_tune.checkpointing._hf_checkpointer import write_config_dtype, written_dtype
 from genft_tune.checkpointing._peft_format import peft_adapter_method, PEFT_CONFIG_FILE, PEFT_SUBDIR, PEFT_WEIGHTS_FILE
 from genft_tune.cards._base import base_card, front_matter, HUB_ID
@@ -359,15 +359,9 @@ def publish_folder(
         dry_run_dir = Path(dry_run_dir)
         if dry_run_dir.exists():
             raise FileExistsError(f"--dry-run {dry_run_dir} exists: give a new folder")
-        dry_run_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temp_dir(dry_run_dir.parent, prefix=f"{dry_run_dir.name}.tmp-")
-        try:
+        with new_folder(dry_run_dir, fsync=False) as tmp:
             files = stage(tmp, copy=True)
             notes = card_warnings(tmp)
-            os.replace(tmp, dry_run_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         log.info(f"Dry run: {len(files)} files that would be uploaded to {repo_id} written to {dry_run_dir}")
         return {"files": files, "url": str(dry_run_dir), "warnings": notes}
 

@@ -31,7 +31,6 @@ import argparse
 import importlib.util
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Dict, Optional
@@ -39,7 +38,7 @@ from typing import Dict, Optional
 import numpy as np
 import torch
 
-from genft_tune._fs import give_open_mode, temp_dir
+from genft_tune._fs import give_open_mode, new_folder
 
 __all__ = ["convert_smollm2_gguf_to_hf", "find_smollm2_gguf", "read_gguf_metadata"]
 
@@ -380,9 +379,8 @@ def convert_smollm2_gguf_to_hf(
         **_tokenizer_files(reader, meta),
     }
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = temp_dir(output_dir.parent, prefix=f".{output_dir.name}.tmp-")
-    try:
+    # swapped in whole when complete: an interrupted conversion leaves the old folder or none
+    with new_folder(output_dir, hidden=True, fsync=False) as tmp_dir:
         save_file(state_dict, str(tmp_dir / "model.safetensors"), metadata={"format": "pt"})
         give_open_mode(tmp_dir / "model.safetensors")
         for name, content in json_files.items():
@@ -393,17 +391,6 @@ def convert_smollm2_gguf_to_hf(
         for path in tmp_dir.iterdir():
             os.chmod(path, 0o644)
         os.chmod(tmp_dir, 0o755)
-        if output_dir.exists():
-            # Move the old directory aside first so the swap is as short as possible.
-            old_dir = temp_dir(output_dir.parent, prefix=f".{output_dir.name}.old-")
-            os.rename(output_dir, old_dir / "old")
-            os.rename(tmp_dir, output_dir)
-            shutil.rmtree(old_dir, ignore_errors=True)
-        else:
-            os.rename(tmp_dir, output_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
     return output_dir
 
 
