@@ -24,9 +24,7 @@ PROG = "genft-tune export-lora"
 def _user_error(args: argparse.Namespace):
     """The first mistake in the arguments (one line), found before anything is loaded."""
     from genft_tune.checkpointing._lora_export import check_rank_choice
-    from genft_tune.checkpointing._peft_format import (
-        has_our_adapter, PEFT_CONFIG_FILE, PEFT_SUBDIR, PEFT_WEIGHTS_FILE, peft_adapter_method,
-    )
+    from genft_tune.checkpointing._peft_format import adapter_format, PEFT_CONFIG_FILE, PEFT_SUBDIR, PEFT_WEIGHTS_FILE
 
     try:
         check_rank_choice(args.rank, args.energy)
@@ -35,7 +33,7 @@ def _user_error(args: argparse.Namespace):
     adapter = Path(args.adapter)
     if not adapter.is_dir():
         return f"adapter directory {adapter} does not exist"
-    if not (has_our_adapter(adapter) or any(peft_adapter_method(d) for d in (adapter, adapter / PEFT_SUBDIR))):
+    if adapter_format(adapter) not in ("ours", "peft"):
         return (f"{adapter} holds no GenFT/WeGeFT adapter: expected genft_adapter.safetensors + genft_config.json "
                 f"or {PEFT_WEIGHTS_FILE} + {PEFT_CONFIG_FILE} (GenFT or WeGeFT; in the folder or its {PEFT_SUBDIR}/)")
     if args.base is None:

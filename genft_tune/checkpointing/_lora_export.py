@@ -43,7 +43,7 @@ from genft_tune.checkpointing._peft_format import (
     has_our_adapter,
     load_any_adapter,
     PEFT_CONFIG_FILE,
-    PEFT_SUBDIR,
+    peft_folder,
     PEFT_WEIGHTS_FILE,
     PeftFormatError,
 )
@@ -284,8 +284,7 @@ def export_lora_adapter(
         if has_our_adapter(adapter_dir):
             base_model_name_or_path = load_genft_adapter_config(adapter_dir).base_model
         else:
-            peft_dir = adapter_dir if (adapter_dir / PEFT_CONFIG_FILE).is_file() else adapter_dir / PEFT_SUBDIR
-            base_model_name_or_path = json.loads((peft_dir / PEFT_CONFIG_FILE).read_text()).get("base_model_name_or_path")
+            base_model_name_or_path = json.loads((peft_folder(adapter_dir) / PEFT_CONFIG_FILE).read_text()).get("base_model_name_or_path")
     targets = _short_targets([c.module for c in costs], hf_config)
     if isinstance(targets, str):
         log.warning("The adapter does not cover every layer: target_modules is a regex of module names, which "

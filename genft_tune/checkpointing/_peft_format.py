@@ -553,6 +553,26 @@ def has_our_adapter(adapter_dir: PathLike) -> bool:
     return (Path(adapter_dir) / ADAPTER_CONFIG_FILE).is_file()
 
 
+def peft_folder(adapter_dir: PathLike) -> Optional[Path]:
+    """Where PEFT's pair of a GenFT/WeGeFT adapter is: ``adapter_dir`` or its ``peft/``
+    subfolder (a recipe's checkpoint), or None."""
+    adapter_dir = Path(adapter_dir)
+    return next((d for d in (adapter_dir, adapter_dir / PEFT_SUBDIR) if peft_adapter_method(d)), None)
+
+
+def adapter_format(adapter_dir: PathLike) -> Optional[str]:
+    """Which adapter a folder holds, in the order every reader prefers them: ``ours``
+    (``genft_config.json``), ``peft`` (PEFT's pair, also in ``peft/``), ``authors`` (the
+    GenFT authors' own PEFT format: ``genft-tune import-authors`` reads it), or None."""
+    if has_our_adapter(adapter_dir):
+        return "ours"
+    if peft_folder(adapter_dir) is not None:
+        return "peft"
+    if _is_authors_adapter(Path(adapter_dir)):
+        return "authors"
+    return None
+
+
 @contextlib.contextmanager
 def adapter_in_our_format(adapter_dir: PathLike, *, base_dir: Optional[PathLike]) -> Iterator[Path]:
     """``adapter_dir`` itself when it holds our files, else a temporary directory with
@@ -564,31 +584,33 @@ def adapter_in_our_format(adapter_dir: PathLike, *, base_dir: Optional[PathLike]
         PeftFormatError: as :func:`import_peft_adapter`.
     """
     adapter_dir = Path(adapter_dir)
-    peft_dir = next((d for d in (adapter_dir, adapter_dir / PEFT_SUBDIR) if peft_adapter_method(d)), None)
-    if has_our_adapter(adapter_dir) or peft_dir is None:
-        if not has_our_adapter(adapter_dir) and _is_authors_adapter(adapter_dir):
+    found = adapter_format(adapter_dir)
+    if found != "peft":
+        if found == "authors":
             raise FileNotFoundError(
                 f"{adapter_dir} holds an adapter saved by the GenFT authors' PEFT: convert it first with "
                 f"`genft-tune import-authors {adapter_dir} --output DIR`"
             )
-        if not has_our_adapter(adapter_dir) and adapter_dir.is_dir():
+        if found is None and adapter_dir.is_dir():
             raise FileNotFoundError(
                 f"{adapter_dir} holds no adapter: expected {ADAPTER_WEIGHTS_FILE} + {ADAPTER_CONFIG_FILE} "
                 f"(this package's) or {PEFT_WEIGHTS_FILE} + {PEFT_CONFIG_FILE} (PEFT's, GenFT or WeGeFT)"
             )
         yield adapter_dir
         return
+    peft_dir = peft_folder(adapter_dir)
     if base_dir is None:
         raise PeftFormatError(f"{peft_dir} holds a PEFT adapter: reading it needs its Hugging Face base directory")
     with tempfile.TemporaryDirectory(prefix="genft-peft-") as tmp:
         yield import_peft_adapter(peft_dir, Path(tmp) / "adapter", base_dir=base_dir)
 
 
-
-
 def load_any_adapter(adapter_dir: PathLike, *, base_dir: Optional[PathLike]) -> Tuple[Dict[str, torch.Tensor], GenFTAdapterConfig]:
-    """:func:`load_genft_adapter` for a directory in either format (ours, or PEFT's
-    converted against the Hugging Face base in ``base_dir``)."""
+    """The one reader of an adapter folder, for merge, verify, LoRA export and the recipes:
+    :func:`load_genft_adapter` for a directory in either format (ours, or PEFT's in the
+    folder or its ``peft/`` subfolder, converted against the Hugging Face base in
+    ``base_dir``); the authors' format is named with the command that converts it
+    (:func:`adapter_format`)."""
     with adapter_in_our_format(adapter_dir, base_dir=base_dir) as ours:
         return load_genft_adapter(ours)
 
@@ -619,6 +641,7 @@ def write_peft_files(
 
 
 __all__ = [
+    "adapter_format",
     "adapter_in_our_format",
     "export_peft_adapter",
     "import_peft_adapter",
@@ -627,6 +650,7 @@ __all__ = [
     "PEFT_SUBDIR",
     "PEFT_WEIGHTS_FILE",
     "peft_adapter_method",
+    "peft_folder",
     "peft_files_from_adapter",
     "PeftFormatError",
     "read_hf_config",

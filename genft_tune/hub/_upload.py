@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Union
 
 from genft_tune._fs import new_folder
 from genft_tune.checkpointing._hf_checkpointer import write_config_dtype, written_dtype
-from genft_tune.checkpointing._peft_format import peft_adapter_method, PEFT_CONFIG_FILE, PEFT_SUBDIR, PEFT_WEIGHTS_FILE
+from genft_tune.checkpointing._peft_format import PEFT_CONFIG_FILE, peft_folder, PEFT_SUBDIR, PEFT_WEIGHTS_FILE
 from genft_tune.cards._base import base_card, front_matter, HUB_ID
 from genft_tune.cards._model_card import (
     adapter_base_model,
@@ -257,7 +257,7 @@ def stage_adapter(
     folder, staging = Path(folder), Path(staging)
     if not folder.is_dir():
         raise FileNotFoundError(f"--folder {folder} {'is a file, not a folder' if folder.exists() else 'does not exist'}")
-    peft_dir = next((d for d in (folder, folder / PEFT_SUBDIR) if peft_adapter_method(d)), None)
+    peft_dir = peft_folder(folder)
     if peft_dir is None or not (peft_dir / PEFT_WEIGHTS_FILE).is_file():
         hint = f"write one with `genft-tune export-peft {folder}`" if (folder / ADAPTER_FILES[1]).is_file() else \
             "expected a recipe's checkpoint folder or the output of `genft-tune export-peft`"
