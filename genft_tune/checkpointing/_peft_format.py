@@ -26,11 +26,14 @@ Neither direction needs ``peft`` installed.
 
 import contextlib
 import json
+import logging
 import os
+import re
+import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import fields
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 import torch
 from safetensors.torch import load_file
@@ -46,7 +49,9 @@ from genft_tune.checkpointing._adapter import (
     write_file_pair,
 )
 from genft_tune.checkpointing._base_checkpoint import find_base_checkpoint, hf_converter
-from genft_tune.modules import get_adapter_kind
+from genft_tune.modules import adapter_kinds, AdapterKind, get_adapter_kind
+
+log = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
 
@@ -64,30 +69,10 @@ class PeftFormatError(ValueError):
     """An adapter cannot be written in (or read from) PEFT's format; the message says why."""
 
 
-@dataclass(frozen=True)
-class _Names:
-    """How one method names its tensors in our files and in PEFT's."""
-
-    peft_type: str
-    root: str  # the shared tensors' attribute on our model root and on PEFT's tuner
-    to_peft: Callable[[str], str]  # a layer's tensor, relative to its module: ours -> PEFT's
-    from_peft: Callable[[str], Optional[str]]  # the inverse (None: not this method's)
-
-
-def _strip(prefix: str, new: str = "") -> Callable[[str], Optional[str]]:
-    return lambda rest: new + rest[len(prefix):] if rest.startswith(prefix) else None
-
-
-NAMES: Dict[str, _Names] = {
-    # A1 -> genft_A1
-    "genft": _Names("GENFT", "genft_generators", lambda rest: f"genft_{rest}", _strip("genft_")),
-    # wegeft.phi -> wegeft_layer_factors.phi (the PEFT layer's per-adapter store)
-    "wegeft": _Names(
-        "WEGEFT", "wegeft_factors", lambda rest: "wegeft_layer_factors." + rest[len("wegeft."):],
-        _strip("wegeft_layer_factors.", "wegeft."),
-    ),
-}
-PEFT_TYPES = {n.peft_type: method for method, n in NAMES.items()}
+def _peft_kinds() -> Dict[str, AdapterKind]:
+    """``{peft_type: method}`` of every registered method with a PEFT format (its
+    registry entry's :class:`~genft_tune.modules._method.PeftNames`)."""
+    return {k.peft_names.peft_type: k for k in adapter_kinds() if k.peft_names is not None}
 
 
 def tune_rows_in_hf_order(out_dim: int, num_heads: int) -> torch.Tensor:
@@ -172,8 +157,6 @@ def _short_targets(hf_modules: List[str], hf_config: Mapping[str, Any]) -> Union
         by_type.setdefault(_short(m), []).append(m)
     if layers and all(len(set(ms)) == layers for ms in by_type.values()):
         return sorted(by_type)
-    import re
-
     return "^(" + "|".join(re.escape(m) for m in sorted(hf_modules)) + ")$"
 
 
@@ -227,9 +210,10 @@ def peft_files_from_adapter(
             or the adapter holds tensors that PEFT's format has no place for.
     """
     method = adapter_cfg.method
-    if method not in NAMES:
-        raise PeftFormatError(f"the {method!r} method has no PEFT format here (PEFT's files are written for {sorted(NAMES)})")
-    names = NAMES[method]
+    names = get_adapter_kind(method).peft_names
+    if names is None:
+        writable = sorted(k.name for k in _peft_kinds().values())
+        raise PeftFormatError(f"the {method!r} method has no PEFT format here (PEFT's files are written for {writable})")
     converter = _converter(hf_config)
     targets = list(adapter_cfg["target_modules"])
     shapes = {t: s or (tune_shapes or {}).get(f"{t}.weight") for t, s in adapter_cfg.target_shapes.items()}
@@ -241,7 +225,7 @@ def peft_files_from_adapter(
     saved = _saved_modules(converter, list(adapter_cfg.get("modules_to_save") or []), adapter_cfg["tensor_shapes"])
 
     extra: Dict[str, Any] = {}
-    if method == "genft" and adapter_cfg.weight_layout == "torchtune":
+    if names.row_order_matters and adapter_cfg.weight_layout == "torchtune":
         heads: Dict[str, int] = {}
         for t in targets:
             idx = _row_order(converter, t, shapes[t])
@@ -251,10 +235,10 @@ def peft_files_from_adapter(
                 if heads.setdefault(short, h) != h:
                     raise PeftFormatError(f"{short} modules have differently ordered rows ({heads[short]} vs {h} heads)")
         extra["torchtune_rope_heads"] = heads or None
-    elif method == "genft":
+    elif names.row_order_matters:
         extra["torchtune_rope_heads"] = None
     key_to_peft: Dict[str, str] = {}
-    if method == "wegeft":
+    if names.shares_by_module_type:
         shared_keys: Dict[str, str] = {}
         if adapter_cfg.config.shared:  # a target without a recorded key shares by its module type
             key_of = {t: k or _short(t) for t, k in adapter_cfg.target_modules.items()}
@@ -373,10 +357,10 @@ def peft_adapter_method(adapter_dir: PathLike) -> Optional[str]:
         raw = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
-    method = PEFT_TYPES.get(str(raw.get("peft_type")))
-    if method is None or "generator_share_dim" in raw:  # the authors' GENFT: import-authors
+    kind = _peft_kinds().get(str(raw.get("peft_type")))
+    if kind is None or "generator_share_dim" in raw:  # the authors' GENFT: import-authors
         return None
-    return method
+    return kind.name
 
 
 def _base_linears(converter, base_shapes: Mapping[str, Tuple[int, ...]]) -> Dict[str, Tuple[str, Tuple[int, ...]]]:
@@ -400,8 +384,6 @@ def _base_linears(converter, base_shapes: Mapping[str, Tuple[int, ...]]) -> Dict
 
 def _targets_in(target_modules: Union[str, List[str]], modules: List[str]) -> List[str]:
     """PEFT's rule: a regex matches the full name; a list entry equals it or ends it."""
-    import re
-
     if isinstance(target_modules, str):
         return [m for m in modules if re.fullmatch(target_modules, m)]
     wanted = set(target_modules)
@@ -428,13 +410,10 @@ def adapter_from_peft_files(
     Raises:
         PeftFormatError: if it is not such an adapter or does not fit the base.
     """
-    method = PEFT_TYPES.get(str(peft_config.get("peft_type")))
-    if method is None:
-        raise PeftFormatError(f"peft_type {peft_config.get('peft_type')!r} is not one of {sorted(PEFT_TYPES)}")
-    names = NAMES[method]
-    kind = get_adapter_kind(method)
-    from dataclasses import fields
-
+    kind = _peft_kinds().get(str(peft_config.get("peft_type")))
+    if kind is None:
+        raise PeftFormatError(f"peft_type {peft_config.get('peft_type')!r} is not one of {sorted(_peft_kinds())}")
+    names = kind.peft_names
     known = {f.name for f in fields(kind.config_cls)}
     try:
         config = kind.config_cls(**{k: v for k, v in peft_config.items() if k in known})
@@ -454,7 +433,7 @@ def adapter_from_peft_files(
     saved_modules = set(peft_config.get("modules_to_save") or [])
 
     weight_layout = "torchtune"
-    if method == "genft":
+    if names.row_order_matters:
         heads = peft_config.get("torchtune_rope_heads") or {}
         orders = {m: _row_order(converter, tune_of[m], target_shapes[tune_of[m]]) for m in hf_targets}
         reordered = [m for m, idx in orders.items() if idx is not None]
@@ -498,7 +477,7 @@ def adapter_from_peft_files(
     if per_layer and bare:  # an adapter with per-layer tensors has them for every target
         raise PeftFormatError(f"{PEFT_WEIGHTS_FILE} has no tensors for the targets {bare[:3]}")
     targets: Union[List[str], Dict[str, Optional[str]]] = [tune_of[m] for m in hf_targets]
-    if method == "wegeft":
+    if names.shares_by_module_type:
         targets = {tune_of[m]: (ours_key[peft_key_of[m]] if config.shared else None) for m in hf_targets}
     return dict(
         adapter_state_dict=state,
@@ -621,10 +600,6 @@ def write_peft_files(
     """PEFT's pair for our adapter in ``adapter_dir``, into its ``peft/`` subfolder, when
     the base is a Hugging Face checkpoint of a family whose modules PEFT's format can
     name; otherwise None, with the reason logged (our adapter is complete either way)."""
-    import logging
-    import shutil
-
-    log = logging.getLogger(__name__)
     out = Path(adapter_dir) / PEFT_SUBDIR
     config_path = Path(base_dir) / "config.json" if base_dir else None
     try:

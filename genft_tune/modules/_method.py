@@ -8,7 +8,8 @@ so a new method is one new package and one registry entry.
 """
 
 import re
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -25,6 +26,36 @@ def clean_module_name(name: str) -> str:
     return _WRAPPER_PARTS.sub("", name).lstrip(".")
 
 
+def renamed_prefix(prefix: str, new: str = "") -> Callable[[str], Optional[str]]:
+    """``rest -> new + rest[len(prefix):]`` for names that start with ``prefix``, else None."""
+    return lambda rest: new + rest[len(prefix):] if rest.startswith(prefix) else None
+
+
+@dataclass(frozen=True)
+class PeftNames:
+    """How one method's adapter looks in Hugging Face PEFT's files (written and read by
+    :mod:`genft_tune.checkpointing._peft_format`, loaded by :mod:`genft_tune.peft`).
+
+    Attributes:
+        peft_type (str): PEFT's ``peft_type`` (``GENFT``).
+        root (str): the shared tensors' attribute on our model root and on PEFT's tuner.
+        to_peft (Callable): a layer's tensor name relative to its module, ours -> PEFT's
+            (``A1`` -> ``genft_A1``).
+        from_peft (Callable): the inverse (None: not this method's).
+        row_order_matters (bool): ``dW`` depends on the row order of ``W0`` (GenFT generates
+            it): the files record torchtune's RoPE order (``torchtune_rope_heads``).
+        shares_by_module_type (bool): shared tensors are keyed by module type (WeGeFT's
+            pairs: PEFT's ``shared_keys``; ``output_proj`` is Hugging Face's ``o_proj``).
+    """
+
+    peft_type: str
+    root: str
+    to_peft: Callable[[str], str]
+    from_peft: Callable[[str], Optional[str]]
+    row_order_matters: bool = False
+    shares_by_module_type: bool = False
+
+
 class AdapterKind:
     """What the package needs to know about one adapter method.
 
@@ -37,6 +68,8 @@ class AdapterKind:
         layer_cls (type): its adapted linear (an :class:`~genft_tune.modules._base.AdapterLinear`).
         root_attr (str): the model attribute that holds its shared tensors
             (``genft_generators``), registered once per model.
+        peft_names (PeftNames): its names in Hugging Face PEFT's files; None: the method
+            has no PEFT format.
     """
 
     name: str = ""
@@ -45,6 +78,7 @@ class AdapterKind:
     config_cls: type = object
     layer_cls: type = nn.Module
     root_attr: str = ""
+    peft_names: Optional[PeftNames] = None
 
     # ---- building ---------------------------------------------------------------
 
@@ -171,5 +205,7 @@ __all__ = [
     "adapter_kinds",
     "adapter_layers_by_kind",
     "get_adapter_kind",
+    "PeftNames",
     "register_adapter_kind",
+    "renamed_prefix",
 ]

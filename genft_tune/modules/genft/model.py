@@ -10,7 +10,7 @@ from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from genft_tune.modules._method import AdapterKind, clean_module_name, register_adapter_kind
+from genft_tune.modules._method import AdapterKind, clean_module_name, PeftNames, register_adapter_kind, renamed_prefix
 from genft_tune.modules.genft.config import GenFTConfig
 from genft_tune.modules.genft.generator import GenFTGenerator, GenFTGenerators, generator_key, tie_specific_factors
 from genft_tune.modules.genft.layer import genft_linear, GenFTLinear
@@ -224,6 +224,10 @@ class GenFTKind(AdapterKind):
     config_cls = GenFTConfig
     layer_cls = GenFTLinear
     root_attr = GENERATORS_ATTR
+    # A1 -> genft_A1 on PEFT's layer; dW is generated in the row order it was trained in
+    peft_names = PeftNames(
+        "GENFT", GENERATORS_ATTR, lambda rest: f"genft_{rest}", renamed_prefix("genft_"), row_order_matters=True
+    )
 
     def make_root(self, config: GenFTConfig) -> GenFTGenerators:
         return GenFTGenerators(config)

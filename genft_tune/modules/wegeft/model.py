@@ -6,7 +6,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from genft_tune.modules._method import AdapterKind, clean_module_name, register_adapter_kind
+from genft_tune.modules._method import AdapterKind, clean_module_name, PeftNames, register_adapter_kind, renamed_prefix
 from genft_tune.modules.wegeft.config import FACTOR_NAMES, FACTORS_ATTR, LAYER_FACTORS_ATTR, WeGeFTConfig
 from genft_tune.modules.wegeft.layer import (
     WeGeFTFactors,
@@ -153,6 +153,15 @@ class WeGeFTKind(AdapterKind):
     config_cls = WeGeFTConfig
     layer_cls = WeGeFTLinear
     root_attr = FACTORS_ATTR
+    # wegeft.phi -> wegeft_layer_factors.phi (the PEFT layer's per-adapter store,
+    # genft_tune.peft.wegeft); shared pairs are keyed by module type
+    peft_names = PeftNames(
+        "WEGEFT",
+        FACTORS_ATTR,
+        lambda rest: "wegeft_layer_factors." + rest[len(f"{LAYER_FACTORS_ATTR}."):],
+        renamed_prefix("wegeft_layer_factors.", f"{LAYER_FACTORS_ATTR}."),
+        shares_by_module_type=True,
+    )
 
     def make_root(self, config: WeGeFTConfig) -> WeGeFTSharedFactors:
         return WeGeFTSharedFactors(config)
