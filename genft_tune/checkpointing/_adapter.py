@@ -28,6 +28,7 @@ from torch import nn
 import genft_tune
 from genft_tune._fs import fsync_dir, fsync_file, give_open_mode, temp_file
 from genft_tune.modules import adapter_kind_for_config, adapter_kinds, get_adapter_kind
+from genft_tune.modules._method import is_adapter_key
 
 ADAPTER_WEIGHTS_FILE = "genft_adapter.safetensors"
 ADAPTER_CONFIG_FILE = "genft_config.json"
@@ -239,7 +240,7 @@ def save_genft_adapter(
     clash = sorted(set(extra_tensors) & set(adapter_state_dict))
     if clash:
         raise ValueError(f"modules_to_save repeats adapter keys {clash[:3]}")
-    adapter_like = [k for k in extra_tensors if any(other.is_key(k) for other in adapter_kinds())]
+    adapter_like = [k for k in extra_tensors if is_adapter_key(k)]
     if adapter_like:
         raise ValueError(f"modules_to_save holds adapter keys {adapter_like[:3]}: pass them in adapter_state_dict")
     # copies: safetensors refuses tensors that share memory (tied factors, e.g. the

@@ -173,6 +173,12 @@ def get_adapter_kind(name: str) -> AdapterKind:
     return _KINDS[name]
 
 
+def is_adapter_key(key: str) -> bool:
+    """Whether a state-dict key is a tensor of any registered method's adapter (each
+    method's own :meth:`AdapterKind.is_key` says)."""
+    return any(kind.is_key(key) for kind in _KINDS.values())
+
+
 def adapter_kind_for_config(config: Any) -> AdapterKind:
     """The method whose config class ``config`` is.
 
@@ -205,6 +211,7 @@ __all__ = [
     "adapter_kinds",
     "adapter_layers_by_kind",
     "get_adapter_kind",
+    "is_adapter_key",
     "PeftNames",
     "register_adapter_kind",
     "renamed_prefix",

@@ -5,16 +5,8 @@ from typing import Any, Dict, List, Tuple
 import torch
 from torch import nn
 
-from genft_tune.modules import (
-    is_genft_key,
-    is_wegeft_key,
-    validate_missing_and_unexpected_for_genft,
-)
-
-
-def is_adapter_key(key: str) -> bool:
-    """Whether a state-dict key belongs to a GenFT or WeGeFT adapter."""
-    return is_genft_key(key) or is_wegeft_key(key)
+from genft_tune.modules import is_wegeft_key, validate_missing_and_unexpected_for_genft
+from genft_tune.modules._method import is_adapter_key
 
 
 def expected_state_dict_shapes(model: nn.Module) -> Dict[str, Tuple[int, ...]]:

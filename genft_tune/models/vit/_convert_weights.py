@@ -21,7 +21,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 import torch
 
 from genft_tune.models.vit._checkpoint import read_state_dict, save_json, save_safetensors
-from genft_tune.modules import is_genft_key, is_wegeft_key
+from genft_tune.modules import is_genft_key
+from genft_tune.modules._method import is_adapter_key
 
 _I, _P = r"(\d+)", r"(weight|bias)"
 
@@ -158,7 +159,7 @@ def vit_tune_to_hf(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tenso
     """
     converted = {}
     for key, value in state_dict.items():
-        if is_genft_key(key) or is_wegeft_key(key) or ".lora_" in key or key.endswith(".magnitude"):
+        if is_adapter_key(key) or ".lora_" in key or key.endswith(".magnitude"):
             raise ValueError(
                 f"adapter key {key!r} in the state dict: merge the adapter into the base "
                 "weights before converting to Hugging Face format"
