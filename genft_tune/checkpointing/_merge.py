@@ -37,7 +37,6 @@ from genft_tune.checkpointing._base_checkpoint import (
     BaseCheckpoint,
     find_base_checkpoint,
     HF_INDEX_FILE,
-    KeyConverter,
     WEIGHT_SUFFIXES,
 )
 from genft_tune.checkpointing._peft_format import load_any_adapter
@@ -326,8 +325,6 @@ def _write_card(out_dir: Path, *, base_dir: Path, final_path: Path) -> None:
 __all__ = [
     "check_adapter_fits_base",
     "DTYPES",
-    "KeyConverter",
-    "find_base_checkpoint",
     "merge_adapter_checkpoint",
     "parse_size",
 ]
