@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
 import torch
+from safetensors.torch import load_file
+from torchtune.models.convert_weights import _FROM_HF, get_mapped_key
 
 from genft_tune.checkpointing._adapter import save_genft_adapter
 from genft_tune.modules.genft import FACTOR_INITS, GENERATORS_ATTR, GenFTConfig, generator_key
@@ -64,8 +66,6 @@ def _read_weights(src: Path) -> Dict[str, torch.Tensor]:
         path = src / name
         if path.is_file():
             if name.endswith(".safetensors"):
-                from safetensors.torch import load_file
-
                 return load_file(str(path))
             return torch.load(path, map_location="cpu", weights_only=True)
     raise FileNotFoundError(f"no {' or '.join(AUTHORS_WEIGHT_FILES)} in {src}")
@@ -87,8 +87,6 @@ def _factor_init(value) -> str:
 
 def _tune_module(hf_module: str) -> str:
     """``model.layers.0.self_attn.q_proj`` -> ``layers.0.attn.q_proj`` (torchtune's own mapping)."""
-    from torchtune.models.convert_weights import _FROM_HF, get_mapped_key
-
     try:
         return get_mapped_key(f"{hf_module}.weight", _FROM_HF)[: -len(".weight")]
     except Exception:
