@@ -19,9 +19,8 @@ from genft_tune.checkpointing._peft_format import (
     PEFT_CONFIG_FILE,
     PEFT_WEIGHTS_FILE,
     PeftFormatError,
-    tune_rows_in_hf_order,
 )
-from genft_tune.models._families import get_family
+from genft_tune.models._families import get_family, tune_rows_in_hf_order
 from genft_tune.modules import adapter_kind_for_config, apply_adapter, GenFTConfig, WeGeFTConfig
 
 peft = pytest.importorskip("peft")

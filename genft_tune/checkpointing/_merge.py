@@ -157,9 +157,9 @@ def merge_adapter_checkpoint(
 
     Args:
         base_dir (PathLike): Hugging Face safetensors directory (sharded with
-            ``model.safetensors.index.json`` or one file; ``config.json`` with
-            ``model_type`` llama, mistral, qwen2 or vit) or a torchtune/Meta directory
-            (``consolidated.00.pth`` / ``*.pt``).
+            ``model.safetensors.index.json`` or one file; ``config.json`` with the
+            ``model_type`` of a family in ``genft_tune.models._families.FAMILIES``) or a
+            torchtune/Meta directory (``consolidated.00.pth`` / ``*.pt``).
         adapter_dir (PathLike): saved by :func:`save_genft_adapter`, or a PEFT GenFT/WeGeFT
             adapter (``adapter_config.json`` + ``adapter_model.safetensors``).
         output_dir (PathLike): the merged checkpoint (must not exist unless ``overwrite``).

@@ -49,6 +49,7 @@ from genft_tune.checkpointing._adapter import (
     write_file_pair,
 )
 from genft_tune.checkpointing._base_checkpoint import find_base_checkpoint, hf_converter
+from genft_tune.models._families import tune_rows_in_hf_order
 from genft_tune.modules import adapter_kinds, AdapterKind, get_adapter_kind
 
 log = logging.getLogger(__name__)
@@ -73,16 +74,6 @@ def _peft_kinds() -> Dict[str, AdapterKind]:
     """``{peft_type: method}`` of every registered method with a PEFT format (its
     registry entry's :class:`~genft_tune.modules._method.PeftNames`)."""
     return {k.peft_names.peft_type: k for k in adapter_kinds() if k.peft_names is not None}
-
-
-def tune_rows_in_hf_order(out_dim: int, num_heads: int) -> torch.Tensor:
-    """Row indices ``idx`` with ``W_hf = W_tune[idx]`` for a q/k projection of
-    ``num_heads`` heads: torchtune's ``tune_to_hf`` RoPE permutation (per head, the two
-    interleaved halves of the rotary pairs become contiguous)."""
-    if out_dim % num_heads or (out_dim // num_heads) % 2:
-        raise ValueError(f"a RoPE projection of {out_dim} rows cannot have {num_heads} heads")
-    head_dim = out_dim // num_heads
-    return torch.arange(out_dim).view(num_heads, head_dim // 2, 2).transpose(1, 2).reshape(-1)
 
 
 def _converter(hf_config: Mapping[str, Any]):
@@ -629,6 +620,5 @@ __all__ = [
     "peft_files_from_adapter",
     "PeftFormatError",
     "read_hf_config",
-    "tune_rows_in_hf_order",
     "write_peft_files",
 ]

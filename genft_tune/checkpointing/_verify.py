@@ -95,8 +95,8 @@ def verify_merge(
     """Max ``|logits(base + adapter) - logits(merged)|``, in fp32.
 
     Args:
-        base_dir (PathLike): the base Hugging Face checkpoint: Llama family (``model_type``
-            llama or mistral) or ViT (``vit``).
+        base_dir (PathLike): the base Hugging Face checkpoint of a family in
+            :data:`genft_tune.models._families.FAMILIES` (decoders and ViT).
         adapter_dir (PathLike): the GenFT or WeGeFT adapter.
         merged_dir (PathLike): the merged checkpoint.
         prompt (str): text for decoders, tokenized with the base's tokenizer when it has
