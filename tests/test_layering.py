@@ -1,0 +1,108 @@
+"""The package imports one way (issue 24): no import cycle between sub-packages or between
+files, counting imports inside functions too (a cycle dodged by a late import is still a
+cycle), and no ``model_type`` branch outside :mod:`genft_tune.models` (a model family is
+one entry of ``models/_families.py``)."""
+
+import ast
+import re
+from pathlib import Path
+from typing import Dict, List, Optional, Set
+
+ROOT = Path(__file__).resolve().parents[1] / "genft_tune"
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules(root: Path = ROOT) -> Dict[str, Path]:
+    return {_module_name(p): p for p in sorted(root.rglob("*.py"))}
+
+
+def _imports(path: Path, known: Set[str]) -> Set[str]:
+    """The ``genft_tune`` modules a file imports, anywhere in it (``from pkg import sub``
+    counts ``pkg.sub`` when that is a module)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name in known}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module in known:
+                out.add(node.module)
+            out |= {f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in known}
+    return out
+
+
+def _unit(module: str) -> str:
+    """The sub-package a module belongs to (``genft_tune.checkpointing._merge`` ->
+    ``genft_tune.checkpointing``); a file directly in ``genft_tune/`` is its own."""
+    return ".".join(module.split(".")[:2])
+
+
+def _cycle(graph: Dict[str, Set[str]]) -> Optional[List[str]]:
+    """One cycle of a directed graph, or None."""
+    state: Dict[str, int] = {}
+    stack: List[str] = []
+
+    def visit(node: str) -> Optional[List[str]]:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state:
+                found = visit(nxt)
+                if found:
+                    return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def _graphs(root: Path = ROOT):
+    modules = _modules(root)
+    known = set(modules)
+    files: Dict[str, Set[str]] = {}
+    units: Dict[str, Set[str]] = {}
+    for name, path in modules.items():
+        targets = _imports(path, known)
+        # a package's __init__ importing its own files is how packages are made, not a cycle
+        # a package's __init__ importing its own files is how packages are made, not a cycle;
+        # ``import genft_tune`` (its version) runs nothing of the package
+        files[name] = {
+            t for t in targets
+            if t not in (name, "genft_tune") and not (path.name == "__init__.py" and t.startswith(name + "."))
+        }
+        units.setdefault(_unit(name), set()).update(_unit(t) for t in targets if _unit(t) != _unit(name))
+    return files, units
+
+
+def test_no_import_cycles_between_subpackages():
+    _, units = _graphs()
+    assert _cycle(units) is None, f"sub-packages import each other: {' -> '.join(_cycle(units))}"
+
+
+def test_no_import_cycles_between_files():
+    files, _ = _graphs()
+    assert _cycle(files) is None, f"files import each other: {' -> '.join(_cycle(files))}"
+
+
+def test_model_families_are_asked_not_named():
+    """Merge, verify, the PEFT format, cards, publish and the CLI ask the family entry."""
+    branch = re.compile(r"""model_type["']?\)?\s*(==|!=|in\b)|["']vit["']""")
+    offenders = [
+        f"{path.relative_to(ROOT.parent)}:{i}: {line.strip()}"
+        for sub in ("checkpointing", "cards", "hub")
+        for path in sorted((ROOT / sub).rglob("*.py"))
+        for i, line in enumerate(path.read_text().splitlines(), 1)
+        if branch.search(line) and not line.lstrip().startswith("#")
+    ]
+    assert not offenders, "model_type branches outside genft_tune/models:\n" + "\n".join(offenders)
