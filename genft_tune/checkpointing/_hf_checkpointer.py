@@ -91,7 +91,6 @@ def finalize_merged_folder(folder: PathLike, *, base_dir: Optional[PathLike]) ->
     give_open_modes(folder)
 
 
-
 class HFCheckpointer(FullModelHFCheckpointer):
     """``FullModelHFCheckpointer`` that also takes ``model_type: QWEN3`` and converts
     ``GEMMA2`` right.

@@ -284,7 +284,8 @@ def export_lora_adapter(
         if has_our_adapter(adapter_dir):
             base_model_name_or_path = load_genft_adapter_config(adapter_dir).base_model
         else:
-            base_model_name_or_path = json.loads((peft_folder(adapter_dir) / PEFT_CONFIG_FILE).read_text()).get("base_model_name_or_path")
+            peft_config = json.loads((peft_folder(adapter_dir) / PEFT_CONFIG_FILE).read_text())
+            base_model_name_or_path = peft_config.get("base_model_name_or_path")
     targets = _short_targets([c.module for c in costs], hf_config)
     if isinstance(targets, str):
         log.warning("The adapter does not cover every layer: target_modules is a regex of module names, which "

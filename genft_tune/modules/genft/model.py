@@ -10,7 +10,13 @@ from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from genft_tune.modules._method import AdapterKind, clean_module_name, PeftNames, register_adapter_kind, renamed_prefix
+from genft_tune.modules._method import (
+    AdapterKind,
+    clean_module_name,
+    PeftNames,
+    register_adapter_kind,
+    renamed_prefix,
+)
 from genft_tune.modules.genft.config import GenFTConfig
 from genft_tune.modules.genft.generator import GenFTGenerator, GenFTGenerators, generator_key, tie_specific_factors
 from genft_tune.modules.genft.layer import genft_linear, GenFTLinear

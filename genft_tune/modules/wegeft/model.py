@@ -6,7 +6,13 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from genft_tune.modules._method import AdapterKind, clean_module_name, PeftNames, register_adapter_kind, renamed_prefix
+from genft_tune.modules._method import (
+    AdapterKind,
+    clean_module_name,
+    PeftNames,
+    register_adapter_kind,
+    renamed_prefix,
+)
 from genft_tune.modules.wegeft.config import FACTOR_NAMES, FACTORS_ATTR, LAYER_FACTORS_ATTR, WeGeFTConfig
 from genft_tune.modules.wegeft.layer import (
     WeGeFTFactors,
