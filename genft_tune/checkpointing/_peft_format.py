@@ -204,7 +204,9 @@ def peft_files_from_adapter(
     names = get_adapter_kind(method).peft_names
     if names is None:
         writable = sorted(k.name for k in _peft_kinds().values())
-        raise PeftFormatError(f"the {method!r} method has no PEFT format here (PEFT's files are written for {writable})")
+        raise PeftFormatError(
+            f"the {method!r} method has no PEFT format here (PEFT's files are written for {writable})"
+        )
     converter = _converter(hf_config)
     targets = list(adapter_cfg["target_modules"])
     shapes = {t: s or (tune_shapes or {}).get(f"{t}.weight") for t, s in adapter_cfg.target_shapes.items()}
