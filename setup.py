@@ -1,5 +1,5 @@
 """Installs ``genft_tune-torchao-compat.pth`` next to the package (wheel and editable
-installs alike): one line, ``import genft_tune``, run at interpreter start-up, so that
+installs alike): one line that imports ``genft_tune`` (when it is importable), run at interpreter start-up, so that
 genft_tune's torchao compatibility hook is in place before torchtune's first import in
 every process, ``tune run`` included (see ``genft_tune/_torchao_compat.py``). Everything
 else about the package is in ``pyproject.toml``."""
@@ -11,8 +11,9 @@ from setuptools.command.build_py import build_py
 from setuptools.command.editable_wheel import editable_wheel
 
 PTH_NAME = "genft_tune-torchao-compat.pth"
-# A .pth line that starts with "import" is executed; genft_tune's __init__ is light.
-PTH_LINE = "import genft_tune\n"
+# A .pth line that starts with "import" is executed; genft_tune's __init__ is light. Guarded,
+# so that a moved or half-removed install costs nothing instead of an error at every start.
+PTH_LINE = 'import importlib.util as _u; _u.find_spec("genft_tune") and __import__("genft_tune")\n'
 
 
 class BuildPyWithPth(build_py):

@@ -95,12 +95,13 @@ def patch_torchao() -> list:
     import torchao.quantization as quantization
 
     added = []
-    if importlib.util.find_spec(_NF4) is None and _NF4 not in sys.modules:
+    if _NF4 not in sys.modules and importlib.util.find_spec(_NF4) is None:
         moved = importlib.import_module(_NF4_MOVED_TO)
         # A module of its own that hands out the moved module's objects (the same
         # NF4Tensor class), so the moved module itself is never touched.
         shim = types.ModuleType(_NF4, f"torchao < 0.18's NF4 module: the names of {_NF4_MOVED_TO}.")
         shim.__dict__.update({k: v for k, v in vars(moved).items() if not k.startswith("__")})
+        shim.__spec__ = importlib.util.spec_from_loader(_NF4, _Alias(shim))  # find_spec() reads it
         sys.modules[_NF4] = shim
         torchao.dtypes.nf4tensor = shim
         added.append(_NF4)

@@ -115,8 +115,9 @@ def test_our_entry_points_put_the_hook_in_place_without_the_pth(entry, tmp_path)
     assert expect in proc.stdout
 
 
-def test_patch_adds_nothing_where_torchao_has_the_names():
-    """Names torchao still has are left alone (a no-op on torchao 0.15)."""
+def test_patching_again_adds_nothing_and_int4_weight_only_makes_the_new_config():
+    """A second patch (the hook runs once per process, ``install`` may run again) finds every
+    name in place; torchtune's ``int4_weight_only(group_size)`` gives torchao's config."""
     import torchao.quantization
 
     from genft_tune import _torchao_compat
