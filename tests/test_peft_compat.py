@@ -247,6 +247,37 @@ def test_mixed_adapter_batch_equals_each_sub_batch_alone(tmp_path, method):
     torch.testing.assert_close(out[1], model.generate(input_ids=x[1:2], **beams)[0])
 
 
+@pytest.mark.parametrize("method", ["genft", "wegeft"])
+def test_mixed_adapter_batch_uses_each_adapters_classification_head(method):
+    # SEQ_CLS: PEFT keeps a copy of the head per adapter (modules_to_save); each row must
+    # get its own adapter's head too, as LoRA's hooks give it
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(**CFG, num_labels=3, pad_token_id=0)
+    model = get_peft_model(transformers.LlamaForSequenceClassification(config).eval(),
+                           CONFIGS[method](task_type="SEQ_CLS"))
+    model.add_adapter("b", CONFIGS[method](task_type="SEQ_CLS"))
+    assert model.peft_config["b"].modules_to_save  # PEFT's SEQ_CLS default: the head
+    g = torch.Generator().manual_seed(6)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".b." in name or name.endswith(".b.weight"):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    model.eval()
+    x = torch.randint(1, 96, (3, 5), generator=torch.Generator().manual_seed(4))
+    names = ["default", "b", "__base__"]
+    with torch.no_grad():
+        mixed = model(x, adapter_names=names).logits
+        alone = {}
+        for adapter in ("default", "b"):
+            model.set_adapter(adapter)
+            alone[adapter] = model(x).logits
+        with model.disable_adapter():
+            alone["__base__"] = model(x).logits
+    assert (alone["default"] - alone["b"]).abs().max() > 1e-2
+    for i, name in enumerate(names):
+        torch.testing.assert_close(mixed[i], alone[name][i], rtol=1e-5, atol=1e-5, msg=f"row {i} ({name})")
+
+
 # ---- 7. PEFT's usual arguments ---------------------------------------------------------
 
 @pytest.mark.parametrize("method", list(CONFIGS))

@@ -31,6 +31,7 @@ from torch import nn
 from peft import PeftConfig
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, check_adapters_to_merge
 from peft.utils import PeftType, TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+from peft.utils.other import AuxiliaryTrainingWrapper
 from transformers.pytorch_utils import Conv1D
 
 from genft_tune.modules._cache import MergedWeightCache
@@ -464,8 +465,8 @@ class AdapterPeftModel(BaseTuner):
         if isinstance(num_beams, int) and num_beams > 1:  # generate repeats every sample per beam
             adapter_names = [name for name in adapter_names for _ in range(num_beams)]
         handles = []
-        for module in self.modules():
-            if isinstance(module, self.tuner_layer_cls):
+        for module in self.modules():  # (the wrappers: modules_to_save heads, trainable tokens, as LoRA's)
+            if isinstance(module, (self.tuner_layer_cls, AuxiliaryTrainingWrapper)):
                 hook = functools.partial(_inject_adapter_names, adapter_names=adapter_names)
                 handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
         try:
