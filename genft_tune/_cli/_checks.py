@@ -4,7 +4,9 @@ each mistake is one message (the flag, the value, what is expected) and exit sta
 import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Dict, Optional, Union
+
+PathLike = Union[str, os.PathLike]
 
 USER_ERROR = 2  # as argparse exits for a bad command line
 
@@ -67,4 +69,24 @@ def new_output(value: str, flag: str, *, overwrite: bool = False, overwrite_flag
     return path
 
 
-__all__ = ["existing_folder", "fail", "merged_not_adapter", "new_output", "USER_ERROR", "UsageError"]
+def output_apart_from(output: Path, flag: str, inputs: Dict[str, Optional[PathLike]]) -> None:
+    """Refuse an output folder that is one of the inputs or holds one: replacing it (a new
+    folder is swapped in, the old one removed) would delete what is being read.
+
+    Raises:
+        UsageError: naming the input it would destroy.
+    """
+    out = Path(output).resolve()
+    for input_flag, path in inputs.items():
+        if path is None:
+            continue
+        path = Path(path).resolve()
+        if out == path or out in path.parents:
+            what = "is" if out == path else "holds"
+            raise UsageError(f"{flag} {output} {what} the {input_flag} folder {path}: replacing it would delete "
+                             "what it reads; give a new folder")
+
+
+__all__ = [
+    "existing_folder", "fail", "merged_not_adapter", "new_output", "output_apart_from", "USER_ERROR", "UsageError",
+]

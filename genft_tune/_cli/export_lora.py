@@ -18,6 +18,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+from genft_tune._cli._checks import merged_not_adapter, new_output, output_apart_from, UsageError
+
 PROG = "genft-tune export-lora"
 
 
@@ -45,9 +47,13 @@ def _user_error(args: argparse.Namespace):
 
     if args.base_model is not None and not HUB_ID.match(args.base_model):
         return f"--base-model must be a Hub id like ORG/NAME, got {args.base_model!r}"
-    output = Path(args.output) if args.output else adapter / "lora"
-    if output.exists() and not args.overwrite:
-        return f"--output {output} exists (pass --overwrite to replace it)"
+    output = str(Path(args.output) if args.output else adapter / "lora")
+    try:
+        merged_not_adapter(adapter, "ADAPTER")
+        new_output(output, "--output", overwrite=args.overwrite)
+        output_apart_from(Path(output), "--output", {"ADAPTER": adapter, "--base": args.base})
+    except UsageError as e:
+        return str(e)
     return None
 
 
@@ -67,7 +73,7 @@ def _export(args: argparse.Namespace) -> int:
             dtype=args.dtype, base_model_name_or_path=args.base_model or base_hub_id(args.base),
             overwrite=args.overwrite,
         )
-    except (PeftFormatError, ValueError, FileNotFoundError, FileExistsError) as e:
+    except (PeftFormatError, ValueError, OSError) as e:
         # an adapter that does not fit the base, a corrupt file, a base of no known family:
         # the user's inputs (found before anything is written)
         print(f"{PROG}: error: {e}", file=sys.stderr)

@@ -15,7 +15,9 @@ import sys
 import textwrap
 from pathlib import Path
 
-from genft_tune._cli._checks import existing_folder, fail, merged_not_adapter, new_output, UsageError
+from genft_tune._cli._checks import (
+    existing_folder, fail, merged_not_adapter, new_output, output_apart_from, UsageError,
+)
 
 
 def _base_dir(args: argparse.Namespace):
@@ -56,6 +58,7 @@ def _export(args: argparse.Namespace) -> int:
                 raise UsageError(f"--base {args.base} has no config.json: PEFT's format needs a Hugging Face base")
         if args.output:
             new_output(args.output, "--output", overwrite=True)
+            output_apart_from(Path(args.output), "--output", {"ADAPTER": adapter, "--base": args.base})
     except UsageError as e:
         return fail(prog, str(e))
     try:

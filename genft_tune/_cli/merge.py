@@ -18,7 +18,9 @@ import logging
 import sys
 import textwrap
 
-from genft_tune._cli._checks import existing_folder, fail, merged_not_adapter, new_output, UsageError
+from genft_tune._cli._checks import (
+    existing_folder, fail, merged_not_adapter, new_output, output_apart_from, UsageError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +46,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--verify compares Hugging Face models, and --base {args.base} has no config.json "
                          "(a torchtune/Meta checkpoint): merge without --verify")
     out = new_output(args.output, "--output", overwrite=args.overwrite)
-    for flag, path in (("--base", base), ("--adapter", adapter)):
-        if out.resolve() == path.resolve():
-            raise UsageError(f"--output {args.output} is the {flag} folder: give a new folder")
+    output_apart_from(out, "--output", {"--base": base, "--adapter": adapter})
     if args.tolerance is not None and not args.tolerance >= 0:
         raise UsageError(f"--tolerance must be a number >= 0, got {args.tolerance}")
     from genft_tune.checkpointing._merge import parse_size
