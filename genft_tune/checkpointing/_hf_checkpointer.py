@@ -34,6 +34,7 @@ PathLike = Union[str, os.PathLike]
 
 # safetensors' dtype names -> config.json's
 _SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "BF16": "bfloat16", "F16": "float16"}
+_BYTES_PER_ELEMENT = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2}
 
 
 def written_dtype(folder: PathLike) -> Optional[str]:
@@ -48,7 +49,7 @@ def written_dtype(folder: PathLike) -> Optional[str]:
         for key, info in header.items():
             if key != "__metadata__" and info.get("dtype") in _SAFETENSORS_DTYPES:
                 start, end = info["data_offsets"]
-                counts[_SAFETENSORS_DTYPES[info["dtype"]]] += end - start
+                counts[_SAFETENSORS_DTYPES[info["dtype"]]] += (end - start) // _BYTES_PER_ELEMENT[info["dtype"]]
     return counts.most_common(1)[0][0] if counts else None
 
 
