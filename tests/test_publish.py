@@ -211,6 +211,21 @@ def test_publish_without_token_is_a_clear_error(merged_folder, tmp_path, monkeyp
         publish_folder(merged_folder, repo_id=REPO_ID)
 
 
+def test_publish_without_a_network_is_one_message_and_exit_1(merged_folder, tmp_path, monkeypatch, capsys):
+    """No route to the Hub: huggingface_hub 2.x raises its HTTP client's transport error
+    (not an OSError); the command says the upload failed, without a traceback."""
+    from huggingface_hub import constants
+
+    from genft_tune._cli.genft import main
+
+    monkeypatch.setenv("HF_TOKEN", "hf_fake")
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # discard port: nothing listens
+    code = main(["publish", "--folder", str(merged_folder), "--repo-id", REPO_ID])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "genft-tune publish: error: the upload failed:" in err and "Traceback" not in err
+
+
 def test_loss_curve_is_smoothed_as_well_as_raw(tmp_path):
     from genft_tune.hub import plot_loss_curve
     from genft_tune.cards._model_card import loss_curves, moving_average

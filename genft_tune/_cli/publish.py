@@ -13,6 +13,11 @@ import logging
 import sys
 import textwrap
 
+try:  # huggingface_hub 2.x's HTTP client: its transport errors (no network) are not OSErrors
+    from httpx2 import HTTPError as _HTTPError
+except ImportError:  # older huggingface_hub: requests, whose errors are OSErrors
+    _HTTPError = OSError
+
 
 def _publish(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
@@ -33,7 +38,7 @@ def _publish(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError, FileExistsError) as e:  # the user's input: nothing uploaded
         print(f"genft-tune publish: error: {e}", file=sys.stderr)
         return 2
-    except OSError as e:  # the Hub or the network (huggingface_hub's errors are OSErrors)
+    except (OSError, _HTTPError) as e:  # the Hub (huggingface_hub's errors are OSErrors) or the network
         print(f"genft-tune publish: error: the upload failed: {e}", file=sys.stderr)
         return 1
     for note in result.get("warnings", []):
