@@ -388,6 +388,22 @@ def test_eval_cache_equals_the_uncached_forward_and_follows_changes(method, monk
     assert all(p.grad is not None for p in trainable)
 
 
+@pytest.mark.parametrize("method", list(CONFIGS))
+def test_eval_cache_follows_model_to_another_dtype(method):
+    # Module.to keeps the Parameter objects and their version counters: the cache must
+    # still see the new data
+    model = get_peft_model(_base(), CONFIGS[method]())
+    _scramble(model, 3)
+    model.eval()
+    _logits(model)  # fills the caches in fp32
+    model.to(torch.float64)
+    cached = _logits(model)
+    for layer in model.modules():
+        if isinstance(layer, genft_peft.GenFTPeftLinear | genft_peft.WeGeFTPeftLinear):
+            layer.cache_updates = False
+    torch.testing.assert_close(cached, _logits(model), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("method", ["genft", "wegeft"])
 def test_several_active_adapters_add_up_like_their_merge(tmp_path, method):
     _saved(tmp_path / "a", CONFIGS[method], seed=3)

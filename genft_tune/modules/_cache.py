@@ -9,13 +9,15 @@ import torch
 class MergedWeightCache:
     """``W0 + dW`` of one adapted layer, kept until a tensor it was computed from changes.
 
-    Freshness is tracked by tensor identity and version counter, so an optimizer step,
-    ``load_state_dict`` or any other in-place write invalidates it without hooks.
+    Freshness is tracked by tensor identity, version counter, data pointer, dtype and
+    device, so an optimizer step, ``load_state_dict`` or any other in-place write
+    invalidates it without hooks, and so does ``module.to(dtype/device)``/``.half()``
+    (``Module._apply`` keeps each Parameter object and its version, swapping its data).
     """
 
     def __init__(self) -> None:
         self._tensors: Optional[List[torch.Tensor]] = None
-        self._versions: Optional[List[int]] = None
+        self._versions: Optional[List[tuple]] = None
         self._weight: Optional[torch.Tensor] = None
 
     @property
@@ -27,7 +29,7 @@ class MergedWeightCache:
         """The cached weight if ``tensors`` are the ones it was computed from, unchanged;
         otherwise ``compute()`` (run without autograd), cached for next time."""
         # (map/list comprehensions: this runs on every eval forward, e.g. per decoded token)
-        versions = [t._version for t in tensors]
+        versions = [(t._version, t.data_ptr(), t.dtype, t.device) for t in tensors]
         if (
             versions == self._versions
             and len(tensors) == len(self._tensors)
