@@ -46,3 +46,12 @@ def test_cache_key_sees_data_dtype_and_device_not_only_identity():
     t.data = t.data.double()
     assert cache.get([t], lambda: t.detach() * 2).dtype == torch.float64
 
+
+def test_cache_filled_in_inference_mode_serves_a_later_forward_with_gradients():
+    cache = MergedWeightCache()
+    t = torch.ones(3, 3)
+    with torch.inference_mode():
+        cache.get([t], lambda: t * 2)
+    x = torch.ones(2, 3, requires_grad=True)
+    torch.nn.functional.linear(x, cache.get([t], lambda: t * 2)).sum().backward()
+    assert torch.equal(x.grad, torch.full((2, 3), 6.0))

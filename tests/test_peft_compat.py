@@ -404,6 +404,19 @@ def test_eval_cache_follows_model_to_another_dtype(method):
     torch.testing.assert_close(cached, _logits(model), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("method", list(CONFIGS))
+def test_eval_cache_filled_in_inference_mode_serves_a_forward_with_gradients(method):
+    model = get_peft_model(_base(), CONFIGS[method]())
+    _scramble(model, 3)
+    model.requires_grad_(False)
+    model.eval()
+    with torch.inference_mode():
+        model(_tokens())
+    embeds = model.get_input_embeddings()(_tokens()).detach().requires_grad_(True)
+    model(inputs_embeds=embeds).logits.sum().backward()  # (saliency: a gradient w.r.t. the input)
+    assert embeds.grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize("method", ["genft", "wegeft"])
 def test_several_active_adapters_add_up_like_their_merge(tmp_path, method):
     _saved(tmp_path / "a", CONFIGS[method], seed=3)

@@ -36,7 +36,9 @@ class MergedWeightCache:
             and all(map(operator.is_, tensors, self._tensors))
         ):
             return self._weight
-        with torch.no_grad():
+        # never an inference tensor (one made under torch.inference_mode): a later forward
+        # outside it that needs gradients could not save it for backward
+        with torch.inference_mode(False), torch.no_grad():
             weight = compute()
         self._tensors, self._versions, self._weight = list(tensors), versions, weight
         return weight
