@@ -5,6 +5,7 @@ adapter batches, ``init_weights=False``, default targets, GPT-2 ``Conv1D`` and t
 cache. Each is checked against PEFT/transformers themselves (their loaders, their LoRA,
 running each sub-batch alone)."""
 
+import copy
 import warnings
 
 import pytest
@@ -133,6 +134,26 @@ def test_half_precision_base_gets_fp32_adapter_tensors_like_lora(tmp_path, metho
     assert {p.dtype for p in _adapter_params(loaded).values()} == {torch.float32}
     kept = PeftModel.from_pretrained(_base(dtype=dtype), tmp_path, autocast_adapter_dtype=False)
     assert {p.dtype for p in _shared_params(kept).values()} <= {dtype}
+
+
+@pytest.mark.parametrize("method", list(CONFIGS))
+def test_get_delta_weight_on_a_half_base_is_fp32_like_lora(method):
+    # dW itself in fp32 (as LoRA's get_delta_weight on a half base), not rounded through
+    # the base's dtype; the reference: the same adapter on an fp64 copy of the model
+    model = get_peft_model(_base(dtype=torch.bfloat16), CONFIGS[method]())
+    _scramble(model, 3)
+    reference = copy.deepcopy(model).to(torch.float64)
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj
+    dW = layer.get_delta_weight("default")
+    assert dW.dtype == torch.float32
+    if method != "genft":  # WeGeFT's formula, written out
+        factors = layer._factors["default"]
+        W0 = layer.get_base_layer().weight.double()
+        ref = factors.config.scaling * W0 @ factors.phi.double().T @ factors.psi.double()
+    else:
+        ref = reference.base_model.model.model.layers[0].self_attn.q_proj.get_delta_weight("default")
+    assert ref.dtype == torch.float64 and ref.abs().max() > 1e-3
+    assert ((dW.double() - ref).norm() / ref.norm()).item() < 1e-5
 
 
 # ---- 3. low_cpu_mem_usage --------------------------------------------------------------

@@ -79,7 +79,8 @@ class AdapterPeftLayer(nn.Module, BaseTunerLayer):
     """A PEFT tuner layer around an ``nn.Linear`` (or a GPT-2 ``Conv1D``, whose weight is
     stored transposed) whose update is computed from its frozen ``W0``. Subclasses set
     ``adapter_layer_names`` and implement :meth:`update_layer`, :meth:`_shared_modules`,
-    :meth:`_merged_weight` (fp32 maths, from the original ``W0``), :meth:`_update` (``x @
+    :meth:`_merged_weight` (fp32 maths, from the original ``W0``), :meth:`_exact_delta`
+    (``dW`` alone, fp32), :meth:`_update` (``x @
     dW.T`` for the forward) and the eval-cache trio :meth:`_cached_inputs`,
     :meth:`_eval_state`, :meth:`_eval_update`.
 
@@ -131,6 +132,11 @@ class AdapterPeftLayer(nn.Module, BaseTunerLayer):
         """``W0 + dW`` (fp32 maths, no dropout), in ``weight``'s dtype; ``weight`` is ``(out, in)``."""
         raise NotImplementedError
 
+    def _exact_delta(self, adapter: str, weight: torch.Tensor) -> torch.Tensor:
+        """``dW`` (no dropout) computed and returned in fp32 (fp64 for fp64 weights) from
+        upcast copies, never rounded through ``weight``'s dtype; ``weight`` is ``(out, in)``."""
+        raise NotImplementedError
+
     def _update(self, adapter: str, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """``x @ dW.T`` in the adapter's dtype (dropout when training); ``weight`` is ``W0``."""
         raise NotImplementedError
@@ -166,12 +172,12 @@ class AdapterPeftLayer(nn.Module, BaseTunerLayer):
         return self._transposed(weight.detach())
 
     def _delta(self, adapter: str) -> torch.Tensor:
-        W0 = self._original_weight()
-        return (self._merged_weight(adapter, W0).float() - W0.float()).to(W0.dtype)
+        return self._exact_delta(adapter, self._original_weight())
 
     def get_delta_weight(self, adapter: str) -> torch.Tensor:
-        """``dW`` (fp32 maths, no dropout) from the original ``W0``, in the base layer's
-        layout (as LoRA's: transposed for a ``Conv1D``)."""
+        """``dW`` (no dropout) from the original ``W0``, in fp32 (fp64 for an fp64 base;
+        as LoRA's, not in a half base's dtype) and in the base layer's layout (as LoRA's:
+        transposed for a ``Conv1D``)."""
         return self._transposed(self._delta(adapter))
 
     def supports_lora_conversion(self, adapter_name: str = "default") -> bool:
@@ -188,7 +194,8 @@ class AdapterPeftLayer(nn.Module, BaseTunerLayer):
             if self._original is None:  # the first merge: W0 + dW in one fp32 computation
                 merged = self._merged_weight(adapter, current)
             else:  # more: add this adapter's dW, also generated from the original W0
-                merged = (current.float() + self._delta(adapter).float()).to(current.dtype)
+                delta = self._delta(adapter)
+                merged = (current.to(delta.dtype) + delta).to(current.dtype)
             if safe_merge and not torch.isfinite(merged).all():
                 raise ValueError(f"NaNs detected in the merged weights. The adapter {adapter} seems to be broken")
             if self._original is None:

@@ -87,6 +87,12 @@ class WeGeFTPeftLinear(AdapterPeftLayer):
         factors = self._factors[adapter]
         return wegeft_merged_weight(weight, factors.phi, factors.psi, factors.config)
 
+    def _exact_delta(self, adapter: str, weight: torch.Tensor) -> torch.Tensor:
+        factors = self._factors[adapter]
+        dtype = torch.promote_types(weight.dtype, torch.float32)
+        w = weight.to(dtype)
+        return (factors.config.scaling * (w @ factors.phi.to(dtype).T)) @ factors.psi.to(dtype)
+
     def _projection(self, adapter: str, weight: torch.Tensor, dropout: float) -> torch.Tensor:
         phi = self._factors[adapter].phi
         return wegeft_projection(weight.to(phi.dtype), phi, dropout)
