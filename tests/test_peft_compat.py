@@ -299,6 +299,20 @@ def test_mixed_adapter_batch_uses_each_adapters_classification_head(method):
         torch.testing.assert_close(mixed[i], alone[name][i], rtol=1e-5, atol=1e-5, msg=f"row {i} ({name})")
 
 
+@pytest.mark.parametrize("method", list(CONFIGS))
+def test_unload_gives_back_the_base_model(method):
+    base_logits = _logits(_base())
+    model = get_peft_model(_base(), CONFIGS[method]())
+    _scramble(model, 3)
+    assert (_logits(model) - base_logits).abs().max() > 1e-3
+    plain = model.unload()
+    assert type(plain) is transformers.LlamaForCausalLM
+    assert not any(hasattr(plain, attr) for attr in SHARED)
+    assert not any(isinstance(m, peft.tuners.tuners_utils.BaseTunerLayer) for m in plain.modules())
+    assert plain.state_dict().keys() == _base().state_dict().keys()
+    torch.testing.assert_close(_logits(plain), base_logits, rtol=0, atol=0)
+
+
 # ---- 7. PEFT's usual arguments ---------------------------------------------------------
 
 @pytest.mark.parametrize("method", list(CONFIGS))
