@@ -423,6 +423,26 @@ def test_eval_cache_equals_the_uncached_forward_and_follows_changes(method, monk
     assert all(p.grad is not None for p in trainable)
 
 
+@pytest.mark.parametrize("method", ["genft", "wegeft"])
+def test_set_adapter_keeps_the_active_adapters_caches(method, monkeypatch):
+    model = get_peft_model(_base(), CONFIGS[method]())
+    model.add_adapter("b", CONFIGS[method]())
+    _scramble(model, 3)
+    layers = [m for m in model.modules() if isinstance(m, genft_peft.GenFTPeftLinear | genft_peft.WeGeFTPeftLinear)]
+    builds = []
+    cls = type(layers[0])
+    original = cls._eval_state
+    monkeypatch.setattr(cls, "_eval_state", lambda self, *a: builds.append(1) or original(self, *a))
+    model.eval()
+    before = _logits(model)
+    model.set_adapter("default")  # (e.g. a UI re-selecting the adapter between requests)
+    torch.testing.assert_close(_logits(model), before, rtol=0, atol=0)
+    assert len(builds) == len(layers)  # built once
+    model.set_adapter("b")
+    assert all("default" not in layer._caches for layer in layers)  # the inactive one's memory freed
+    assert (_logits(model) - before).abs().max() > 1e-3
+
+
 @pytest.mark.parametrize("method", list(CONFIGS))
 def test_eval_cache_follows_model_to_another_dtype(method):
     # Module.to keeps the Parameter objects and their version counters: the cache must

@@ -218,7 +218,9 @@ class AdapterPeftLayer(nn.Module, BaseTunerLayer):
         active = [adapter_names] if isinstance(adapter_names, str) else adapter_names
         for adapter, module in self._shared_modules().items():
             module.requires_grad_(adapter in active and not inference_mode)
-        self._caches.clear()
+        # each cache checks its own tensors: keep the active adapters', free the others' memory
+        for adapter in [a for a in self._caches if a not in active]:
+            del self._caches[adapter]
 
     def enable_adapters(self, enabled: bool) -> None:
         super().enable_adapters(enabled)
