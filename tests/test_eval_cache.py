@@ -55,3 +55,19 @@ def test_cache_filled_in_inference_mode_serves_a_later_forward_with_gradients():
     x = torch.ones(2, 3, requires_grad=True)
     torch.nn.functional.linear(x, cache.get([t], lambda: t * 2)).sum().backward()
     assert torch.equal(x.grad, torch.full((2, 3), 6.0))
+
+
+@pytest.mark.parametrize("make", [_genft, _wegeft], ids=["genft", "wegeft"])
+def test_layer_cached_in_inference_mode_gives_input_gradients_later(make):
+    torch.manual_seed(0)
+    layer, model, reference = make()
+    model.requires_grad_(False)
+    model.eval()
+    x = torch.randn(3, 6)
+    with torch.inference_mode():
+        layer(x)
+    x.requires_grad_(True)
+    layer(x).sum().backward()  # (a gradient w.r.t. the input only: the cached path)
+    ref_x = x.detach().clone().requires_grad_(True)
+    reference(layer, ref_x).sum().backward()
+    torch.testing.assert_close(x.grad, ref_x.grad, rtol=1e-5, atol=1e-5)
