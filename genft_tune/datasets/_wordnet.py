@@ -42,7 +42,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 from torchtune.datasets import instruct_dataset, PackedDataset, SFTDataset
 from torchtune.modules.transforms.tokenizers import ModelTokenizer
 
-from genft_tune._fs import temp_file
+from genft_tune._fs import write_text_atomically
 
 __all__ = [
     "WORDNET_COPYRIGHT",
@@ -315,21 +315,10 @@ def write_wordnet_jsonl(output_path: Union[str, Path], rows: Sequence[Dict[str, 
         rows (Sequence[Dict[str, Any]]): one JSON object per line.
     """
     output_path = Path(output_path)
-    output_path.parent.mkdir(parents=True, exist_ok=True)
     license_path = output_path.parent / "WORDNET_LICENSE.txt"
     if not license_path.is_file():
-        license_path.write_text(WORDNET_LICENSE, encoding="utf-8")
-    fd, tmp_path = temp_file(output_path.parent, prefix=f".{output_path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.chmod(tmp_path, 0o644)
-        os.replace(tmp_path, output_path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.unlink(tmp_path)
-        raise
+        write_text_atomically(license_path, WORDNET_LICENSE)
+    write_text_atomically(output_path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 def _cache_dir(cache_dir: Optional[Union[str, Path]]) -> Path:

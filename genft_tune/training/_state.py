@@ -1,7 +1,6 @@
 """Recipe state (what a resumed run needs besides the adapter): atomic save and load,
 and the random number generators' state."""
 
-import os
 import random
 from pathlib import Path
 from typing import Any, Dict, Union
@@ -9,7 +8,7 @@ from typing import Any, Dict, Union
 import numpy as np
 import torch
 
-from genft_tune._fs import temp_file
+from genft_tune._fs import write_atomically
 
 RECIPE_STATE_DIRNAME = "recipe_state"
 RECIPE_STATE_FNAME = "recipe_state.pt"
@@ -27,21 +26,9 @@ def recipe_state_path(output_dir: Union[str, Path]) -> Path:
 
 
 def atomic_torch_save(obj: Any, path: Union[str, Path]) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename it over ``path``,
-    so a crash never leaves a truncated file behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = temp_file(path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """``torch.save`` to a temporary file in the same folder, fsynced, then renamed over
+    ``path``, so a crash never leaves a truncated file behind."""
+    write_atomically(path, lambda tmp: torch.save(obj, tmp), fsync=True)
 
 
 def save_recipe_state(output_dir: Union[str, Path], state: Dict[str, Any]) -> Path:
