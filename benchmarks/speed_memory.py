@@ -77,12 +77,8 @@ from torchtune.modules import delete_kv_caches  # noqa: E402
 from torchtune.training import set_default_dtype  # noqa: E402
 
 from genft_tune._fs import temp_file  # noqa: E402
-from genft_tune.modules import (  # noqa: E402
-    GenFTConfig,
-    get_genft_modules,
-    merge_genft_state_dict,
-    WeGeFTConfig,
-)
+from genft_tune.modules import GenFTConfig, merge_genft_state_dict, WeGeFTConfig
+from genft_tune.modules.genft import get_genft_modules
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 VARIANTS = (

@@ -9,7 +9,7 @@
 """Distributed (FSDP2) GenFT fine-tuning: NCCL on GPUs, gloo on CPU.
 
 The model config picks the adapter: GenFT (``genft_*`` builders) or WeGeFT
-(``wegeft_*`` builders); see :func:`genft_tune.training.get_adapter_method`.
+(``wegeft_*`` builders); see :func:`genft_tune.training.get_model_adapter`.
 
 Run it with ``tune run --nproc_per_node N genft_finetune_distributed --config <config>``
 (installed module; ``genft-tune ls`` lists the configs), or from a checkout with
@@ -57,7 +57,7 @@ class GenFTFinetuneRecipeDistributed(FTRecipeInterface):
     are registered once on the model root, so FSDP shards and reduces them once.
 
     The same recipe trains WeGeFT models (``wegeft_*`` builders): the adapter method is
-    read from the built model (``genft_tune.training.get_adapter_method``).
+    read from the built model (``genft_tune.training.get_model_adapter``).
 
     Features:
         - FSDP2 through torchtune's ``training.shard_model`` (each transformer layer,
@@ -472,7 +472,7 @@ class GenFTFinetuneRecipeDistributed(FTRecipeInterface):
             model = config.instantiate(cfg_model)
 
         # GenFT or WeGeFT: targets named as in the state dict, taken before any wrapping.
-        self._adapter = genft_training.get_adapter_method(model)
+        self._adapter = genft_training.get_model_adapter(model)
         self._adapter.check_targets(cfg_model, model)
         if adapter_state_dict is not None:
             self._adapter.check_resume_config(getattr(self, "_resume_adapter_config", None))

@@ -222,7 +222,7 @@ class GenFTImageClassificationRecipeSingleDevice(FTRecipeInterface):
                 f"model must build a genft_tune.models.vit.ViTClassifier, got {type(model).__name__}"
             )
         # GenFT, WeGeFT, or None (LoRA / linear probe / full fine-tuning).
-        self._adapter = genft_training.find_adapter_method(model)
+        self._adapter = genft_training.find_model_adapter(model)
         if self._adapter is not None:
             log.info(f"{self._adapter.label} adapter: {len(self._adapter.target_modules)} layers ({self._adapter.config})")
         return model

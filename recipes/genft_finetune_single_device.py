@@ -9,7 +9,7 @@
 """GenFT fine-tuning on one device (GPU or CPU).
 
 The model config picks the adapter: GenFT (``genft_*`` builders) or WeGeFT
-(``wegeft_*`` builders); see :func:`genft_tune.training.get_adapter_method`.
+(``wegeft_*`` builders); see :func:`genft_tune.training.get_model_adapter`.
 
 Run it with ``tune run genft_finetune_single_device --config <config>`` (installed
 module; ``genft-tune ls`` lists the configs), or from a checkout with
@@ -54,7 +54,7 @@ class GenFTFinetuneRecipeSingleDevice(FTRecipeInterface):
     generator once, plus every adapted layer's specific factors; the base is frozen.
 
     The same recipe trains WeGeFT models (``wegeft_*`` builders): the adapter method is
-    read from the built model (``genft_tune.training.get_adapter_method``).
+    read from the built model (``genft_tune.training.get_model_adapter``).
 
     Features:
         - Activation checkpointing (``enable_activation_checkpointing``) and activation
@@ -433,7 +433,7 @@ class GenFTFinetuneRecipeSingleDevice(FTRecipeInterface):
             model = config.instantiate(cfg_model)
 
         # GenFT or WeGeFT: targets named as in the state dict, taken before any wrapping.
-        self._adapter = genft_training.get_adapter_method(model)
+        self._adapter = genft_training.get_model_adapter(model)
         self._adapter.check_targets(cfg_model, model)
         if adapter_state_dict is not None:
             self._adapter.check_resume_config(getattr(self, "_resume_adapter_config", None))

@@ -21,17 +21,16 @@ from genft_tune.checkpointing import (
     AdapterFileError,
     check_adapter_matches_model,
     FORMAT_VERSION,
-    load_genft_adapter,
-    save_genft_adapter,
+    load_adapter,
+    save_adapter,
 )
 from genft_tune.modules import (
     genft_linear,
     GenFTConfig,
     GenFTGenerators,
-    get_genft_adapter_state_dict,
-    get_genft_modules,
     merge_genft_state_dict,
 )
+from genft_tune.modules.genft import get_genft_adapter_state_dict, get_genft_modules
 
 CONFIG = GenFTConfig(shared_dim=2, specific_dim=3, ratio=0.25, scaling=0.5, act_in="tanh", zero_init=False)
 
@@ -51,7 +50,7 @@ def tiny_genft(config=CONFIG, dims=((16, 16), (8, 16), (8, 16), (16, 24))):
 
 
 def save(model, path, **kwargs):
-    return save_genft_adapter(
+    return save_adapter(
         path,
         adapter_state_dict=get_genft_adapter_state_dict(model.state_dict()),
         config=model.genft_generators.config,
@@ -64,7 +63,7 @@ def test_round_trip_and_metadata(tmp_path):
     model = tiny_genft()
     save(model, tmp_path / "a", base_model="org/base", extra={"epoch": 3})
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [ADAPTER_WEIGHTS_FILE, ADAPTER_CONFIG_FILE]
-    sd, cfg = load_genft_adapter(tmp_path / "a")
+    sd, cfg = load_adapter(tmp_path / "a")
     ref = get_genft_adapter_state_dict(model.state_dict())
     assert sd.keys() == ref.keys() and all(torch.equal(sd[k], ref[k]) for k in ref)
     # each shared generator once, under the model's keys
@@ -91,7 +90,7 @@ def test_overwrite_replaces_the_pair(tmp_path):
     save(tiny_genft(), tmp_path / "a")
     other = tiny_genft(GenFTConfig(shared_dim=1, specific_dim=1))
     save(other, tmp_path / "a")
-    sd, cfg = load_genft_adapter(tmp_path / "a")
+    sd, cfg = load_adapter(tmp_path / "a")
     assert cfg.config.shared_dim == 1
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [ADAPTER_WEIGHTS_FILE, ADAPTER_CONFIG_FILE]
 
@@ -112,23 +111,23 @@ def test_interrupted_save_never_leaves_a_complete_looking_pair(tmp_path):
                 os._exit(7)
         A.os.replace = replace
         import torch
-        A.save_genft_adapter({str(tmp_path / 'a')!r}, adapter_state_dict={{"l0.A1": torch.ones(2, 4)}},
+        A.save_adapter({str(tmp_path / 'a')!r}, adapter_state_dict={{"l0.A1": torch.ones(2, 4)}},
                              config=GenFTConfig(), target_modules=["l0"])
         """
     )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert proc.returncode == 7, proc.stderr[-2000:]
     with pytest.raises(FileNotFoundError, match=ADAPTER_CONFIG_FILE):
-        load_genft_adapter(tmp_path / "a")
+        load_adapter(tmp_path / "a")
 
 
 def test_missing_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        load_genft_adapter(tmp_path / "nope")
+        load_adapter(tmp_path / "nope")
     save(tiny_genft(), tmp_path / "a")
     os.remove(tmp_path / "a" / ADAPTER_WEIGHTS_FILE)
     with pytest.raises(FileNotFoundError, match=ADAPTER_WEIGHTS_FILE):
-        load_genft_adapter(tmp_path / "a")
+        load_adapter(tmp_path / "a")
 
 
 def test_corrupt_safetensors_names_the_file(tmp_path):
@@ -137,13 +136,13 @@ def test_corrupt_safetensors_names_the_file(tmp_path):
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(AdapterFileError, match=ADAPTER_WEIGHTS_FILE):
-        load_genft_adapter(tmp_path / "a")
+        load_adapter(tmp_path / "a")
     # without the checksum the safetensors reader itself reports the corrupt file
     raw = json.loads((tmp_path / "a" / ADAPTER_CONFIG_FILE).read_text())
     del raw["weights_sha256"]
     (tmp_path / "a" / ADAPTER_CONFIG_FILE).write_text(json.dumps(raw))
     with pytest.raises(AdapterFileError, match=f"{ADAPTER_WEIGHTS_FILE} is not a valid safetensors"):
-        load_genft_adapter(tmp_path / "a")
+        load_adapter(tmp_path / "a")
 
 
 @pytest.mark.parametrize("field", ["method", "target_modules", "tensor_shapes", "genft_config"])
@@ -154,7 +153,7 @@ def test_json_missing_field(tmp_path, field):
     del raw[field]
     path.write_text(json.dumps(raw))
     with pytest.raises(AdapterFileError, match=field):
-        load_genft_adapter(tmp_path / "a")
+        load_adapter(tmp_path / "a")
 
 
 def test_invalid_json_and_bad_config_value(tmp_path):
@@ -164,10 +163,10 @@ def test_invalid_json_and_bad_config_value(tmp_path):
     raw["genft_config"]["act_in"] = "swish"
     path.write_text(json.dumps(raw))
     with pytest.raises(AdapterFileError, match="act_in"):
-        load_genft_adapter(tmp_path / "a")
+        load_adapter(tmp_path / "a")
     path.write_text("{not json")
     with pytest.raises(AdapterFileError, match="not valid json"):
-        load_genft_adapter(tmp_path / "a")
+        load_adapter(tmp_path / "a")
 
 
 def test_tensors_disagreeing_with_recorded_shapes(tmp_path):
@@ -178,12 +177,12 @@ def test_tensors_disagreeing_with_recorded_shapes(tmp_path):
     raw.pop("weights_sha256")
     path.write_text(json.dumps(raw))
     with pytest.raises(AdapterFileError, match=r"l0\.A1 has shape \[3, 16\].*\[3, 99\]"):
-        load_genft_adapter(tmp_path / "a")
+        load_adapter(tmp_path / "a")
 
 
 def test_wrong_base_names_target_and_shapes(tmp_path):
     save(tiny_genft(), tmp_path / "a")
-    _, cfg = load_genft_adapter(tmp_path / "a")
+    _, cfg = load_adapter(tmp_path / "a")
     other = tiny_genft(dims=((16, 16), (8, 16), (12, 16), (16, 24)))
     with pytest.raises(ValueError, match=r"target 'l2'.*\[12, 16\].*\[8, 16\]"):
         check_adapter_matches_model(cfg, other)
@@ -196,21 +195,23 @@ def test_wrong_base_names_target_and_shapes(tmp_path):
 def test_save_rejects_bad_input(tmp_path):
     model = tiny_genft()
     with pytest.raises(ValueError, match="non-genft keys"):
-        save_genft_adapter(tmp_path / "a", adapter_state_dict=model.state_dict(), config=CONFIG, target_modules=["l0"])
+        save_adapter(tmp_path / "a", adapter_state_dict=model.state_dict(), config=CONFIG, target_modules=["l0"])
     with pytest.raises(TypeError, match="GenFTConfig or WeGeFTConfig"):
-        save_genft_adapter(tmp_path / "a", adapter_state_dict={"l0.A1": torch.ones(1)}, config={}, target_modules=["l0"])
+        save_adapter(tmp_path / "a", adapter_state_dict={"l0.A1": torch.ones(1)}, config={}, target_modules=["l0"])
     assert not (tmp_path / "a").exists() or not any((tmp_path / "a").iterdir())
 
 
 def test_wegeft_adapter_in_the_same_pair(tmp_path):
     from genft_tune.modules import (
-        get_wegeft_adapter_state_dict,
-        get_wegeft_config,
-        get_wegeft_target_modules,
         merge_wegeft_state_dict,
         WeGeFTConfig,
         WeGeFTSharedFactors,
         wegeft_linear,
+    )
+    from genft_tune.modules.wegeft import (
+        get_wegeft_adapter_state_dict,
+        get_wegeft_config,
+        get_wegeft_target_modules,
     )
 
     config = WeGeFTConfig(rank=2, alpha=4.0)
@@ -225,8 +226,8 @@ def test_wegeft_adapter_in_the_same_pair(tmp_path):
             p.normal_()
     sd = get_wegeft_adapter_state_dict(model.state_dict())
     targets = get_wegeft_target_modules(model)
-    save_genft_adapter(tmp_path / "w", adapter_state_dict=sd, config=get_wegeft_config(model), target_modules=targets)
-    loaded, cfg = load_genft_adapter(tmp_path / "w")
+    save_adapter(tmp_path / "w", adapter_state_dict=sd, config=get_wegeft_config(model), target_modules=targets)
+    loaded, cfg = load_adapter(tmp_path / "w")
     assert cfg.method == "wegeft" and cfg.config == config and cfg.target_modules == targets
     merged = merge_wegeft_state_dict({**model.state_dict(), **loaded}, config=cfg.config, target_modules=cfg.target_modules)
     ref = merge_wegeft_state_dict(model.state_dict(), config=config, target_modules=targets)
@@ -238,7 +239,7 @@ def test_modules_to_save_round_trip(tmp_path):
     model = tiny_genft()
     head = {"head.weight": torch.randn(3, 16), "head.bias": torch.randn(3)}
     save(model, tmp_path / "a", modules_to_save=head)
-    sd, cfg = load_genft_adapter(tmp_path / "a")
+    sd, cfg = load_adapter(tmp_path / "a")
     assert cfg["modules_to_save"] == ["head.bias", "head.weight"]
     assert all(torch.equal(sd[k], v) for k, v in head.items())
     raw_text = (tmp_path / "a" / ADAPTER_CONFIG_FILE).read_text()

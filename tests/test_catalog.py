@@ -172,7 +172,8 @@ def test_packaged_configs_build_their_models():
     from omegaconf import OmegaConf
     from torchtune import config as tt_config
 
-    from genft_tune.training import get_adapter_method, validate_components
+    from genft_tune.training import get_model_adapter
+    from genft_tune.training._config import validate_components
 
     for name in _repo_configs():
         if name.startswith("vit/"):
@@ -181,7 +182,7 @@ def test_packaged_configs_build_their_models():
         validate_components(cfg)  # every _component_ imports
         with torch.device("meta"):
             model = tt_config.instantiate(cfg.model)
-        adapter = get_adapter_method(model)
+        adapter = get_model_adapter(model)
         adapter.check_targets(cfg.model, model)
         assert adapter.name == ("wegeft" if "wegeft" in name else "genft"), name
         leaves = {n.rsplit(".", 1)[-1] for n in adapter.target_modules}

@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file
 from test_recipes_fixtures import base_config, SINGLE_DEVICE_RECIPE, subprocess_env, write_config
 
-from genft_tune.checkpointing import load_genft_adapter
+from genft_tune.checkpointing import load_adapter
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +46,7 @@ def _check_complete_checkpoints_load(out: Path) -> int:
     recipe state, when present, loads. Returns how many adapters were checked."""
     n = 0
     for config in out.glob("*/genft_config.json"):
-        load_genft_adapter(config.parent)
+        load_adapter(config.parent)
         n += 1
     state = out / "recipe_state" / "recipe_state.pt"
     if state.exists():

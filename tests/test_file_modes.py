@@ -11,7 +11,7 @@ import torch
 from test_merge_cli import trained  # noqa: F401 (fixture)
 
 from genft_tune._cli.genft import main as cli_main
-from genft_tune.checkpointing import save_genft_adapter
+from genft_tune.checkpointing import save_adapter
 from genft_tune.modules import GenFTConfig
 
 
@@ -33,7 +33,7 @@ def test_adapter_and_merge_outputs_have_open_modes(trained, tmp_path, umask_022)
     files = [p for p in out.rglob("*") if p.is_file()]
     assert files and all(_mode(p) == 0o644 for p in files), {p.name: oct(_mode(p)) for p in files}
 
-    save_genft_adapter(tmp_path / "a", adapter_state_dict={"layers.0.attn.q_proj.A1": torch.zeros(2, 4)},
+    save_adapter(tmp_path / "a", adapter_state_dict={"layers.0.attn.q_proj.A1": torch.zeros(2, 4)},
                        config=GenFTConfig(), target_modules=["layers.0.attn.q_proj"])
     assert {p.name: _mode(p) for p in (tmp_path / "a").iterdir()} == {
         "genft_adapter.safetensors": 0o644, "genft_config.json": 0o644}

@@ -16,7 +16,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from genft_tune.modules import ACTIVATIONS, GenFTConfig, GenFTGenerators, genft_linear
+from genft_tune.modules import GenFTConfig, GenFTGenerators, genft_linear
+from genft_tune.modules.genft import ACTIVATIONS
 
 ACTS = ["identity", "relu", "leaky_relu", "gelu", "tanh"]
 

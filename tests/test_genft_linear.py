@@ -16,9 +16,9 @@ from genft_tune.modules import (
     GenFTGenerators,
     GenFTLinear,
     genft_linear,
-    get_genft_modules,
     merge_genft_state_dict,
 )
+from genft_tune.modules.genft import get_genft_modules
 
 # ---- the reference, written from the spec's equations alone ------------------------
 

@@ -21,9 +21,10 @@ from genft_tune.datasets._image import (
     image_collate,
     ImageClassificationTransform,
 )
-from genft_tune.checkpointing import load_genft_adapter
+from genft_tune.checkpointing import load_adapter
 from genft_tune.models.vit import save_hf_vit, vit_hf_config, vit_tiny
-from genft_tune.modules import is_genft_key, is_wegeft_key
+from genft_tune.modules.genft import is_genft_key
+from genft_tune.modules.wegeft import is_wegeft_key
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "genft_finetune_image_single_device.py"
@@ -132,7 +133,7 @@ def test_recipe_end_to_end(recipe_module, folder, base_ckpt, tmp_path):
     # an adapter checkpoint per epoch (genft_adapter.safetensors + genft_config.json):
     # GenFT keys and the head (as modules_to_save), no base weights
     for epoch in (0, 1):
-        adapter, config = load_genft_adapter(out / f"epoch_{epoch}")
+        adapter, config = load_adapter(out / f"epoch_{epoch}")
         assert {"head.weight", "head.bias"} <= set(adapter)
         assert any(k.startswith("genft_generators.") for k in adapter)
         assert all(is_genft_key(k) or k.startswith("head.") for k in adapter)
@@ -227,7 +228,7 @@ def test_recipe_trains_the_authors_vit_setting(recipe_module, folder, base_ckpt,
     attn = recipe._model.layers[0].attn
     assert attn.q_proj.A1 is attn.v_proj.A1 and attn.q_proj.B1 is attn.v_proj.B1
     assert torch.count_nonzero(attn.q_proj.A1) == 0 and torch.count_nonzero(attn.q_proj.B1) == 0
-    adapter, config = load_genft_adapter(Path(cfg.output_dir) / "epoch_0")
+    adapter, config = load_adapter(Path(cfg.output_dir) / "epoch_0")
     assert config["genft_config"]["convention"] == "authors_vit"
     assert torch.equal(adapter["layers.0.attn.q_proj.A1"], adapter["layers.0.attn.v_proj.A1"])
     assert any(not torch.equal(v, torch.zeros_like(v)) for k, v in adapter.items() if k.startswith("genft_generators."))
@@ -306,7 +307,7 @@ def test_recipe_trains_a_wegeft_vit(recipe_module, folder, base_ckpt, tmp_path):
     factors = {f"wegeft_factors.{t}.{f}" for t in ("q_proj", "v_proj") for f in ("phi", "psi")}
     assert trainable == factors | {"head.weight", "head.bias"}
     assert recipe._model.wegeft_factors.q_proj.phi.abs().sum() > 0  # moved from its zero init
-    adapter, adapter_config = load_genft_adapter(Path(cfg.output_dir) / "epoch_0")
+    adapter, adapter_config = load_adapter(Path(cfg.output_dir) / "epoch_0")
     assert adapter_config["method"] == "wegeft" and adapter_config["modules_to_save"] == ["head.bias", "head.weight"]
     assert set(adapter) == factors | {"head.weight", "head.bias"}
     assert all(is_wegeft_key(k) for k in factors)
@@ -587,7 +588,7 @@ def test_tiny_wegeft_cpu_config_trains(recipe_module, folder, base_ckpt, tmp_pat
     OmegaConf.update(cfg, "model.num_classes", len(CLASSES))
     OmegaConf.update(cfg, "model.image_size", SIZE)
     recipe = recipe_module.run(cfg)
-    _, config = load_genft_adapter(Path(cfg.output_dir) / "epoch_0")
+    _, config = load_adapter(Path(cfg.output_dir) / "epoch_0")
     assert config["method"] == "wegeft" and recipe.eval_results
 
 

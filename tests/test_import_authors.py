@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from genft_tune._cli.genft import main as cli_main
-from genft_tune.checkpointing import load_genft_adapter, read_authors_adapter
+from genft_tune.checkpointing import load_adapter, read_authors_adapter
 
 D, LAYERS, A, B = 64, 2, 3, 2
 TARGETS = ["q_proj", "v_proj"]
@@ -125,7 +125,7 @@ def test_imported_adapter_merges_into_the_model_they_trained(base, tmp_path, act
     assert cli_main(["import-authors", str(theirs), "--output", str(ours)]) == 0
     assert cli_main(["merge", "--base", str(base), "--adapter", str(ours), "--output", str(merged)]) == 0
 
-    _, cfg = load_genft_adapter(ours)
+    _, cfg = load_adapter(ours)
     assert cfg["weight_layout"] == "hf" and cfg.config.convention == "authors_peft"
     assert cfg.config.generator_bias is (bias is not False)  # their "none" turns the biases on
     assert sorted(cfg["target_modules"]) == sorted(f"layers.{i}.attn.{m}" for i in range(LAYERS) for m in TARGETS)

@@ -39,7 +39,8 @@ from genft_tune.models.smollm2 import (
     smollm2_135m,
     smollm2_tokenizer,
 )
-from genft_tune.modules import GenFTLinear, is_genft_key
+from genft_tune.modules import GenFTLinear
+from genft_tune.modules.genft import is_genft_key
 
 
 def _count(params) -> int:
@@ -422,7 +423,8 @@ def test_tokenizer_errors(tmp_path):
 def test_wegeft_builders_on_meta():
     from genft_tune.models.llama import wegeft_llama3_1_8b, wegeft_llama3_2_1b
     from genft_tune.models.smollm2 import wegeft_smollm2_135m
-    from genft_tune.modules import is_wegeft_key, WeGeFTLinear
+    from genft_tune.modules import WeGeFTLinear
+    from genft_tune.modules.wegeft import is_wegeft_key
 
     for ours, theirs in (
         (wegeft_llama3_2_1b, llama3_2_1b),

@@ -24,11 +24,11 @@ from _tiny_llama import (
     write_hf_checkpoint,
 )
 from genft_tune.models.llama import load_base_checkpoint
-from genft_tune.modules import (
+from genft_tune.modules import merge_genft_state_dict
+from genft_tune.modules.genft import (
     get_genft_config,
     get_genft_modules,
     is_genft_key,
-    merge_genft_state_dict,
     validate_missing_and_unexpected_for_genft,
 )
 
@@ -262,11 +262,11 @@ def test_smollm2_135m_equals_transformers(tmp_path_factory):
 @pytest.mark.parametrize("shared", [True, False], ids=["shared", "per-layer"])
 def test_wegeft_step0_equals_hf_trains_and_merges(ckpt, shared):
     from genft_tune.models.llama import llama_wegeft
-    from genft_tune.modules import (
+    from genft_tune.modules import merge_wegeft_state_dict
+    from genft_tune.modules.wegeft import (
         get_wegeft_config,
         get_wegeft_target_modules,
         is_wegeft_key,
-        merge_wegeft_state_dict,
     )
 
     rank = 4

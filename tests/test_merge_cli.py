@@ -22,19 +22,14 @@ from test_recipes_fixtures import TINY, write_tiny_checkpoint
 
 from genft_tune._cli.genft import main as cli_main
 from genft_tune.checkpointing import (
-    load_genft_adapter,
+    load_adapter,
     merge_adapter_checkpoint,
     parse_size,
-    save_genft_adapter,
+    save_adapter,
     verify_merge,
 )
-from genft_tune.modules import (
-    genft_linear,
-    GenFTConfig,
-    GenFTGenerators,
-    get_genft_adapter_state_dict,
-    get_genft_modules,
-)
+from genft_tune.modules import genft_linear, GenFTConfig, GenFTGenerators
+from genft_tune.modules.genft import get_genft_adapter_state_dict, get_genft_modules
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "output_proj", "w1", "w2")
 PYTHON = sys.executable
@@ -90,7 +85,7 @@ def trained_adapter(base_dir: Path, adapter_dir: Path, *, targets=TARGETS, seed:
     model.eval()
     modules = get_genft_modules(model)
     assert all(m.delta_weight().abs().max() > 0 for m in modules.values())
-    save_genft_adapter(
+    save_adapter(
         adapter_dir,
         adapter_state_dict=get_genft_adapter_state_dict(model.state_dict()),
         config=config,
@@ -150,7 +145,7 @@ def test_merge_matches_merge_in_torchtune_layout(trained, tmp_path):
     from genft_tune.modules import merge_genft_state_dict
 
     out = merge_adapter_checkpoint(base_dir=trained["base"], adapter_dir=trained["adapter"], output_dir=tmp_path / "m")
-    adapter, cfg = load_genft_adapter(trained["adapter"])
+    adapter, cfg = load_adapter(trained["adapter"])
     ref = merge_genft_state_dict({**hf_base_to_tune(trained["base"]), **adapter}, config=cfg.config, target_modules=cfg["target_modules"])
     ref = tune_to_hf(ref, num_heads=TINY["num_heads"], num_kv_heads=TINY["num_kv_heads"], dim=TINY["embed_dim"])
     got = load_file(str(out / "model.safetensors"))
@@ -231,7 +226,7 @@ def test_torchtune_and_meta_formats(trained, tmp_path):
     from genft_tune.modules import merge_genft_state_dict
 
     tune_sd = hf_base_to_tune(trained["base"])
-    adapter, cfg = load_genft_adapter(trained["adapter"])
+    adapter, cfg = load_adapter(trained["adapter"])
     ref = merge_genft_state_dict({**tune_sd, **adapter}, config=cfg.config, target_modules=cfg["target_modules"])
     for name, sd, convert in (
         ("model.pt", tune_sd, lambda d: d),
@@ -347,7 +342,7 @@ def test_peak_memory_is_about_one_shard(tmp_path):
         sd.update({f"{name}.{k}": v for k, v in m.state_dict().items() if k in ("A1", "B1")})
     generators[next(iter(generators))].initialize_parameters()
     sd.update({f"genft_generators.{k}": v for k, v in generators.state_dict().items()})
-    save_genft_adapter(tmp_path / "adapter", adapter_state_dict=sd, config=config_g, target_modules=list(mods))
+    save_adapter(tmp_path / "adapter", adapter_state_dict=sd, config=config_g, target_modules=list(mods))
     script = textwrap.dedent(
         f"""
         import json
@@ -383,13 +378,15 @@ def test_wegeft_adapter_merges_like_the_core(trained, tmp_path):
     from torchtune.models.llama3 import llama3
 
     from genft_tune.modules import (
-        get_wegeft_adapter_state_dict,
-        get_wegeft_config,
-        get_wegeft_target_modules,
         merge_wegeft_state_dict,
         WeGeFTConfig,
         WeGeFTSharedFactors,
         wegeft_linear,
+    )
+    from genft_tune.modules.wegeft import (
+        get_wegeft_adapter_state_dict,
+        get_wegeft_config,
+        get_wegeft_target_modules,
     )
 
     torch.manual_seed(0)
@@ -407,7 +404,7 @@ def test_wegeft_adapter_merges_like_the_core(trained, tmp_path):
             p.normal_()
     targets = get_wegeft_target_modules(model)
     adapter = get_wegeft_adapter_state_dict(model.state_dict())
-    save_genft_adapter(tmp_path / "w", adapter_state_dict=adapter, config=get_wegeft_config(model), target_modules=targets)
+    save_adapter(tmp_path / "w", adapter_state_dict=adapter, config=get_wegeft_config(model), target_modules=targets)
     out = merge_adapter_checkpoint(base_dir=trained["base"], adapter_dir=tmp_path / "w", output_dir=tmp_path / "m")
     ref = merge_wegeft_state_dict({**hf_base_to_tune(trained["base"]), **adapter}, config=get_wegeft_config(model), target_modules=targets)
     ref = tune_to_hf(ref, num_heads=TINY["num_heads"], num_kv_heads=TINY["num_kv_heads"], dim=TINY["embed_dim"])

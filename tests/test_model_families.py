@@ -24,7 +24,7 @@ from test_recipes_fixtures import (
 )
 
 from genft_tune._cli.genft import main as cli_main
-from genft_tune.checkpointing import load_genft_adapter
+from genft_tune.checkpointing import load_adapter
 
 DIMS = dict(vocab_size=VOCAB_SIZE, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
@@ -112,7 +112,7 @@ def _unmerged_logits(cfg, adapter_dir: Path, tokens):
     ckpt_cfg = OmegaConf.create({**cfg["checkpointer"], "output_dir": str(adapter_dir.parent / "_unused")})
     base = tt_config.instantiate(ckpt_cfg).load_checkpoint()[MODEL_KEY]
     model.load_state_dict(base, strict=False)
-    adapter, _ = load_genft_adapter(adapter_dir)
+    adapter, _ = load_adapter(adapter_dir)
     _, unexpected = model.load_state_dict(adapter, strict=False)
     assert not unexpected
     with torch.no_grad():

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from test_recipes_fixtures import TINY, write_tiny_checkpoint
 
-from genft_tune.checkpointing import load_genft_adapter, merge_adapter_checkpoint, save_genft_adapter
+from genft_tune.checkpointing import load_adapter, merge_adapter_checkpoint, save_adapter
 from genft_tune.checkpointing._peft_format import (
     export_peft_adapter,
     import_peft_adapter,
@@ -20,8 +20,10 @@ from genft_tune.checkpointing._peft_format import (
     PEFT_WEIGHTS_FILE,
     PeftFormatError,
 )
-from genft_tune.models._families import get_family, tune_rows_in_hf_order
-from genft_tune.modules import adapter_kind_for_config, apply_adapter, GenFTConfig, WeGeFTConfig
+from genft_tune.models._families import get_family
+from genft_tune.modules._rope import tune_rows_in_hf_order
+from genft_tune.modules import apply_adapter, GenFTConfig, WeGeFTConfig
+from genft_tune.modules._method import adapter_kind_for_config
 
 peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
@@ -55,7 +57,7 @@ def _tune_model(base_dir, config):
 def _save(model, config, adapter_dir, base_dir):
     kind = adapter_kind_for_config(config)
     layers = {n: m for n, m in model.named_modules() if isinstance(m, kind.layer_cls)}
-    save_genft_adapter(
+    save_adapter(
         adapter_dir,
         adapter_state_dict={k: v for k, v in model.state_dict().items() if kind.is_key(k)},
         config=config,
@@ -103,7 +105,7 @@ def test_peft_export_has_our_logits_and_merges_like_ours(tmp_path, method, tied)
 
     # back to ours: the same tensors, the same targets, the same config
     back = import_peft_adapter(adapter, tmp_path / "back", base_dir=base)
-    (sd0, cfg0), (sd1, cfg1) = load_genft_adapter(adapter), load_genft_adapter(back)
+    (sd0, cfg0), (sd1, cfg1) = load_adapter(adapter), load_adapter(back)
     assert sorted(sd1) == sorted(sd0)
     for k in sd0:
         torch.testing.assert_close(sd1[k], sd0[k], rtol=0, atol=0, msg=k)
@@ -135,7 +137,7 @@ def test_an_adapter_trained_by_peft_merges_in_hf_layout(tmp_path):
     model = peft.get_peft_model(_hf(base), genft_tune.peft.GenFTPeftConfig(target_modules=["q_proj", "k_proj"], zero_init=False))
     model.save_pretrained(tmp_path / "peft")
     ours = import_peft_adapter(tmp_path / "peft", tmp_path / "ours", base_dir=base)
-    assert load_genft_adapter(ours)[1].weight_layout == "hf"
+    assert load_adapter(ours)[1].weight_layout == "hf"
     out = merge_adapter_checkpoint(base_dir=base, adapter_dir=ours, output_dir=tmp_path / "merged")
     with torch.no_grad():
         want = model.eval()(_tokens()).logits
@@ -153,9 +155,9 @@ def test_rope_rows_are_torchtunes_permutation():
 def test_fused_targets_are_refused_with_a_reason(tmp_path):
     """Phi-3 fuses q, k, v (and gate/up) into one Hugging Face linear: no PEFT file."""
     from genft_tune.checkpointing._peft_format import peft_files_from_adapter
-    from genft_tune.checkpointing._adapter import GenFTAdapterConfig
+    from genft_tune.checkpointing._adapter import AdapterFileConfig
 
-    cfg = GenFTAdapterConfig(method="genft", genft_config=CONFIGS["genft"].to_dict(),
+    cfg = AdapterFileConfig(method="genft", genft_config=CONFIGS["genft"].to_dict(),
                              target_modules=["layers.0.attn.q_proj"], target_shapes={"layers.0.attn.q_proj": [64, 64]})
     phi3 = dict(model_type="phi3", num_attention_heads=4, num_key_value_heads=4, hidden_size=64, num_hidden_layers=1,
                 intermediate_size=128, vocab_size=128)
@@ -166,12 +168,12 @@ def test_fused_targets_are_refused_with_a_reason(tmp_path):
 def test_export_peft_cli(tmp_path, capsys):
     from genft_tune._cli.genft import main as cli_main
     from genft_tune.training._adapter_files import save_adapter_files
-    from genft_tune.training._adapter_method import find_adapter_method
+    from genft_tune.training._model_adapter import find_model_adapter
 
     config = CONFIGS["wegeft"]
     base = write_tiny_checkpoint(tmp_path / "base")
     model, _ = _tune_model(base, config)
-    adapter = find_adapter_method(model)
+    adapter = find_model_adapter(model)
     sd = {k: v for k, v in model.state_dict().items() if adapter.is_key(k)}
     save_adapter_files(tmp_path / "ckpt", adapter=adapter, adapter_state_dict=sd, base_dir=base)  # as a recipe
     (tmp_path / "ckpt" / "peft" / PEFT_CONFIG_FILE).unlink()
@@ -194,7 +196,7 @@ def test_wegeft_adapter_without_recorded_keys_shares_by_module_type(tmp_path):
     model, _ = _tune_model(base, config)
     kind = adapter_kind_for_config(config)
     layers = {n: m for n, m in model.named_modules() if isinstance(m, kind.layer_cls)}
-    save_genft_adapter(tmp_path / "a", adapter_state_dict={k: v for k, v in model.state_dict().items() if kind.is_key(k)},
+    save_adapter(tmp_path / "a", adapter_state_dict={k: v for k, v in model.state_dict().items() if kind.is_key(k)},
                        config=config, target_modules=list(layers),
                        target_shapes={n: (m.out_dim, m.in_dim) for n, m in layers.items()})
     export_peft_adapter(tmp_path / "a", base_dir=base)

@@ -20,9 +20,10 @@ import yaml
 from safetensors.torch import save_file
 
 from genft_tune._cli.genft import main as cli_main
-from genft_tune.checkpointing import save_genft_adapter
+from genft_tune.checkpointing import save_adapter
 from genft_tune.hub import build_model_card, parse_metric_log, publish_folder
-from genft_tune.modules import genft_linear, GenFTConfig, GenFTGenerators, get_genft_adapter_state_dict
+from genft_tune.modules import genft_linear, GenFTConfig, GenFTGenerators
+from genft_tune.modules.genft import get_genft_adapter_state_dict
 
 REPO_ID = "someone/tiny-genft"
 LOSSES = [2.5, 2.1, 1.8, 1.6]
@@ -43,7 +44,7 @@ def merged_folder(tmp_path):
     m.genft_generators = gens
     m.q = genft_linear(4, 4, generators=gens)
     adapter = tmp_path / "adapter"
-    save_genft_adapter(adapter, adapter_state_dict=get_genft_adapter_state_dict(m.state_dict()), config=config,
+    save_adapter(adapter, adapter_state_dict=get_genft_adapter_state_dict(m.state_dict()), config=config,
                        target_modules=["q"], base_model="org/base-model")
     (folder / "genft_config.json").write_bytes((adapter / "genft_config.json").read_bytes())
     (folder / "torchtune_config.yaml").write_text(yaml.safe_dump({"batch_size": 4, "optimizer": {"lr": 0.001}}))
@@ -447,10 +448,10 @@ def test_card_covers_the_whole_run_across_resumes(merged_folder, tmp_path):
     assert parse_metric_log(tmp_path / "dry2" / "training_log.txt") == log
     # merging the adapter of that run writes the same whole log next to the merged weights
     from genft_tune.checkpointing._merge import _copy_run_files
-    from genft_tune.checkpointing import load_genft_adapter_config
+    from genft_tune.checkpointing import load_adapter_config
 
     (tmp_path / "m").mkdir()
-    _copy_run_files(out / "epoch_0", load_genft_adapter_config(out / "epoch_0"), tmp_path / "m")
+    _copy_run_files(out / "epoch_0", load_adapter_config(out / "epoch_0"), tmp_path / "m")
     assert parse_metric_log(tmp_path / "m" / "training_log.txt") == log
     # a validation line shares its step with the training line; a resume at the last logged
     # step repeats that step's loss (appended to the same file)

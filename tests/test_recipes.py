@@ -37,8 +37,9 @@ from test_recipes_fixtures import (
     write_tiny_checkpoint,
 )
 
-from genft_tune.checkpointing import load_genft_adapter
-from genft_tune.modules import wegeft_merged_weight, WeGeFTConfig
+from genft_tune.checkpointing import load_adapter
+from genft_tune.modules import WeGeFTConfig
+from genft_tune.modules.wegeft import wegeft_merged_weight
 
 # Steps are counted in optimizer steps: 64 samples / batch 2 = 32 batches, 2 per step,
 # capped at 6 steps per epoch; 2 epochs = 12 steps. Saves at steps 4 and 8 (mid-epoch)
@@ -178,7 +179,7 @@ def _adapter_logits(cfg: dict, base_dir: Path, adapter_dir: Path, tokens: torch.
         output_dir=str(adapter_dir.parent / "_unused"),
     )
     model.load_state_dict(ckpt.load_checkpoint()[MODEL_KEY], strict=False)
-    adapter, _ = load_genft_adapter(adapter_dir)
+    adapter, _ = load_adapter(adapter_dir)
     missing, unexpected = model.load_state_dict(adapter, strict=False)
     assert not unexpected and not [k for k in missing if k in adapter]
     model.eval()
@@ -240,7 +241,7 @@ def test_merged_checkpoint_loads_in_transformers_with_the_adapted_logits(trained
 
 @only("wegeft")
 def test_wegeft_adapter_files(trained):
-    adapter, config = load_genft_adapter(trained["out"] / "epoch_1")
+    adapter, config = load_adapter(trained["out"] / "epoch_1")
     assert config["method"] == "wegeft"
     assert config["wegeft_config"]["rank"] == WEGEFT_RANK and config["wegeft_config"]["shared"] is True
     # one shared (phi, psi) pair per module type, saved once; no base weights
@@ -263,7 +264,7 @@ def test_wegeft_merge_is_the_formula_in_transformers(trained, tmp_path):
     merged = LlamaForCausalLM.from_pretrained(str(merged_dir), dtype=torch.float32).eval()
     # W0 + (alpha/r) W0 phi^T psi written into q and v (HF layout: the same linear maps, rows
     # permuted for RoPE, which the formula commutes with: (P W0) phi^T psi = P (W0 phi^T psi))
-    adapter, _ = load_genft_adapter(merged_dir)
+    adapter, _ = load_adapter(merged_dir)
     scale = trained["cfg"]["model"]["wegeft_alpha"] / WEGEFT_RANK
     model = LlamaForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32).eval()
     with torch.no_grad():
@@ -529,7 +530,7 @@ def test_fp8_padding_keeps_the_loss():
 
     from torchtune.data import padded_collate_sft
 
-    from genft_tune.training import PadToMultiple
+    from genft_tune.training._precision import PadToMultiple
 
     batch = [{"tokens": [1, 2, 3, 4, 5], "labels": [-100, -100, 3, 4, 5]},
              {"tokens": [6, 7, 8], "labels": [-100, 7, 8]}]

@@ -39,10 +39,14 @@ def _build(model_cfg: dict, *, device: str = "cpu", dtype=torch.float32, seed: i
 
 
 def test_adapter_method_detects_wegeft_and_genft(tmp_path):
-    from genft_tune.modules import get_wegeft_target_modules, is_genft_key, is_wegeft_key
-    from genft_tune.training import genft_adapter_init_state_dict, genft_target_modules, get_adapter_method
+    from genft_tune.modules.genft import is_genft_key
+    from genft_tune.modules.wegeft import get_wegeft_target_modules, is_wegeft_key
+    from genft_tune.modules import get_adapter_kind
+    from genft_tune.modules.genft import genft_adapter_init_state_dict
+    from genft_tune.training import get_model_adapter
+    from genft_tune.training._targets import adapter_target_modules
 
-    wegeft = get_adapter_method(_build(WEGEFT_MODEL))
+    wegeft = get_model_adapter(_build(WEGEFT_MODEL))
     assert (wegeft.name, wegeft.label) == ("wegeft", "WeGeFT")
     assert wegeft.config.to_dict()["rank"] == WEGEFT_RANK
     assert wegeft.target_modules == get_wegeft_target_modules(_build(WEGEFT_MODEL))
@@ -51,9 +55,9 @@ def test_adapter_method_detects_wegeft_and_genft(tmp_path):
     # GenFT: the same values the recipes used before the abstraction
     genft_cfg = base_config(tmp_path)["model"]
     model = _build(genft_cfg)
-    genft = get_adapter_method(model)
+    genft = get_model_adapter(model)
     assert genft.name == "genft" and genft.is_key is is_genft_key and wegeft.is_key is is_wegeft_key
-    assert genft.target_modules == genft_target_modules(model)
+    assert genft.target_modules == adapter_target_modules(model, get_adapter_kind("genft"))
     a, b = genft.init_state_dict(model, seed=3), genft_adapter_init_state_dict(model, seed=3)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -61,27 +65,27 @@ def test_adapter_method_detects_wegeft_and_genft(tmp_path):
 def test_adapter_method_refuses_neither_and_both(tmp_path):
     from torch import nn
 
-    from genft_tune.training import find_adapter_method, get_adapter_method
+    from genft_tune.training import find_model_adapter, get_model_adapter
 
     plain = nn.Sequential(nn.Linear(4, 4))
-    assert find_adapter_method(plain) is None
+    assert find_model_adapter(plain) is None
     with pytest.raises(ValueError, match="no GenFT or WeGeFT layers"):
-        get_adapter_method(plain)
+        get_model_adapter(plain)
     both = _build(base_config(tmp_path)["model"])
     both.other = _build(WEGEFT_MODEL)
     with pytest.raises(ValueError, match="both GenFT and WeGeFT"):
-        get_adapter_method(both)
+        get_model_adapter(both)
 
 
 def test_wegeft_init_depends_on_the_seed_and_layout_only():
     """Fresh factors: phi zero (dW = 0), psi from the seed alone, whatever the device,
     dtype or global RNG state; the keys are exactly the model's adapter keys."""
-    from genft_tune.modules import is_wegeft_key
-    from genft_tune.training import get_adapter_method
+    from genft_tune.modules.wegeft import is_wegeft_key
+    from genft_tune.training import get_model_adapter
 
     cpu = _build(WEGEFT_MODEL, seed=1)
     meta = _build(WEGEFT_MODEL, device="meta", dtype=torch.bfloat16, seed=2)
-    method = get_adapter_method(cpu)
+    method = get_model_adapter(cpu)
     a, b = method.init_state_dict(cpu, seed=7), method.init_state_dict(meta, seed=7)
     assert a.keys() == b.keys() == {k for k in cpu.state_dict() if is_wegeft_key(k)}
     assert all(torch.equal(a[k], b[k]) and a[k].dtype == torch.float32 for k in a)
@@ -89,13 +93,17 @@ def test_wegeft_init_depends_on_the_seed_and_layout_only():
     assert any(not torch.equal(a[k], v) for k, v in method.init_state_dict(cpu, seed=8).items())
     # per-layer factors (wegeft_shared: False) get one pair per layer
     per_layer = _build({**WEGEFT_MODEL, "wegeft_shared": False})
-    keys = get_adapter_method(per_layer).init_state_dict(per_layer, seed=0).keys()
+    keys = get_model_adapter(per_layer).init_state_dict(per_layer, seed=0).keys()
     assert keys == {k for k in per_layer.state_dict() if is_wegeft_key(k)}
     assert len(keys) == 2 * 2 * TINY["num_layers"]
 
 
 def test_wegeft_target_check_names_the_field():
-    from genft_tune.training import check_wegeft_targets
+    from genft_tune.modules import get_adapter_kind
+    from genft_tune.training._targets import check_adapter_targets
+
+    def check_wegeft_targets(cfg, model):
+        check_adapter_targets(cfg, model, get_adapter_kind("wegeft"))
 
     model = _build(WEGEFT_MODEL)
     check_wegeft_targets(OmegaConf.create(WEGEFT_MODEL), model)

@@ -26,7 +26,8 @@ from torch import nn
 
 from genft_tune._cli.genft import main as cli_main
 from genft_tune.models import adapter_model
-from genft_tune.modules import AdapterKind, AdapterLinear, clean_module_name, register_adapter_kind
+from genft_tune.modules import AdapterKind, AdapterLinear, register_adapter_kind
+from genft_tune.modules._method import clean_module_name
 
 # ---- the method: config, layer, kind (what a new package would hold) ----------------
 

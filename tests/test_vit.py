@@ -28,13 +28,8 @@ from genft_tune.models.vit import (  # noqa: E402
     vit_wegeft,
     ViTClassifier,
 )
-from genft_tune.modules import (  # noqa: E402
-    get_genft_config,
-    get_genft_modules,
-    GenFTLinear,
-    merge_genft_state_dict,
-    WeGeFTLinear,
-)
+from genft_tune.modules import GenFTLinear, merge_genft_state_dict, WeGeFTLinear
+from genft_tune.modules.genft import get_genft_config, get_genft_modules
 
 DIMS = dict(image_size=16, patch_size=4, num_channels=3, embed_dim=32, num_layers=2, num_heads=4, mlp_dim=64)
 NUM_CLASSES = 5
@@ -461,7 +456,8 @@ def test_wegeft_equals_plain_vit_with_formula_weights(hf_dir, images, shared):
 def test_wegeft_merged_state_dict_saves_as_hf(hf_dir, images, tmp_path):
     """Merged with merge_wegeft_state_dict, a WeGeFT ViT saves as a plain HF ViT that
     transformers loads with the same logits; unmerged adapter keys are refused."""
-    from genft_tune.modules import get_wegeft_config, get_wegeft_target_modules, merge_wegeft_state_dict
+    from genft_tune.modules import merge_wegeft_state_dict
+    from genft_tune.modules.wegeft import get_wegeft_config, get_wegeft_target_modules
 
     model = _wegeft()
     load_hf_vit_state_dict(model, hf_dir[0])
@@ -574,9 +570,13 @@ def test_merge_cli_verify_on_vit(hf_dir, tmp_path, method):
     """``genft-tune merge --verify`` on a ViT: the merged checkpoint's logits equal the
     adapted model's, and a wrong "merged" checkpoint (the base) is reported."""
     from genft_tune._cli.genft import main as cli_main
-    from genft_tune.checkpointing import save_genft_adapter, verify_merge
-    from genft_tune.modules import get_wegeft_adapter_state_dict, get_wegeft_config, get_wegeft_target_modules
-    from genft_tune.modules import get_genft_adapter_state_dict
+    from genft_tune.checkpointing import save_adapter, verify_merge
+    from genft_tune.modules.wegeft import (
+        get_wegeft_adapter_state_dict,
+        get_wegeft_config,
+        get_wegeft_target_modules,
+    )
+    from genft_tune.modules.genft import get_genft_adapter_state_dict
 
     if method == "genft":
         model = _genft(apply_genft_to_mlp=True, zero_init=False)
@@ -590,7 +590,7 @@ def test_merge_cli_verify_on_vit(hf_dir, tmp_path, method):
     else:
         adapter = get_wegeft_adapter_state_dict(model.state_dict())
         config, targets = get_wegeft_config(model), get_wegeft_target_modules(model)
-    save_genft_adapter(tmp_path / "adapter", adapter_state_dict=adapter, config=config, target_modules=targets)
+    save_adapter(tmp_path / "adapter", adapter_state_dict=adapter, config=config, target_modules=targets)
     out = tmp_path / "merged"
     rc = cli_main(["merge", "--base", str(hf_dir[0]), "--adapter", str(tmp_path / "adapter"),
                    "--output", str(out), "--verify", "--tolerance", "1e-4"])

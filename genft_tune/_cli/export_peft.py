@@ -22,11 +22,11 @@ from genft_tune._cli._checks import (
 
 def _base_dir(args: argparse.Namespace):
     """``--base``, else the base directory the adapter recorded (when it still exists)."""
-    from genft_tune.checkpointing import load_genft_adapter_config
+    from genft_tune.checkpointing import load_adapter_config
 
     if args.base:
         return Path(args.base)
-    cfg = load_genft_adapter_config(args.adapter)
+    cfg = load_adapter_config(args.adapter)
     for candidate in ((cfg.get("extra") or {}).get("base_model_path"), cfg.base_model):
         if candidate and (Path(candidate) / "config.json").is_file():
             return Path(candidate)

@@ -27,7 +27,8 @@ from torch import nn
 
 import genft_tune
 from genft_tune._fs import fsync_dir, fsync_file, give_open_mode, temp_file
-from genft_tune.modules import adapter_kind_for_config, adapter_kinds, get_adapter_kind
+from genft_tune.modules import adapter_kinds, get_adapter_kind
+from genft_tune.modules._method import adapter_kind_for_config
 from genft_tune.modules._method import is_adapter_key
 
 ADAPTER_WEIGHTS_FILE = "genft_adapter.safetensors"
@@ -56,7 +57,7 @@ class AdapterFileError(ValueError):
     """An adapter directory is missing a file, or its files are corrupt or disagree."""
 
 
-class GenFTAdapterConfig(dict):
+class AdapterFileConfig(dict):
     """The content of ``genft_config.json``: a plain ``dict`` (json keys) with typed
     accessors.
 
@@ -169,7 +170,7 @@ def write_file_pair(
         tmp_config.unlink(missing_ok=True)
 
 
-def save_genft_adapter(
+def save_adapter(
     output_dir: PathLike,
     *,
     adapter_state_dict: Mapping[str, torch.Tensor],
@@ -300,7 +301,7 @@ def _adapter_dir(path: PathLike) -> Path:
     return path
 
 
-def load_genft_adapter_config(path: PathLike) -> GenFTAdapterConfig:
+def load_adapter_config(path: PathLike) -> AdapterFileConfig:
     """Read and validate ``genft_config.json`` of an adapter directory (no tensors).
 
     Raises:
@@ -337,7 +338,7 @@ def load_genft_adapter_config(path: PathLike) -> GenFTAdapterConfig:
         raise AdapterFileError(f"{config_path}: method must be one of {methods}, got {raw['method']!r}")
     if f"{raw['method']}_config" not in raw:
         raise AdapterFileError(f"{config_path} misses the field {raw['method']}_config")
-    cfg = GenFTAdapterConfig(raw)
+    cfg = AdapterFileConfig(raw)
     try:
         cfg.config
     except (TypeError, ValueError) as e:
@@ -345,14 +346,14 @@ def load_genft_adapter_config(path: PathLike) -> GenFTAdapterConfig:
     return cfg
 
 
-def load_genft_adapter(path: PathLike) -> Tuple[Dict[str, torch.Tensor], GenFTAdapterConfig]:
-    """Load an adapter saved by :func:`save_genft_adapter`.
+def load_adapter(path: PathLike) -> Tuple[Dict[str, torch.Tensor], AdapterFileConfig]:
+    """Load an adapter saved by :func:`save_adapter`.
 
     Args:
         path (PathLike): the adapter directory (or one of its two files).
 
     Returns:
-        Tuple[Dict[str, torch.Tensor], GenFTAdapterConfig]: the tensors (model
+        Tuple[Dict[str, torch.Tensor], AdapterFileConfig]: the tensors (model
         state-dict keys, ready for ``model.load_state_dict(..., strict=False)``) and
         the json's content.
 
@@ -361,7 +362,7 @@ def load_genft_adapter(path: PathLike) -> Tuple[Dict[str, torch.Tensor], GenFTAd
         AdapterFileError: if the safetensors file is corrupt (the message names it),
             the json misses a field, or tensors disagree with the recorded shapes.
     """
-    cfg = load_genft_adapter_config(path)
+    cfg = load_adapter_config(path)
     directory = _adapter_dir(path)
     weights_path = directory / ADAPTER_WEIGHTS_FILE
     if not weights_path.is_file():
@@ -414,7 +415,7 @@ def check_adapter_matches_model(
 
     Args:
         adapter_config (Mapping[str, Any]): the json of the adapter
-            (:func:`load_genft_adapter_config`).
+            (:func:`load_adapter_config`).
         model (Union[nn.Module, Mapping[str, Any]]): a model, or a base state dict
             (tensors, or shapes: ``{key: (out, in)}``), torchtune naming unless
             ``key_map`` is given.
@@ -424,7 +425,7 @@ def check_adapter_matches_model(
     Raises:
         ValueError: naming the target and the shapes when the adapter does not fit.
     """
-    cfg = adapter_config if isinstance(adapter_config, GenFTAdapterConfig) else GenFTAdapterConfig(adapter_config)
+    cfg = adapter_config if isinstance(adapter_config, AdapterFileConfig) else AdapterFileConfig(adapter_config)
     if isinstance(model, nn.Module):
         sd: Mapping[str, Any] = dict(model.state_dict(keep_vars=True))
     else:
@@ -458,9 +459,9 @@ __all__ = [
     "ADAPTER_WEIGHTS_FILE",
     "AdapterFileError",
     "FORMAT_VERSION",
-    "GenFTAdapterConfig",
+    "AdapterFileConfig",
     "check_adapter_matches_model",
-    "load_genft_adapter",
-    "load_genft_adapter_config",
-    "save_genft_adapter",
+    "load_adapter",
+    "load_adapter_config",
+    "save_adapter",
 ]

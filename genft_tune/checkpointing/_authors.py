@@ -35,7 +35,7 @@ import torch
 from safetensors.torch import load_file
 from torchtune.models.convert_weights import _FROM_HF, get_mapped_key
 
-from genft_tune.checkpointing._adapter import save_genft_adapter
+from genft_tune.checkpointing._adapter import save_adapter
 from genft_tune.modules.genft import FACTOR_INITS, GENERATORS_ATTR, GenFTConfig, generator_key
 
 log = logging.getLogger(__name__)
@@ -206,7 +206,7 @@ def import_authors_adapter(src_dir: PathLike, output_dir: PathLike, *, base_mode
     """
     config, state, targets, theirs = read_authors_adapter(src_dir)
     dim = next(v.shape[1] for k, v in state.items() if k.endswith(".P1"))
-    out = save_genft_adapter(
+    out = save_adapter(
         output_dir,
         adapter_state_dict=state,
         config=config,

@@ -33,7 +33,7 @@ import torch
 from safetensors.torch import save_file
 
 from genft_tune._fs import give_open_mode, new_folder
-from genft_tune.checkpointing._adapter import _dump_json, check_adapter_matches_model, load_genft_adapter_config
+from genft_tune.checkpointing._adapter import _dump_json, check_adapter_matches_model, load_adapter_config
 from genft_tune.checkpointing._base_checkpoint import find_base_checkpoint
 from genft_tune.checkpointing._merge import _merge_one
 from genft_tune.checkpointing._peft_format import (
@@ -282,7 +282,7 @@ def export_lora_adapter(
     if base_model_name_or_path is None:
         adapter_dir = Path(adapter_dir)
         if has_our_adapter(adapter_dir):
-            base_model_name_or_path = load_genft_adapter_config(adapter_dir).base_model
+            base_model_name_or_path = load_adapter_config(adapter_dir).base_model
         else:
             peft_config = json.loads((peft_folder(adapter_dir) / PEFT_CONFIG_FILE).read_text())
             base_model_name_or_path = peft_config.get("base_model_name_or_path")

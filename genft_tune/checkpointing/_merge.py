@@ -30,7 +30,7 @@ from genft_tune.checkpointing._adapter import (
     _dump_json,
     ADAPTER_CONFIG_FILE,
     check_adapter_matches_model,
-    GenFTAdapterConfig,
+    AdapterFileConfig,
 )
 from genft_tune.checkpointing._base_checkpoint import (
     base_layout,
@@ -88,7 +88,7 @@ def _merge_one(
     tune_key: str,
     weight: torch.Tensor,
     adapter_sd: Dict[str, torch.Tensor],
-    adapter_cfg: GenFTAdapterConfig,
+    adapter_cfg: AdapterFileConfig,
 ) -> torch.Tensor:
     target = tune_key[: -len(".weight")]
     sd = dict(adapter_sd)
@@ -160,7 +160,7 @@ def merge_adapter_checkpoint(
             ``model.safetensors.index.json`` or one file; ``config.json`` with the
             ``model_type`` of a family in ``genft_tune.models._families.FAMILIES``) or a
             torchtune/Meta directory (``consolidated.00.pth`` / ``*.pt``).
-        adapter_dir (PathLike): saved by :func:`save_genft_adapter`, or a PEFT GenFT/WeGeFT
+        adapter_dir (PathLike): saved by :func:`save_adapter`, or a PEFT GenFT/WeGeFT
             adapter (``adapter_config.json`` + ``adapter_model.safetensors``).
         output_dir (PathLike): the merged checkpoint (must not exist unless ``overwrite``).
         dtype (str): ``auto`` (keep each tensor's dtype), ``bf16``, ``fp16`` or ``fp32``
@@ -301,7 +301,7 @@ def _copy_non_weights(
             shutil.copy2(path, out_dir / path.name)
 
 
-def _copy_run_files(adapter_dir: Path, adapter_cfg: GenFTAdapterConfig, out_dir: Path) -> None:
+def _copy_run_files(adapter_dir: Path, adapter_cfg: AdapterFileConfig, out_dir: Path) -> None:
     """The adapter's ``genft_config.json`` (hyperparameters, for the model card), the
     training run's config when it belongs to this adapter, and the run's whole metric log,
     every log of a resumed run joined (:func:`~genft_tune.cards.find_run_files`)."""

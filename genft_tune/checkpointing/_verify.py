@@ -20,7 +20,7 @@ from typing import Dict, Optional, Union
 import torch
 from torch import nn
 
-from genft_tune.checkpointing._adapter import GenFTAdapterConfig
+from genft_tune.checkpointing._adapter import AdapterFileConfig
 from genft_tune.checkpointing._base_checkpoint import find_base_checkpoint, hf_converter
 from genft_tune.checkpointing._peft_format import load_any_adapter
 from genft_tune.models._families import get_family
@@ -43,7 +43,7 @@ def _load_tune_state_dict(directory: Path) -> Dict[str, torch.Tensor]:
     return converter.to_tune(sd)
 
 
-def _add_adapter(model: nn.Module, adapter_cfg: GenFTAdapterConfig, adapter_sd: Dict[str, torch.Tensor]) -> nn.Module:
+def _add_adapter(model: nn.Module, adapter_cfg: AdapterFileConfig, adapter_sd: Dict[str, torch.Tensor]) -> nn.Module:
     """Put the adapter's method on its targets (keeping the loaded base weights), then
     load the adapter; every adapter tensor must be used and present."""
     kind = get_adapter_kind(adapter_cfg.method)

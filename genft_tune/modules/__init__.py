@@ -1,94 +1,49 @@
 """Adapter layers and the adapter-method registry.
 
-Each method is a package in the manner of HF PEFT's tuners (``genft``, ``wegeft``: config,
-layer, model helpers and its :class:`AdapterKind`); what their layers do alike is
-:class:`AdapterLinear`; :func:`apply_adapter` puts any registered method into any model.
+A method is one package here, in the manner of Hugging Face PEFT's tuners: ``genft/``
+and ``wegeft/`` each hold their config, math, layer, state-dict helpers, registry entry
+(an :class:`AdapterKind`, with its PEFT names and key rules) and their PEFT tuner.
+What every method's layer does alike is :class:`AdapterLinear`; :func:`apply_adapter`
+puts any registered method into any model. The names below are what a user calls; each
+method's further helpers (``get_genft_adapter_state_dict``, ``is_wegeft_key``, ...)
+are in its package.
 """
 
-from genft_tune.modules._apply import adapter_layers, apply_adapter, adapter_method_of
+from genft_tune.modules._apply import adapter_layers, apply_adapter
 from genft_tune.modules._base import AdapterLinear
 from genft_tune.modules._method import (
     AdapterKind,
-    adapter_kind_for_config,
     adapter_kinds,
-    clean_module_name,
     get_adapter_kind,
     register_adapter_kind,
+    validate_missing_and_unexpected,
 )
-from genft_tune.modules.genft import (
-    ACTIVATIONS,
-    CONVENTIONS,
-    FACTOR_INITS,
-    genft_linear,
-    GenFTConfig,
-    GenFTGenerator,
-    GenFTGenerators,
-    GenFTLinear,
-    generator_key,
-    merged_weight_fp32,
-    STAGES,
-    tie_specific_factors,
-    get_genft_adapter_state_dict,
-    get_genft_config,
-    get_genft_modules,
-    is_genft_key,
-    merge_genft_state_dict,
-    validate_missing_and_unexpected_for_genft,
-)
+from genft_tune.modules.genft import genft_linear, GenFTConfig, GenFTGenerators, GenFTLinear, merge_genft_state_dict
 from genft_tune.modules.wegeft import (
-    WeGeFTConfig,
-    WeGeFTFactors,
-    WeGeFTSharedFactors,
-    WeGeFTLinear,
-    wegeft_linear,
-    wegeft_merged_weight,
-    get_wegeft_modules,
-    get_wegeft_target_modules,
-    get_wegeft_config,
-    is_wegeft_key,
-    get_wegeft_adapter_state_dict,
     merge_wegeft_state_dict,
+    WeGeFTConfig,
+    wegeft_linear,
+    WeGeFTLinear,
+    WeGeFTSharedFactors,
 )
 
 __all__ = [
     "AdapterKind",
     "AdapterLinear",
-    "adapter_kind_for_config",
     "adapter_kinds",
     "adapter_layers",
-    "adapter_method_of",
     "apply_adapter",
-    "clean_module_name",
     "get_adapter_kind",
     "register_adapter_kind",
-    "ACTIVATIONS",
-    "CONVENTIONS",
-    "FACTOR_INITS",
+    "validate_missing_and_unexpected",
     "genft_linear",
     "GenFTConfig",
-    "GenFTGenerator",
     "GenFTGenerators",
     "GenFTLinear",
-    "generator_key",
-    "merged_weight_fp32",
-    "STAGES",
-    "tie_specific_factors",
-    "get_genft_adapter_state_dict",
-    "get_genft_config",
-    "get_genft_modules",
-    "is_genft_key",
     "merge_genft_state_dict",
-    "validate_missing_and_unexpected_for_genft",
-    "WeGeFTConfig",
-    "WeGeFTFactors",
-    "WeGeFTSharedFactors",
-    "WeGeFTLinear",
-    "wegeft_linear",
-    "wegeft_merged_weight",
-    "get_wegeft_modules",
-    "get_wegeft_target_modules",
-    "get_wegeft_config",
-    "is_wegeft_key",
-    "get_wegeft_adapter_state_dict",
     "merge_wegeft_state_dict",
+    "WeGeFTConfig",
+    "wegeft_linear",
+    "WeGeFTLinear",
+    "WeGeFTSharedFactors",
 ]

@@ -143,7 +143,7 @@ def adapter_layers(model: nn.Module) -> Iterator[Tuple[str, nn.Module]]:
             yield clean_module_name(name), layer
 
 
-def adapter_method_of(model: nn.Module) -> Optional[AdapterKind]:
+def adapter_kind_of(model: nn.Module) -> Optional[AdapterKind]:
     """The method of ``model``'s adapted layers, or None when it has none.
 
     Raises:
@@ -159,4 +159,4 @@ def adapter_method_of(model: nn.Module) -> Optional[AdapterKind]:
     return kinds[0] if kinds else None
 
 
-__all__ = ["adapter_layers", "adapter_method_of", "apply_adapter"]
+__all__ = ["adapter_layers", "adapter_kind_of", "apply_adapter"]

@@ -70,8 +70,8 @@ class AdapterLinear(nn.Module, AdapterModule):
             weight's size does not fit NF4's blocks, or ``base`` has another shape.
     """
 
-    # the function named in the NF4 merge error (a merge in a state dict works)
-    state_dict_merge_function = "merge_genft_state_dict"
+    # the method's state-dict merge, named in the NF4 merge error (each method sets its own)
+    state_dict_merge_function = ""
 
     def __init__(
         self,
@@ -187,8 +187,9 @@ class AdapterLinear(nn.Module, AdapterModule):
             return
         if self._quantize_base:
             raise RuntimeError(
-                "cannot merge into an NF4 base weight; merge the state dict into a "
-                f"bf16/fp32 checkpoint with genft_tune.modules.{self.state_dict_merge_function}"
+                "cannot merge into an NF4 base weight; merge the state dict into a bf16/fp32 "
+                f"checkpoint with genft_tune.modules.{self.state_dict_merge_function or 'merge_*_state_dict'} "
+                "or `genft-tune merge`"
             )
         W0 = self.weight.detach().clone()
         self.weight.copy_(self._merged_weight_from(W0))

@@ -34,7 +34,8 @@ def renamed_prefix(prefix: str, new: str = "") -> Callable[[str], Optional[str]]
 @dataclass(frozen=True)
 class PeftNames:
     """How one method's adapter looks in Hugging Face PEFT's files (written and read by
-    :mod:`genft_tune.checkpointing._peft_format`, loaded by :mod:`genft_tune.peft`).
+    :mod:`genft_tune.checkpointing._peft_format`) and on its PEFT tuner (the method's
+    ``peft`` module, e.g. :mod:`genft_tune.modules.genft.peft`, which asks these names).
 
     Attributes:
         peft_type (str): PEFT's ``peft_type`` (``GENFT``).
@@ -46,6 +47,8 @@ class PeftNames:
             it): the files record torchtune's RoPE order (``torchtune_rope_heads``).
         shares_by_module_type (bool): shared tensors are keyed by module type (WeGeFT's
             pairs: PEFT's ``shared_keys``; ``output_proj`` is Hugging Face's ``o_proj``).
+        prefix (str): PEFT's prefix of the method's tensor names on a tuner layer
+            (``genft_``; ``register_peft_method``'s ``prefix``).
     """
 
     peft_type: str
@@ -54,6 +57,7 @@ class PeftNames:
     from_peft: Callable[[str], Optional[str]]
     row_order_matters: bool = False
     shares_by_module_type: bool = False
+    prefix: str = ""
 
 
 class AdapterKind:
@@ -179,6 +183,44 @@ def is_adapter_key(key: str) -> bool:
     return any(kind.is_key(key) for kind in _KINDS.values())
 
 
+def validate_missing_and_unexpected(
+    *,
+    missing_keys: Iterable[str],
+    unexpected_keys: Iterable[str],
+    base_loaded: bool = True,
+    adapter_loaded: bool = False,
+    is_key: Callable[[str], bool] = is_adapter_key,
+    label: str = "adapter",
+) -> None:
+    """Check the result of ``model.load_state_dict(..., strict=False)`` (torchtune's
+    ``validate_missing_and_unexpected_for_lora``, for any method).
+
+    When only the base model was loaded, the adapter keys must be the only missing
+    ones; when an adapter was loaded too, nothing may be missing.
+
+    Args:
+        missing_keys (Iterable[str]): ``load_state_dict``'s missing keys.
+        unexpected_keys (Iterable[str]): its unexpected keys.
+        base_loaded (bool): the base model was loaded. Default: True
+        adapter_loaded (bool): the adapter was loaded. Default: False
+        is_key (Callable[[str], bool]): which keys are the adapter's. Default: any
+            registered method's (:func:`is_adapter_key`)
+        label (str): the method's name in error messages. Default: "adapter"
+
+    Raises:
+        ValueError: naming the first offending key.
+    """
+    for key in missing_keys:
+        if is_key(key):
+            if adapter_loaded:
+                raise ValueError(f"Missing {label} adapter key in the adapter checkpoint: {key}")
+        elif base_loaded:
+            raise ValueError(f"Missing base model key in the checkpoint: {key}")
+    unexpected = list(unexpected_keys)
+    if unexpected:
+        raise ValueError(f"Unexpected keys in the checkpoint: {unexpected[:5]}")
+
+
 def adapter_kind_for_config(config: Any) -> AdapterKind:
     """The method whose config class ``config`` is.
 
@@ -215,4 +257,5 @@ __all__ = [
     "PeftNames",
     "register_adapter_kind",
     "renamed_prefix",
+    "validate_missing_and_unexpected",
 ]

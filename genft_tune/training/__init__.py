@@ -1,22 +1,15 @@
-"""Helpers for the GenFT fine-tuning recipes (``recipes/genft_finetune_*.py``)."""
+"""What the fine-tuning recipes (``recipes/genft_finetune_*.py``) call beside torchtune's
+``training``: the pre-flight of a run (config, data, checkpoint), the adapter a model was
+built with (:class:`ModelAdapter`, for every registered method), its files and the
+recipe state for kill-safe resume, precision and distributed helpers, and the loop's
+collate and validation. Everything here serves every adapter method alike."""
 
 from genft_tune.training._adapter_files import checkpoint_dir_of, save_adapter_files
-from genft_tune.training._adapter_method import (
-    AdapterMethod,
-    check_wegeft_targets,
-    find_adapter_method,
-    get_adapter_method,
-    METHOD_NAMES,
-    wegeft_adapter_init_state_dict,
-)
 from genft_tune.training._config import (
-    ConfigError,
-    user_errors,
-    validate_checkpoint_files,
-    validate_image_recipe_config,
-    validate_components,
-    validate_recipe_config,
     preflight,
+    user_errors,
+    validate_image_recipe_config,
+    validate_recipe_config,
 )
 from genft_tune.training._data_check import (
     CheckedRows,
@@ -25,112 +18,61 @@ from genft_tune.training._data_check import (
     loss_or_zero,
     skip_none_collate,
 )
+from genft_tune.training._distributed import all_gather_objects, gather_adapter_state_dict, init_distributed
 from genft_tune.training._interrupt import deferred_interrupt, EXIT_INTERRUPTED, interrupted_message
-from genft_tune.training._distributed import (
-    all_gather_objects,
-    distributed_backend,
-    gather_adapter_state_dict,
-    init_distributed,
-)
-from genft_tune.training._genft import (
-    adapter_target_modules,
-    check_adapter_targets,
-    check_genft_targets,
-    check_requested_targets,
-    clean_module_name,
-    dequantize_state_dict,
-    GENFT_ATTN_MODULES,
-    genft_adapter_init_state_dict,
-    genft_target_modules,
-    named_genft_generators,
-    validate_genft_model_config,
-)
 from genft_tune.training._loop import recipe_state_dict, sft_collate, validation_loss
-
-# method-neutral names (the recipes' adapter serves every method; the genft_* names stay valid)
-validate_model_config = validate_genft_model_config
 from genft_tune.training._lr_schedulers import get_linear_schedule_with_warmup
+from genft_tune.training._model_adapter import find_model_adapter, get_model_adapter, ModelAdapter
 from genft_tune.training._precision import (
     convert_frozen_linears_to_float8,
-    FP8_RECIPES,
-    FP8_TOKEN_MULTIPLE,
-    PadToMultiple,
-    supports_float8,
     validate_fp8_training,
     validate_optimizer_config,
 )
 from genft_tune.training._state import (
     ADAPTER_DIR_KEY,
-    atomic_torch_save,
-    GENFT_CONFIG_KEY,
     get_rng_state,
     load_recipe_state,
-    recipe_state_path,
     save_recipe_state,
     set_rng_state,
     STEPS_IN_EPOCH_KEY,
     WORLD_SIZE_KEY,
 )
+from genft_tune.training._targets import dequantize_state_dict
 
 __all__ = [
+    "ADAPTER_DIR_KEY",
+    "all_gather_objects",
     "CheckedRows",
+    "checkpoint_dir_of",
+    "convert_frozen_linears_to_float8",
     "data_reports",
     "dataset_label",
     "deferred_interrupt",
-    "EXIT_INTERRUPTED",
-    "interrupted_message",
-    "loss_or_zero",
-    "preflight",
-    "skip_none_collate",
-    "AdapterMethod",
-    "checkpoint_dir_of",
-    "save_adapter_files",
-    "ConfigError",
-    "user_errors",
-    "adapter_target_modules",
-    "check_adapter_targets",
-    "check_wegeft_targets",
-    "find_adapter_method",
-    "get_adapter_method",
-    "METHOD_NAMES",
-    "wegeft_adapter_init_state_dict",
-    "ADAPTER_DIR_KEY",
-    "all_gather_objects",
-    "atomic_torch_save",
-    "check_genft_targets",
-    "check_requested_targets",
-    "clean_module_name",
-    "convert_frozen_linears_to_float8",
     "dequantize_state_dict",
-    "distributed_backend",
-    "FP8_RECIPES",
-    "FP8_TOKEN_MULTIPLE",
-    "PadToMultiple",
+    "EXIT_INTERRUPTED",
+    "find_model_adapter",
     "gather_adapter_state_dict",
-    "GENFT_ATTN_MODULES",
-    "GENFT_CONFIG_KEY",
-    "genft_adapter_init_state_dict",
-    "genft_target_modules",
     "get_linear_schedule_with_warmup",
-    "recipe_state_dict",
-    "validate_model_config",
-    "sft_collate",
-    "validation_loss",
+    "get_model_adapter",
     "get_rng_state",
     "init_distributed",
+    "interrupted_message",
     "load_recipe_state",
-    "named_genft_generators",
-    "recipe_state_path",
+    "loss_or_zero",
+    "ModelAdapter",
+    "preflight",
+    "recipe_state_dict",
+    "save_adapter_files",
     "save_recipe_state",
     "set_rng_state",
+    "sft_collate",
+    "skip_none_collate",
     "STEPS_IN_EPOCH_KEY",
-    "supports_float8",
-    "validate_checkpoint_files",
-    "validate_components",
+    "user_errors",
     "validate_fp8_training",
     "validate_image_recipe_config",
-    "validate_genft_model_config",
     "validate_optimizer_config",
     "validate_recipe_config",
+    "validation_loss",
     "WORLD_SIZE_KEY",
 ]

@@ -11,10 +11,10 @@ from typing import Any, Dict, Mapping, Optional, Union
 
 import torch
 
-from genft_tune.checkpointing import save_genft_adapter
+from genft_tune.checkpointing import save_adapter
 from genft_tune.checkpointing._peft_format import write_peft_files
 from genft_tune.cards._base import base_hub_id
-from genft_tune.training._adapter_method import AdapterMethod
+from genft_tune.training._model_adapter import ModelAdapter
 
 PathLike = Union[str, os.PathLike]
 
@@ -28,7 +28,7 @@ def checkpoint_dir_of(checkpointer: Any) -> Optional[Path]:
 def save_adapter_files(
     adapter_dir: PathLike,
     *,
-    adapter: AdapterMethod,
+    adapter: ModelAdapter,
     adapter_state_dict: Mapping[str, torch.Tensor],
     base_dir: Optional[PathLike],
     extra: Optional[Dict[str, Any]] = None,
@@ -38,7 +38,7 @@ def save_adapter_files(
 
     Args:
         adapter_dir (PathLike): the checkpoint folder (``epoch_0``, ``step_100``).
-        adapter (AdapterMethod): the model's adapter.
+        adapter (ModelAdapter): the model's adapter.
         adapter_state_dict (Mapping[str, torch.Tensor]): its tensors (torchtune naming).
         base_dir (Optional[PathLike]): the base checkpoint directory.
         extra (Optional[Dict[str, Any]]): more json-serializable information.
@@ -46,7 +46,7 @@ def save_adapter_files(
     """
     hub_id = base_hub_id(base_dir)
     base = hub_id or (str(base_dir) if base_dir else None)
-    save_genft_adapter(
+    save_adapter(
         adapter_dir,
         adapter_state_dict=adapter_state_dict,
         config=adapter.config,

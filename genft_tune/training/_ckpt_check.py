@@ -206,7 +206,7 @@ def checkpoint_problems(cfg: DictConfig, checkpoint_files: Sequence[str]) -> Lis
 
 
 def _resume_problems(cfg: DictConfig, model: torch.nn.Module) -> List[ValueError]:
-    from genft_tune.training._adapter_method import find_adapter_method
+    from genft_tune.training._model_adapter import find_model_adapter
     from genft_tune.training._state import ADAPTER_DIR_KEY, load_recipe_state, recipe_state_path
 
     out = Path(str(cfg.output_dir))
@@ -221,7 +221,7 @@ def _resume_problems(cfg: DictConfig, model: torch.nn.Module) -> List[ValueError
         saved_dir = out / state[ADAPTER_DIR_KEY]
     except Exception as e:  # noqa: BLE001
         return [ValueError(f"resume_from_checkpoint: cannot read {recipe_state_path(out)}: {type(e).__name__}: {e}")]
-    adapter = find_adapter_method(model)
+    adapter = find_model_adapter(model)
     saved_config = saved_dir / "genft_config.json"
     if adapter is None or not saved_config.is_file():
         return []

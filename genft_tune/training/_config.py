@@ -13,7 +13,7 @@ from omegaconf import DictConfig, ListConfig
 from torchtune.config._utils import _get_component_from_path
 
 from genft_tune.modules import adapter_kinds
-from genft_tune.training._genft import validate_genft_model_config
+from genft_tune.training._targets import validate_model_config
 from genft_tune.training._keys import unknown_key_problems
 
 
@@ -347,7 +347,7 @@ def validate_recipe_config(cfg: DictConfig) -> None:
     problems += unknown_key_problems(cfg)
     if problems:  # a misspelt key can make every later check misleading
         raise _user_error(problems[0] if len(problems) == 1 else ConfigError(problems))
-    for check in (validate_components, lambda c: validate_genft_model_config(c.model),
+    for check in (validate_components, lambda c: validate_model_config(c.model),
                   lambda c: validate_checkpoint_files(c.checkpointer)):
         try:
             check(cfg)

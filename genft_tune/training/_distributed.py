@@ -6,7 +6,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from genft_tune.modules import is_genft_key
+from genft_tune.modules.genft import is_genft_key
 
 
 def distributed_backend(device: torch.device) -> str:
@@ -50,7 +50,7 @@ def gather_adapter_state_dict(
         device (Optional[torch.device]): the process group's device; CPU-offloaded
             shards are moved there for the all-gather.
         is_key (Callable[[str], bool]): which state-dict keys are the adapter's
-            (default: GenFT's; ``AdapterMethod.is_key`` for either method).
+            (default: GenFT's; ``ModelAdapter.is_key`` for either method).
 
     Returns:
         Dict[str, torch.Tensor]: adapter key to full CPU tensor (empty off rank 0).

@@ -3,7 +3,7 @@
 
 from genft_tune.models.llama._checkpoint import check_base_state_dict, load_base_checkpoint
 from genft_tune.models.llama._component_builders import (
-    GENFT_ATTN_MODULES,
+    ATTN_MODULES,
     llama,
     llama_decoder,
     llama_genft,
@@ -28,7 +28,7 @@ from genft_tune.models.llama._model_builders import (
 
 __all__ = [
     "check_base_state_dict",
-    "GENFT_ATTN_MODULES",
+    "ATTN_MODULES",
     "genft_llama2_7b",
     "genft_llama3_1_405b",
     "genft_llama3_1_70b",

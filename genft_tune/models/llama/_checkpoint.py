@@ -5,8 +5,7 @@ from typing import Any, Dict, List, Tuple
 import torch
 from torch import nn
 
-from genft_tune.modules import is_wegeft_key, validate_missing_and_unexpected_for_genft
-from genft_tune.modules._method import is_adapter_key
+from genft_tune.modules._method import is_adapter_key, validate_missing_and_unexpected
 
 
 def expected_state_dict_shapes(model: nn.Module) -> Dict[str, Tuple[int, ...]]:
@@ -88,8 +87,8 @@ def load_base_checkpoint(model: nn.Module, state_dict: Dict[str, Any]) -> None:
     check_base_state_dict(model, state_dict)
     with torch.no_grad():
         result = model.load_state_dict(state_dict, strict=False)
-    validate_missing_and_unexpected_for_genft(
-        missing_keys=[k for k in result.missing_keys if not is_wegeft_key(k)],
+    validate_missing_and_unexpected(
+        missing_keys=result.missing_keys,
         unexpected_keys=result.unexpected_keys,
         base_loaded=True,
         adapter_loaded=False,

@@ -39,11 +39,11 @@ from genft_tune.modules._builder_args import takes_config_fields
 from genft_tune.modules.wegeft.config import BUILDER_KEYWORDS
 
 # Adaptable linears of one attention block, as torchtune's LORA_ATTN_MODULES.
-GENFT_ATTN_MODULES = ("q_proj", "k_proj", "v_proj", "output_proj")
+ATTN_MODULES = ("q_proj", "k_proj", "v_proj", "output_proj")
 MLP_MODULES = ("w1", "w2", "w3")
 
 # (name, in_dim, out_dim) -> the module for one projection. ``name`` is one of
-# GENFT_ATTN_MODULES, MLP_MODULES or "output" (the lm head).
+# ATTN_MODULES, MLP_MODULES or "output" (the lm head).
 LinearFactory = Callable[[str, int, int], nn.Module]
 
 
@@ -52,7 +52,7 @@ def check_attn_modules(field: str, modules: Sequence[str]) -> List[str]:
 
     Args:
         field (str): the argument's name, for the error message.
-        modules (Sequence[str]): names, each one of ``GENFT_ATTN_MODULES``.
+        modules (Sequence[str]): names, each one of ``ATTN_MODULES``.
 
     Returns:
         List[str]: the names as a list.
@@ -62,13 +62,13 @@ def check_attn_modules(field: str, modules: Sequence[str]) -> List[str]:
     """
     if isinstance(modules, str) or modules is None:
         raise ValueError(
-            f"{field} must be a list of names from {list(GENFT_ATTN_MODULES)}, got {modules!r}"
+            f"{field} must be a list of names from {list(ATTN_MODULES)}, got {modules!r}"
         )
     modules = list(modules)
     for name in modules:
-        if name not in GENFT_ATTN_MODULES:
+        if name not in ATTN_MODULES:
             raise ValueError(
-                f"{field} has an unknown entry {name!r}; allowed: {list(GENFT_ATTN_MODULES)}"
+                f"{field} has an unknown entry {name!r}; allowed: {list(ATTN_MODULES)}"
             )
     if len(set(modules)) != len(modules):
         raise ValueError(f"{field} has duplicate entries: {modules}")
@@ -348,7 +348,7 @@ def _targets(method: str, attn_field: str, attn_modules, mlp: bool, output: bool
     if not targets:
         raise ValueError(
             f"{method} is applied to no layer: give {attn_field} (from "
-            f"{list(GENFT_ATTN_MODULES)}) or set apply_{method.lower()}_to_mlp / apply_{method.lower()}_to_output"
+            f"{list(ATTN_MODULES)}) or set apply_{method.lower()}_to_mlp / apply_{method.lower()}_to_output"
         )
     return sorted(targets)
 

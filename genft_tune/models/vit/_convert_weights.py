@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 import torch
 
 from genft_tune.models.vit._checkpoint import read_state_dict, save_json, save_safetensors
-from genft_tune.modules import is_genft_key
+from genft_tune.modules.genft import is_genft_key
 from genft_tune.modules._method import is_adapter_key
 
 _I, _P = r"(\d+)", r"(weight|bias)"

@@ -89,6 +89,8 @@ class GenFTLinear(AdapterLinear):
             kwargs are given without ``quantize_base``.
     """
 
+    state_dict_merge_function = "merge_genft_state_dict"
+
     def __init__(
         self,
         in_dim: int,

@@ -16,6 +16,7 @@ from genft_tune.modules._method import (
     PeftNames,
     register_adapter_kind,
     renamed_prefix,
+    validate_missing_and_unexpected,
 )
 from genft_tune.modules.genft.config import GenFTConfig
 from genft_tune.modules.genft.generator import GenFTGenerator, GenFTGenerators, generator_key, tie_specific_factors
@@ -24,6 +25,7 @@ from genft_tune.modules.genft.layer import genft_linear, GenFTLinear
 Shape = Tuple[int, ...]
 
 GENERATORS_ATTR = "genft_generators"
+PEFT_PREFIX = "genft_"  # PEFT's names of the specific factors on its tuner layer: genft_A1 ...
 SPECIFIC_NAMES = ("A1", "B1", "A2", "B2")
 
 
@@ -70,32 +72,16 @@ def validate_missing_and_unexpected_for_genft(
     is_key: Callable[[str], bool] = is_genft_key,
     label: str = "GenFT",
 ) -> None:
-    """Check the result of ``model.load_state_dict(..., strict=False)``.
-
-    When only the base model was loaded, the adapter keys must be the only missing
-    ones; when an adapter was loaded too, nothing may be missing.
-
-    Args:
-        missing_keys (Iterable[str]): ``load_state_dict``'s missing keys.
-        unexpected_keys (Iterable[str]): its unexpected keys.
-        base_loaded (bool): the base model was loaded. Default: True
-        adapter_loaded (bool): the adapter was loaded. Default: False
-        is_key (Callable[[str], bool]): which keys are the adapter's (default GenFT's;
-            ``is_wegeft_key`` for WeGeFT).
-        label (str): the method's name in error messages. Default: "GenFT"
-
-    Raises:
-        ValueError: naming the first offending key.
-    """
-    for key in missing_keys:
-        if is_key(key):
-            if adapter_loaded:
-                raise ValueError(f"Missing {label} adapter key in the adapter checkpoint: {key}")
-        elif base_loaded:
-            raise ValueError(f"Missing base model key in the checkpoint: {key}")
-    unexpected = list(unexpected_keys)
-    if unexpected:
-        raise ValueError(f"Unexpected keys in the checkpoint: {unexpected[:5]}")
+    """torchtune's ``validate_missing_and_unexpected_for_lora`` for GenFT: see
+    :func:`genft_tune.modules.validate_missing_and_unexpected`."""
+    validate_missing_and_unexpected(
+        missing_keys=missing_keys,
+        unexpected_keys=unexpected_keys,
+        base_loaded=base_loaded,
+        adapter_loaded=adapter_loaded,
+        is_key=is_key,
+        label=label,
+    )
 
 
 def _check_tensors(found, expected, prefix: str, what: str) -> None:
@@ -232,7 +218,8 @@ class GenFTKind(AdapterKind):
     root_attr = GENERATORS_ATTR
     # A1 -> genft_A1 on PEFT's layer; dW is generated in the row order it was trained in
     peft_names = PeftNames(
-        "GENFT", GENERATORS_ATTR, lambda rest: f"genft_{rest}", renamed_prefix("genft_"), row_order_matters=True
+        "GENFT", GENERATORS_ATTR, lambda rest: PEFT_PREFIX + rest, renamed_prefix(PEFT_PREFIX),
+        row_order_matters=True, prefix=PEFT_PREFIX,
     )
 
     def make_root(self, config: GenFTConfig) -> GenFTGenerators:

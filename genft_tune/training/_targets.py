@@ -1,4 +1,4 @@
-"""Model helpers shared by the fine-tuning recipes, for every registered adapter method."""
+"""The targets of a model config, checked against the built model, for every registered adapter method."""
 
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
@@ -7,22 +7,16 @@ from omegaconf import DictConfig
 from torch import nn
 from torchao.dtypes.nf4tensor import NF4Tensor
 
-from genft_tune.modules import adapter_kinds, adapter_layers, AdapterKind, clean_module_name, get_adapter_kind
+from genft_tune.modules import adapter_kinds, adapter_layers, AdapterKind
 from genft_tune.modules._apply import resolve_targets, target_alias
-from genft_tune.modules.genft import genft_adapter_init_state_dict, named_genft_generators
 
 # Attention projections an adapter can target (torchtune's LoRA names).
-GENFT_ATTN_MODULES = ("q_proj", "k_proj", "v_proj", "output_proj")
+ATTN_MODULES = ("q_proj", "k_proj", "v_proj", "output_proj")
 
 
 def adapter_target_modules(model: nn.Module, kind: AdapterKind) -> List[str]:
     """Qualified (state-dict) names of every ``kind`` layer in ``model``."""
     return [n for n, layer in adapter_layers(model) if isinstance(layer, kind.layer_cls)]
-
-
-def genft_target_modules(model: nn.Module) -> List[str]:
-    """Qualified (state-dict) names of every GenFT layer in ``model``."""
-    return adapter_target_modules(model, get_adapter_kind("genft"))
 
 
 def check_adapter_targets(cfg_model: DictConfig, model: nn.Module, kind: AdapterKind) -> None:
@@ -43,14 +37,9 @@ def check_adapter_targets(cfg_model: DictConfig, model: nn.Module, kind: Adapter
         raise ValueError(
             f"model ({cfg_model.get('_component_')}) has no {kind.label} layers: nothing to fine-tune. "
             f"Set model.targets or model.{kind.name}_attn_modules (any of "
-            f"{list(GENFT_ATTN_MODULES)}), model.apply_{kind.name}_to_mlp or model.apply_{kind.name}_to_output."
+            f"{list(ATTN_MODULES)}), model.apply_{kind.name}_to_mlp or model.apply_{kind.name}_to_output."
         )
     check_requested_targets(cfg_model, targets, method=kind.name, label=kind.label)
-
-
-def check_genft_targets(cfg_model: DictConfig, model: nn.Module) -> None:
-    """:func:`check_adapter_targets` for GenFT."""
-    check_adapter_targets(cfg_model, model, get_adapter_kind("genft"))
 
 
 def check_requested_targets(
@@ -88,7 +77,7 @@ def check_requested_targets(
         )
 
 
-def validate_genft_model_config(cfg_model: DictConfig) -> None:
+def validate_model_config(cfg_model: DictConfig) -> None:
     """Cheap checks of a GenFT / WeGeFT model config before anything is built.
 
     Raises:
@@ -104,16 +93,16 @@ def validate_genft_model_config(cfg_model: DictConfig) -> None:
                 f"model.{field} must be a list (e.g. [q_proj, v_proj]), got the string {attn!r}"
             )
         for name in attn:
-            if name not in GENFT_ATTN_MODULES:
+            if name not in ATTN_MODULES:
                 alias = target_alias(name)
                 hint = (
-                    f"; {name!r} is called {alias!r} here" if alias in GENFT_ATTN_MODULES
+                    f"; {name!r} is called {alias!r} here" if alias in ATTN_MODULES
                     else f"; the MLP ({name}) is adapted with model.apply_{field.split('_')[0]}_to_mlp=True"
                     if alias in ("w1", "w2", "w3") else ""
                 )
                 raise ValueError(
                     f"model.{field}: {name!r} is not an attention projection of the model; "
-                    f"allowed: {list(GENFT_ATTN_MODULES)}{hint}"
+                    f"allowed: {list(ATTN_MODULES)}{hint}"
                 )
 
 
@@ -131,21 +120,12 @@ def dequantize_state_dict(
     return out
 
 
-def count_parameters(params: Iterable[nn.Parameter]) -> int:
-    return sum(p.numel() for p in params)
-
 
 __all__ = [
-    "GENFT_ATTN_MODULES",
+    "ATTN_MODULES",
     "adapter_target_modules",
     "check_adapter_targets",
-    "check_genft_targets",
     "check_requested_targets",
-    "clean_module_name",
-    "count_parameters",
     "dequantize_state_dict",
-    "genft_adapter_init_state_dict",
-    "genft_target_modules",
-    "named_genft_generators",
-    "validate_genft_model_config",
+    "validate_model_config",
 ]

@@ -13,26 +13,17 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from genft_tune.modules import (
-    adapter_kinds,
-    adapter_layers,
-    adapter_method_of,
-    AdapterKind,
-    get_adapter_kind,
-    validate_missing_and_unexpected_for_genft,
-)
-from genft_tune.modules.wegeft import wegeft_adapter_init_state_dict
-from genft_tune.training._genft import check_adapter_targets, GENFT_ATTN_MODULES
-
-
-METHOD_NAMES = tuple(k.name for k in adapter_kinds())  # the methods this package ships
+from genft_tune.modules import adapter_kinds, adapter_layers, AdapterKind, get_adapter_kind
+from genft_tune.modules._apply import adapter_kind_of
+from genft_tune.modules._method import validate_missing_and_unexpected
+from genft_tune.training._targets import check_adapter_targets, ATTN_MODULES
 
 
 @dataclass(frozen=True)
-class AdapterMethod:
+class ModelAdapter:
     """What a recipe needs to know about a model's adapter.
 
-    Build it with :func:`get_adapter_method`.
+    Build it with :func:`get_model_adapter`.
 
     Attributes:
         name (str): the registered method (``"genft"``, ``"wegeft"``: the adapter
@@ -93,7 +84,7 @@ class AdapterMethod:
         Raises:
             ValueError: naming the first offending key.
         """
-        validate_missing_and_unexpected_for_genft(
+        validate_missing_and_unexpected(
             missing_keys=missing_keys,
             unexpected_keys=unexpected_keys,
             base_loaded=base_loaded,
@@ -141,50 +132,39 @@ class AdapterMethod:
             layer.clear_cache()
 
 
-def find_adapter_method(model: nn.Module) -> Optional[AdapterMethod]:
+def find_model_adapter(model: nn.Module) -> Optional[ModelAdapter]:
     """The adapter ``model`` was built with, or ``None`` when it has no adapted layer of
     a registered method (e.g. a LoRA or linear-probe model of the image recipe).
 
     Raises:
         ValueError: if the model mixes methods.
     """
-    kind = adapter_method_of(model)
+    kind = adapter_kind_of(model)
     if kind is None:
         return None
     layers = dict(adapter_layers(model))
     config = next(iter(layers.values())).config
     shapes = {n: (m.out_dim, m.in_dim) for n, m in layers.items()}
-    return AdapterMethod(kind.name, config, kind.target_modules(layers), shapes)
+    return ModelAdapter(kind.name, config, kind.target_modules(layers), shapes)
 
 
-def get_adapter_method(model: nn.Module) -> AdapterMethod:
+def get_model_adapter(model: nn.Module) -> ModelAdapter:
     """The adapter ``model`` was built with.
 
     Raises:
         ValueError: if the model has no GenFT or WeGeFT layer (nothing to fine-tune),
             or has both.
     """
-    method = find_adapter_method(model)
+    method = find_model_adapter(model)
     if method is not None:
         return method
     raise ValueError(
         f"the model ({type(model).__name__}) has no GenFT or WeGeFT layers: nothing to fine-tune. "
         "Use a genft_* / qgenft_* / wegeft_* model builder with at least one target "
         "(model.genft_attn_modules or model.wegeft_attn_modules, "
-        f"any of {list(GENFT_ATTN_MODULES)}; or the apply_*_to_mlp / apply_*_to_output switches)."
+        f"any of {list(ATTN_MODULES)}; or the apply_*_to_mlp / apply_*_to_output switches)."
     )
 
 
-def check_wegeft_targets(cfg_model: DictConfig, model: nn.Module) -> None:
-    """:func:`~genft_tune.training.check_adapter_targets` for WeGeFT."""
-    check_adapter_targets(cfg_model, model, get_adapter_kind("wegeft"))
 
-
-__all__ = [
-    "AdapterMethod",
-    "check_wegeft_targets",
-    "find_adapter_method",
-    "get_adapter_method",
-    "METHOD_NAMES",
-    "wegeft_adapter_init_state_dict",
-]
+__all__ = ["find_model_adapter", "get_model_adapter", "ModelAdapter"]
