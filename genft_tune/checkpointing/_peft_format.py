@@ -43,14 +43,14 @@ from genft_tune.checkpointing._adapter import (
     ADAPTER_WEIGHTS_FILE,
     _dump_json,
     AdapterFileError,
-    GenFTAdapterConfig,
-    load_genft_adapter,
-    save_genft_adapter,
+    AdapterFileConfig,
+    load_adapter,
+    save_adapter,
     write_file_pair,
 )
 from genft_tune.checkpointing._base_checkpoint import find_base_checkpoint, hf_converter
-from genft_tune.models._families import tune_rows_in_hf_order
 from genft_tune.modules import adapter_kinds, AdapterKind, get_adapter_kind
+from genft_tune.modules._rope import tune_rows_in_hf_order
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ def _task_type(hf_config: Mapping[str, Any]) -> Optional[str]:
 
 def peft_files_from_adapter(
     adapter_sd: Mapping[str, torch.Tensor],
-    adapter_cfg: GenFTAdapterConfig,
+    adapter_cfg: AdapterFileConfig,
     *,
     hf_config: Mapping[str, Any],
     base_model_name_or_path: Optional[str],
@@ -190,7 +190,7 @@ def peft_files_from_adapter(
 
     Args:
         adapter_sd (Mapping[str, torch.Tensor]): our tensors (torchtune naming).
-        adapter_cfg (GenFTAdapterConfig): our json.
+        adapter_cfg (AdapterFileConfig): our json.
         hf_config (Mapping[str, Any]): the base's Hugging Face ``config.json``.
         base_model_name_or_path (Optional[str]): the base's Hub id (or path) for PEFT.
         tune_shapes (Optional[Mapping[str, Tuple[int, ...]]]): the base's weight shapes
@@ -315,7 +315,7 @@ def export_peft_adapter(
         FileNotFoundError: for a missing file.
         PeftFormatError: when PEFT's format cannot hold the adapter (the reason).
     """
-    adapter_sd, adapter_cfg = load_genft_adapter(adapter_dir)
+    adapter_sd, adapter_cfg = load_adapter(adapter_dir)
     hf_config = read_hf_config(base_dir)
     tune_shapes = None
     if not all(adapter_cfg.target_shapes.values()):
@@ -391,7 +391,7 @@ def adapter_from_peft_files(
     base_shapes: Mapping[str, Tuple[int, ...]],
 ) -> Dict[str, Any]:
     """PEFT's files of a GenFT/WeGeFT adapter as the arguments of
-    :func:`save_genft_adapter` (torchtune naming).
+    :func:`save_adapter` (torchtune naming).
 
     Args:
         tensors (Mapping[str, torch.Tensor]): ``adapter_model.safetensors``.
@@ -511,7 +511,7 @@ def import_peft_adapter(src_dir: PathLike, output_dir: PathLike, *, base_dir: Pa
     args = adapter_from_peft_files(
         tensors, peft_config, hf_config=read_hf_config(base_dir), base_shapes=_base_shapes(base_dir)
     )
-    return save_genft_adapter(output_dir, **args)
+    return save_adapter(output_dir, **args)
 
 
 def _is_authors_adapter(adapter_dir: Path) -> bool:
@@ -577,14 +577,14 @@ def adapter_in_our_format(adapter_dir: PathLike, *, base_dir: Optional[PathLike]
         yield import_peft_adapter(peft_dir, Path(tmp) / "adapter", base_dir=base_dir)
 
 
-def load_any_adapter(adapter_dir: PathLike, *, base_dir: Optional[PathLike]) -> Tuple[Dict[str, torch.Tensor], GenFTAdapterConfig]:
+def load_any_adapter(adapter_dir: PathLike, *, base_dir: Optional[PathLike]) -> Tuple[Dict[str, torch.Tensor], AdapterFileConfig]:
     """The one reader of an adapter folder, for merge, verify, LoRA export and the recipes:
-    :func:`load_genft_adapter` for a directory in either format (ours, or PEFT's in the
+    :func:`load_adapter` for a directory in either format (ours, or PEFT's in the
     folder or its ``peft/`` subfolder, converted against the Hugging Face base in
     ``base_dir``); the authors' format is named with the command that converts it
     (:func:`adapter_format`)."""
     with adapter_in_our_format(adapter_dir, base_dir=base_dir) as ours:
-        return load_genft_adapter(ours)
+        return load_adapter(ours)
 
 
 def write_peft_files(

@@ -10,17 +10,18 @@
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), out)
     merged = model.merge_and_unload()                # a plain transformers model
 
-PEFT's ``PeftType`` enum has no GENFT or WEGEFT member, so importing this package adds
-them (PEFT's ``register_peft_method`` needs them). Each method's shared tensors live
-once per adapter, on the adapted model (so that transformers' ``load_adapter`` and PEFT's
-``inject_adapter_in_model`` find them too; :mod:`genft_tune.peft._tuner`); nothing of the
-equations is written again here (see
-:mod:`genft_tune.peft.genft`, :mod:`genft_tune.peft.wegeft`). Needs the ``peft`` extra:
-``pip install genft-tune[peft]``.
+Each method's PEFT tuner lives in its own package (:mod:`genft_tune.modules.genft.peft`,
+:mod:`genft_tune.modules.wegeft.peft`) and registers itself with PEFT when imported; what
+the tuners share is :mod:`genft_tune.modules._peft_tuner` (PEFT's ``PeftType`` has no
+GENFT or WEGEFT member, so it adds them; each method's shared tensors live once per
+adapter, on the adapted model, so that transformers' ``load_adapter`` and PEFT's
+``inject_adapter_in_model`` find them too). This module imports them and keeps their
+public names in one place. Needs the ``peft`` extra: ``pip install genft-tune[peft]``.
 """
 
-from genft_tune.peft.genft import GenFTPeftConfig, GenFTPeftLinear, GenFTPeftModel, tune_rows_in_hf_order
-from genft_tune.peft.wegeft import WeGeFTPeftConfig, WeGeFTPeftLinear, WeGeFTPeftModel
+from genft_tune.modules._rope import tune_rows_in_hf_order
+from genft_tune.modules.genft.peft import GenFTPeftConfig, GenFTPeftLinear, GenFTPeftModel
+from genft_tune.modules.wegeft.peft import WeGeFTPeftConfig, WeGeFTPeftLinear, WeGeFTPeftModel
 
 __all__ = [
     "GenFTPeftConfig",

@@ -14,7 +14,9 @@ A frozen weight ``W0`` of shape ``(out, in)`` is adapted by ``W = W0 + dW`` with
 layer with the same ``(out, in)``; ``A*``/``B*`` belong to each :class:`GenFTLinear`.
 
 Layout, as HF PEFT's tuners: ``config`` (GenFTConfig), ``generator`` (the shared half),
-``layer`` (GenFTLinear), ``model`` (model-level helpers and the ``GENFT`` adapter kind).
+``layer`` (GenFTLinear), ``model`` (model-level helpers and the ``GENFT`` adapter kind),
+``peft`` (its Hugging Face PEFT tuner; needs the ``peft`` extra, so not imported here:
+``import genft_tune.peft`` does), ``_fused``/``_fused_kernels`` (experimental kernels).
 """
 
 from genft_tune.modules.genft.config import ACTIVATIONS, CONVENTIONS, FACTOR_INITS, GenFTConfig, STAGES

@@ -46,7 +46,9 @@ never uses dropout and :meth:`WeGeFTLinear.unmerge` restores the ``W0`` saved by
 does not type-check for ``r != out`` and is not implemented here.
 
 Layout, as HF PEFT's tuners: ``config`` (WeGeFTConfig), ``layer`` (the factors and
-WeGeFTLinear), ``model`` (model-level helpers and the ``WEGEFT`` adapter kind).
+WeGeFTLinear), ``model`` (model-level helpers and the ``WEGEFT`` adapter kind), ``peft``
+(its Hugging Face PEFT tuner; needs the ``peft`` extra, so not imported here: ``import
+genft_tune.peft`` does).
 """
 
 from genft_tune.modules.wegeft.config import FACTOR_NAMES, FACTORS_ATTR, LAYER_FACTORS_ATTR, WeGeFTConfig

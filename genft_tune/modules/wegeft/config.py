@@ -7,6 +7,8 @@ from typing import Any, Dict
 
 FACTORS_ATTR = "wegeft_factors"  # the shared factors on the model root
 LAYER_FACTORS_ATTR = "wegeft"  # per-layer factors, a submodule of each layer
+PEFT_PREFIX = "wegeft_"  # PEFT's prefix of WeGeFT's tensors on its tuner layer
+PEFT_LAYER_FACTORS_ATTR = "wegeft_layer_factors"  # per-layer factors on PEFT's tuner layer, per adapter
 FACTOR_NAMES = ("phi", "psi")
 # The keyword names WeGeFT's model builders (and so their configs) give its fields.
 BUILDER_KEYWORDS = {"rank": "wegeft_rank", "alpha": "wegeft_alpha", "dropout": "wegeft_dropout", "shared": "wegeft_shared"}

@@ -13,7 +13,14 @@ from genft_tune.modules._method import (
     register_adapter_kind,
     renamed_prefix,
 )
-from genft_tune.modules.wegeft.config import FACTOR_NAMES, FACTORS_ATTR, LAYER_FACTORS_ATTR, WeGeFTConfig
+from genft_tune.modules.wegeft.config import (
+    FACTOR_NAMES,
+    FACTORS_ATTR,
+    LAYER_FACTORS_ATTR,
+    PEFT_LAYER_FACTORS_ATTR,
+    PEFT_PREFIX,
+    WeGeFTConfig,
+)
 from genft_tune.modules.wegeft.layer import (
     WeGeFTFactors,
     WeGeFTLinear,
@@ -160,13 +167,14 @@ class WeGeFTKind(AdapterKind):
     layer_cls = WeGeFTLinear
     root_attr = FACTORS_ATTR
     # wegeft.phi -> wegeft_layer_factors.phi (the PEFT layer's per-adapter store,
-    # genft_tune.peft.wegeft); shared pairs are keyed by module type
+    # genft_tune.modules.wegeft.peft); shared pairs are keyed by module type
     peft_names = PeftNames(
         "WEGEFT",
         FACTORS_ATTR,
-        lambda rest: "wegeft_layer_factors." + rest[len(f"{LAYER_FACTORS_ATTR}."):],
-        renamed_prefix("wegeft_layer_factors.", f"{LAYER_FACTORS_ATTR}."),
+        lambda rest: f"{PEFT_LAYER_FACTORS_ATTR}." + rest[len(f"{LAYER_FACTORS_ATTR}."):],
+        renamed_prefix(f"{PEFT_LAYER_FACTORS_ATTR}.", f"{LAYER_FACTORS_ATTR}."),
         shares_by_module_type=True,
+        prefix=PEFT_PREFIX,
     )
 
     def make_root(self, config: WeGeFTConfig) -> WeGeFTSharedFactors:

@@ -1,9 +1,12 @@
 """GenFT as a PEFT method: :class:`GenFTPeftConfig`, :class:`GenFTPeftLinear`,
-:class:`GenFTPeftModel`.
+:class:`GenFTPeftModel`, registered with PEFT when this module is imported (by
+:mod:`genft_tune.peft`; needs the ``peft`` extra, so the package's ``__init__`` leaves it).
 
 The shared generators live once, on the model (``base_model.genft_generators.<OUT>x<IN>.*``
-in the saved file), not per layer; each adapted linear holds its specific factors
-(``genft_A1`` ...). The maths is :class:`~genft_tune.modules.GenFTGenerator`'s.
+in the saved file; :mod:`genft_tune.modules._peft_tuner`), not per layer; each adapted
+linear holds its specific factors (``genft_A1`` ...). The maths is
+:class:`~genft_tune.modules.GenFTGenerator`'s; the names are the registry entry's
+(:data:`~genft_tune.modules.genft.model.GENFT`'s ``peft_names``).
 
 Adapters trained by this package's torchtune recipes saw ``q_proj``/``k_proj`` rows of
 Llama-style models in torchtune's RoPE order (Hugging Face permutes them). A GenFT
@@ -22,13 +25,16 @@ from torch import nn
 
 from peft.utils import register_peft_method
 
-from genft_tune.checkpointing._peft_format import tune_rows_in_hf_order
-from genft_tune.modules import GenFTConfig, GenFTGenerators, merged_weight_fp32, tie_specific_factors
+from genft_tune.modules._peft_tuner import AdapterPeftConfig, AdapterPeftLayer, AdapterPeftModel, move_like, peft_type
+from genft_tune.modules._rope import tune_rows_in_hf_order
+from genft_tune.modules.genft.config import GenFTConfig
+from genft_tune.modules.genft.generator import GenFTGenerators, merged_weight_fp32, tie_specific_factors
 from genft_tune.modules.genft.layer import initialize_specific_factors, SPECIFIC, specific_factor_shapes
-from genft_tune.peft._tuner import AdapterPeftConfig, AdapterPeftLayer, AdapterPeftModel, move_like, peft_type
+from genft_tune.modules.genft.model import GENFT
 
-PREFIX = "genft_"
-GENFT = peft_type("GENFT")
+NAMES = GENFT.peft_names  # the registry entry's names in PEFT (the files use the same)
+PREFIX = NAMES.prefix
+PEFT_TYPE = peft_type(NAMES.peft_type)
 
 
 @dataclass
@@ -64,7 +70,7 @@ class GenFTPeftConfig(AdapterPeftConfig):
     torchtune_rope_heads: Optional[Dict[str, int]] = field(default=None)
 
     method_config_cls = GenFTConfig
-    method_peft_type = GENFT
+    method_peft_type = PEFT_TYPE
 
     def __post_init__(self):
         for name, heads in (self.torchtune_rope_heads or {}).items():
@@ -81,7 +87,7 @@ class GenFTPeftLinear(AdapterPeftLayer):
     """A PEFT tuner layer: ``base_layer(x) + x @ dW.T`` with ``dW`` from the shared
     generator of the weight's shape and this layer's specific factors."""
 
-    adapter_layer_names = tuple(f"{PREFIX}{n}" for n in SPECIFIC)
+    adapter_layer_names = tuple(NAMES.to_peft(n) for n in SPECIFIC)  # genft_A1 ...
 
     @property
     def tied(self) -> bool:
@@ -102,7 +108,7 @@ class GenFTPeftLinear(AdapterPeftLayer):
         factors = {n: nn.Parameter(torch.empty(*s)) for n, s in shapes.items()}
         initialize_specific_factors(factors, cfg, tied=self.tied)
         for name, param in factors.items():
-            getattr(self, PREFIX + name)[adapter_name] = param
+            getattr(self, NAMES.to_peft(name))[adapter_name] = param
         self._finish_update(adapter_name)
 
     def _shared_modules(self) -> Dict[str, nn.Module]:
@@ -114,7 +120,7 @@ class GenFTPeftLinear(AdapterPeftLayer):
 
     def _specific(self, adapter: str):
         def get(name):
-            store = getattr(self, PREFIX + name)
+            store = getattr(self, NAMES.to_peft(name))
             return store[adapter] if adapter in store else None
 
         return tie_specific_factors(get("A1"), get("B1"), get("A2"), get("B2"), tied=self.tied)
@@ -166,7 +172,7 @@ class GenFTPeftLinear(AdapterPeftLayer):
         return F.linear(x.to(state.dtype), state)
 
     def __repr__(self) -> str:
-        return "genft." + super().__repr__()
+        return f"{GENFT.name}." + super().__repr__()
 
 
 class GenFTPeftModel(AdapterPeftModel):
@@ -175,10 +181,10 @@ class GenFTPeftModel(AdapterPeftModel):
 
     prefix: str = PREFIX
     tuner_layer_cls = GenFTPeftLinear
-    root_attr = "genft_generators"
+    root_attr = GENFT.root_attr
 
     def make_root(self, peft_config: GenFTPeftConfig) -> GenFTGenerators:
         return GenFTGenerators(peft_config.method_config())
 
 
-register_peft_method(name="genft", config_cls=GenFTPeftConfig, model_cls=GenFTPeftModel, prefix=PREFIX)
+register_peft_method(name=GENFT.name, config_cls=GenFTPeftConfig, model_cls=GenFTPeftModel, prefix=PREFIX)

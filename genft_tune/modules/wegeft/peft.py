@@ -1,14 +1,17 @@
 """WeGeFT as a PEFT method: :class:`WeGeFTPeftConfig`, :class:`WeGeFTPeftLinear`,
-:class:`WeGeFTPeftModel`.
+:class:`WeGeFTPeftModel`, registered with PEFT when this module is imported (by
+:mod:`genft_tune.peft`; needs the ``peft`` extra, so the package's ``__init__`` leaves it).
 
 ``dW = (alpha/r) W0 phi^T psi``. With ``shared`` (the default, the authors'
 ``tied_modules``) one ``(phi, psi)`` pair per module type lives once on the adapted
 model (``base_model.wegeft_factors.<type>.phi`` in the saved file; see
-:mod:`genft_tune.peft._tuner`); otherwise each adapted linear holds its own
+:mod:`genft_tune.modules._peft_tuner`); otherwise each adapted linear holds its own
 (``<module>.wegeft_layer_factors.phi``). The maths is
-:mod:`genft_tune.modules.wegeft`'s. ``dW`` is a row-wise function of ``W0``, so a row
-permutation of ``W0`` (Hugging Face's q/k RoPE order) permutes ``dW`` alike: adapters
-from the torchtune recipes need no conversion of their rows.
+:mod:`genft_tune.modules.wegeft`'s; the names are the registry entry's
+(:data:`~genft_tune.modules.wegeft.model.WEGEFT`'s ``peft_names``). ``dW`` is a
+row-wise function of ``W0``, so a row permutation of ``W0`` (Hugging Face's q/k RoPE
+order) permutes ``dW`` alike: adapters from the torchtune recipes need no conversion of
+their rows.
 """
 
 from dataclasses import dataclass, field
@@ -19,14 +22,22 @@ from torch import nn
 
 from peft.utils import register_peft_method
 
-from genft_tune.modules.wegeft import WeGeFTConfig, WeGeFTFactors, WeGeFTSharedFactors, wegeft_merged_weight
-from genft_tune.modules.wegeft.layer import wegeft_projection, wegeft_update
 from genft_tune.modules._base import linear_default_init
-from genft_tune.peft._tuner import AdapterPeftConfig, AdapterPeftLayer, AdapterPeftModel, move_like, peft_type
+from genft_tune.modules._peft_tuner import AdapterPeftConfig, AdapterPeftLayer, AdapterPeftModel, move_like, peft_type
+from genft_tune.modules.wegeft.config import PEFT_LAYER_FACTORS_ATTR, WeGeFTConfig
+from genft_tune.modules.wegeft.layer import (
+    WeGeFTFactors,
+    wegeft_merged_weight,
+    wegeft_projection,
+    WeGeFTSharedFactors,
+    wegeft_update,
+)
+from genft_tune.modules.wegeft.model import WEGEFT
 
-PREFIX = "wegeft_"
-WEGEFT = peft_type("WEGEFT")
-LAYER_FACTORS = f"{PREFIX}layer_factors"
+NAMES = WEGEFT.peft_names  # the registry entry's names in PEFT (the files use the same)
+PREFIX = NAMES.prefix
+PEFT_TYPE = peft_type(NAMES.peft_type)
+LAYER_FACTORS = PEFT_LAYER_FACTORS_ATTR  # per-layer factors (shared=False), one per adapter
 
 
 @dataclass
@@ -48,7 +59,7 @@ class WeGeFTPeftConfig(AdapterPeftConfig):
     shared_keys: Optional[Dict[str, str]] = field(default=None)
 
     method_config_cls = WeGeFTConfig
-    method_peft_type = WEGEFT
+    method_peft_type = PEFT_TYPE
 
 
 class WeGeFTPeftLinear(AdapterPeftLayer):
@@ -113,7 +124,7 @@ class WeGeFTPeftLinear(AdapterPeftLayer):
         return wegeft_update(x.to(state.dtype), state, factors.psi, factors.config.scaling)
 
     def __repr__(self) -> str:
-        return "wegeft." + super().__repr__()
+        return f"{WEGEFT.name}." + super().__repr__()
 
 
 class WeGeFTPeftModel(AdapterPeftModel):
@@ -122,10 +133,10 @@ class WeGeFTPeftModel(AdapterPeftModel):
 
     prefix: str = PREFIX
     tuner_layer_cls = WeGeFTPeftLinear
-    root_attr = "wegeft_factors"
+    root_attr = WEGEFT.root_attr
 
     def make_root(self, peft_config: WeGeFTPeftConfig) -> WeGeFTSharedFactors:
         return WeGeFTSharedFactors(peft_config.method_config())
 
 
-register_peft_method(name="wegeft", config_cls=WeGeFTPeftConfig, model_cls=WeGeFTPeftModel, prefix=PREFIX)
+register_peft_method(name=WEGEFT.name, config_cls=WeGeFTPeftConfig, model_cls=WeGeFTPeftModel, prefix=PREFIX)

@@ -1,8 +1,9 @@
-"""What GenFT's and WeGeFT's PEFT tuners share: the ``PeftType`` member each needs, a
-tuner layer on PEFT's ``BaseTunerLayer`` (merge from the saved ``W0``, exact unmerge,
-forward ``base(x) + update``, mixed-adapter batches, the eval cache of the ``W0``
--dependent part of the update) and a tuner model that keeps a method's shared tensors
-once per adapter.
+"""What the methods' PEFT tuners (each method's ``peft`` module) share: the ``PeftType``
+member each needs, a tuner layer on PEFT's ``BaseTunerLayer`` (merge from the saved
+``W0``, exact unmerge, forward ``base(x) + update``, mixed-adapter batches, the eval
+cache of the ``W0``-dependent part of the update) and a tuner model that keeps a
+method's shared tensors once per adapter. Needs the ``peft`` extra: nothing in :mod:`genft_tune.modules` imports
+this module but the methods' ``peft`` modules, which :mod:`genft_tune.peft` imports.
 
 Where the shared tensors live: on the adapted model itself, as ``model.<root_attr>``
 (a :class:`SharedAdapterTensors`, keyed by adapter), so that every way of adding an
