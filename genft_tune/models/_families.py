@@ -133,6 +133,9 @@ class Family:
             of ``from_tune``'s keys (:func:`same_names`).
         torchtune_checkpointer (TorchtuneCheckpointer): set for a family whose torchtune
             converters are missing or wrong.
+        checkpointer_types (Tuple[str, ...]): the ``checkpointer.model_type`` values of
+            torchtune's checkpointers that read the family's checkpoints, the one to
+            suggest first; empty: read by the family's own code only (ViT).
     """
 
     name: str
@@ -149,6 +152,7 @@ class Family:
     )
     output_names: Callable[[Iterable[str], Mapping[str, torch.Tensor]], Tuple[NameMap, NameMap]] = same_names
     torchtune_checkpointer: Optional[TorchtuneCheckpointer] = None
+    checkpointer_types: Tuple[str, ...] = ()
 
     @property
     def is_decoder(self) -> bool:
@@ -307,24 +311,24 @@ def _family(name, convert, build, **more) -> Family:
 FAMILIES: Dict[str, Family] = {
     f.name: f
     for f in (
-        _family("llama", _llama_convert, _build_llama),
-        _family("mistral", _llama_convert, _build_llama),
-        _family("qwen2", _qwen2_convert, _build_qwen2),
+        _family("llama", _llama_convert, _build_llama, checkpointer_types=("LLAMA3", "LLAMA2", "LLAMA3_2")),
+        _family("mistral", _llama_convert, _build_llama, checkpointer_types=("MISTRAL",)),
+        _family("qwen2", _qwen2_convert, _build_qwen2, checkpointer_types=("QWEN2",)),
         _family(
-            "qwen3", _qwen3_convert, _build_qwen3,
+            "qwen3", _qwen3_convert, _build_qwen3, checkpointer_types=("QWEN3",),
             # Qwen3's layout is Qwen2's plus the per-head q_norm/k_norm (and no q/k/v biases)
             torchtune_checkpointer=TorchtuneCheckpointer(
                 "QWEN2", "torchtune.models.qwen2._convert_weights", "qwen2", qwen3_hf_to_tune, qwen3_tune_to_hf
             ),
         ),
         _family(
-            "gemma2", _gemma2_convert, _build_gemma2,
+            "gemma2", _gemma2_convert, _build_gemma2, checkpointer_types=("GEMMA2",),
             # torchtune's own GEMMA2 converter swaps the two MLP norms (see genft_tune.models.gemma2)
             torchtune_checkpointer=TorchtuneCheckpointer(
                 "GEMMA2", "torchtune.models.gemma2._convert_weights", "gemma2", gemma2_hf_to_tune, gemma2_tune_to_hf
             ),
         ),
-        _family("phi3", _phi3_convert, _build_phi3),
+        _family("phi3", _phi3_convert, _build_phi3, checkpointer_types=("PHI3_MINI", "PHI4")),
         Family(
             name="vit",
             to_tune=lambda sd, config: vit_hf_to_tune(sd),
@@ -342,6 +346,12 @@ FAMILIES: Dict[str, Family] = {
 }
 
 
+def family_read_by(checkpointer_type: str) -> Optional[Family]:
+    """The family whose checkpoints torchtune's checkpointer reads with
+    ``model_type=checkpointer_type`` (``LLAMA3_2`` -> llama), or None."""
+    return next((f for f in FAMILIES.values() if checkpointer_type in f.checkpointer_types), None)
+
+
 def get_family(config: Dict[str, Any]) -> Family:
     """The family of a ``config.json``.
 
@@ -357,6 +367,7 @@ def get_family(config: Dict[str, Any]) -> Family:
 __all__ = [
     "FAMILIES",
     "Family",
+    "family_read_by",
     "get_family",
     "prompt_input",
     "rope_theta",

@@ -13,15 +13,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from omegaconf import DictConfig
 
-# checkpointer.model_type -> the config.json model_type of its checkpoints
-_MODEL_TYPES = {
-    "LLAMA2": "llama", "LLAMA3": "llama", "LLAMA3_2": "llama", "QWEN2": "qwen2", "QWEN3": "qwen3",
-    "GEMMA": "gemma", "GEMMA2": "gemma2", "MISTRAL": "mistral", "PHI3_MINI": "phi3", "PHI4": "phi3",
-}
-# config.json model_type -> the checkpointer.model_type that reads it
-_CHECKPOINTER_TYPES = {
-    "llama": "LLAMA3", "qwen2": "QWEN2", "qwen3": "QWEN3", "gemma2": "GEMMA2", "mistral": "MISTRAL", "phi3": "PHI3_MINI",
-}
+from genft_tune.models._families import FAMILIES, family_read_by
+
 _DIM_NAMES = {
     "vocab_size": "vocabulary", "embed_dim": "hidden size", "num_layers": "layers",
     "q_out": "q_proj outputs", "kv_out": "k_proj outputs", "intermediate_dim": "MLP size",
@@ -169,11 +162,11 @@ def checkpoint_problems(cfg: DictConfig, checkpoint_files: Sequence[str]) -> Lis
     problems: List[ValueError] = []
     model_type = str(cfg.checkpointer.get("model_type", "") or "")
     have = (config or {}).get("model_type")
-    want = _MODEL_TYPES.get(model_type)
-    if want is not None and have is not None and have != want and have in _CHECKPOINTER_TYPES:
+    want, found = family_read_by(model_type), FAMILIES.get(have)
+    if want is not None and found is not None and found is not want and found.checkpointer_types:
         problems.append(ValueError(
             f"checkpointer.model_type is {model_type}, but the checkpoint's config.json says model_type "
-            f"{have!r}: set checkpointer.model_type={_CHECKPOINTER_TYPES[have]} (and a {have} model config)"
+            f"{have!r}: set checkpointer.model_type={found.checkpointer_types[0]} (and a {have} model config)"
         ))
     try:
         model = build_on_meta(cfg.model)
