@@ -30,6 +30,35 @@ def _matches(name: str, targets: Sequence[str]) -> bool:
     return any(name == t or name.endswith("." + t) for t in targets)
 
 
+# The attention projections an adapter can target in a torchtune model (torchtune's
+# LORA_ATTN_MODULES); the MLP and the lm head are switched on separately by the builders.
+ATTN_MODULES = ("q_proj", "k_proj", "v_proj", "output_proj")
+
+
+def check_attn_modules(field: str, modules: Sequence[str]) -> List[str]:
+    """Validate a builder's list of attention projection names.
+
+    Args:
+        field (str): the argument's name, for the error message.
+        modules (Sequence[str]): names, each one of ``ATTN_MODULES``.
+
+    Returns:
+        List[str]: the names as a list.
+
+    Raises:
+        ValueError: if ``modules`` is a string, holds an unknown name or a duplicate.
+    """
+    if isinstance(modules, str) or modules is None:
+        raise ValueError(f"{field} must be a list of names from {list(ATTN_MODULES)}, got {modules!r}")
+    modules = list(modules)
+    for name in modules:
+        if name not in ATTN_MODULES:
+            raise ValueError(f"{field} has an unknown entry {name!r}; allowed: {list(ATTN_MODULES)}")
+    if len(set(modules)) != len(modules):
+        raise ValueError(f"{field} has duplicate entries: {modules}")
+    return modules
+
+
 # Hugging Face / PEFT module names of a decoder -> torchtune's (the names its models use)
 HF_TARGET_ALIASES = {
     "o_proj": "output_proj",

@@ -3,7 +3,6 @@
 
 from genft_tune.models.llama._checkpoint import check_base_state_dict, load_base_checkpoint
 from genft_tune.models.llama._component_builders import (
-    ATTN_MODULES,
     llama,
     llama_decoder,
     llama_genft,
@@ -28,7 +27,6 @@ from genft_tune.models.llama._model_builders import (
 
 __all__ = [
     "check_base_state_dict",
-    "ATTN_MODULES",
     "genft_llama2_7b",
     "genft_llama3_1_405b",
     "genft_llama3_1_70b",

@@ -35,44 +35,15 @@ from torchtune.modules import (
 from torchtune.modules.common_utils import _register_reparametrize_state_dict_hooks
 
 from genft_tune.modules import apply_adapter, GenFTConfig, WeGeFTConfig
+from genft_tune.modules._apply import ATTN_MODULES, check_attn_modules
 from genft_tune.modules._builder_args import takes_config_fields
 from genft_tune.modules.wegeft.config import BUILDER_KEYWORDS
 
-# Adaptable linears of one attention block, as torchtune's LORA_ATTN_MODULES.
-ATTN_MODULES = ("q_proj", "k_proj", "v_proj", "output_proj")
 MLP_MODULES = ("w1", "w2", "w3")
 
 # (name, in_dim, out_dim) -> the module for one projection. ``name`` is one of
 # ATTN_MODULES, MLP_MODULES or "output" (the lm head).
 LinearFactory = Callable[[str, int, int], nn.Module]
-
-
-def check_attn_modules(field: str, modules: Sequence[str]) -> List[str]:
-    """Validate a list of attention projection names.
-
-    Args:
-        field (str): the argument's name, for the error message.
-        modules (Sequence[str]): names, each one of ``ATTN_MODULES``.
-
-    Returns:
-        List[str]: the names as a list.
-
-    Raises:
-        ValueError: if ``modules`` is a string, holds an unknown name or a duplicate.
-    """
-    if isinstance(modules, str) or modules is None:
-        raise ValueError(
-            f"{field} must be a list of names from {list(ATTN_MODULES)}, got {modules!r}"
-        )
-    modules = list(modules)
-    for name in modules:
-        if name not in ATTN_MODULES:
-            raise ValueError(
-                f"{field} has an unknown entry {name!r}; allowed: {list(ATTN_MODULES)}"
-            )
-    if len(set(modules)) != len(modules):
-        raise ValueError(f"{field} has duplicate entries: {modules}")
-    return modules
 
 
 def _check_dims(

@@ -2,7 +2,6 @@
 
 from genft_tune.models.vit._checkpoint import read_state_dict, save_json, save_safetensors
 from genft_tune.models.vit._component_builders import (
-    ATTN_MODULES,
     vit,
     vit_genft,
     vit_lora,
@@ -32,7 +31,6 @@ from genft_tune.models.vit._model_builders import (
 )
 
 __all__ = [
-    "ATTN_MODULES",
     "convert_timm_vit_state_dict",
     "load_hf_vit_state_dict",
     "load_timm_vit_state_dict",

@@ -22,25 +22,12 @@ from torchtune.modules.peft import LoRALinear
 
 from genft_tune.modules import apply_adapter, GenFTConfig, WeGeFTConfig
 from genft_tune.modules._builder_args import takes_config_fields
+from genft_tune.modules._apply import ATTN_MODULES, check_attn_modules
 from genft_tune.modules.wegeft.config import BUILDER_KEYWORDS
 from genft_tune.models.vit._model import StochasticDepth, ViTClassifier
 
-ATTN_MODULES = ("q_proj", "k_proj", "v_proj", "output_proj")
-
 # (name, in_dim, out_dim) -> the linear module for one named projection of one layer
 LinearFactory = Callable[[str, int, int], nn.Module]
-
-
-def _check_targets(field: str, targets: Sequence[str]) -> List[str]:
-    if isinstance(targets, str):
-        raise ValueError(f"{field} must be a list of names from {list(ATTN_MODULES)}, got the string {targets!r}")
-    targets = list(targets)
-    for name in targets:
-        if name not in ATTN_MODULES:
-            raise ValueError(f"{field} entries must be in {list(ATTN_MODULES)}, got {name!r}")
-    if len(set(targets)) != len(targets):
-        raise ValueError(f"{field} has duplicate entries: {targets}")
-    return targets
 
 
 def _check_dims(*, embed_dim: int, num_heads: int, num_layers: int, mlp_dim: int) -> None:
@@ -259,7 +246,7 @@ def vit_genft(
             hyperparameter is invalid (see :class:`~genft_tune.modules.GenFTConfig`).
     """
     specific_dim = config.specific_dim
-    targets = set(_check_targets("genft_attn_modules", genft_attn_modules))
+    targets = set(check_attn_modules("genft_attn_modules", genft_attn_modules))
     if apply_genft_to_mlp:
         targets |= {"w1", "w2"}
     if not targets:
@@ -344,7 +331,7 @@ def vit_lora(
     Raises:
         ValueError: if a target name is unknown or nothing is adapted.
     """
-    targets = set(_check_targets("lora_attn_modules", lora_attn_modules))
+    targets = set(check_attn_modules("lora_attn_modules", lora_attn_modules))
     if apply_lora_to_mlp:
         targets |= {"w1", "w2"}
     if not targets:
@@ -436,7 +423,7 @@ def vit_wegeft(
         ValueError: if a target name is unknown, nothing is adapted, or a WeGeFT
             hyperparameter is invalid (see :class:`~genft_tune.modules.WeGeFTConfig`).
     """
-    targets = set(_check_targets("wegeft_attn_modules", wegeft_attn_modules))
+    targets = set(check_attn_modules("wegeft_attn_modules", wegeft_attn_modules))
     if apply_wegeft_to_mlp:
         targets |= {"w1", "w2"}
     if not targets:
