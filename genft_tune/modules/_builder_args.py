@@ -182,3 +182,15 @@ def sized_builder(
         entries,
     )
     return builder
+
+
+def shared_args_doc(placeholder: str, text: str) -> Callable[[Callable], Callable]:
+    """A decorator writing ``text`` (``Args:`` entries several builders of one family
+    share) where a builder's docstring says ``{placeholder}``: one text, not a copy per
+    builder."""
+
+    def document(build: Callable) -> Callable:
+        build.__doc__ = build.__doc__.replace("{" + placeholder + "}", text)
+        return build
+
+    return document

@@ -36,7 +36,7 @@ from torchtune.modules.common_utils import _register_reparametrize_state_dict_ho
 
 from genft_tune.modules import apply_adapter, GenFTConfig, WeGeFTConfig
 from genft_tune.modules._apply import ATTN_MODULES, check_attn_modules
-from genft_tune.modules._builder_args import takes_config_fields
+from genft_tune.modules._builder_args import shared_args_doc, takes_config_fields
 from genft_tune.modules.wegeft.config import BUILDER_KEYWORDS
 
 MLP_MODULES = ("w1", "w2", "w3")
@@ -298,10 +298,7 @@ _LLAMA_ARGS_DOC = """
             Default: False"""
 
 
-def _document_llama_args(build):
-    """Puts the Llama architecture's arguments into ``build``'s docstring (one text for both builders)."""
-    build.__doc__ = build.__doc__.replace("{llama_args}", _LLAMA_ARGS_DOC)
-    return build
+_document_llama_args = shared_args_doc("llama_args", _LLAMA_ARGS_DOC)
 
 
 def _targets(method: str, attn_field: str, attn_modules, mlp: bool, output: bool, tied: bool) -> List[str]:

@@ -21,7 +21,7 @@ from torchtune.modules.low_precision import FrozenNF4Linear
 from torchtune.modules.peft import LoRALinear
 
 from genft_tune.modules import apply_adapter, GenFTConfig, WeGeFTConfig
-from genft_tune.modules._builder_args import takes_config_fields
+from genft_tune.modules._builder_args import shared_args_doc, takes_config_fields
 from genft_tune.modules._apply import ATTN_MODULES, check_attn_modules
 from genft_tune.modules.wegeft.config import BUILDER_KEYWORDS
 from genft_tune.models.vit._model import StochasticDepth, ViTClassifier
@@ -41,6 +41,34 @@ def _check_dims(*, embed_dim: int, num_heads: int, num_layers: int, mlp_dim: int
             raise ValueError(f"{field} must be a positive integer, got {value!r}")
     if embed_dim % num_heads != 0:
         raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
+
+
+_VIT_ARGS_DOC = """image_size (int): input image side in pixels.
+        patch_size (int): patch side in pixels.
+        num_channels (int): image channels. Default: 3
+        embed_dim (int): token width.
+        num_layers (int): transformer layers.
+        num_heads (int): attention heads.
+        mlp_dim (int): MLP hidden width.
+        num_classes (int): classifier outputs.
+        norm_eps (float): LayerNorm eps (HF 1e-12, timm 1e-6). Default: 1e-12
+        attn_dropout (float): attention dropout. Default: 0.0
+        drop_path (float): stochastic depth rate of the last layer. Default: 0.0"""
+_document_vit_args = shared_args_doc("vit_args", _VIT_ARGS_DOC)
+
+
+def _vit_targets(method: str, attn_modules: Sequence[str], mlp: bool) -> List[str]:
+    """The linears a ViT builder adapts (``<method>_attn_modules``, the MLP's ``w1``/``w2``
+    with ``apply_<method>_to_mlp``), checked."""
+    targets = set(check_attn_modules(f"{method}_attn_modules", attn_modules))
+    if mlp:
+        targets |= {"w1", "w2"}
+    if not targets:
+        raise ValueError(
+            f"{method}_attn_modules is empty and apply_{method}_to_mlp is False: no layer would be "
+            "adapted (use genft_tune.models.vit.vit for a plain model)"
+        )
+    return sorted(targets)
 
 
 def _plain_linear(quantize_base: bool) -> Callable[[int, int], nn.Module]:
@@ -180,6 +208,7 @@ VIT_GENFT_DEFAULTS = dict(shared_dim=32, specific_dim=5, ratio=1.4, scaling=1.0,
 
 
 @takes_config_fields(GenFTConfig, defaults=VIT_GENFT_DEFAULTS)
+@_document_vit_args
 def vit_genft(
     *,
     genft_attn_modules: Sequence[str] = ("q_proj", "v_proj"),
@@ -221,17 +250,7 @@ def vit_genft(
         genft_attn_modules (Sequence[str]): attention projections to adapt, from
             ``q_proj``, ``k_proj``, ``v_proj``, ``output_proj``. Default: q_proj, v_proj
         apply_genft_to_mlp (bool): also adapt the MLP's ``w1``/``w2``. Default: False
-        image_size (int): input image side in pixels.
-        patch_size (int): patch side in pixels.
-        num_channels (int): image channels. Default: 3
-        embed_dim (int): token width.
-        num_layers (int): transformer layers.
-        num_heads (int): attention heads.
-        mlp_dim (int): MLP hidden width.
-        num_classes (int): classifier outputs.
-        norm_eps (float): LayerNorm eps (HF 1e-12, timm 1e-6). Default: 1e-12
-        attn_dropout (float): attention dropout. Default: 0.0
-        drop_path (float): stochastic depth rate of the last layer. Default: 0.0
+        {vit_args}
         share_qv_specific (bool): ``q_proj`` and ``v_proj`` of a block use one pair of
             specific factors ``A, B`` (the same parameters), as the authors' ViT code
             does; needs both in ``genft_attn_modules`` and ``specific_dim > 0``.
@@ -246,14 +265,7 @@ def vit_genft(
             hyperparameter is invalid (see :class:`~genft_tune.modules.GenFTConfig`).
     """
     specific_dim = config.specific_dim
-    targets = set(check_attn_modules("genft_attn_modules", genft_attn_modules))
-    if apply_genft_to_mlp:
-        targets |= {"w1", "w2"}
-    if not targets:
-        raise ValueError(
-            "genft_attn_modules is empty and apply_genft_to_mlp is False: no layer would be "
-            "adapted (use genft_tune.models.vit.vit for a plain model)"
-        )
+    targets = set(_vit_targets("genft", genft_attn_modules, apply_genft_to_mlp))
     if share_qv_specific and not ({"q_proj", "v_proj"} <= targets and specific_dim > 0):
         raise ValueError(
             "share_qv_specific=True needs 'q_proj' and 'v_proj' in genft_attn_modules and specific_dim > 0, "
@@ -283,6 +295,7 @@ def vit_genft(
     return model
 
 
+@_document_vit_args
 def vit_lora(
     *,
     lora_attn_modules: Sequence[str] = ("q_proj", "v_proj"),
@@ -309,17 +322,7 @@ def vit_lora(
     Args:
         lora_attn_modules (Sequence[str]): attention projections to adapt. Default: q_proj, v_proj
         apply_lora_to_mlp (bool): also adapt ``w1``/``w2``. Default: False
-        image_size (int): input image side in pixels.
-        patch_size (int): patch side in pixels.
-        num_channels (int): image channels. Default: 3
-        embed_dim (int): token width.
-        num_layers (int): transformer layers.
-        num_heads (int): attention heads.
-        mlp_dim (int): MLP hidden width.
-        num_classes (int): classifier outputs.
-        norm_eps (float): LayerNorm eps. Default: 1e-12
-        attn_dropout (float): attention dropout. Default: 0.0
-        drop_path (float): stochastic depth rate of the last layer. Default: 0.0
+        {vit_args}
         lora_rank (int): LoRA rank. Default: 8
         lora_alpha (float): LoRA alpha. Default: 16.0
         lora_dropout (float): LoRA input dropout. Default: 0.0
@@ -331,11 +334,7 @@ def vit_lora(
     Raises:
         ValueError: if a target name is unknown or nothing is adapted.
     """
-    targets = set(check_attn_modules("lora_attn_modules", lora_attn_modules))
-    if apply_lora_to_mlp:
-        targets |= {"w1", "w2"}
-    if not targets:
-        raise ValueError("lora_attn_modules is empty and apply_lora_to_mlp is False: no layer would be adapted")
+    targets = _vit_targets("lora", lora_attn_modules, apply_lora_to_mlp)
     plain = _plain_linear(quantize_base)
 
     def linear(name: str, in_dim: int, out_dim: int) -> nn.Module:
@@ -368,6 +367,7 @@ def vit_lora(
 
 
 @takes_config_fields(WeGeFTConfig, keywords=BUILDER_KEYWORDS)
+@_document_vit_args
 def vit_wegeft(
     *,
     wegeft_attn_modules: Sequence[str] = ("q_proj", "v_proj"),
@@ -403,17 +403,7 @@ def vit_wegeft(
         wegeft_attn_modules (Sequence[str]): attention projections to adapt, from
             ``q_proj``, ``k_proj``, ``v_proj``, ``output_proj``. Default: q_proj, v_proj
         apply_wegeft_to_mlp (bool): also adapt the MLP's ``w1``/``w2``. Default: False
-        image_size (int): input image side in pixels.
-        patch_size (int): patch side in pixels.
-        num_channels (int): image channels. Default: 3
-        embed_dim (int): token width.
-        num_layers (int): transformer layers.
-        num_heads (int): attention heads.
-        mlp_dim (int): MLP hidden width.
-        num_classes (int): classifier outputs.
-        norm_eps (float): LayerNorm eps (HF 1e-12, timm 1e-6). Default: 1e-12
-        attn_dropout (float): attention dropout. Default: 0.0
-        drop_path (float): stochastic depth rate of the last layer. Default: 0.0
+        {vit_args}
         quantize_base (bool): store frozen base linears in NF4. Default: False
 
     Returns:
@@ -423,14 +413,7 @@ def vit_wegeft(
         ValueError: if a target name is unknown, nothing is adapted, or a WeGeFT
             hyperparameter is invalid (see :class:`~genft_tune.modules.WeGeFTConfig`).
     """
-    targets = set(check_attn_modules("wegeft_attn_modules", wegeft_attn_modules))
-    if apply_wegeft_to_mlp:
-        targets |= {"w1", "w2"}
-    if not targets:
-        raise ValueError(
-            "wegeft_attn_modules is empty and apply_wegeft_to_mlp is False: no layer would be "
-            "adapted (use genft_tune.models.vit.vit for a plain model)"
-        )
+    targets = _vit_targets("wegeft", wegeft_attn_modules, apply_wegeft_to_mlp)
     model = _adapted_vit(
         config,
         targets,
