@@ -37,7 +37,6 @@ import genft_tune  # noqa: F401  (first: lets torchtune import with the pinned t
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.utils.data import DataLoader
-from torchao.dtypes.nf4tensor import NF4Tensor
 from torchtune import config, training, utils
 from torchtune.modules.peft import (
     get_adapter_params,
@@ -332,10 +331,9 @@ class GenFTImageClassificationRecipeSingleDevice(FTRecipeInterface):
         """The model as a plain ViT state dict: GenFT / WeGeFT merged in fp32 from the
         original ``W0`` (dequantised when NF4), LoRA merged with torchtune's formula."""
         model = self._model
+        # NF4 bases (quantize_base) are dequantised: the merged model is a plain one.
         state_dict = {
-            # NF4 bases (quantize_base) are dequantised: the merged model is a plain one.
-            k: (v.get_original_weight() if isinstance(v, NF4Tensor) else v).detach().cpu()
-            for k, v in model.state_dict().items()
+            k: v.detach().cpu() for k, v in genft_training.dequantize_state_dict(model.state_dict()).items()
         }
         if self._adapter is not None:
             state_dict = self._adapter.merge_state_dict(state_dict)

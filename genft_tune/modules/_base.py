@@ -9,7 +9,7 @@ weight depends on, how ``W0 + dW`` is computed in fp32, and the training forward
 """
 
 import math
-from typing import List, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,18 @@ from genft_tune.modules._cache import MergedWeightCache
 def dequantized(weight: torch.Tensor) -> torch.Tensor:
     """``weight`` as a plain tensor (an NF4 tensor is dequantised)."""
     return weight.get_original_weight() if isinstance(weight, NF4Tensor) else weight
+
+
+def dequantize_state_dict(
+    state_dict: Mapping[str, Any], dtype: Optional[torch.dtype] = None
+) -> Dict[str, Any]:
+    """Replace NF4 tensors by plain ones (their original dtype, or ``dtype``); every
+    other value is kept as it is."""
+    return {
+        key: (dequantized(value) if dtype is None else dequantized(value).to(dtype))
+        if isinstance(value, NF4Tensor) else value
+        for key, value in state_dict.items()
+    }
 
 
 def check_nf4_shape(out_dim: int, in_dim: int, block_size: int = 64, scaler_block_size: int = 256):
@@ -208,4 +220,4 @@ class AdapterLinear(nn.Module, AdapterModule):
         self._cache.clear()
 
 
-__all__ = ["AdapterLinear", "check_nf4_shape", "dequantized", "linear_default_init"]
+__all__ = ["AdapterLinear", "check_nf4_shape", "dequantize_state_dict", "dequantized", "linear_default_init"]

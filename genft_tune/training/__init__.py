@@ -4,6 +4,7 @@ built with (:class:`ModelAdapter`, for every registered method), its files and t
 recipe state for kill-safe resume, precision and distributed helpers, and the loop's
 collate and validation. Everything here serves every adapter method alike."""
 
+from genft_tune.modules._base import dequantize_state_dict  # the recipes' merged save
 from genft_tune.training._adapter_files import checkpoint_dir_of, save_adapter_files
 from genft_tune.training._config import (
     preflight,
@@ -37,7 +38,6 @@ from genft_tune.training._state import (
     STEPS_IN_EPOCH_KEY,
     WORLD_SIZE_KEY,
 )
-from genft_tune.training._targets import dequantize_state_dict
 
 __all__ = [
     "ADAPTER_DIR_KEY",

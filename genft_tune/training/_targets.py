@@ -1,17 +1,13 @@
 """The targets of a model config, checked against the built model, for every registered adapter method."""
 
-from typing import Any, Dict, Iterable, List, Mapping, Optional
+from typing import List
 
-import torch
 from omegaconf import DictConfig
 from torch import nn
-from torchao.dtypes.nf4tensor import NF4Tensor
 
 from genft_tune.modules import adapter_kinds, adapter_layers, AdapterKind
-from genft_tune.modules._apply import resolve_targets, target_alias
+from genft_tune.modules._apply import ATTN_MODULES, resolve_targets, target_alias
 
-# Attention projections an adapter can target (torchtune's LoRA names).
-ATTN_MODULES = ("q_proj", "k_proj", "v_proj", "output_proj")
 
 
 def adapter_target_modules(model: nn.Module, kind: AdapterKind) -> List[str]:
@@ -106,26 +102,10 @@ def validate_model_config(cfg_model: DictConfig) -> None:
                 )
 
 
-def dequantize_state_dict(
-    state_dict: Mapping[str, Any], dtype: Optional[torch.dtype] = None
-) -> Dict[str, Any]:
-    """Replace NF4 tensors by plain ones (their original dtype, or ``dtype``)."""
-    out = {}
-    for key, value in state_dict.items():
-        if isinstance(value, NF4Tensor):
-            value = value.get_original_weight()
-            if dtype is not None:
-                value = value.to(dtype)
-        out[key] = value
-    return out
-
-
-
 __all__ = [
     "ATTN_MODULES",
     "adapter_target_modules",
     "check_adapter_targets",
     "check_requested_targets",
-    "dequantize_state_dict",
     "validate_model_config",
 ]

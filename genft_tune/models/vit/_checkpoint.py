@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from genft_tune._fs import write_atomically
+from genft_tune.modules._base import dequantized
 
 PathLike = Union[str, Path]
 
@@ -85,14 +86,7 @@ def save_safetensors(
     state_dict: Dict[str, torch.Tensor], path: PathLike, *, metadata: Optional[Dict[str, str]] = None
 ) -> None:
     """Write tensors to ``path`` atomically (contiguous CPU copies; NF4 dequantised)."""
-    from torchao.dtypes.nf4tensor import NF4Tensor
-
-    tensors = {}
-    for key, value in state_dict.items():
-        value = value.detach()
-        if isinstance(value, NF4Tensor):
-            value = value.get_original_weight()
-        tensors[key] = value.cpu().contiguous().clone()
+    tensors = {key: dequantized(value.detach()).cpu().contiguous().clone() for key, value in state_dict.items()}
     write_atomically(path, lambda tmp: save_file(tensors, tmp, metadata=metadata or {"format": "pt"}))
 
 
