@@ -11,14 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 from _bad_cli_cases import CLI_BAD_INPUTS
+from _tiny_llama import hf_base_to_tune, hf_config, trained_adapter, write_tiny_checkpoint
 from safetensors.torch import load_file
 
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     """The placeholders' folders (see ``tests/_bad_cli_cases.py``), written once."""
-    from test_merge_cli import hf_base_to_tune, trained_adapter
-    from test_recipes_fixtures import hf_config, write_tiny_checkpoint
     from transformers import LlamaForCausalLM
 
     from genft_tune.checkpointing import merge_adapter_checkpoint

@@ -24,17 +24,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_recipes_fixtures import (
-    base_config,
+from _recipe_runs import (
     DISTRIBUTED_RECIPE,
     load_recipe_module,
     losses,
     run_recipe_in_process,
     SINGLE_DEVICE_RECIPE,
     subprocess_env,
-    TINY,
     write_config,
 )
+from _tiny_llama import base_config, TINY
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "bad_inputs.md"
 

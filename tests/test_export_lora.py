@@ -13,8 +13,8 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_peft_format import _save, _tokens, _tune_model
-from test_recipes_fixtures import TINY, write_tiny_checkpoint
+from _tiny_llama import adapted_model, save_model_adapter, TINY, write_tiny_checkpoint
+from _tiny_llama import tokens as tiny_tokens
 
 from genft_tune.checkpointing import merge_adapter_checkpoint
 from genft_tune.checkpointing._lora_export import export_lora_adapter, VLLM_MAX_LORA_RANKS
@@ -38,23 +38,23 @@ def _hf(path):
 
 @pytest.fixture(scope="module")
 def tokens():
-    return _tokens()
+    return tiny_tokens(seq=10)
 
 
 def _adapter(tmp_path, config, fmt="ours"):
     """``(base, adapter dir, merged logits)``: a recipe-style adapter with random tensors,
     in our files or (``fmt="peft"``) only PEFT's pair in the folder's ``peft/``."""
     base = write_tiny_checkpoint(tmp_path / "base")
-    model, _ = _tune_model(base, config)
+    model, _ = adapted_model(base, config)
     adapter = tmp_path / "adapter"
-    _save(model, config, adapter, base)
+    save_model_adapter(model, config, adapter, base)
     merged = merge_adapter_checkpoint(base_dir=base, adapter_dir=adapter, output_dir=tmp_path / "merged")
     if fmt == "peft":
         export_peft_adapter(adapter, base_dir=base, output_dir=tmp_path / "peft_only" / "peft")
         adapter = tmp_path / "peft_only"
     with torch.no_grad():
-        reference = _hf(merged)(_tokens()).logits
-        assert (reference - _hf(base)(_tokens()).logits).abs().max() > 1e-2  # the adapter acts
+        reference = _hf(merged)(tiny_tokens(seq=10)).logits
+        assert (reference - _hf(base)(tiny_tokens(seq=10)).logits).abs().max() > 1e-2  # the adapter acts
     return base, adapter, reference
 
 
@@ -235,8 +235,8 @@ def test_user_mistakes_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, 
 
     base = write_tiny_checkpoint(tmp_path / "base")
     adapter = tmp_path / "adapter"
-    model, _ = _tune_model(base, WEGEFT)
-    _save(model, WEGEFT, adapter, base)
+    model, _ = adapted_model(base, WEGEFT)
+    save_model_adapter(model, WEGEFT, adapter, base)
     before = sorted(p.name for p in tmp_path.iterdir())
     capsys.readouterr()  # what writing the fixtures printed
     argv = ["export-lora", str(adapter)] + [a.format(base=base, tmp=tmp_path) for a in args]
@@ -262,8 +262,8 @@ def test_an_interrupted_export_leaves_nothing(tmp_path, monkeypatch):
     import genft_tune.checkpointing._lora_export as lora_export
 
     base = write_tiny_checkpoint(tmp_path / "base")
-    model, _ = _tune_model(base, WEGEFT)
-    _save(model, WEGEFT, tmp_path / "adapter", base)
+    model, _ = adapted_model(base, WEGEFT)
+    save_model_adapter(model, WEGEFT, tmp_path / "adapter", base)
 
     def fail(*args, **kwargs):
         raise KeyboardInterrupt
@@ -310,8 +310,8 @@ def test_a_bf16_base_gets_bf16_factors_from_an_fp32_svd(tmp_path, tokens):
     fp32_base = write_tiny_checkpoint(tmp_path / "fp32_base")
     base = tmp_path / "base"
     _hf(fp32_base).to(torch.bfloat16).save_pretrained(base)
-    model, _ = _tune_model(base, WEGEFT)
-    _save(model, WEGEFT, tmp_path / "adapter", base)
+    model, _ = adapted_model(base, WEGEFT)
+    save_model_adapter(model, WEGEFT, tmp_path / "adapter", base)
     export_lora_adapter(tmp_path / "adapter", base_dir=base, output_dir=tmp_path / "auto", rank=WEGEFT.rank)
     export_lora_adapter(tmp_path / "adapter", base_dir=base, output_dir=tmp_path / "fp32", rank=WEGEFT.rank,
                         dtype="fp32")
@@ -345,10 +345,10 @@ def test_lora_conversion_benchmark_smoke(tmp_path, monkeypatch):
 
     work = tmp_path / "work"
     base = write_tiny_checkpoint(work / "base")
-    model, _ = _tune_model(base, GENFT_DENSE)
-    _save(model, GENFT_DENSE, tmp_path / "adapter", base)
+    model, _ = adapted_model(base, GENFT_DENSE)
+    save_model_adapter(model, GENFT_DENSE, tmp_path / "adapter", base)
     run = merge_adapter_checkpoint(base_dir=base, adapter_dir=tmp_path / "adapter", output_dir=work / "run" / "epoch_0")
-    _save(model, GENFT_DENSE, run, base)  # the recipe's epoch_N: merged weights and the adapter
+    save_model_adapter(model, GENFT_DENSE, run, base)  # the recipe's epoch_N: merged weights and the adapter
 
     def batches(base_dir, examples, batch_size):
         ids = torch.randint(0, TINY["vocab_size"], (examples, 9), generator=torch.Generator().manual_seed(0))

@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_recipes_fixtures import base_config, SINGLE_DEVICE_RECIPE, subprocess_env, write_config
+from _recipe_runs import SINGLE_DEVICE_RECIPE, subprocess_env, write_config
+from _tiny_llama import base_config, trained_adapter, write_tiny_checkpoint
 
 from genft_tune.checkpointing import load_adapter
 
@@ -116,9 +117,6 @@ def test_training_killed_anywhere_resumes_to_the_same_adapter(tmp_path):
 
 
 def test_merge_killed_anywhere_leaves_no_output_name_until_complete(tmp_path):
-    from test_merge_cli import trained_adapter
-    from test_recipes_fixtures import write_tiny_checkpoint
-
     base = write_tiny_checkpoint(tmp_path / "base")
     trained_adapter(base, tmp_path / "adapter")
     out = tmp_path / "merged"

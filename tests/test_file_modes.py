@@ -8,7 +8,8 @@ import stat
 
 import pytest
 import torch
-from test_merge_cli import trained  # noqa: F401 (fixture)
+from _recipe_runs import run_recipe_in_process, SINGLE_DEVICE_RECIPE, write_config
+from _tiny_llama import base_config
 
 from genft_tune._cli.genft import main as cli_main
 from genft_tune.checkpointing import save_adapter
@@ -26,9 +27,9 @@ def _mode(path) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
 
 
-def test_adapter_and_merge_outputs_have_open_modes(trained, tmp_path, umask_022):  # noqa: F811
+def test_adapter_and_merge_outputs_have_open_modes(genft_run, tmp_path, umask_022):
     out = tmp_path / "merged"
-    assert cli_main(["merge", "--base", str(trained["base"]), "--adapter", str(trained["adapter"]), "--output", str(out)]) == 0
+    assert cli_main(["merge", "--base", str(genft_run["base"]), "--adapter", str(genft_run["adapter"]), "--output", str(out)]) == 0
     assert _mode(out) == 0o755
     files = [p for p in out.rglob("*") if p.is_file()]
     assert files and all(_mode(p) == 0o644 for p in files), {p.name: oct(_mode(p)) for p in files}
@@ -39,7 +40,7 @@ def test_adapter_and_merge_outputs_have_open_modes(trained, tmp_path, umask_022)
         "genft_adapter.safetensors": 0o644, "genft_config.json": 0o644}
 
 
-def test_a_killed_merges_leftovers_are_removed_by_the_next(trained, tmp_path, caplog):  # noqa: F811
+def test_a_killed_merges_leftovers_are_removed_by_the_next(genft_run, tmp_path, caplog):
     out = tmp_path / "merged"
     stale = tmp_path / "merged.tmp-abc123"
     stale.mkdir()
@@ -47,15 +48,13 @@ def test_a_killed_merges_leftovers_are_removed_by_the_next(trained, tmp_path, ca
     other = tmp_path / "unrelated.tmp-1"
     other.mkdir()
     with caplog.at_level(logging.INFO):
-        assert cli_main(["merge", "--base", str(trained["base"]), "--adapter", str(trained["adapter"]), "--output", str(out)]) == 0
+        assert cli_main(["merge", "--base", str(genft_run["base"]), "--adapter", str(genft_run["adapter"]), "--output", str(out)]) == 0
     assert not stale.exists() and other.exists()
     assert "merged.tmp-abc123" in caplog.text and "interrupted" in caplog.text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["merged", "unrelated.tmp-1"]
 
 
 def test_recipe_outputs_have_open_modes(tmp_path, umask_022):
-    from test_recipes_fixtures import base_config, run_recipe_in_process, SINGLE_DEVICE_RECIPE, write_config
-
     cfg = base_config(tmp_path, max_steps_per_epoch=2, save_every_n_steps=1)
     run_recipe_in_process(SINGLE_DEVICE_RECIPE, write_config(cfg, tmp_path / "c.yaml"))
     out = tmp_path / "out"

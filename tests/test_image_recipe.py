@@ -118,7 +118,7 @@ def _hand_preprocess(path: Path) -> torch.Tensor:
 # ---- the recipe ---------------------------------------------------------------------
 
 
-def test_recipe_end_to_end(recipe_module, folder, base_ckpt, tmp_path):
+def test_recipe_end_to_end(recipe_module, folder, base_ckpt, tmp_path, run_card_snippet):
     transformers = pytest.importorskip("transformers")
     cfg = _cfg(tmp_path, folder, base_ckpt)
     recipe = recipe_module.run(cfg)
@@ -180,8 +180,6 @@ def test_recipe_end_to_end(recipe_module, folder, base_ckpt, tmp_path):
 
     # `publish --adapter-only`: its card's snippet, run as printed against a Hub cache with the
     # base and the adapter, loads the same classifier
-    from test_publish import run_card_snippet
-
     staged = tmp_path / "staged"
     assert cli_main(["publish", "--folder", str(out / "epoch_1"), "--repo-id", "me/vit-genft", "--adapter-only",
                      "--base-model", "org/tiny-vit", "--dry-run", str(staged)]) == 0
@@ -286,9 +284,10 @@ def test_recipe_baselines(recipe_module, folder, base_ckpt, tmp_path, component,
     assert (out / "hf_model" / "model.safetensors").is_file()
 
 
-def test_recipe_trains_a_wegeft_vit(recipe_module, folder, base_ckpt, tmp_path):
+def test_recipe_trains_and_merges_a_wegeft_vit(recipe_module, folder, base_ckpt, tmp_path):
     """The WeGeFT baseline (``vit_tiny_wegeft``) through the same recipe: only the
-    tied factors and the head train, and both are saved each epoch."""
+    tied factors and the head train, and both are saved each epoch; its ``hf_model/`` is
+    a plain ViTForImageClassification (no factor tensors) with the trained model's logits."""
     model = {
         "_component_": "genft_tune.models.vit.vit_tiny_wegeft",
         "num_classes": len(CLASSES),
@@ -300,18 +299,27 @@ def test_recipe_trains_a_wegeft_vit(recipe_module, folder, base_ckpt, tmp_path):
     }
     # 3 steps: lr is 0 at the warmup's first step, the zero head moves at the second,
     # so the factors' gradient is non-zero from the third on.
-    cfg = _cfg(tmp_path, folder, base_ckpt, epochs=1, max_steps_per_epoch=3, batch_size=6, save_merged=False)
+    cfg = _cfg(tmp_path, folder, base_ckpt, epochs=1, max_steps_per_epoch=3, batch_size=6, save_merged=True)
     cfg.model = OmegaConf.create(model)
     recipe = recipe_module.run(cfg)
     trainable = {n for n, p in recipe._model.named_parameters() if p.requires_grad}
     factors = {f"wegeft_factors.{t}.{f}" for t in ("q_proj", "v_proj") for f in ("phi", "psi")}
     assert trainable == factors | {"head.weight", "head.bias"}
-    assert recipe._model.wegeft_factors.q_proj.phi.abs().sum() > 0  # moved from its zero init
+    assert recipe._model.wegeft_factors.q_proj.phi.abs().sum() > 0  # moved from its zero init: dW != 0
     adapter, adapter_config = load_adapter(Path(cfg.output_dir) / "epoch_0")
     assert adapter_config["method"] == "wegeft" and adapter_config["modules_to_save"] == ["head.bias", "head.weight"]
     assert set(adapter) == factors | {"head.weight", "head.bias"}
     assert all(is_wegeft_key(k) for k in factors)
     assert len(recipe.eval_results) == 1
+    # the merged model in transformers
+    transformers = pytest.importorskip("transformers")
+    hf_dir = Path(cfg.output_dir) / "hf_model"
+    assert not [k for k in load_file(hf_dir / "model.safetensors") if "wegeft" in k]
+    hf = transformers.ViTForImageClassification.from_pretrained(hf_dir).eval()
+    pixels = torch.randn(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours = recipe._model.eval()(pixels)
+        torch.testing.assert_close(hf(pixel_values=pixels).logits, ours, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.slow  # a subprocess importing torch + torchtune: 15-60 s on shared cores
@@ -593,7 +601,7 @@ def test_tiny_wegeft_cpu_config_trains(recipe_module, folder, base_ckpt, tmp_pat
 
 
 def test_cli_mistakes_are_one_message_without_a_traceback(folder, base_ckpt, tmp_path):
-    from test_recipes_fixtures import subprocess_env
+    from _recipe_runs import subprocess_env
 
     cfg_path = tmp_path / "c.yaml"
     OmegaConf.save(_cfg(tmp_path, folder, base_ckpt), cfg_path)

@@ -21,7 +21,7 @@ from _tiny_llama import (
     read_tune_state_dict,
     TINY,
     tokens,
-    write_hf_checkpoint,
+    write_tiny_checkpoint,
 )
 from genft_tune.models.llama import load_base_checkpoint
 from genft_tune.modules import merge_genft_state_dict
@@ -44,7 +44,7 @@ VARIANT_IDS = ["untied-plain-rope", "tied-scaled-rope"]
 def ckpt(request, tmp_path_factory):
     tie, scale = request.param
     root = tmp_path_factory.mktemp("hf")
-    path = write_hf_checkpoint(root / "model", tie_word_embeddings=tie, scale_factor=scale)
+    path = write_tiny_checkpoint(root / "model", tie_word_embeddings=tie, scale_factor=scale, random_norms=True)
     state_dict = read_tune_state_dict(path, root / "out", tie_word_embeddings=tie)
     # transformers' logits on tokens(), computed once per checkpoint
     ref = hf_logits(path, tokens())
@@ -171,7 +171,7 @@ def test_load_base_checkpoint_unexpected_key(ckpt):
 
 
 def test_tied_model_rejects_untied_checkpoint(tmp_path):
-    path = write_hf_checkpoint(tmp_path / "m", tie_word_embeddings=False)
+    path = write_tiny_checkpoint(tmp_path / "m", random_norms=True)
     sd = read_tune_state_dict(path, tmp_path / "out", tie_word_embeddings=False)
     with pytest.raises(ValueError, match=r"output\.weight.*tie_word_embeddings"):
         load_base_checkpoint(genft_model(tie_word_embeddings=True), sd)

@@ -2,10 +2,11 @@
 in torchtune's ``FullModelHFCheckpointer`` with the GenFT model's logits; sharding,
 dtype, the torchtune/Meta format, wrong bases and interrupted merges.
 
-The base is a tiny ``LlamaForCausalLM`` saved by transformers; the adapter comes from
-a GenFT model built here with torchtune's ``llama3`` component builder whose targets
-(q/k included, to exercise the RoPE permutation) are swapped for ``genft_linear`` layers
-of one ``GenFTGenerators``, trained 2 steps so that ``dW != 0``.
+The base is a tiny ``LlamaForCausalLM`` saved by transformers; the adapter (the session
+fixture ``genft_run``, see ``conftest.py``) comes from a GenFT model built with torchtune's
+``llama3`` component builder whose targets (q/k included, to exercise the RoPE permutation)
+are swapped for ``genft_linear`` layers of one ``GenFTGenerators``, trained 2 steps so that
+``dW != 0``.
 """
 
 import json
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_recipes_fixtures import TINY, write_tiny_checkpoint
+from _tiny_llama import hf_base_to_tune, hf_config, TINY, trained_adapter, write_tiny_checkpoint
 
 from genft_tune._cli.genft import main as cli_main
 from genft_tune.checkpointing import (
@@ -29,83 +30,8 @@ from genft_tune.checkpointing import (
     verify_merge,
 )
 from genft_tune.modules import genft_linear, GenFTConfig, GenFTGenerators
-from genft_tune.modules.genft import get_genft_adapter_state_dict, get_genft_modules
 
-TARGETS = ("q_proj", "k_proj", "v_proj", "output_proj", "w1", "w2")
 PYTHON = sys.executable
-
-
-def build_genft_llama(config: GenFTConfig, *, targets=TARGETS):
-    """torchtune's llama3 with ``targets`` replaced by GenFT layers (one generator set)."""
-    from torchtune.models.llama3 import llama3
-
-    model = llama3(**TINY)
-    generators = GenFTGenerators(config)
-    for name, module in list(model.named_modules()):
-        if name.rsplit(".", 1)[-1] in targets and isinstance(module, torch.nn.Linear):
-            parent_name, _, child = name.rpartition(".")
-            new = genft_linear(module.in_features, module.out_features, generators=generators)
-            setattr(model.get_submodule(parent_name), child, new)
-    model.genft_generators = generators
-    return model
-
-
-def hf_base_to_tune(base_dir: Path):
-    from torchtune.models.convert_weights import hf_to_tune
-
-    sd = load_file(str(base_dir / "model.safetensors"))
-    return hf_to_tune(
-        sd, num_heads=TINY["num_heads"], num_kv_heads=TINY["num_kv_heads"], dim=TINY["embed_dim"]
-    )
-
-
-def trained_adapter(base_dir: Path, adapter_dir: Path, *, targets=TARGETS, seed: int = 0):
-    """Train a GenFT model on the base for 2 steps; save its adapter; return the model."""
-    torch.manual_seed(seed)
-    config = GenFTConfig(shared_dim=2, specific_dim=2, scaling=0.5, zero_init=True)
-    model = build_genft_llama(config, targets=targets)
-    for m in model.modules():
-        if hasattr(m, "initialize_parameters"):
-            m.initialize_parameters()
-    missing, unexpected = model.load_state_dict(hf_base_to_tune(base_dir), strict=False)
-    assert not unexpected
-    params = [p for n, p in model.named_parameters() if "genft" in n or n.rsplit(".", 1)[-1] in ("A1", "B1", "A2", "B2")]
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for p in params:
-        p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=0.05)
-    tokens = torch.randint(0, TINY["vocab_size"], (2, 12))
-    for _ in range(2):
-        logits = model(tokens[:, :-1])
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    modules = get_genft_modules(model)
-    assert all(m.delta_weight().abs().max() > 0 for m in modules.values())
-    save_adapter(
-        adapter_dir,
-        adapter_state_dict=get_genft_adapter_state_dict(model.state_dict()),
-        config=config,
-        target_modules=list(modules),
-        base_model=str(base_dir),
-    )
-    return model
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("merge")
-    base = write_tiny_checkpoint(root / "base")
-    (base / "tokenizer_config.json").write_text('{"note": "copied verbatim"}')
-    (base / "generation_config.json").write_text(json.dumps({"bos_token_id": 256, "eos_token_id": 257}))
-    model = trained_adapter(base, root / "adapter")
-    tokens = torch.randint(0, TINY["vocab_size"], (1, 10), generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        logits = model(tokens)
-    return dict(root=root, base=base, adapter=root / "adapter", tokens=tokens, logits=logits, model=model)
 
 
 def hf_logits(model_dir: Path, tokens: torch.Tensor) -> torch.Tensor:
@@ -117,36 +43,36 @@ def hf_logits(model_dir: Path, tokens: torch.Tensor) -> torch.Tensor:
         return model(tokens).logits
 
 
-def test_merged_llama_loads_in_transformers_with_genft_logits(trained, tmp_path):
+def test_merged_llama_loads_in_transformers_with_genft_logits(genft_run, tmp_path):
     out = tmp_path / "merged"
-    assert cli_main(["merge", "--base", str(trained["base"]), "--adapter", str(trained["adapter"]), "--output", str(out)]) == 0
+    assert cli_main(["merge", "--base", str(genft_run["base"]), "--adapter", str(genft_run["adapter"]), "--output", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["README.md", "config.json", "generation_config.json", "genft_config.json", "model.safetensors",
          "tokenizer_config.json"]
     )
     assert (out / "tokenizer_config.json").read_text() == '{"note": "copied verbatim"}'
-    merged = hf_logits(out, trained["tokens"])
-    base = hf_logits(trained["base"], trained["tokens"])
-    ref = trained["logits"]
+    merged = hf_logits(out, genft_run["tokens"])
+    base = hf_logits(genft_run["base"], genft_run["tokens"])
+    ref = genft_run["logits"]
     assert (base - ref).abs().max() > 1e-2  # the adapter changes the model
     torch.testing.assert_close(merged, ref, atol=2e-4, rtol=1e-4)
     # untouched tensors are copied bit for bit
-    a, b = load_file(str(out / "model.safetensors")), load_file(str(trained["base"] / "model.safetensors"))
+    a, b = load_file(str(out / "model.safetensors")), load_file(str(genft_run["base"] / "model.safetensors"))
     assert torch.equal(a["model.layers.0.self_attn.o_proj.weight"], b["model.layers.0.self_attn.o_proj.weight"]) is False
     assert torch.equal(a["model.layers.0.mlp.up_proj.weight"], b["model.layers.0.mlp.up_proj.weight"])
     assert torch.equal(a["model.embed_tokens.weight"], b["model.embed_tokens.weight"])
 
 
-def test_merge_matches_merge_in_torchtune_layout(trained, tmp_path):
+def test_merge_matches_merge_in_torchtune_layout(genft_run, tmp_path):
     """Reference: the core ``merge_genft_state_dict`` on the torchtune state dict, then
     torchtune's ``tune_to_hf``: q/k go through the RoPE permutation both ways."""
     from torchtune.models.convert_weights import tune_to_hf
 
     from genft_tune.modules import merge_genft_state_dict
 
-    out = merge_adapter_checkpoint(base_dir=trained["base"], adapter_dir=trained["adapter"], output_dir=tmp_path / "m")
-    adapter, cfg = load_adapter(trained["adapter"])
-    ref = merge_genft_state_dict({**hf_base_to_tune(trained["base"]), **adapter}, config=cfg.config, target_modules=cfg["target_modules"])
+    out = merge_adapter_checkpoint(base_dir=genft_run["base"], adapter_dir=genft_run["adapter"], output_dir=tmp_path / "m")
+    adapter, cfg = load_adapter(genft_run["adapter"])
+    ref = merge_genft_state_dict({**hf_base_to_tune(genft_run["base"]), **adapter}, config=cfg.config, target_modules=cfg["target_modules"])
     ref = tune_to_hf(ref, num_heads=TINY["num_heads"], num_kv_heads=TINY["num_kv_heads"], dim=TINY["embed_dim"])
     got = load_file(str(out / "model.safetensors"))
     assert set(got) == set(ref)
@@ -154,13 +80,13 @@ def test_merge_matches_merge_in_torchtune_layout(trained, tmp_path):
         torch.testing.assert_close(got[k], ref[k], atol=0, rtol=0, msg=k)
 
 
-def test_merged_llama_loads_in_torchtune_checkpointer_without_genft(trained, tmp_path):
+def test_merged_llama_loads_in_torchtune_checkpointer_without_genft(genft_run, tmp_path):
     """torchtune's FullModelHFCheckpointer + llama3 builder, in a subprocess that never
     imports genft_tune's code (only the torchao compatibility hook that the install's
     .pth file loads at start-up, which torchtune 0.6.1 needs with this torchao),
     reproduce the GenFT model's logits."""
-    out = merge_adapter_checkpoint(base_dir=trained["base"], adapter_dir=trained["adapter"], output_dir=tmp_path / "m")
-    torch.save(trained["tokens"], tmp_path / "tokens.pt")
+    out = merge_adapter_checkpoint(base_dir=genft_run["base"], adapter_dir=genft_run["adapter"], output_dir=tmp_path / "m")
+    torch.save(genft_run["tokens"], tmp_path / "tokens.pt")
     script = textwrap.dedent(
         f"""
         import sys, torch
@@ -179,26 +105,26 @@ def test_merged_llama_loads_in_torchtune_checkpointer_without_genft(trained, tmp
     )
     proc = subprocess.run([PYTHON, "-c", script], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    torch.testing.assert_close(torch.load(tmp_path / "logits.pt"), trained["logits"], atol=2e-4, rtol=1e-4)
+    torch.testing.assert_close(torch.load(tmp_path / "logits.pt"), genft_run["logits"], atol=2e-4, rtol=1e-4)
 
 
-def test_sharded_round_trip_and_dtype(trained, tmp_path):
+def test_sharded_round_trip_and_dtype(genft_run, tmp_path):
     """A small max shard size gives several shards + index; a sharded base is read
     back shard by shard; --dtype bf16 casts and updates config.json."""
     sharded = tmp_path / "sharded"
-    merge_adapter_checkpoint(base_dir=trained["base"], adapter_dir=trained["adapter"], output_dir=sharded, max_shard_size="40KB")
+    merge_adapter_checkpoint(base_dir=genft_run["base"], adapter_dir=genft_run["adapter"], output_dir=sharded, max_shard_size="40KB")
     index = json.loads((sharded / "model.safetensors.index.json").read_text())
     shards = sorted(set(index["weight_map"].values()))
     assert len(shards) > 2 and all((sharded / s).is_file() for s in shards)
     assert all(os.path.getsize(sharded / s) < 40_000 + 70_000 for s in shards)  # one tensor may exceed
     assert not (sharded / "model.safetensors").exists()
-    torch.testing.assert_close(hf_logits(sharded, trained["tokens"]), trained["logits"], atol=2e-4, rtol=1e-4)
+    torch.testing.assert_close(hf_logits(sharded, genft_run["tokens"]), genft_run["logits"], atol=2e-4, rtol=1e-4)
 
     # merging the (already merged) sharded checkpoint as a base applies dW(W_merged):
     # compare against the single-file path to check the sharded reader
-    a = merge_adapter_checkpoint(base_dir=sharded, adapter_dir=trained["adapter"], output_dir=tmp_path / "a")
+    a = merge_adapter_checkpoint(base_dir=sharded, adapter_dir=genft_run["adapter"], output_dir=tmp_path / "a")
     b_base = tmp_path / "single"
-    merge_adapter_checkpoint(base_dir=sharded, adapter_dir=trained["adapter"], output_dir=tmp_path / "b", max_shard_size="1GB")
+    merge_adapter_checkpoint(base_dir=sharded, adapter_dir=genft_run["adapter"], output_dir=tmp_path / "b", max_shard_size="1GB")
     assert (tmp_path / "b" / "model.safetensors").is_file()
     del b_base
     sa = {}
@@ -208,25 +134,25 @@ def test_sharded_round_trip_and_dtype(trained, tmp_path):
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
     bf = tmp_path / "bf16"
-    assert cli_main(["merge", "--base", str(trained["base"]), "--adapter", str(trained["adapter"]), "--output", str(bf), "--dtype", "bf16"]) == 0
+    assert cli_main(["merge", "--base", str(genft_run["base"]), "--adapter", str(genft_run["adapter"]), "--output", str(bf), "--dtype", "bf16"]) == 0
     assert json.loads((bf / "config.json").read_text())["torch_dtype"] == "bfloat16"
     sd = load_file(str(bf / "model.safetensors"))
     assert {v.dtype for v in sd.values()} == {torch.bfloat16}
     fp32 = load_file(str(tmp_path / "a" / "model.safetensors")) if False else load_file(str(merge_adapter_checkpoint(
-        base_dir=trained["base"], adapter_dir=trained["adapter"], output_dir=tmp_path / "fp32") / "model.safetensors"))
+        base_dir=genft_run["base"], adapter_dir=genft_run["adapter"], output_dir=tmp_path / "fp32") / "model.safetensors"))
     for k in sd:
         assert torch.equal(sd[k], fp32[k].to(torch.bfloat16)), k
 
 
-def test_torchtune_and_meta_formats(trained, tmp_path):
+def test_torchtune_and_meta_formats(genft_run, tmp_path):
     """A ``.pt`` in torchtune's layout and a ``consolidated.00.pth`` in Meta's are merged
     in place of the same keys, equal to the core merge."""
     from torchtune.models.convert_weights import tune_to_meta
 
     from genft_tune.modules import merge_genft_state_dict
 
-    tune_sd = hf_base_to_tune(trained["base"])
-    adapter, cfg = load_adapter(trained["adapter"])
+    tune_sd = hf_base_to_tune(genft_run["base"])
+    adapter, cfg = load_adapter(genft_run["adapter"])
     ref = merge_genft_state_dict({**tune_sd, **adapter}, config=cfg.config, target_modules=cfg["target_modules"])
     for name, sd, convert in (
         ("model.pt", tune_sd, lambda d: d),
@@ -236,7 +162,7 @@ def test_torchtune_and_meta_formats(trained, tmp_path):
         base.mkdir()
         torch.save(sd, base / name)
         (base / "params.json").write_text("{}")
-        out = merge_adapter_checkpoint(base_dir=base, adapter_dir=trained["adapter"], output_dir=tmp_path / f"out_{name}")
+        out = merge_adapter_checkpoint(base_dir=base, adapter_dir=genft_run["adapter"], output_dir=tmp_path / f"out_{name}")
         assert sorted(p.name for p in out.iterdir()) == sorted([name, "params.json", "genft_config.json", "README.md"])
         got = torch.load(out / name, weights_only=True)
         want = convert(ref)
@@ -245,18 +171,17 @@ def test_torchtune_and_meta_formats(trained, tmp_path):
             assert torch.equal(got[k], want[k]), (name, k)
 
 
-def test_verify_reports_logit_diff(trained, tmp_path, capsys):
+def test_verify_reports_logit_diff(genft_run, tmp_path, capsys):
     out = tmp_path / "v"
-    rc = cli_main(["merge", "--base", str(trained["base"]), "--adapter", str(trained["adapter"]), "--output", str(out), "--verify", "--prompt", "hello"])
+    rc = cli_main(["merge", "--base", str(genft_run["base"]), "--adapter", str(genft_run["adapter"]), "--output", str(out), "--verify", "--prompt", "hello"])
     assert rc == 0
     assert "max |logit diff|" in capsys.readouterr().out
-    assert verify_merge(base_dir=trained["base"], adapter_dir=trained["adapter"], merged_dir=out) < 1e-3
+    assert verify_merge(base_dir=genft_run["base"], adapter_dir=genft_run["adapter"], merged_dir=out) < 1e-3
     # against the unmerged base, the difference is the adapter's effect
-    assert verify_merge(base_dir=trained["base"], adapter_dir=trained["adapter"], merged_dir=trained["base"]) > 1e-2
+    assert verify_merge(base_dir=genft_run["base"], adapter_dir=genft_run["adapter"], merged_dir=genft_run["base"]) > 1e-2
 
 
-def test_wrong_base_is_a_clear_error(trained, tmp_path, capsys):
-    from test_recipes_fixtures import hf_config
+def test_wrong_base_is_a_clear_error(genft_run, tmp_path, capsys):
     from transformers import LlamaForCausalLM
 
     cfg = hf_config()
@@ -264,20 +189,20 @@ def test_wrong_base_is_a_clear_error(trained, tmp_path, capsys):
     other = tmp_path / "other"
     LlamaForCausalLM(cfg).save_pretrained(other)
     with pytest.raises(ValueError, match=r"layers\.0\.mlp\.w1.*\[96, 64\].*\[128, 64\]"):
-        merge_adapter_checkpoint(base_dir=other, adapter_dir=trained["adapter"], output_dir=tmp_path / "merged")
+        merge_adapter_checkpoint(base_dir=other, adapter_dir=genft_run["adapter"], output_dir=tmp_path / "merged")
     assert not (tmp_path / "merged").exists()
-    assert cli_main(["merge", "--base", str(other), "--adapter", str(trained["adapter"]), "--output", str(tmp_path / "merged")]) == 2
+    assert cli_main(["merge", "--base", str(other), "--adapter", str(genft_run["adapter"]), "--output", str(tmp_path / "merged")]) == 2
     assert "does not fit" in capsys.readouterr().err
     assert not list(tmp_path.glob("merged*"))
 
 
-def test_interrupted_merge_leaves_no_output(trained, tmp_path):
+def test_interrupted_merge_leaves_no_output(genft_run, tmp_path):
     def boom(i):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         merge_adapter_checkpoint(
-            base_dir=trained["base"], adapter_dir=trained["adapter"], output_dir=tmp_path / "out", _after_shard=boom
+            base_dir=genft_run["base"], adapter_dir=genft_run["adapter"], output_dir=tmp_path / "out", _after_shard=boom
         )
     assert list(tmp_path.iterdir()) == []
     # a killed process (no cleanup at all) leaves only a .tmp- directory
@@ -285,7 +210,7 @@ def test_interrupted_merge_leaves_no_output(trained, tmp_path):
         f"""
         import os
         from genft_tune.checkpointing import merge_adapter_checkpoint
-        merge_adapter_checkpoint(base_dir={str(trained['base'])!r}, adapter_dir={str(trained['adapter'])!r},
+        merge_adapter_checkpoint(base_dir={str(genft_run['base'])!r}, adapter_dir={str(genft_run['adapter'])!r},
                                  output_dir={str(tmp_path / 'out')!r}, _after_shard=lambda i: os._exit(9))
         """
     )
@@ -295,14 +220,14 @@ def test_interrupted_merge_leaves_no_output(trained, tmp_path):
     assert all(".tmp-" in p.name for p in tmp_path.iterdir())
 
 
-def test_existing_output_and_bad_arguments(trained, tmp_path):
+def test_existing_output_and_bad_arguments(genft_run, tmp_path):
     (tmp_path / "out").mkdir()
     with pytest.raises(FileExistsError, match="exists"):
-        merge_adapter_checkpoint(base_dir=trained["base"], adapter_dir=trained["adapter"], output_dir=tmp_path / "out")
-    merge_adapter_checkpoint(base_dir=trained["base"], adapter_dir=trained["adapter"], output_dir=tmp_path / "out", overwrite=True)
+        merge_adapter_checkpoint(base_dir=genft_run["base"], adapter_dir=genft_run["adapter"], output_dir=tmp_path / "out")
+    merge_adapter_checkpoint(base_dir=genft_run["base"], adapter_dir=genft_run["adapter"], output_dir=tmp_path / "out", overwrite=True)
     assert (tmp_path / "out" / "model.safetensors").is_file()
     with pytest.raises(ValueError, match="dtype must be one of"):
-        merge_adapter_checkpoint(base_dir=trained["base"], adapter_dir=trained["adapter"], output_dir=tmp_path / "x", dtype="int8")
+        merge_adapter_checkpoint(base_dir=genft_run["base"], adapter_dir=genft_run["adapter"], output_dir=tmp_path / "x", dtype="int8")
     assert parse_size("5GB") == 5 * 10**9 and parse_size("2MiB") == 2 * 2**20 and parse_size(123) == 123
     with pytest.raises(ValueError, match="max_shard_size"):
         parse_size("five")
@@ -370,7 +295,7 @@ def test_peak_memory_is_about_one_shard(tmp_path):
     assert len(json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())["weight_map"]) == 2 * layers
 
 
-def test_wegeft_adapter_merges_like_the_core(trained, tmp_path):
+def test_wegeft_adapter_merges_like_the_core(genft_run, tmp_path):
     """A WeGeFT adapter in the same file pair (``method: wegeft``) merges through the
     same path, q/k included; reference: ``merge_wegeft_state_dict`` in torchtune's
     layout, then ``tune_to_hf``."""
@@ -405,17 +330,17 @@ def test_wegeft_adapter_merges_like_the_core(trained, tmp_path):
     targets = get_wegeft_target_modules(model)
     adapter = get_wegeft_adapter_state_dict(model.state_dict())
     save_adapter(tmp_path / "w", adapter_state_dict=adapter, config=get_wegeft_config(model), target_modules=targets)
-    out = merge_adapter_checkpoint(base_dir=trained["base"], adapter_dir=tmp_path / "w", output_dir=tmp_path / "m")
-    ref = merge_wegeft_state_dict({**hf_base_to_tune(trained["base"]), **adapter}, config=get_wegeft_config(model), target_modules=targets)
+    out = merge_adapter_checkpoint(base_dir=genft_run["base"], adapter_dir=tmp_path / "w", output_dir=tmp_path / "m")
+    ref = merge_wegeft_state_dict({**hf_base_to_tune(genft_run["base"]), **adapter}, config=get_wegeft_config(model), target_modules=targets)
     ref = tune_to_hf(ref, num_heads=TINY["num_heads"], num_kv_heads=TINY["num_kv_heads"], dim=TINY["embed_dim"])
     got = load_file(str(out / "model.safetensors"))
-    base = load_file(str(trained["base"] / "model.safetensors"))
+    base = load_file(str(genft_run["base"] / "model.safetensors"))
     assert not torch.equal(got["model.layers.1.self_attn.k_proj.weight"], base["model.layers.1.self_attn.k_proj.weight"])
     for k in ref:
         torch.testing.assert_close(got[k], ref[k], atol=0, rtol=0, msg=k)
     # --verify rebuilds the WeGeFT model (shared factors per key) from the adapter file alone
-    assert verify_merge(base_dir=trained["base"], adapter_dir=tmp_path / "w", merged_dir=out) < 1e-4
-    assert verify_merge(base_dir=trained["base"], adapter_dir=tmp_path / "w", merged_dir=trained["base"]) > 1e-2
+    assert verify_merge(base_dir=genft_run["base"], adapter_dir=tmp_path / "w", merged_dir=out) < 1e-4
+    assert verify_merge(base_dir=genft_run["base"], adapter_dir=tmp_path / "w", merged_dir=genft_run["base"]) > 1e-2
 
 
 def test_cli_dtype_choices_match_the_library():
@@ -436,7 +361,7 @@ def test_verify_on_a_tied_embedding_base(tmp_path, capsys):
     assert verify_merge(base_dir=base, adapter_dir=tmp_path / "adapter", merged_dir=base) > 1e-3
 
 
-def test_merged_folder_has_its_own_card_not_the_bases(trained, tmp_path, capsys):
+def test_merged_folder_has_its_own_card_not_the_bases(genft_run, tmp_path, capsys):
     """A base whose card is a GGUF conversion's (``base_model_relation: quantized``): the
     merged folder's README.md is a card for the merged model (the base's Hub id and license,
     the quantized-copy note, a snippet loading the folder), and publish keeps what it says."""
@@ -445,11 +370,11 @@ def test_merged_folder_has_its_own_card_not_the_bases(trained, tmp_path, capsys)
     import yaml
 
     base = tmp_path / "base"
-    shutil.copytree(trained["base"], base)
+    shutil.copytree(genft_run["base"], base)
     base_card = "---\nlicense: apache-2.0\nbase_model: org/tiny-llama\nbase_model_relation: quantized\ntags: [gguf]\n---\n# GGUF\n"
     (base / "README.md").write_text(base_card)
     out = tmp_path / "merged"
-    assert cli_main(["merge", "--base", str(base), "--adapter", str(trained["adapter"]), "--output", str(out)]) == 0
+    assert cli_main(["merge", "--base", str(base), "--adapter", str(genft_run["adapter"]), "--output", str(out)]) == 0
     card = (out / "README.md").read_text()
     meta = yaml.safe_load(card.split("---\n")[1])
     assert card != base_card and "# GGUF" not in card and "base_model_relation" not in meta

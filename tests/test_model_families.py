@@ -15,13 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import OmegaConf
-from test_recipes_fixtures import (
-    base_config,
-    run_recipe_in_process,
-    SINGLE_DEVICE_RECIPE,
-    VOCAB_SIZE,
-    write_config,
-)
+from _recipe_runs import run_recipe_in_process, SINGLE_DEVICE_RECIPE, write_config
+from _tiny_llama import base_config, VOCAB_SIZE
 
 from genft_tune._cli.genft import main as cli_main
 from genft_tune.checkpointing import load_adapter

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_recipes_fixtures import read_metrics, subprocess_env
+from _recipe_runs import read_metrics, subprocess_env
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "own_data.md"
 WORDS = "red green blue cat dog sun moon tree fish bird rock wind star rain snow leaf".split()

@@ -10,7 +10,9 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_recipes_fixtures import TINY, write_tiny_checkpoint
+from _tiny_llama import adapted_model as _tune_model  # on TARGETS (its default)
+from _tiny_llama import save_model_adapter as _save
+from _tiny_llama import TINY, write_tiny_checkpoint
 
 from genft_tune.checkpointing import load_adapter, merge_adapter_checkpoint, save_adapter
 from genft_tune.checkpointing._peft_format import (
@@ -20,9 +22,8 @@ from genft_tune.checkpointing._peft_format import (
     PEFT_WEIGHTS_FILE,
     PeftFormatError,
 )
-from genft_tune.models._families import get_family
 from genft_tune.modules._rope import tune_rows_in_hf_order
-from genft_tune.modules import apply_adapter, GenFTConfig, WeGeFTConfig
+from genft_tune.modules import GenFTConfig, WeGeFTConfig
 from genft_tune.modules._method import adapter_kind_for_config
 
 peft = pytest.importorskip("peft")
@@ -36,35 +37,6 @@ CONFIGS = {
     "wegeft": WeGeFTConfig(rank=2, alpha=4.0),
     "wegeft_per_layer": WeGeFTConfig(rank=2, alpha=4.0, shared=False),
 }
-
-
-def _tune_model(base_dir, config):
-    """Our torchtune model of the HF checkpoint with ``config``'s adapter on TARGETS,
-    every adapter tensor random (so that each one matters)."""
-    hf_config = json.loads((base_dir / "config.json").read_text())
-    family = get_family(hf_config)
-    model = family.build(hf_config)
-    model.load_state_dict(family.to_tune(load_file(str(base_dir / "model.safetensors")), hf_config), strict=False)
-    apply_adapter(model, config, TARGETS)
-    torch.manual_seed(3)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.requires_grad:
-                p.normal_(std=0.2)
-    return model.eval(), hf_config
-
-
-def _save(model, config, adapter_dir, base_dir):
-    kind = adapter_kind_for_config(config)
-    layers = {n: m for n, m in model.named_modules() if isinstance(m, kind.layer_cls)}
-    save_adapter(
-        adapter_dir,
-        adapter_state_dict={k: v for k, v in model.state_dict().items() if kind.is_key(k)},
-        config=config,
-        target_modules=kind.target_modules(layers),
-        target_shapes={n: (m.out_dim, m.in_dim) for n, m in layers.items()},  # as the recipes record
-        base_model=str(base_dir),
-    )
 
 
 def _tokens():

@@ -246,7 +246,8 @@ def test_loss_curve_is_smoothed_as_well_as_raw(tmp_path):
 
 
 def _recipe_run(tmp_path, *, base_card: bool, **overrides):
-    from test_recipes_fixtures import base_config, run_recipe_in_process, SINGLE_DEVICE_RECIPE, write_config
+    from _recipe_runs import run_recipe_in_process, SINGLE_DEVICE_RECIPE, write_config
+    from _tiny_llama import base_config
 
     cfg = base_config(tmp_path, max_steps_per_epoch=3, epochs=1, **overrides)
     base = Path(cfg["checkpointer"]["checkpoint_dir"])
@@ -282,32 +283,7 @@ def test_recipe_epoch_folder_publishes_the_merged_model_without_adapter_files(re
     assert (out2 / "genft_adapter.safetensors").is_file() and (out2 / "peft" / "adapter_model.safetensors").is_file()
 
 
-def _hub_cache_repo(cache: Path, repo_id: str, files: dict) -> None:
-    """``files`` as the snapshot of ``repo_id`` in a huggingface_hub cache (what a download leaves)."""
-    commit = "0" * 40
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
-    snap = repo / "snapshots" / commit
-    snap.mkdir(parents=True)
-    for name, src in files.items():
-        (snap / name).write_bytes(Path(src).read_bytes())
-
-
-def run_card_snippet(card: str, tmp_path: Path, repos: dict, check: str) -> None:
-    """Run the card's python block unmodified (then ``check``) in a fresh interpreter that
-    finds ``repos`` (``{repo_id: {file name: source path}}``) in an offline Hub cache."""
-    snippet = card.split("```python\n", 1)[1].split("```", 1)[0]
-    cache = tmp_path / "hub"
-    for repo_id, files in repos.items():
-        _hub_cache_repo(cache, repo_id, files)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
-    env.update(HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"))
-    proc = subprocess.run([sys.executable, "-c", snippet + check], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-
-
-def test_adapter_only_card_and_its_snippet_runs_as_printed(recipe_run, tmp_path):
+def test_adapter_only_card_and_its_snippet_runs_as_printed(recipe_run, tmp_path, run_card_snippet):
     """``--adapter-only`` stages PEFT's pair and a card for PEFT; the card's usage snippet,
     taken from the card text, runs unmodified against a Hub cache holding the base and the
     adapter, and gives the recipe's merged model."""
@@ -519,7 +495,8 @@ def test_recipe_merged_folder_has_its_own_card_and_true_dtype(tmp_path, checkpoi
     from transformers import AutoConfig, AutoModelForCausalLM
 
     base_card = "---\nlicense: apache-2.0\nbase_model: org/tiny-llama\nbase_model_relation: quantized\n---\n# GGUF\n"
-    from test_recipes_fixtures import base_config, run_recipe_in_process, SINGLE_DEVICE_RECIPE, write_config
+    from _recipe_runs import run_recipe_in_process, SINGLE_DEVICE_RECIPE, write_config
+    from _tiny_llama import base_config
 
     cfg = base_config(tmp_path, max_steps_per_epoch=2, epochs=1, dtype="bf16", **{"checkpointer._component_": checkpointer})
     base = Path(cfg["checkpointer"]["checkpoint_dir"])
@@ -553,8 +530,13 @@ def test_resumed_recipe_run_publishes_the_whole_run(tmp_path):
     same run uninterrupted."""
     import shutil
 
-    from test_recipes_fixtures import (
-        base_config, DELETE, run_recipe_in_process, run_single_device_with_snapshot, SINGLE_DEVICE_RECIPE, write_config)
+    from _recipe_runs import (
+        run_recipe_in_process,
+        run_single_device_with_snapshot,
+        SINGLE_DEVICE_RECIPE,
+        write_config,
+    )
+    from _tiny_llama import base_config, DELETE
 
     run = {"max_steps_per_epoch": 5, "epochs": 1, "save_every_n_steps": 2, "batch_size": 2,
            "metric_logger.filename": DELETE}

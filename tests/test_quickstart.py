@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_recipes_fixtures import TINY, write_tiny_checkpoint, write_tiny_tokenizer
+from _tiny_llama import TINY, write_tiny_checkpoint, write_tiny_tokenizer
 
 CHATML = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"

@@ -3,7 +3,9 @@
 One training run per method (module fixture) feeds several tests: the loss falls, the
 adapter files, mid-epoch resume reproducing the uninterrupted losses, and the merged
 checkpoint loading in plain transformers (and PEFT's pair on the Hugging Face base) with
-the adapted model's logits.
+the adapted model's logits. Tests of one method's own files or behaviour (the model
+adapter the recipe detects, WeGeFT's init and target check, resuming with the other
+method refused) follow them; bad configs and precision switches close the file.
 """
 
 import json
@@ -19,9 +21,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from test_recipes_fixtures import (
-    base_config,
-    DELETE,
+from _recipe_runs import (
     load_recipe_module,
     losses,
     read_metrics,
@@ -30,10 +30,15 @@ from test_recipes_fixtures import (
     run_single_device_with_snapshot,
     SINGLE_DEVICE_RECIPE,
     subprocess_env,
-    TINY,
-    WEGEFT_RANK,
-    wegeft_config,
     write_config,
+)
+from _tiny_llama import (
+    base_config,
+    DELETE,
+    TINY,
+    wegeft_config,
+    WEGEFT_MODEL,
+    WEGEFT_RANK,
     write_tiny_checkpoint,
 )
 
@@ -296,6 +301,93 @@ def test_resuming_with_the_other_method_is_refused(trained, tmp_path, capsys):
         run_recipe_in_process(SINGLE_DEVICE_RECIPE, write_config(cfg, tmp_path / "genft.yaml"))
     assert exit_.value.code == 2
     assert re.search("saved adapter is 'wegeft'.*built with 'genft'", capsys.readouterr().err)
+
+
+# ---- the model adapter the recipes detect (GenFT or WeGeFT) ---------------------------
+
+
+def _build(model_cfg: dict, *, device: str = "cpu", dtype=torch.float32, seed: int = 0):
+    from torchtune import config as tt_config
+    from torchtune.training import set_default_dtype
+
+    torch.manual_seed(seed)
+    with set_default_dtype(dtype), torch.device(device):
+        return tt_config.instantiate(OmegaConf.create(model_cfg))
+
+
+def test_adapter_method_detects_wegeft_and_genft(tmp_path):
+    from genft_tune.modules.genft import is_genft_key
+    from genft_tune.modules.wegeft import get_wegeft_target_modules, is_wegeft_key
+    from genft_tune.modules import get_adapter_kind
+    from genft_tune.modules.genft import genft_adapter_init_state_dict
+    from genft_tune.training import get_model_adapter
+    from genft_tune.training._targets import adapter_target_modules
+
+    wegeft = get_model_adapter(_build(WEGEFT_MODEL))
+    assert (wegeft.name, wegeft.label) == ("wegeft", "WeGeFT")
+    assert wegeft.config.to_dict()["rank"] == WEGEFT_RANK
+    assert wegeft.target_modules == get_wegeft_target_modules(_build(WEGEFT_MODEL))
+    assert wegeft.is_key("wegeft_factors.q_proj.phi") and not wegeft.is_key("layers.0.attn.q_proj.weight")
+
+    # GenFT: the same values the recipes used before the abstraction
+    genft_cfg = base_config(tmp_path)["model"]
+    model = _build(genft_cfg)
+    genft = get_model_adapter(model)
+    assert genft.name == "genft" and genft.is_key is is_genft_key and wegeft.is_key is is_wegeft_key
+    assert genft.target_modules == adapter_target_modules(model, get_adapter_kind("genft"))
+    a, b = genft.init_state_dict(model, seed=3), genft_adapter_init_state_dict(model, seed=3)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_adapter_method_refuses_neither_and_both(tmp_path):
+    from torch import nn
+
+    from genft_tune.training import find_model_adapter, get_model_adapter
+
+    plain = nn.Sequential(nn.Linear(4, 4))
+    assert find_model_adapter(plain) is None
+    with pytest.raises(ValueError, match="no GenFT or WeGeFT layers"):
+        get_model_adapter(plain)
+    both = _build(base_config(tmp_path)["model"])
+    both.other = _build(WEGEFT_MODEL)
+    with pytest.raises(ValueError, match="both GenFT and WeGeFT"):
+        get_model_adapter(both)
+
+
+def test_wegeft_init_depends_on_the_seed_and_layout_only():
+    """Fresh factors: phi zero (dW = 0), psi from the seed alone, whatever the device,
+    dtype or global RNG state; the keys are exactly the model's adapter keys."""
+    from genft_tune.modules.wegeft import is_wegeft_key
+    from genft_tune.training import get_model_adapter
+
+    cpu = _build(WEGEFT_MODEL, seed=1)
+    meta = _build(WEGEFT_MODEL, device="meta", dtype=torch.bfloat16, seed=2)
+    method = get_model_adapter(cpu)
+    a, b = method.init_state_dict(cpu, seed=7), method.init_state_dict(meta, seed=7)
+    assert a.keys() == b.keys() == {k for k in cpu.state_dict() if is_wegeft_key(k)}
+    assert all(torch.equal(a[k], b[k]) and a[k].dtype == torch.float32 for k in a)
+    assert all(v.abs().max() == 0 for k, v in a.items() if k.endswith(".phi"))
+    assert any(not torch.equal(a[k], v) for k, v in method.init_state_dict(cpu, seed=8).items())
+    # per-layer factors (wegeft_shared: False) get one pair per layer
+    per_layer = _build({**WEGEFT_MODEL, "wegeft_shared": False})
+    keys = get_model_adapter(per_layer).init_state_dict(per_layer, seed=0).keys()
+    assert keys == {k for k in per_layer.state_dict() if is_wegeft_key(k)}
+    assert len(keys) == 2 * 2 * TINY["num_layers"]
+
+
+def test_wegeft_target_check_names_the_field():
+    from genft_tune.modules import get_adapter_kind
+    from genft_tune.training._targets import check_adapter_targets
+
+    def check_wegeft_targets(cfg, model):
+        check_adapter_targets(cfg, model, get_adapter_kind("wegeft"))
+
+    model = _build(WEGEFT_MODEL)
+    check_wegeft_targets(OmegaConf.create(WEGEFT_MODEL), model)
+    with pytest.raises(ValueError, match="wegeft_attn_modules asks for 'k_proj'"):
+        check_wegeft_targets(OmegaConf.create({**WEGEFT_MODEL, "wegeft_attn_modules": ["k_proj"]}), model)
+    with pytest.raises(ValueError, match="apply_wegeft_to_mlp"):
+        check_wegeft_targets(OmegaConf.create({**WEGEFT_MODEL, "apply_wegeft_to_mlp": True}), model)
 
 
 def test_tune_run_installed_module_with_cli_overrides(tmp_path):

@@ -1,5 +1,5 @@
-"""The distributed (FSDP2) GenFT recipe on CPU: 2 processes with gloo equal one device
-at the same global batch, and a mid-epoch resume reproduces the uninterrupted run."""
+"""The distributed (FSDP2) recipe on CPU: 2 processes with gloo equal one device at the
+same global batch (GenFT and WeGeFT), and a mid-epoch resume reproduces the uninterrupted run."""
 
 import subprocess
 import sys
@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_recipes_fixtures import (
-    base_config,
+from _recipe_runs import (
     DISTRIBUTED_RECIPE,
     losses,
     read_metrics,
@@ -18,10 +17,9 @@ from test_recipes_fixtures import (
     run_recipe_in_process,
     SINGLE_DEVICE_RECIPE,
     subprocess_env,
-    TINY,
     write_config,
-    write_tiny_checkpoint,
 )
+from _tiny_llama import base_config, TINY, wegeft_config, write_tiny_checkpoint
 
 STEPS = 4
 COMMON = {
@@ -34,15 +32,27 @@ COMMON = {
     "gradient_accumulation_steps": 2,
 }
 GLOBAL_BATCH = 4  # per optimizer step: 4 samples x 2 micro-batches on one device
+# per method: its recipe config, its settings and the prefix of its shared adapter tensors
+METHODS = {
+    "genft": (base_config, COMMON, "genft_generators."),
+    "wegeft": (
+        wegeft_config,
+        {**{k: v for k, v in COMMON.items() if not k.startswith("model.")},
+         "optimizer.lr": 0.01, "model.wegeft_dropout": 0.0},  # dropout masks come from per-process RNGs
+        "wegeft_factors.",
+    ),
+}
 
 
-def test_two_cpu_processes_match_single_device(tmp_path):
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_two_cpu_processes_match_single_device(tmp_path, method):
+    make_config, common, shared_prefix = METHODS[method]
     ckpt = write_tiny_checkpoint(tmp_path / "base")
 
-    single = base_config(tmp_path / "single", ckpt_dir=ckpt, batch_size=GLOBAL_BATCH, **COMMON)
+    single = make_config(tmp_path / "single", ckpt_dir=ckpt, batch_size=GLOBAL_BATCH, **common)
     run_recipe_in_process(SINGLE_DEVICE_RECIPE, write_config(single, tmp_path / "single.yaml"))
 
-    dist = base_config(tmp_path / "dist", ckpt_dir=ckpt, batch_size=GLOBAL_BATCH // 2, **COMMON)
+    dist = make_config(tmp_path / "dist", ckpt_dir=ckpt, batch_size=GLOBAL_BATCH // 2, **common)
     dist_cfg = write_config(dist, tmp_path / "dist.yaml")
     cmd = [
         str(Path(sys.executable).parent / "tune"),
@@ -68,7 +78,7 @@ def test_two_cpu_processes_match_single_device(tmp_path):
 
     a = load_file(Path(single["output_dir"]) / "epoch_0" / "genft_adapter.safetensors")
     b = load_file(Path(dist["output_dir"]) / "epoch_0" / "genft_adapter.safetensors")
-    assert a.keys() == b.keys()
+    assert a.keys() == b.keys() and any(k.startswith(shared_prefix) for k in a)
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
     # the merged checkpoints agree too

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import test_recipes_fixtures as fx
+import _recipe_runs as runs
+import _tiny_llama as tiny
 
 pytestmark = [
     pytest.mark.gpu,
@@ -34,8 +35,8 @@ CASES = {
         "optimizer._component_": "torchao.optim._AdamW",
         "optimizer.bf16_stochastic_round": True,
     },
-    "adamw8bit": {"optimizer._component_": "torchao.optim.AdamW8bit", "optimizer.weight_decay": fx.DELETE},
-    "adamw4bit": {"optimizer._component_": "torchao.optim.AdamW4bit", "optimizer.weight_decay": fx.DELETE},
+    "adamw8bit": {"optimizer._component_": "torchao.optim.AdamW8bit", "optimizer.weight_decay": tiny.DELETE},
+    "adamw4bit": {"optimizer._component_": "torchao.optim.AdamW4bit", "optimizer.weight_decay": tiny.DELETE},
     "fp8_tensorwise": {"enable_fp8_training": True},
     "fp8_rowwise_compiled": {"enable_fp8_training": True, "fp8_recipe_name": "rowwise", "compile": True},
     "activation_offloading": {"enable_activation_checkpointing": True, "enable_activation_offloading": True},
@@ -46,31 +47,31 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    saved = dict(fx.TINY)
-    fx.TINY.update(DIMS)
+    saved = dict(tiny.TINY)
+    tiny.TINY.update(DIMS)
     try:
-        yield fx.write_tiny_checkpoint(tmp_path_factory.mktemp("gpu") / "base")
+        yield tiny.write_tiny_checkpoint(tmp_path_factory.mktemp("gpu") / "base")
     finally:
-        fx.TINY.clear()
-        fx.TINY.update(saved)
+        tiny.TINY.clear()
+        tiny.TINY.update(saved)
 
 
 def _config(tmp_path, base, **overrides):
-    saved = dict(fx.TINY)
-    fx.TINY.update(DIMS)
+    saved = dict(tiny.TINY)
+    tiny.TINY.update(DIMS)
     try:
-        return fx.base_config(tmp_path, ckpt_dir=base, **{**GPU, **overrides})
+        return tiny.base_config(tmp_path, ckpt_dir=base, **{**GPU, **overrides})
     finally:
-        fx.TINY.clear()
-        fx.TINY.update(saved)
+        tiny.TINY.clear()
+        tiny.TINY.update(saved)
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_single_device_precision_switches(tmp_path, base, case):
     cfg = _config(tmp_path, base, **CASES[case])
-    fx.run_recipe_in_process(fx.SINGLE_DEVICE_RECIPE, fx.write_config(cfg, tmp_path / "c.yaml"))
+    runs.run_recipe_in_process(runs.SINGLE_DEVICE_RECIPE, runs.write_config(cfg, tmp_path / "c.yaml"))
     out = Path(cfg["output_dir"])
-    metrics = fx.read_metrics(out / "logs" / "log.txt")
+    metrics = runs.read_metrics(out / "logs" / "log.txt")
     values = [metrics["loss"][s] for s in sorted(metrics["loss"])]
     assert len(values) == 6 and all(v == v for v in values)
     assert max(metrics["peak_memory_alloc"].values()) > 0  # CUDA memory stats are logged
@@ -79,13 +80,13 @@ def test_single_device_precision_switches(tmp_path, base, case):
 
 def test_distributed_nccl_one_gpu(tmp_path, base):
     cfg = _config(tmp_path, base)
-    path = fx.write_config(cfg, tmp_path / "c.yaml")
+    path = runs.write_config(cfg, tmp_path / "c.yaml")
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
-         str(fx.DISTRIBUTED_RECIPE), "--config", str(path)],
-        capture_output=True, text=True, env=fx.subprocess_env(), timeout=300,
+         str(runs.DISTRIBUTED_RECIPE), "--config", str(path)],
+        capture_output=True, text=True, env=runs.subprocess_env(), timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    values = fx.losses(Path(cfg["output_dir"]) / "logs" / "log.txt")
+    values = runs.losses(Path(cfg["output_dir"]) / "logs" / "log.txt")
     assert len(values) == 6 and all(v == v for v in values)
     assert (Path(cfg["output_dir"]) / "epoch_0" / "model-00001-of-00001.safetensors").is_file()

@@ -14,14 +14,14 @@ from typing import Dict, List
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_recipes_fixtures import (
-    base_config,
+from _recipe_runs import (
     read_metrics,
     run_recipe_in_process,
     run_single_device_with_snapshot,
     SINGLE_DEVICE_RECIPE,
     write_config,
 )
+from _tiny_llama import base_config
 from torch import nn
 
 from genft_tune._cli.genft import main as cli_main
@@ -109,7 +109,7 @@ def rowscale_model(*, base, targets, base_kwargs=None):
 
 
 def _cfg(tmp_path: Path, **overrides):
-    from test_recipes_fixtures import TINY
+    from _tiny_llama import TINY
 
     cfg = base_config(tmp_path, max_steps_per_epoch=4, save_every_n_steps=2, **{"optimizer.lr": 5e-2}, **overrides)
     dims = {k: v for k, v in TINY.items()}
