@@ -325,6 +325,33 @@ def test_init_weights_false_acts_at_initialisation(method):
         assert acting.peft_config["default"].method_config().zero_init is False
 
 
+def _hf_base():
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(transformers.LlamaConfig(**CFG)).eval()  # transformers' init: std 0.02
+
+
+@pytest.mark.parametrize("method", list(CONFIGS))
+def test_init_weights_false_acts_clearly_on_small_weights(method):
+    """PEFT's own tests take ``init_weights=False`` for an adapter that moves a
+    transformers-initialised model (``W0`` std 0.02, as their tiny models) clearly
+    (``test_merge_layers_multi``: two such adapters are not allclose at 1e-3) and whose
+    every tensor gets a gradient at once. GenFT generates ``dW`` from ``W0``: with
+    ``nn.Linear``'s init of its matrices it moved PEFT's tiny decoders by ~3e-4."""
+    base = _logits(_hf_base())
+    logits = []
+    for seed in (1, 2):
+        model = _hf_base()
+        torch.manual_seed(seed)
+        model = get_peft_model(model, CONFIGS[method](init_weights=False))
+        logits.append(_logits(model))
+    assert (logits[0] - base).abs().max() > 1e-2
+    assert not torch.allclose(logits[0], logits[1], atol=1e-2, rtol=1e-2)
+    model.train()
+    model(_tokens()).logits.sum().backward()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert trainable and all(p.grad is not None and p.grad.abs().max() > 0 for p in trainable)
+
+
 @pytest.mark.parametrize("method", ["genft", "wegeft"])
 def test_target_modules_none_uses_peft_defaults_like_lora(method):
     lora = get_peft_model(_base(), LoraConfig())

@@ -33,6 +33,17 @@ ACTIVATIONS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "tanh": torch.tanh,
 }
 
+# What a small signal's size is multiplied by to come through each activation unchanged
+# (gelu'(0) = 1/2; the rectifiers keep half the variance): the random generator of
+# init_weights=False (generator.init_keeping_scale) keeps W0's scale with these.
+ACTIVATION_GAINS: Dict[str, float] = {
+    "identity": 1.0,
+    "relu": math.sqrt(2.0),
+    "leaky_relu": math.sqrt(2.0),
+    "gelu": 2.0,
+    "tanh": 1.0,
+}
+
 FACTOR_INITS = ("zeros", "kaiming_uniform", "xavier_uniform", "normal")
 
 # The paper's ablations (Table 4): "without column" = row only, "without row" = column only.

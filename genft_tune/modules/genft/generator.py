@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genft_tune.modules._base import linear_default_init
-from genft_tune.modules.genft.config import ACTIVATIONS, FACTOR_INITS, GenFTConfig
+from genft_tune.modules.genft.config import ACTIVATION_GAINS, ACTIVATIONS, FACTOR_INITS, GenFTConfig
 
 
 def _init_factor(tensor: torch.Tensor, method: str) -> None:
@@ -24,6 +24,26 @@ def _init_factor(tensor: torch.Tensor, method: str) -> None:
         nn.init.normal_(tensor, std=0.01)
     else:  # GenFTConfig validates names, so this is a programming error
         raise ValueError(f"unknown factor init {method!r}; allowed: {list(FACTOR_INITS)}")
+
+
+@torch.no_grad()
+def init_keeping_scale(tensors: Mapping[str, Optional[torch.Tensor]], config: GenFTConfig) -> None:
+    """Draw the generator's matrices (``P*``, ``Q*``, ``A*``, ``B*`` among ``tensors``; the
+    biases are left) so that each stage keeps the size of its input, in place: normal
+    with std ``gain / sqrt(fan_in)``, ``fan_in`` the dimension the matrix contracts
+    (``W0``'s for ``D1 = [P1; A1]``, ``F_row``'s for ``D2``, ``a + b`` for ``E1``/``E2``) and
+    ``gain`` the activation's that follows (:data:`ACTIVATION_GAINS`). Then ``dW`` is about
+    ``ratio * scaling * W0`` in size, at any scale of ``W0``: a random adapter that clearly
+    acts, as PEFT's ``init_weights=False`` asks (with ``nn.Linear``'s init a generator
+    shrinks ``W0`` at every stage, and ``dW`` stays ~0.3% of a small ``W0``)."""
+    gain_in, gain_out = ACTIVATION_GAINS[config.act_in], ACTIVATION_GAINS[config.act_out]
+    for name, tensor in tensors.items():
+        if tensor is None or tensor.is_meta:
+            continue
+        if name[0] in "PA":  # D blocks, (k, dim): they contract W0's (or F_row's) dim
+            nn.init.normal_(tensor, std=gain_in / math.sqrt(tensor.shape[1]))
+        elif name[0] in "QB":  # E blocks, (dim, k): E = [Q | B] contracts a + b
+            nn.init.normal_(tensor, std=gain_out / math.sqrt(config.latent_dim))
 
 
 def _cat(parts: Sequence[Optional[torch.Tensor]], dim: int) -> torch.Tensor:

@@ -28,7 +28,13 @@ from peft.utils import register_peft_method
 from genft_tune.modules._peft_tuner import AdapterPeftConfig, AdapterPeftLayer, AdapterPeftModel, move_like, peft_type
 from genft_tune.modules._rope import tune_rows_in_hf_order
 from genft_tune.modules.genft.config import GenFTConfig
-from genft_tune.modules.genft.generator import GenFTGenerators, merged_weight_fp32, tie_specific_factors
+from genft_tune.modules.genft.generator import (
+    generator_key,
+    GenFTGenerators,
+    init_keeping_scale,
+    merged_weight_fp32,
+    tie_specific_factors,
+)
 from genft_tune.modules.genft.layer import initialize_specific_factors, SPECIFIC, specific_factor_shapes
 from genft_tune.modules.genft.model import GENFT
 
@@ -48,8 +54,11 @@ class GenFTPeftConfig(AdapterPeftConfig):
     the module docstring); leave it empty for adapters trained with PEFT. ``recompute``
     and ``fused`` are carried for the recipes (the same adapter trains there with them);
     the PEFT layer always runs the eager generator and keeps its graph.
-    ``init_weights=False`` (PEFT's switch for an adapter that acts at initialisation)
-    is ``zero_init=False``.
+    ``init_weights=False`` (PEFT's switch for an adapter that acts at initialisation,
+    for tests) is ``zero_init=False`` with every generator matrix drawn to keep the size
+    of its input (:func:`~genft_tune.modules.genft.generator.init_keeping_scale`), so
+    that ``dW`` is about ``ratio * scaling * W0`` in size (as HiRA's random init gives a
+    ``dW = W0 * BA`` of ``W0``'s order), whatever the scale of ``W0``.
     """
 
     shared_dim: int = GenFTConfig.shared_dim
@@ -98,6 +107,7 @@ class GenFTPeftLinear(AdapterPeftLayer):
             self._generators: Dict[str, nn.Module] = {}  # adapter -> its GenFTGenerator (on the model)
             self._rope_rows: Dict[str, Optional[torch.Tensor]] = {}
         weight = self.get_base_layer().weight
+        new_generator = generator_key(self.out_features, self.in_features) not in generators
         generator = generators.get(self.out_features, self.in_features)
         move_like(generator, weight)
         self._generators[adapter_name] = generator
@@ -107,6 +117,10 @@ class GenFTPeftLinear(AdapterPeftLayer):
         shapes = specific_factor_shapes(cfg, self.in_features, self.out_features)
         factors = {n: nn.Parameter(torch.empty(*s)) for n, s in shapes.items()}
         initialize_specific_factors(factors, cfg, tied=self.tied)
+        if not config.init_weights:  # an adapter that clearly acts (PEFT's tests); the shared half once
+            init_keeping_scale(factors, cfg)
+            if new_generator:
+                init_keeping_scale(dict(generator.named_parameters(recurse=False)), cfg)
         for name, param in factors.items():
             getattr(self, NAMES.to_peft(name))[adapter_name] = param
         self._finish_update(adapter_name)
