@@ -355,6 +355,18 @@ def test_generator_shared_once_in_state_dict_and_optimizer():
         torch.testing.assert_close(merged[f"{name}.weight"], layer.weight.detach())
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_state_dict_merge_is_the_layer_merge_bit_for_bit(dtype):
+    # one fp32 merge (fp64 for fp64 weights): the state-dict merge computed fp64 bases in fp32 before
+    torch.manual_seed(3)
+    layer, gens = make_layer(7, 5, dtype=dtype)
+    sd = {"l.weight": layer.weight.detach(), **{f"l.{n}": getattr(layer, n).detach() for n in layer.adapter_params()},
+          **{f"genft_generators.{k}": v for k, v in gens.state_dict().items()}}
+    merged = merge_genft_state_dict(sd, config=layer.config, target_modules=["l"])["l.weight"]
+    assert merged.dtype == dtype
+    assert torch.equal(merged, layer._merged_weight_from(layer.weight.detach()))
+
+
 def test_merge_state_dict_errors_name_the_key():
     cfg = GenFTConfig(shared_dim=2, specific_dim=2)
     gens = GenFTGenerators(cfg)

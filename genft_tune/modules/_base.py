@@ -9,7 +9,7 @@ weight depends on, how ``W0 + dW`` is computed in fp32, and the training forward
 """
 
 import math
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +37,28 @@ def dequantize_state_dict(
         if isinstance(value, NF4Tensor) else value
         for key, value in state_dict.items()
     }
+
+
+def merge_dtype(weight: torch.Tensor) -> torch.dtype:
+    """What ``W0 + dW`` is computed in: fp32, or fp64 for fp64 weights."""
+    return torch.promote_types(weight.dtype, torch.float32)
+
+
+@torch.no_grad()
+def add_delta_fp32(weight: torch.Tensor, delta: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``W0 + dW`` computed in :func:`merge_dtype` and cast back to ``weight``'s dtype: the
+    one merge every method's layer, state-dict merge and PEFT tuner uses.
+
+    Args:
+        weight (torch.Tensor): the original ``W0``.
+        delta (Callable[[torch.Tensor], torch.Tensor]): ``dW`` from the upcast ``W0``
+            (the method's maths, no dropout).
+
+    Returns:
+        torch.Tensor: the merged weight, same dtype and device as ``weight``.
+    """
+    w = weight.to(merge_dtype(weight))
+    return (w + delta(w)).to(weight.dtype)
 
 
 def check_nf4_shape(out_dim: int, in_dim: int, block_size: int = 64, scaler_block_size: int = 256):
@@ -220,4 +242,12 @@ class AdapterLinear(nn.Module, AdapterModule):
         self._cache.clear()
 
 
-__all__ = ["AdapterLinear", "check_nf4_shape", "dequantize_state_dict", "dequantized", "linear_default_init"]
+__all__ = [
+    "AdapterLinear",
+    "add_delta_fp32",
+    "check_nf4_shape",
+    "dequantize_state_dict",
+    "dequantized",
+    "linear_default_init",
+    "merge_dtype",
+]

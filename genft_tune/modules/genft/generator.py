@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genft_tune.modules._base import linear_default_init
+from genft_tune.modules._base import add_delta_fp32, linear_default_init, merge_dtype
 from genft_tune.modules.genft.config import ACTIVATION_GAINS, ACTIVATIONS, FACTOR_INITS, GenFTConfig
 
 
@@ -313,26 +313,40 @@ def tie_specific_factors(A1, B1, A2, B2, *, tied: bool) -> Tuple[Optional[torch.
 
 
 @torch.no_grad()
+def delta_weight_fp32(
+    weight: torch.Tensor,
+    generator: GenFTGenerator,
+    specific: Sequence[Optional[torch.Tensor]],
+    shared: Optional[Mapping[str, torch.Tensor]] = None,
+) -> torch.Tensor:
+    """``dW`` computed in fp32 (fp64 for fp64 weights; evaluation mode, no dropout).
+
+    Args:
+        weight (torch.Tensor): the original ``W0``.
+        generator (GenFTGenerator): its shared generator (may live on meta when
+            ``shared`` is given).
+        specific (Sequence[Optional[torch.Tensor]]): ``(A1, B1, A2, B2)``, tie applied.
+        shared (Optional[Mapping[str, torch.Tensor]]): the generator's tensors by
+            parameter name; the generator's own when not given.
+
+    Returns:
+        torch.Tensor: ``dW`` in :func:`~genft_tune.modules._base.merge_dtype`.
+    """
+    dtype = merge_dtype(weight)
+    if shared is None:
+        shared = dict(generator.named_parameters(recurse=False))
+    shared = {n: p.to(dtype) for n, p in shared.items()}
+    args = [t.to(dtype) if t is not None else None for t in specific]
+    # functional_call evaluates the generator with upcast copies, leaving it untouched.
+    return torch.func.functional_call(generator, shared, (weight.to(dtype), *args), strict=True)
+
+
 def merged_weight_fp32(
     weight: torch.Tensor,
     generator: GenFTGenerator,
     specific: Sequence[Optional[torch.Tensor]],
+    shared: Optional[Mapping[str, torch.Tensor]] = None,
 ) -> torch.Tensor:
-    """``W0 + dW`` computed in fp32 (evaluation mode, no dropout) and cast back to
-    ``weight``'s dtype.
-
-    Args:
-        weight (torch.Tensor): the original ``W0``.
-        generator (GenFTGenerator): its shared generator.
-        specific (Sequence[Optional[torch.Tensor]]): ``(A1, B1, A2, B2)``, tie applied.
-
-    Returns:
-        torch.Tensor: the merged weight, same dtype and device as ``weight``.
-    """
-    dtype = torch.promote_types(weight.dtype, torch.float32)  # fp32, or fp64 for fp64 models
-    shared = {n: p.to(dtype) for n, p in generator.named_parameters(recurse=False)}
-    args = [t.to(dtype) if t is not None else None for t in specific]
-    w = weight.to(dtype)
-    # functional_call evaluates the generator with upcast copies, leaving it untouched.
-    delta = torch.func.functional_call(generator, shared, (w, *args))
-    return (w + delta).to(weight.dtype)
+    """``W0 + dW`` computed in fp32 (:func:`delta_weight_fp32`) and cast back to
+    ``weight``'s dtype; arguments as :func:`delta_weight_fp32`."""
+    return add_delta_fp32(weight, lambda w: delta_weight_fp32(w, generator, specific, shared))

@@ -19,7 +19,13 @@ from genft_tune.modules._method import (
     validate_missing_and_unexpected,
 )
 from genft_tune.modules.genft.config import GenFTConfig
-from genft_tune.modules.genft.generator import GenFTGenerator, GenFTGenerators, generator_key, tie_specific_factors
+from genft_tune.modules.genft.generator import (
+    GenFTGenerator,
+    GenFTGenerators,
+    generator_key,
+    merged_weight_fp32,
+    tie_specific_factors,
+)
 from genft_tune.modules.genft.layer import genft_linear, GenFTLinear
 
 Shape = Tuple[int, ...]
@@ -128,7 +134,7 @@ def merge_genft_state_dict(
         out_dim, in_dim = W0.shape
         gkey = f"{GENERATORS_ATTR}.{generator_key(out_dim, in_dim)}"
         shared = {
-            k[len(gkey) + 1 :]: v.float()
+            k[len(gkey) + 1 :]: v
             for k, v in state_dict.items()
             if k.startswith(gkey + ".")
         }
@@ -138,13 +144,10 @@ def merge_genft_state_dict(
         _check_tensors(shared, dict(generator.named_parameters()), gkey, f"generator for {prefix!r}")
         specific = {n: state_dict.get(f"{prefix}.{n}") for n in layer.adapter_params()}
         _check_tensors(specific, {n: getattr(layer, n) for n in layer.adapter_params()}, prefix, "specific factors")
-        args = [t.float() if t is not None else None for t in tie_specific_factors(
-            specific.get("A1"), specific.get("B1"), specific.get("A2"), specific.get("B2"),
-            tied=layer.tied,
-        )]
-        w32 = W0.float()
-        delta = torch.func.functional_call(generator, shared, (w32, *args), strict=True)
-        merged[weight_key] = (w32 + delta).to(W0.dtype)
+        args = tie_specific_factors(
+            specific.get("A1"), specific.get("B1"), specific.get("A2"), specific.get("B2"), tied=layer.tied
+        )
+        merged[weight_key] = merged_weight_fp32(W0, generator, args, shared)
     return merged
 
 

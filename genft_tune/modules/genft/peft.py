@@ -29,6 +29,7 @@ from genft_tune.modules._peft_tuner import AdapterPeftConfig, AdapterPeftLayer, 
 from genft_tune.modules._rope import tune_rows_in_hf_order
 from genft_tune.modules.genft.config import GenFTConfig
 from genft_tune.modules.genft.generator import (
+    delta_weight_fp32,
     generator_key,
     GenFTGenerators,
     init_keeping_scale,
@@ -152,14 +153,8 @@ class GenFTPeftLinear(AdapterPeftLayer):
         return self._in_generator_rows(adapter, weight, lambda w: merged_weight_fp32(w, generator, specific))
 
     def _exact_delta(self, adapter: str, weight: torch.Tensor) -> torch.Tensor:
-        # merged_weight_fp32's maths without adding W0: upcast copies, the generator untouched
         generator, specific = self._generators[adapter], self._specific(adapter)
-        dtype = torch.promote_types(weight.dtype, torch.float32)
-        shared = {n: p.to(dtype) for n, p in generator.named_parameters(recurse=False)}
-        args = [t.to(dtype) if t is not None else None for t in specific]
-        return self._in_generator_rows(
-            adapter, weight.to(dtype), lambda w: torch.func.functional_call(generator, shared, (w, *args))
-        )
+        return self._in_generator_rows(adapter, weight, lambda w: delta_weight_fp32(w, generator, specific))
 
     def _update(self, adapter: str, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return F.linear(x.to(self._dtype(adapter)), self._delta_weight(adapter, weight, training=self.training))

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from genft_tune.modules._base import AdapterLinear, linear_default_init
+from genft_tune.modules._base import add_delta_fp32, AdapterLinear, linear_default_init, merge_dtype
 from genft_tune.modules.wegeft.config import FACTOR_NAMES, LAYER_FACTORS_ATTR, WeGeFTConfig
 
 
@@ -285,11 +285,10 @@ def wegeft_update(x: torch.Tensor, projection: torch.Tensor, psi: torch.Tensor, 
 
 
 @torch.no_grad()
-def wegeft_merged_weight(
+def wegeft_delta_weight(
     weight: torch.Tensor, phi: torch.Tensor, psi: torch.Tensor, config: WeGeFTConfig
 ) -> torch.Tensor:
-    """``W0 + (alpha/r) W0 phi^T psi`` computed in fp32 (fp64 for fp64 weights) and
-    cast back to ``weight``'s dtype; no dropout.
+    """``dW = (alpha/r) W0 phi^T psi`` computed in fp32 (fp64 for fp64 weights); no dropout.
 
     Args:
         weight (torch.Tensor): the original ``W0``, ``(out, in)``.
@@ -298,12 +297,18 @@ def wegeft_merged_weight(
         config (WeGeFTConfig): for the scaling.
 
     Returns:
-        torch.Tensor: the merged weight, same dtype and device as ``weight``.
+        torch.Tensor: ``dW`` in :func:`~genft_tune.modules._base.merge_dtype`.
     """
-    dtype = torch.promote_types(weight.dtype, torch.float32)
+    dtype = merge_dtype(weight)
     w = weight.to(dtype)
-    delta = (config.scaling * (w @ phi.to(dtype).T)) @ psi.to(dtype)
-    return (w + delta).to(weight.dtype)
+    return (config.scaling * (w @ phi.to(dtype).T)) @ psi.to(dtype)
+
+
+def wegeft_merged_weight(
+    weight: torch.Tensor, phi: torch.Tensor, psi: torch.Tensor, config: WeGeFTConfig
+) -> torch.Tensor:
+    """``W0 + dW`` (:func:`wegeft_delta_weight`) cast back to ``weight``'s dtype."""
+    return add_delta_fp32(weight, lambda w: wegeft_delta_weight(w, phi, psi, config))
 
 
 def wegeft_linear(

@@ -26,6 +26,7 @@ from genft_tune.modules._base import linear_default_init
 from genft_tune.modules._peft_tuner import AdapterPeftConfig, AdapterPeftLayer, AdapterPeftModel, move_like, peft_type
 from genft_tune.modules.wegeft.config import PEFT_LAYER_FACTORS_ATTR, WeGeFTConfig
 from genft_tune.modules.wegeft.layer import (
+    wegeft_delta_weight,
     WeGeFTFactors,
     wegeft_merged_weight,
     wegeft_projection,
@@ -100,9 +101,7 @@ class WeGeFTPeftLinear(AdapterPeftLayer):
 
     def _exact_delta(self, adapter: str, weight: torch.Tensor) -> torch.Tensor:
         factors = self._factors[adapter]
-        dtype = torch.promote_types(weight.dtype, torch.float32)
-        w = weight.to(dtype)
-        return (factors.config.scaling * (w @ factors.phi.to(dtype).T)) @ factors.psi.to(dtype)
+        return wegeft_delta_weight(weight, factors.phi, factors.psi, factors.config)
 
     def _projection(self, adapter: str, weight: torch.Tensor, dropout: float) -> torch.Tensor:
         phi = self._factors[adapter].phi
