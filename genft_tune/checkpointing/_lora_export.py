@@ -35,7 +35,7 @@ from safetensors.torch import save_file
 from genft_tune._fs import give_open_mode, new_folder
 from genft_tune.checkpointing._adapter import _dump_json, check_adapter_matches_model, load_adapter_config
 from genft_tune.checkpointing._base_checkpoint import find_base_checkpoint
-from genft_tune.checkpointing._merge import _merge_one
+from genft_tune.checkpointing._merge import merge_base_tensor
 from genft_tune.checkpointing._peft_format import (
     _converter,
     _short_targets,
@@ -162,7 +162,6 @@ def delta_weights(adapter_dir: PathLike, *, base_dir: PathLike) -> Iterator[Tupl
     to_tune = {k: converter.tune_shapes(k, s) for k, s in shapes.items()}
     check_adapter_matches_model(adapter_cfg, {t: s for parts in to_tune.values() for t, s in parts.items()})
     target_keys = {f"{t}.weight" for t in adapter_cfg["target_modules"]}
-    hf_layout = adapter_cfg.weight_layout == "hf"  # trained on these very rows (by PEFT)
     done = 0
     for path in source.files:
         for key, tensor in source.iter_file(path):
@@ -170,15 +169,7 @@ def delta_weights(adapter_dir: PathLike, *, base_dir: PathLike) -> Iterator[Tupl
             if not hits:
                 continue
             W0 = tensor.float()
-            if hf_layout:
-                merged = _merge_one(hits[0], W0, adapter_sd, adapter_cfg)
-            else:  # to the adapter's row order, merge there, back (as merge_adapter_checkpoint)
-                parts = converter.to_tune({key: W0})
-                for tk in hits:
-                    parts[tk] = _merge_one(tk, parts[tk], adapter_sd, adapter_cfg)
-                (back_key, merged), = converter.from_tune(parts).items()
-                if back_key != key:
-                    raise RuntimeError(f"key conversion is not invertible: {key} -> {list(parts)} -> {back_key}")
+            merged = merge_base_tensor(key, W0, hits, adapter_sd=adapter_sd, adapter_cfg=adapter_cfg, converter=converter)
             module = key[: -len(".weight")]
             if converter.module_name is not None and len(hits) == 1:  # model modules named apart from keys
                 module = converter.module_name(hits[0][: -len(".weight")]) or module

@@ -19,7 +19,7 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from safetensors.torch import save_file
@@ -37,6 +37,7 @@ from genft_tune.checkpointing._base_checkpoint import (
     BaseCheckpoint,
     find_base_checkpoint,
     HF_INDEX_FILE,
+    KeyConverter,
     WEIGHT_SUFFIXES,
 )
 from genft_tune.checkpointing._peft_format import load_any_adapter
@@ -97,6 +98,48 @@ def _merge_one(
     one = {target: targets[target]} if isinstance(targets, Mapping) else [target]
     merged = get_adapter_kind(adapter_cfg.method).merge_state_dict(sd, config=adapter_cfg.config, target_modules=one)
     return merged[tune_key]
+
+
+def merge_base_tensor(
+    key: str,
+    tensor: torch.Tensor,
+    hits: Sequence[str],
+    *,
+    adapter_sd: Dict[str, torch.Tensor],
+    adapter_cfg: AdapterFileConfig,
+    converter: KeyConverter,
+    out_key: Optional[str] = None,
+    back_name: Callable[[str], str] = lambda k: k,
+) -> torch.Tensor:
+    """``W0 + dW`` for the base checkpoint's tensor ``key``, which holds the adapted
+    weights ``hits`` (torchtune keys), merged in the rows the adapter was trained on: the
+    tensor's own for an adapter on Hugging Face's layout, else torchtune's (converted
+    there and back; a fused tensor has several parts). The one merge of a base tensor:
+    :func:`merge_adapter_checkpoint` and the LoRA export's ``dW`` both call it.
+
+    Args:
+        key (str): the tensor's key in the base checkpoint.
+        tensor (torch.Tensor): its value.
+        hits (Sequence[str]): the adapted torchtune keys (``layers.0.attn.q_proj.weight``) in it.
+        adapter_sd (Dict[str, torch.Tensor]): the adapter's tensors (torchtune keys).
+        adapter_cfg (AdapterFileConfig): the adapter's config.
+        converter (KeyConverter): the base's key converter.
+        out_key (Optional[str]): the key the converted-back tensor must have (``key``).
+        back_name (Callable[[str], str]): renames the converter's output keys.
+
+    Raises:
+        RuntimeError: if the key conversion does not give back one tensor named ``out_key``.
+    """
+    if adapter_cfg.weight_layout == "hf":  # dW was trained on these very rows
+        return _merge_one(hits[0], tensor, adapter_sd, adapter_cfg)
+    parts = converter.to_tune({key: tensor})
+    for tk in hits:
+        parts[tk] = _merge_one(tk, parts[tk], adapter_sd, adapter_cfg)
+    back = {back_name(k): v for k, v in converter.from_tune(parts).items()}
+    out_key = key if out_key is None else out_key
+    if list(back) != [out_key]:
+        raise RuntimeError(f"key conversion is not invertible: {key} -> {list(parts)} -> {list(back)}")
+    return back[out_key]
 
 
 class _ShardWriter:
@@ -223,18 +266,12 @@ def merge_adapter_checkpoint(
                 hits = [t for t in to_tune.get(key, {}) if t in target_keys]
                 if key in replacements:
                     tensor = replacements.pop(key).to(tensor.dtype)
-                elif hits and hf_layout:  # dW was trained on these very rows
-                    tensor = _merge_one(hits[0], tensor, adapter_sd, adapter_cfg)
-                    merged_count += 1
                 elif hits:
-                    parts = converter.to_tune({key: tensor})  # a fused tensor has several parts
-                    for tk in hits:
-                        parts[tk] = _merge_one(tk, parts[tk], adapter_sd, adapter_cfg)
-                    back = {back_name(k): v for k, v in converter.from_tune(parts).items()}
-                    if list(back) != [out_name(key)]:
-                        raise RuntimeError(f"key conversion is not invertible: {key} -> {list(parts)} -> {list(back)}")
-                    tensor = back[out_name(key)]
-                    merged_count += len(hits)
+                    tensor = merge_base_tensor(
+                        key, tensor, hits, adapter_sd=adapter_sd, adapter_cfg=adapter_cfg, converter=converter,
+                        out_key=out_name(key), back_name=back_name,
+                    )
+                    merged_count += 1 if hf_layout else len(hits)
                 if cast is not None and tensor.is_floating_point():
                     tensor = tensor.to(cast)
                 if out_name(key) is None:  # not part of the output model (a ViTModel's pooler)
@@ -326,5 +363,6 @@ __all__ = [
     "check_adapter_fits_base",
     "DTYPES",
     "merge_adapter_checkpoint",
+    "merge_base_tensor",
     "parse_size",
 ]
