@@ -38,7 +38,6 @@ from genft_tune.modules.genft.model import (
     is_genft_key,
     merge_genft_state_dict,
     named_genft_generators,
-    SPECIFIC_NAMES,
     validate_missing_and_unexpected_for_genft,
 )
 
@@ -62,7 +61,6 @@ __all__ = [
     "merge_genft_state_dict",
     "merged_weight_fp32",
     "named_genft_generators",
-    "SPECIFIC_NAMES",
     "STAGES",
     "tie_specific_factors",
     "validate_missing_and_unexpected_for_genft",

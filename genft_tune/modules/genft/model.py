@@ -26,13 +26,12 @@ from genft_tune.modules.genft.generator import (
     merged_weight_fp32,
     tie_specific_factors,
 )
-from genft_tune.modules.genft.layer import genft_linear, GenFTLinear
+from genft_tune.modules.genft.layer import genft_linear, GenFTLinear, SPECIFIC
 
 Shape = Tuple[int, ...]
 
 GENERATORS_ATTR = "genft_generators"
 PEFT_PREFIX = "genft_"  # PEFT's names of the specific factors on its tuner layer: genft_A1 ...
-SPECIFIC_NAMES = ("A1", "B1", "A2", "B2")
 
 
 def get_genft_modules(model: nn.Module) -> Dict[str, GenFTLinear]:
@@ -54,7 +53,7 @@ def get_genft_config(model: nn.Module) -> GenFTConfig:
 
 def is_genft_key(key: str) -> bool:
     """Whether a state-dict key belongs to the GenFT adapter (shared or specific)."""
-    return key.startswith(GENERATORS_ATTR + ".") or key.rsplit(".", 1)[-1] in SPECIFIC_NAMES
+    return key.startswith(GENERATORS_ATTR + ".") or key.rsplit(".", 1)[-1] in SPECIFIC
 
 
 def get_genft_adapter_state_dict(
