@@ -106,3 +106,32 @@ def test_model_families_are_asked_not_named():
         if branch.search(line) and not line.lstrip().startswith("#")
     ]
     assert not offenders, "model_type branches outside genft_tune/models:\n" + "\n".join(offenders)
+
+
+# The package's layers, bottom first: a sub-package imports only from layers below its own
+# (README, "Where things live"). The root package holds the version and the torchao hook;
+# its lazy ``genft_tune.apply_adapter`` (PEP 562) is the one way up, so that ``import
+# genft_tune`` and ``genft-tune ls`` do not load torch.
+LAYERS = [
+    {"genft_tune", "genft_tune._fs", "genft_tune._torchao_compat"},  # files and I/O, no genft_tune import
+    {"genft_tune.modules"},  # the methods: config, math, layer, registry entry, PEFT tuner
+    {"genft_tune.models"},  # the model families
+    {"genft_tune.datasets", "genft_tune.cards"},  # data sets; model cards and run files
+    {"genft_tune.checkpointing"},  # adapter files, merge, verify, PEFT/LoRA/authors' formats
+    {"genft_tune.training", "genft_tune.hub", "genft_tune.peft", "genft_tune._recipe_registry"},  # recipe helpers, publish, PEFT registration, configs
+    {"genft_tune._cli", "genft_tune.quickstart"},  # commands
+]
+
+
+def test_subpackages_import_only_layers_below():
+    _, units = _graphs()
+    rank = {unit: i for i, layer in enumerate(LAYERS) for unit in layer}
+    assert set(units) <= set(rank), f"sub-packages missing from LAYERS: {sorted(set(units) - set(rank))}"
+    upward = [
+        f"{unit} (layer {rank[unit]}) imports {target} (layer {rank[target]})"
+        for unit, targets in units.items()
+        if unit != "genft_tune"
+        for target in targets
+        if target != "genft_tune" and rank[target] >= rank[unit] and target != unit
+    ]
+    assert not upward, "imports that do not run downwards:\n" + "\n".join(sorted(upward))
