@@ -42,7 +42,7 @@ from tqdm import tqdm
 from genft_tune import training as genft_training
 from genft_tune._recipe_registry import resolve_config_argv
 from genft_tune.checkpointing import finalize_merged_folder
-from genft_tune.checkpointing import load_any_adapter
+from genft_tune.checkpointing import read_adapter
 
 log = utils.get_logger("DEBUG")
 
@@ -195,7 +195,7 @@ class GenFTFinetuneRecipeSingleDevice(FTRecipeInterface):
         self._last_checkpoint = recipe_state[genft_training.ADAPTER_DIR_KEY]
         adapter_dir = self._output_dir / recipe_state[genft_training.ADAPTER_DIR_KEY]
         # ours, or PEFT's pair when only that is there
-        adapter_state_dict, adapter_config = load_any_adapter(
+        adapter_state_dict, adapter_config = read_adapter(
             adapter_dir, base_dir=genft_training.checkpoint_dir_of(self._checkpointer)
         )
         self._resume_adapter_config = adapter_config

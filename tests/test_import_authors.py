@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from genft_tune._cli.genft import main as cli_main
-from genft_tune.checkpointing import load_adapter, read_authors_adapter
+from genft_tune.checkpointing import load_adapter, read_adapter, read_authors_adapter
 
 D, LAYERS, A, B = 64, 2, 3, 2
 TARGETS = ["q_proj", "v_proj"]
@@ -161,6 +161,26 @@ def test_import_reads_their_keys_into_ours(tmp_path):
     A_, B_ = specific["base_model.model.model.layers.1.self_attn.v_proj"]
     assert torch.equal(state["layers.1.attn.v_proj.A1"], A_) and torch.equal(state["layers.1.attn.v_proj.B1"], B_)
     assert sum(k.startswith("genft_generators.") for k in state) == 8  # the generator once, not 5 times
+
+
+def test_read_adapter_reads_their_folder_as_import_authors_converts_it(tmp_path):
+    write_authors_adapter(tmp_path / "theirs")
+    assert cli_main(["import-authors", str(tmp_path / "theirs"), "--output", str(tmp_path / "ours")]) == 0
+    sd0, cfg0 = load_adapter(tmp_path / "ours")
+    for folder in ("theirs", "ours"):
+        sd, cfg = read_adapter(tmp_path / folder)
+        assert sorted(sd) == sorted(sd0) and all(torch.equal(sd[k], sd0[k]) for k in sd0), folder
+        assert cfg.config == cfg0.config and cfg.weight_layout == "hf" and cfg.target_shapes == cfg0.target_shapes
+
+
+def test_their_folder_merges_as_the_imported_one(base, tmp_path):
+    write_authors_adapter(tmp_path / "theirs")
+    assert cli_main(["import-authors", str(tmp_path / "theirs"), "--output", str(tmp_path / "ours")]) == 0
+    for folder in ("theirs", "ours"):
+        assert cli_main(["merge", "--base", str(base), "--adapter", str(tmp_path / folder),
+                         "--output", str(tmp_path / f"m_{folder}")]) == 0
+    a, b = (load_file(str(tmp_path / f"m_{f}" / "model.safetensors")) for f in ("theirs", "ours"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_unknown_activation_names_become_identity_as_in_their_code(tmp_path, caplog):

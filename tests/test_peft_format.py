@@ -14,7 +14,7 @@ from _tiny_llama import adapted_model as _tune_model  # on TARGETS (its default)
 from _tiny_llama import save_model_adapter as _save
 from _tiny_llama import TINY, write_tiny_checkpoint
 
-from genft_tune.checkpointing import load_adapter, merge_adapter_checkpoint, save_adapter
+from genft_tune.checkpointing import load_adapter, merge_adapter_checkpoint, read_adapter, save_adapter
 from genft_tune.checkpointing._peft_format import (
     export_peft_adapter,
     import_peft_adapter,
@@ -99,6 +99,26 @@ def test_merge_and_resume_paths_take_a_peft_only_adapter(tmp_path):
     sa, sb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
     for k in sa:
         torch.testing.assert_close(sb[k], sa[k], rtol=0, atol=0, msg=k)
+
+
+@pytest.mark.parametrize("method", list(CONFIGS))
+def test_read_adapter_gives_the_same_adapter_from_ours_and_peft(tmp_path, method):
+    """read_adapter: the same tensors and config from our pair, PEFT's pair alone, and
+    PEFT's pair in a recipe checkpoint's peft/ subfolder beside ours (ours is read)."""
+    config = CONFIGS[method]
+    base = write_tiny_checkpoint(tmp_path / "base")
+    model, _ = _tune_model(base, config)
+    _save(model, config, tmp_path / "ours", base)
+    export_peft_adapter(tmp_path / "ours", base_dir=base, output_dir=tmp_path / "peft_only")
+    export_peft_adapter(tmp_path / "ours", base_dir=base, output_dir=tmp_path / "ours" / "peft")
+    sd0, cfg0 = load_adapter(tmp_path / "ours")
+    for folder in ("ours", "peft_only", "ours/peft"):
+        sd, cfg = read_adapter(tmp_path / folder, base_dir=base)
+        assert sorted(sd) == sorted(sd0), folder
+        assert all(torch.equal(sd[k], sd0[k]) for k in sd0), folder
+        assert cfg.config == cfg0.config and cfg.target_shapes == cfg0.target_shapes, folder
+    with pytest.raises(PeftFormatError, match="needs its Hugging Face base"):
+        read_adapter(tmp_path / "peft_only")
 
 
 def test_an_adapter_trained_by_peft_merges_in_hf_layout(tmp_path):

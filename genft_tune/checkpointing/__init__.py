@@ -4,9 +4,10 @@ merging adapters into base checkpoints (and ``--verify``), LoRA export, and
 torchtune's HF checkpointer for the families it lacks.
 
 Inside, imports run one way: ``_base_checkpoint`` (reading bases: files, ``config.json``,
-the family's key converter) and ``_adapter`` (our pair) at the bottom; ``_peft_format``
-and ``_authors`` (the other formats; ``load_any_adapter`` reads any folder) on them;
-``_merge``, ``_verify``, ``_lora_export`` and ``_hf_checkpointer`` on top. Model cards
+the family's key converter) and ``_adapter`` (our pair) at the bottom; ``_authors`` and
+``_peft_format`` (the other formats; its ``read_adapter`` reads any folder: ours, PEFT's,
+the authors') on them; ``_merge``, ``_verify``, ``_lora_export`` and ``_hf_checkpointer``
+on top. Model cards
 come from :mod:`genft_tune.cards`, below this package; :mod:`genft_tune.hub` is above.
 """
 
@@ -28,15 +29,16 @@ from genft_tune.checkpointing._merge import DTYPES, merge_adapter_checkpoint, pa
 from genft_tune.checkpointing._peft_format import (
     export_peft_adapter,
     import_peft_adapter,
-    load_any_adapter,
     PEFT_SUBDIR,
     PeftFormatError,
+    read_adapter,
 )
 from genft_tune.checkpointing._verify import verify_merge
 
 __all__ = [
     "ADAPTER_CONFIG_FILE",
     "ADAPTER_WEIGHTS_FILE",
+    "AdapterFileConfig",
     "AdapterFileError",
     "check_adapter_matches_model",
     "DTYPES",
@@ -44,17 +46,16 @@ __all__ = [
     "finalize_merged_folder",
     "find_base_checkpoint",
     "FORMAT_VERSION",
-    "AdapterFileConfig",
     "HFCheckpointer",
     "import_authors_adapter",
     "import_peft_adapter",
-    "load_any_adapter",
     "load_adapter",
     "load_adapter_config",
     "merge_adapter_checkpoint",
     "parse_size",
     "PEFT_SUBDIR",
     "PeftFormatError",
+    "read_adapter",
     "read_authors_adapter",
     "save_adapter",
     "verify_merge",

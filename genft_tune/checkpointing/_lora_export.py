@@ -41,7 +41,7 @@ from genft_tune.checkpointing._peft_format import (
     _short_targets,
     _task_type,
     has_our_adapter,
-    load_any_adapter,
+    read_adapter,
     PEFT_CONFIG_FILE,
     peft_folder,
     PEFT_WEIGHTS_FILE,
@@ -152,7 +152,7 @@ def delta_weights(adapter_dir: PathLike, *, base_dir: PathLike) -> Iterator[Tupl
     if source.format != "hf" or source.config is None:
         raise PeftFormatError(f"{base_dir}: a LoRA is written for a Hugging Face base (config.json + safetensors)")
     converter = _converter(source.config)
-    adapter_sd, adapter_cfg = load_any_adapter(adapter_dir, base_dir=base_dir)
+    adapter_sd, adapter_cfg = read_adapter(adapter_dir, base_dir=base_dir)
     if adapter_cfg.get("modules_to_save"):
         raise PeftFormatError(
             f"the adapter also trains whole modules ({', '.join(adapter_cfg['modules_to_save'][:3])}): a LoRA for "

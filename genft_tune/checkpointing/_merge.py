@@ -40,7 +40,7 @@ from genft_tune.checkpointing._base_checkpoint import (
     KeyConverter,
     WEIGHT_SUFFIXES,
 )
-from genft_tune.checkpointing._peft_format import load_any_adapter
+from genft_tune.checkpointing._peft_format import read_adapter
 from genft_tune.models._families import FAMILIES, same_names
 from genft_tune.modules import get_adapter_kind
 
@@ -80,7 +80,7 @@ def check_adapter_fits_base(adapter_dir: PathLike, base_dir: PathLike) -> None:
         FileNotFoundError: for a missing base or adapter file.
     """
     source = find_base_checkpoint(base_dir)
-    _, adapter_cfg = load_any_adapter(adapter_dir, base_dir=base_dir)
+    _, adapter_cfg = read_adapter(adapter_dir, base_dir=base_dir)
     _, _, to_tune = base_layout(source, Path(base_dir))
     check_adapter_matches_model(adapter_cfg, {t: s for parts in to_tune.values() for t, s in parts.items()})
 
@@ -230,7 +230,7 @@ def merge_adapter_checkpoint(
     if output_dir.resolve() == base_dir.resolve():
         raise ValueError("output_dir must differ from base_dir")
     source = find_base_checkpoint(base_dir)
-    adapter_sd, adapter_cfg = load_any_adapter(adapter_dir, base_dir=base_dir)  # ours, or PEFT's
+    adapter_sd, adapter_cfg = read_adapter(adapter_dir, base_dir=base_dir)  # ours, or PEFT's
 
     converter, shapes, to_tune = base_layout(source, base_dir)
     check_adapter_matches_model(adapter_cfg, {t: s for parts in to_tune.values() for t, s in parts.items()})

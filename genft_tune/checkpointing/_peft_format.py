@@ -48,6 +48,7 @@ from genft_tune.checkpointing._adapter import (
     save_adapter,
     write_file_pair,
 )
+from genft_tune.checkpointing._authors import import_authors_adapter
 from genft_tune.checkpointing._base_checkpoint import find_base_checkpoint, hf_converter
 from genft_tune.modules import adapter_kinds, AdapterKind, get_adapter_kind
 from genft_tune.modules._rope import tune_rows_in_hf_order
@@ -548,21 +549,22 @@ def adapter_format(adapter_dir: PathLike) -> Optional[str]:
 @contextlib.contextmanager
 def adapter_in_our_format(adapter_dir: PathLike, *, base_dir: Optional[PathLike]) -> Iterator[Path]:
     """``adapter_dir`` itself when it holds our files, else a temporary directory with
-    its PEFT adapter (in the folder itself or its ``peft/`` subfolder) converted against
-    the Hugging Face base in ``base_dir``.
+    its adapter converted to ours: PEFT's (in the folder itself or its ``peft/``
+    subfolder, against the Hugging Face base in ``base_dir``) or the GenFT authors' (as
+    ``genft-tune import-authors`` converts it).
 
     Raises:
-        FileNotFoundError: when the directory holds neither format (naming both).
+        FileNotFoundError: when the directory holds no adapter format (naming ours and PEFT's).
         PeftFormatError: as :func:`import_peft_adapter`.
+        ValueError: as :func:`~genft_tune.checkpointing.import_authors_adapter`.
     """
     adapter_dir = Path(adapter_dir)
     found = adapter_format(adapter_dir)
+    if found == "authors":
+        with tempfile.TemporaryDirectory(prefix="genft-authors-") as tmp:
+            yield import_authors_adapter(adapter_dir, Path(tmp) / "adapter")
+        return
     if found != "peft":
-        if found == "authors":
-            raise FileNotFoundError(
-                f"{adapter_dir} holds an adapter saved by the GenFT authors' PEFT: convert it first with "
-                f"`genft-tune import-authors {adapter_dir} --output DIR`"
-            )
         if found is None and adapter_dir.is_dir():
             raise FileNotFoundError(
                 f"{adapter_dir} holds no adapter: expected {ADAPTER_WEIGHTS_FILE} + {ADAPTER_CONFIG_FILE} "
@@ -577,12 +579,21 @@ def adapter_in_our_format(adapter_dir: PathLike, *, base_dir: Optional[PathLike]
         yield import_peft_adapter(peft_dir, Path(tmp) / "adapter", base_dir=base_dir)
 
 
-def load_any_adapter(adapter_dir: PathLike, *, base_dir: Optional[PathLike]) -> Tuple[Dict[str, torch.Tensor], AdapterFileConfig]:
+def read_adapter(
+    adapter_dir: PathLike, *, base_dir: Optional[PathLike] = None
+) -> Tuple[Dict[str, torch.Tensor], AdapterFileConfig]:
     """The one reader of an adapter folder, for merge, verify, LoRA export and the recipes:
-    :func:`load_adapter` for a directory in either format (ours, or PEFT's in the
-    folder or its ``peft/`` subfolder, converted against the Hugging Face base in
-    ``base_dir``); the authors' format is named with the command that converts it
-    (:func:`adapter_format`)."""
+    ``(state dict, config)`` in our layout (:func:`load_adapter`) from any format
+    (:func:`adapter_format`): ours, PEFT's (in the folder or its ``peft/`` subfolder,
+    converted against the Hugging Face base in ``base_dir``, which it needs) or the GenFT
+    authors' (converted as ``genft-tune import-authors`` does).
+
+    Raises:
+        FileNotFoundError: for a folder with no adapter or a missing file.
+        PeftFormatError: for a PEFT adapter without ``base_dir`` or one that does not fit it.
+        ValueError: for an authors' adapter that their code does not write.
+        AdapterFileError: for unreadable or inconsistent files.
+    """
     with adapter_in_our_format(adapter_dir, base_dir=base_dir) as ours:
         return load_adapter(ours)
 
@@ -613,14 +624,14 @@ __all__ = [
     "adapter_in_our_format",
     "export_peft_adapter",
     "import_peft_adapter",
-    "load_any_adapter",
+    "peft_adapter_method",
     "PEFT_CONFIG_FILE",
+    "peft_files_from_adapter",
+    "peft_folder",
     "PEFT_SUBDIR",
     "PEFT_WEIGHTS_FILE",
-    "peft_adapter_method",
-    "peft_folder",
-    "peft_files_from_adapter",
     "PeftFormatError",
+    "read_adapter",
     "read_hf_config",
     "write_peft_files",
 ]

@@ -22,7 +22,7 @@ from torch import nn
 
 from genft_tune.checkpointing._adapter import AdapterFileConfig
 from genft_tune.checkpointing._base_checkpoint import find_base_checkpoint, hf_converter
-from genft_tune.checkpointing._peft_format import load_any_adapter
+from genft_tune.checkpointing._peft_format import read_adapter
 from genft_tune.models._families import get_family
 from genft_tune.modules import apply_adapter, get_adapter_kind
 
@@ -110,7 +110,7 @@ def verify_merge(
     """
     base_dir, merged_dir = Path(base_dir), Path(merged_dir)
     config = json.loads((base_dir / "config.json").read_text())
-    adapter_sd, adapter_cfg = load_any_adapter(adapter_dir, base_dir=base_dir)
+    adapter_sd, adapter_cfg = read_adapter(adapter_dir, base_dir=base_dir)
     if adapter_cfg.weight_layout != "torchtune":
         raise ValueError(
             f"the adapter in {adapter_dir} is in the {adapter_cfg.weight_layout!r} weight layout "
