@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+import datasets
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -175,8 +176,6 @@ class ImageClassificationDataset(Dataset):
         num_classes: int,
         transform: ImageClassificationTransform,
     ):
-        import datasets
-
         for field, column in (("image_column", image_column), ("label_column", label_column)):
             if column not in data.column_names:
                 raise ValueError(f"{field} {column!r} is not a column of the dataset; columns: {data.column_names}")
@@ -275,8 +274,6 @@ def _read_filelist(data_dir: Optional[str], list_file: Any):
     VPT / the GenFT authors); class ids are mapped to ``0..C-1`` in sorted order, as
     their loader does.
     """
-    import datasets
-
     if list_file is None or not isinstance(list_file, (str, Path)):
         raise ValueError(f"source 'filelist' needs data_files: the path of one list file, got {list_file!r}")
     root = Path(data_dir) if data_dir is not None else Path(".")
@@ -306,8 +303,6 @@ def _read_filelist(data_dir: Optional[str], list_file: Any):
 
 
 def _load(source: str, split: str, data_dir, data_files, load_dataset_kwargs):
-    import datasets
-
     if source == "filelist":
         return _read_filelist(data_dir, data_files)
     path = Path(source)

@@ -51,7 +51,9 @@ def _heads(config: Dict[str, Any]) -> Dict[str, Any]:
     )
 
 
-def _decoder_dims(config: Dict[str, Any]) -> Dict[str, Any]:
+def decoder_dims(config: Dict[str, Any]) -> Dict[str, Any]:
+    """A torchtune decoder builder's sizes (``vocab_size``, ``num_layers``, ``embed_dim``...)
+    from a Hugging Face ``config.json``."""
     return dict(
         vocab_size=config["vocab_size"],
         num_layers=config["num_hidden_layers"],
@@ -165,7 +167,7 @@ def _llama_convert(sd, config, *, back=False):
 
 
 def _build_llama(config):
-    kwargs = _decoder_dims(config)
+    kwargs = decoder_dims(config)
     kwargs["rope_base"] = int(rope_theta(config, 10000))
     tied = bool(config.get("tie_word_embeddings", False))
     scaling = config.get("rope_scaling") or {}
@@ -185,7 +187,7 @@ def _qwen2_convert(sd, config, *, back=False):
 
 def _build_qwen2(config):
     return qwen2(
-        **_decoder_dims(config),
+        **decoder_dims(config),
         rope_base=rope_theta(config, 1_000_000.0),
         tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
     )
@@ -197,7 +199,7 @@ def _gemma2_convert(sd, config, *, back=False):
 
 
 def _build_gemma2(config):
-    dims = _decoder_dims(config)
+    dims = decoder_dims(config)
     dims["norm_eps"] = config.get("rms_norm_eps", 1e-6)
     return gemma2(
         **dims,
@@ -220,7 +222,7 @@ def _phi3_convert(sd, config, *, back=False):
 
 
 def _build_phi3(config):
-    return phi3(**_decoder_dims(config), rope_base=rope_theta(config, 10_000))
+    return phi3(**decoder_dims(config), rope_base=rope_theta(config, 10_000))
 
 
 def _qwen3_convert(sd, config, *, back=False):
@@ -231,7 +233,7 @@ def _qwen3_convert(sd, config, *, back=False):
 
 def _build_qwen3(config):
     return qwen3(
-        **_decoder_dims(config),
+        **decoder_dims(config),
         head_dim=config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"],
         rope_base=rope_theta(config, 1_000_000.0),
         tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
@@ -365,6 +367,7 @@ def get_family(config: Dict[str, Any]) -> Family:
 
 
 __all__ = [
+    "decoder_dims",
     "FAMILIES",
     "Family",
     "family_read_by",

@@ -5,6 +5,7 @@ the ``model.base_kwargs`` (or model fields) that would fit. A resumed run's chec
 must exist and have been trained with the same adapter config.
 """
 
+import inspect
 import json
 import re
 from pathlib import Path
@@ -12,8 +13,13 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from omegaconf import DictConfig
+from safetensors import safe_open
+from torchtune.config import instantiate
+from torchtune.config._utils import _get_component_from_path
 
-from genft_tune.models._families import FAMILIES, family_read_by
+from genft_tune.models._families import decoder_dims, FAMILIES, family_read_by
+from genft_tune.training._model_adapter import find_model_adapter
+from genft_tune.training._state import ADAPTER_DIR_KEY, load_recipe_state, recipe_state_path
 
 _DIM_NAMES = {
     "vocab_size": "vocabulary", "embed_dim": "hidden size", "num_layers": "layers",
@@ -22,8 +28,6 @@ _DIM_NAMES = {
 
 
 def _header_shapes(ckpt_dir: Path, files: Sequence[str]) -> Dict[str, List[int]]:
-    from safetensors import safe_open
-
     shapes: Dict[str, List[int]] = {}
     for name in files:
         if not name.endswith(".safetensors"):
@@ -80,9 +84,7 @@ def _model_dims(model: torch.nn.Module) -> Dict[str, int]:
 
 
 def _fitting_kwargs(config: Dict[str, Any]) -> Dict[str, Any]:
-    from genft_tune.models._families import _decoder_dims
-
-    kwargs = _decoder_dims(config)
+    kwargs = decoder_dims(config)
     kwargs.pop("norm_eps", None)
     if config.get("head_dim"):
         kwargs["head_dim"] = config["head_dim"]
@@ -92,10 +94,6 @@ def _fitting_kwargs(config: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _suggestion(cfg_model: DictConfig, config: Optional[Dict[str, Any]], ckpt_dir: Path) -> str:
-    import inspect
-
-    from torchtune.config._utils import _get_component_from_path
-
     if not config or "hidden_size" not in config:
         return "use the model config of the checkpoint's family and size (genft-tune ls)"
     kwargs = _fitting_kwargs(config)
@@ -141,10 +139,8 @@ def _read_config_json(ckpt_dir: Path) -> Optional[Dict[str, Any]]:
 
 def build_on_meta(cfg_model: DictConfig) -> torch.nn.Module:
     """The model config's model on the meta device (sizes only, no memory)."""
-    from torchtune import config
-
     with torch.device("meta"):
-        return config.instantiate(cfg_model)
+        return instantiate(cfg_model)
 
 
 def checkpoint_problems(cfg: DictConfig, checkpoint_files: Sequence[str]) -> List[ValueError]:
@@ -199,9 +195,6 @@ def checkpoint_problems(cfg: DictConfig, checkpoint_files: Sequence[str]) -> Lis
 
 
 def _resume_problems(cfg: DictConfig, model: torch.nn.Module) -> List[ValueError]:
-    from genft_tune.training._model_adapter import find_model_adapter
-    from genft_tune.training._state import ADAPTER_DIR_KEY, load_recipe_state, recipe_state_path
-
     out = Path(str(cfg.output_dir))
     if not recipe_state_path(out).is_file():
         return [ValueError(

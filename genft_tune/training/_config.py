@@ -2,6 +2,8 @@
 fails in seconds with a message naming the field, not minutes into a run."""
 
 import contextlib
+import importlib.util
+import json
 import math
 import os
 import sys
@@ -9,12 +11,16 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, Iterator, List, Tuple
 
+import torch
 from omegaconf import DictConfig, ListConfig
 from torchtune.config._utils import _get_component_from_path
+from torchtune.training import FormattedCheckpointFiles
 
 from genft_tune.modules import adapter_kinds
-from genft_tune.training._targets import validate_model_config
+from genft_tune.training._ckpt_check import checkpoint_problems
+from genft_tune.training._data_check import data_problems
 from genft_tune.training._keys import unknown_key_problems
+from genft_tune.training._targets import validate_model_config
 
 
 def _walk_components(node: Any, path: str) -> Iterator[Tuple[str, str]]:
@@ -59,8 +65,6 @@ def _checkpoint_files(cfg_checkpointer: DictConfig) -> List[str]:
     if isinstance(files, (ListConfig, list, tuple)):
         return [str(f) for f in files]
     if isinstance(files, (DictConfig, dict)) and "filename_format" in files:
-        from torchtune.training import FormattedCheckpointFiles
-
         return FormattedCheckpointFiles.from_dict(files).build_checkpoint_filenames()
     return [str(files)]
 
@@ -90,8 +94,6 @@ def validate_checkpoint_files(cfg_checkpointer: DictConfig) -> None:
     # a sharded checkpoint: every shard its index names must be listed
     index = ckpt_dir / "model.safetensors.index.json"
     if names and all(n.endswith(".safetensors") for n in names) and index.is_file():
-        import json
-
         try:
             shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         except (OSError, ValueError, KeyError, AttributeError):
@@ -219,8 +221,6 @@ def _field_problems(cfg: DictConfig) -> List[ValueError]:
 def device_problems(cfg: DictConfig) -> List[ValueError]:
     """``device`` and ``dtype`` must exist on this machine (torchtune would quietly fall
     back to the CPU for a missing CUDA)."""
-    import torch
-
     problems = []
     device = str(cfg.get("device", "cpu") or "cpu")
     kind = device.split(":")[0]
@@ -257,8 +257,6 @@ _LOGGER_PACKAGES = {
 def metric_logger_problems(cfg: DictConfig) -> List[ValueError]:
     """A metric logger whose package is not installed (torchtune finds out when it creates
     the logger, after the model has loaded)."""
-    import importlib.util
-
     node = cfg.get("metric_logger", None)
     name = str(node.get("_component_", "")).rsplit(".", 1)[-1] if isinstance(node, DictConfig) else ""
     if name not in _LOGGER_PACKAGES:
@@ -375,9 +373,6 @@ def preflight(cfg: DictConfig) -> None:
     Raises:
         ValueError / ConfigError: marked ``user_error`` (see :func:`user_errors`).
     """
-    from genft_tune.training._ckpt_check import checkpoint_problems
-    from genft_tune.training._data_check import data_problems
-
     validate_recipe_config(cfg)
     problems: List[BaseException] = checkpoint_problems(cfg, _checkpoint_files(cfg.checkpointer))
     ignore_index = cfg.loss.get("ignore_index", -100) if isinstance(cfg.loss, DictConfig) else -100

@@ -13,6 +13,7 @@ counted, so neither a late bad row nor a batch without label tokens (``0 / 0``: 
 """
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -20,6 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.utils.data import Dataset
+from torchtune import config
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +93,6 @@ LOCAL_FORMATS = ("json", "csv", "parquet", "text", "arrow")
 
 def _open(cfg_dataset: DictConfig, tokenizer: Any, field: str, label: str) -> Any:
     """Instantiate the data set unpacked (packing would tokenize every row first)."""
-    from torchtune import config
-
     source = cfg_dataset.get("source", None)
     files = cfg_dataset.get("data_files", None)
     if isinstance(files, str) and Path(files).is_dir():
@@ -215,8 +215,6 @@ def _check_opened(
 
 
 def _batch_problems(cfg: DictConfig, ds: Any, label: str) -> List[ValueError]:
-    import os
-
     batch_size, accum = cfg.get("batch_size", 1), cfg.get("gradient_accumulation_steps", 1) or 1
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if len(ds) // world // batch_size // accum == 0:
@@ -235,8 +233,6 @@ def data_problems(cfg: DictConfig, *, ignore_index: int = -100) -> List[ValueErr
     Returns:
         List[ValueError]: the problems found (empty when the data is fine).
     """
-    from torchtune import config
-
     problems: List[ValueError] = []
     try:
         tokenizer = config.instantiate(cfg.tokenizer)

@@ -14,6 +14,7 @@ import difflib
 import inspect
 from typing import Any, Callable, Iterable, List, Optional, Set
 
+import datasets
 from omegaconf import DictConfig, ListConfig
 from torchtune.config._utils import _get_component_from_path
 
@@ -83,8 +84,6 @@ def _parameters(fn: Callable) -> Optional[inspect.Signature]:
 def _load_dataset_keys(source: Any) -> Optional[Set[str]]:
     """``datasets.load_dataset``'s parameters plus the format's builder options, or None
     when the source is not a packaged format (a Hub data set takes its own options)."""
-    import datasets
-
     fmt = _HF_FORMATS.get(str(source))
     if fmt is None:
         return None

@@ -6,7 +6,7 @@ from functools import partial
 from typing import Any, Callable, Dict, Iterable, Optional
 
 import torch
-from torchtune import training
+from torchtune import training, utils
 from torchtune.data import padded_collate_packed
 
 from genft_tune.training._precision import FP8_TOKEN_MULTIPLE, PadToMultiple
@@ -50,8 +50,6 @@ def validation_loss(
 ) -> float:
     """Token-normalised loss over ``batches`` (at most ``max_steps``), in eval mode with
     the adapter's caches cleared before and after; summed over ranks with ``all_reduce``."""
-    from torchtune import utils
-
     model.eval()
     adapter.clear_caches(model)
     total_loss = torch.zeros((), device=device, dtype=torch.float64)

@@ -9,6 +9,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 from torchao.dtypes.nf4tensor import NF4Tensor
+from torchao.float8 import convert_to_float8_training, Float8LinearConfig
 from torchtune.utils import get_logger
 
 log = get_logger("INFO")
@@ -154,8 +155,6 @@ def convert_frozen_linears_to_float8(
     Returns:
         List[str]: names of the converted layers.
     """
-    from torchao.float8 import convert_to_float8_training, Float8LinearConfig
-
     config = (
         Float8LinearConfig.from_recipe_name(recipe_name) if recipe_name else Float8LinearConfig()
     )
