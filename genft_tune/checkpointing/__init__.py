@@ -7,8 +7,8 @@ Inside, imports run one way: ``_base_checkpoint`` (reading bases: files, ``confi
 the family's key converter) and ``_adapter`` (our pair) at the bottom; ``_authors`` and
 ``_peft_format`` (the other formats; its ``read_adapter`` reads any folder: ours, PEFT's,
 the authors') on them; ``_merge``, ``_verify``, ``_lora_export`` and ``_hf_checkpointer``
-on top. Model cards
-come from :mod:`genft_tune.cards`, below this package; :mod:`genft_tune.hub` is above.
+on top. Model cards come from :mod:`genft_tune.cards`, below this package;
+:mod:`genft_tune.hub` is above.
 """
 
 from genft_tune.checkpointing._adapter import (

@@ -9,7 +9,6 @@ from genft_tune.modules import adapter_kinds, adapter_layers, AdapterKind
 from genft_tune.modules._apply import ATTN_MODULES, resolve_targets, target_alias
 
 
-
 def adapter_target_modules(model: nn.Module, kind: AdapterKind) -> List[str]:
     """Qualified (state-dict) names of every ``kind`` layer in ``model``."""
     return [n for n, layer in adapter_layers(model) if isinstance(layer, kind.layer_cls)]
