@@ -1,25 +1,37 @@
 """``genft-tune ls / cp / cat`` (genft_tune._cli.catalog) and the name registry."""
 
-import argparse
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from genft_tune import _recipe_registry as registry
-from genft_tune._cli import catalog
+from genft_tune._cli.genft import build_parser
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(argv, capsys):
-    parser = argparse.ArgumentParser(prog="genft-tune")
-    subparsers = parser.add_subparsers(dest="command", required=True)
-    catalog.register(subparsers)
-    args = parser.parse_args(argv)
+    args = build_parser(argv[0]).parse_args(argv)
     rc = args.func(args)
     return rc, capsys.readouterr()
+
+
+@pytest.mark.parametrize("argv", [["ls"], ["cp", "smollm2/135M_genft_cpu", "{tmp}"],
+                                  ["cat", "smollm2/135M_genft_cpu"], ["--help"], ["cp", "--help"]])
+def test_catalog_and_help_do_not_load_torch(argv, tmp_path):
+    """``genft-tune ls/cp/cat`` and ``--help`` import only the catalog's module (the
+    other commands are help lines), so they start in a fraction of a second."""
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    code = (f"import sys\nfrom genft_tune._cli.genft import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n"
+            "assert 'genft_tune.checkpointing' not in sys.modules, 'checkpointing was imported'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout
 
 
 def _repo_configs():

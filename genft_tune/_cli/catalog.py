@@ -102,11 +102,10 @@ def _cat(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``ls``, ``cp`` and ``cat`` subcommands; each sets ``func``."""
+def _add_ls(subparsers: argparse._SubParsersAction, help_line: str) -> None:
     ls = subparsers.add_parser(
         "ls",
-        help="List the GenFT recipes and their configs",
+        help=help_line,
         description="List the GenFT recipes and their configs.",
         epilog=textwrap.dedent(
             """\
@@ -118,10 +117,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     ls.set_defaults(func=_ls, parser=ls)
 
+
+def _add_cp(subparsers: argparse._SubParsersAction, help_line: str) -> None:
     cp = subparsers.add_parser(
         "cp",
         usage="genft-tune cp <recipe|config> destination [OPTIONS]",
-        help="Copy a GenFT recipe or config to a local path",
+        help=help_line,
         description="Copy a GenFT recipe or config to a local path.",
         epilog=textwrap.dedent(
             """\
@@ -142,9 +143,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     cp.set_defaults(func=_cp, parser=cp)
 
+
+def _add_cat(subparsers: argparse._SubParsersAction, help_line: str) -> None:
     cat = subparsers.add_parser(
         "cat",
-        help="Print a GenFT config",
+        help=help_line,
         description="Print a GenFT config (by name, or a yaml path) to see what can be overridden.",
         epilog=textwrap.dedent(
             """\
@@ -158,3 +161,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cat.add_argument("config_name", help="config name (see `genft-tune ls`) or yaml file")
     cat.add_argument("--sort", action="store_true", help="print the parsed config with sorted keys")
     cat.set_defaults(func=_cat, parser=cat)
+
+
+_PARSERS = {"ls": _add_ls, "cp": _add_cp, "cat": _add_cat}
+
+
+def register(subparsers: argparse._SubParsersAction, command: str, help_line: str) -> None:
+    """Add the parser of ``command`` (``ls``, ``cp`` or ``cat``), with ``help_line`` as its
+    line in ``genft-tune --help``; it sets ``func``."""
+    _PARSERS[command](subparsers, help_line)

@@ -19,15 +19,17 @@ import textwrap
 from pathlib import Path
 
 from genft_tune._cli._checks import merged_not_adapter, new_output, output_apart_from, UsageError
+from genft_tune.cards._base import base_hub_id, HUB_ID
+from genft_tune.checkpointing._lora_export import check_rank_choice, export_lora_adapter, LORA_DTYPES
+from genft_tune.checkpointing._peft_format import (
+    adapter_format, PEFT_CONFIG_FILE, PEFT_SUBDIR, PEFT_WEIGHTS_FILE, PeftFormatError,
+)
 
 PROG = "genft-tune export-lora"
 
 
 def _user_error(args: argparse.Namespace):
     """The first mistake in the arguments (one line), found before anything is loaded."""
-    from genft_tune.checkpointing._lora_export import check_rank_choice
-    from genft_tune.checkpointing._peft_format import adapter_format, PEFT_CONFIG_FILE, PEFT_SUBDIR, PEFT_WEIGHTS_FILE
-
     try:
         check_rank_choice(args.rank, args.energy)
     except ValueError as e:
@@ -43,8 +45,6 @@ def _user_error(args: argparse.Namespace):
                 "WeGeFT's is W0 phi^T psi); pass the Hugging Face base checkpoint directory")
     if not (Path(args.base) / "config.json").is_file():
         return f"--base {args.base}: no config.json there (expected a Hugging Face checkpoint directory)"
-    from genft_tune.cards._base import HUB_ID
-
     if args.base_model is not None and not HUB_ID.match(args.base_model):
         return f"--base-model must be a Hub id like ORG/NAME, got {args.base_model!r}"
     output = str(Path(args.output) if args.output else adapter / "lora")
@@ -62,10 +62,6 @@ def _export(args: argparse.Namespace) -> int:
     if problem:
         print(f"{PROG}: error: {problem}", file=sys.stderr)
         return 2
-    from genft_tune.checkpointing._lora_export import export_lora_adapter
-    from genft_tune.checkpointing._peft_format import PeftFormatError
-    from genft_tune.cards._base import base_hub_id
-
     output = Path(args.output) if args.output else Path(args.adapter) / "lora"
     try:
         result = export_lora_adapter(
@@ -85,11 +81,11 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``export-lora`` subcommand."""
+def register(subparsers: argparse._SubParsersAction, command: str, help_line: str) -> None:
+    """Add the ``export-lora`` subcommand (``command``), with ``help_line`` as its line in ``genft-tune --help``."""
     parser = subparsers.add_parser(
-        "export-lora",
-        help="Write a GenFT/WeGeFT adapter as a standard PEFT LoRA (for vLLM, SGLang)",
+        command,
+        help=help_line,
         description="Convert a GenFT/WeGeFT adapter (ours or its PEFT files) into a LoRA "
         "(adapter_config.json + adapter_model.safetensors): truncated SVD of each layer's dW, "
         "one rank for every layer, scaling 1. Prints the energy of dW kept per layer.",
@@ -109,7 +105,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="instead of --rank: keep at least this fraction of each layer's squared singular values")
     parser.add_argument("--base", default=None, help="Hugging Face base checkpoint directory (required)")
     parser.add_argument("--output", default=None, help="output directory (default: ADAPTER/lora)")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+    parser.add_argument("--dtype", default="auto", choices=list(LORA_DTYPES),
                         help="dtype of the LoRA factors (default: the base's)")
     parser.add_argument("--base-model", default=None, help="Hub id of the base for base_model_name_or_path (default: "
                         "the base directory's original_repo_id.json or card, else what the adapter records)")

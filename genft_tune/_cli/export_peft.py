@@ -18,12 +18,13 @@ from pathlib import Path
 from genft_tune._cli._checks import (
     existing_folder, fail, merged_not_adapter, new_output, output_apart_from, UsageError,
 )
+from genft_tune.cards._base import base_hub_id, HUB_ID
+from genft_tune.checkpointing import export_peft_adapter, load_adapter_config, PEFT_SUBDIR
+from genft_tune.checkpointing._merge import check_adapter_fits_base
 
 
 def _base_dir(args: argparse.Namespace):
     """``--base``, else the base directory the adapter recorded (when it still exists)."""
-    from genft_tune.checkpointing import load_adapter_config
-
     if args.base:
         return Path(args.base)
     cfg = load_adapter_config(args.adapter)
@@ -38,10 +39,6 @@ def _base_dir(args: argparse.Namespace):
 
 def _export(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-    from genft_tune.checkpointing._merge import check_adapter_fits_base
-    from genft_tune.checkpointing._peft_format import export_peft_adapter, PEFT_SUBDIR
-    from genft_tune.cards._base import base_hub_id, HUB_ID
-
     prog = "genft-tune export-peft"
     if args.base_model is not None and not HUB_ID.match(args.base_model):
         return fail(prog, f"--base-model must be a Hub id like ORG/NAME, got {args.base_model!r}")
@@ -77,11 +74,11 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``export-peft`` subcommand."""
+def register(subparsers: argparse._SubParsersAction, command: str, help_line: str) -> None:
+    """Add the ``export-peft`` subcommand (``command``), with ``help_line`` as its line in ``genft-tune --help``."""
     parser = subparsers.add_parser(
-        "export-peft",
-        help="Write Hugging Face PEFT's adapter files for a genft-tune adapter",
+        command,
+        help=help_line,
         description="Convert genft_adapter.safetensors + genft_config.json (torchtune naming) into "
         "adapter_config.json + adapter_model.safetensors (PEFT, Hugging Face naming) for "
         "peft.PeftModel.from_pretrained after `import genft_tune.peft`.",

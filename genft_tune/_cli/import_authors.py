@@ -16,6 +16,7 @@ import textwrap
 from pathlib import Path
 
 from genft_tune._cli._checks import existing_folder, fail, UsageError
+from genft_tune.checkpointing import import_authors_adapter
 
 
 def _import(args: argparse.Namespace) -> int:
@@ -37,8 +38,6 @@ def _import(args: argparse.Namespace) -> int:
             raise UsageError(f"--output {args.output} is SRC: give a new folder")
     except UsageError as e:
         return fail(prog, str(e))
-    from genft_tune.checkpointing import import_authors_adapter
-
     try:
         import_authors_adapter(args.src, out, base_model=args.base_model)
     except (ValueError, FileNotFoundError) as e:  # their files are not what their code writes
@@ -47,11 +46,11 @@ def _import(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``import-authors`` subcommand."""
+def register(subparsers: argparse._SubParsersAction, command: str, help_line: str) -> None:
+    """Add the ``import-authors`` subcommand (``command``), with ``help_line`` as its line in ``genft-tune --help``."""
     parser = subparsers.add_parser(
-        "import-authors",
-        help="Convert an adapter saved by the GenFT authors' PEFT into a genft-tune adapter",
+        command,
+        help=help_line,
         description="Read adapter_config.json (peft_type GENFT) + adapter_model.safetensors/.bin written by "
         "the GenFT authors' patched PEFT and write genft_adapter.safetensors + genft_config.json "
         "(convention authors_peft, Hugging Face weight layout) for genft-tune merge.",

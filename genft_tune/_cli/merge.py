@@ -21,14 +21,10 @@ import textwrap
 from genft_tune._cli._checks import (
     existing_folder, fail, merged_not_adapter, new_output, output_apart_from, UsageError,
 )
+from genft_tune.checkpointing import DTYPES, merge_adapter_checkpoint, parse_size, verify_merge
+from genft_tune.models._families import FAMILIES
 
 log = logging.getLogger(__name__)
-
-# genft_tune.checkpointing.DTYPES; not imported here so that `genft-tune ls` stays fast
-DTYPE_CHOICES = ["auto", "bf16", "fp16", "fp32"]
-# genft_tune.models._families.FAMILIES: what --verify builds (a test keeps them equal; not
-# imported here so that `genft-tune ls` stays fast)
-VERIFY_MODEL_TYPES = ["llama", "mistral", "qwen2", "qwen3", "gemma2", "phi3", "vit"]
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -49,8 +45,6 @@ def _check_args(args: argparse.Namespace) -> None:
     output_apart_from(out, "--output", {"--base": base, "--adapter": adapter})
     if args.tolerance is not None and not args.tolerance >= 0:
         raise UsageError(f"--tolerance must be a number >= 0, got {args.tolerance}")
-    from genft_tune.checkpointing._merge import parse_size
-
     try:
         parse_size(args.max_shard_size)
     except ValueError as e:
@@ -63,8 +57,6 @@ def _merge(args: argparse.Namespace) -> int:
         _check_args(args)
     except UsageError as e:
         return fail("genft-tune merge", str(e))
-    from genft_tune.checkpointing import merge_adapter_checkpoint, verify_merge
-
     try:
         out = merge_adapter_checkpoint(
             base_dir=args.base,
@@ -91,11 +83,12 @@ def _merge(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``merge`` subcommand."""
+def register(subparsers: argparse._SubParsersAction, command: str, help_line: str) -> None:
+    """Add the ``merge`` subcommand (``command``), with ``help_line`` as its line in ``genft-tune --help``."""
+    decoders = [name for name, family in FAMILIES.items() if family.is_decoder]  # what --verify builds
     parser = subparsers.add_parser(
-        "merge",
-        help="Merge a GenFT adapter into its base checkpoint",
+        command,
+        help=help_line,
         description="Merge a GenFT adapter (genft_adapter.safetensors + genft_config.json) into "
         "its base checkpoint: W = W0 + dW, computed in fp32, written in the base's format.",
         epilog=textwrap.dedent(
@@ -111,11 +104,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--base", required=True, help="base checkpoint directory (HF safetensors or torchtune/Meta .pth)")
     parser.add_argument("--adapter", required=True, help="adapter directory written by a GenFT recipe")
     parser.add_argument("--output", required=True, help="output directory (must not exist unless --overwrite)")
-    parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help="dtype of the output (default: auto, the base's)")
+    parser.add_argument("--dtype", default="auto", choices=sorted(DTYPES), help="dtype of the output (default: auto, the base's)")
     parser.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default: 5GB)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     parser.add_argument("--verify", action="store_true", help="compare the logits of the adapted (base + adapter) and merged models, in fp32, whole models on "
-                        "the CPU: decoders of every packaged family (config.json model_type " + ", ".join(VERIFY_MODEL_TYPES[:-1])
+                        "the CPU: decoders of every packaged family (config.json model_type " + ", ".join(decoders)
                         + ") on --prompt, ViT (vit) on a seeded random image batch; Hugging Face bases only")
     parser.add_argument("--prompt", default="The quick brown fox jumps over the lazy dog", help="prompt for --verify (decoders)")
     parser.add_argument("--tolerance", type=float, default=1e-3, help="largest accepted |logit diff| for --verify (default: 1e-3)")

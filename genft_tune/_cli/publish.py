@@ -13,6 +13,8 @@ import logging
 import sys
 import textwrap
 
+from genft_tune.hub import publish_folder
+
 try:  # huggingface_hub 2.x's HTTP client: its transport errors (no network) are not OSErrors
     from httpx2 import HTTPError as _HTTPError
 except ImportError:  # older huggingface_hub: requests, whose errors are OSErrors
@@ -21,8 +23,6 @@ except ImportError:  # older huggingface_hub: requests, whose errors are OSError
 
 def _publish(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-    from genft_tune.hub import publish_folder
-
     try:
         result = publish_folder(
             args.folder,
@@ -50,11 +50,11 @@ def _publish(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``publish`` subcommand."""
+def register(subparsers: argparse._SubParsersAction, command: str, help_line: str) -> None:
+    """Add the ``publish`` subcommand (``command``), with ``help_line`` as its line in ``genft-tune --help``."""
     parser = subparsers.add_parser(
-        "publish",
-        help="Upload a merged model, or the adapter alone, to the Hugging Face Hub with a model card",
+        command,
+        help=help_line,
         description="Create a Hub repo and upload a merged GenFT model folder (or, with --adapter-only, "
         "the PEFT-format adapter of a checkpoint folder), with a generated model card (hyperparameters, "
         "training config, final metrics, loss curve).",
