@@ -19,11 +19,10 @@ from genft_tune.checkpointing import (
     ADAPTER_CONFIG_FILE,
     ADAPTER_WEIGHTS_FILE,
     AdapterFileError,
-    check_adapter_matches_model,
-    FORMAT_VERSION,
     load_adapter,
     save_adapter,
 )
+from genft_tune.checkpointing._adapter import check_adapter_matches_model, FORMAT_VERSION
 from genft_tune.modules import (
     genft_linear,
     GenFTConfig,

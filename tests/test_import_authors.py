@@ -19,7 +19,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from genft_tune._cli.genft import main as cli_main
-from genft_tune.checkpointing import load_adapter, read_adapter, read_authors_adapter
+from genft_tune.checkpointing import load_adapter, read_adapter
+from genft_tune.checkpointing._authors import read_authors_adapter
 
 D, LAYERS, A, B = 64, 2, 3, 2
 TARGETS = ["q_proj", "v_proj"]

@@ -15,15 +15,12 @@ from genft_tune.checkpointing._adapter import (
     ADAPTER_CONFIG_FILE,
     ADAPTER_WEIGHTS_FILE,
     AdapterFileError,
-    check_adapter_matches_model,
-    FORMAT_VERSION,
     AdapterFileConfig,
     load_adapter,
     load_adapter_config,
     save_adapter,
 )
-from genft_tune.checkpointing._authors import import_authors_adapter, read_authors_adapter
-from genft_tune.checkpointing._base_checkpoint import find_base_checkpoint
+from genft_tune.checkpointing._authors import import_authors_adapter
 from genft_tune.checkpointing._hf_checkpointer import finalize_merged_folder, HFCheckpointer
 from genft_tune.checkpointing._merge import DTYPES, merge_adapter_checkpoint, parse_size
 from genft_tune.checkpointing._peft_format import (
@@ -40,12 +37,9 @@ __all__ = [
     "ADAPTER_WEIGHTS_FILE",
     "AdapterFileConfig",
     "AdapterFileError",
-    "check_adapter_matches_model",
     "DTYPES",
     "export_peft_adapter",
     "finalize_merged_folder",
-    "find_base_checkpoint",
-    "FORMAT_VERSION",
     "HFCheckpointer",
     "import_authors_adapter",
     "import_peft_adapter",
@@ -56,7 +50,6 @@ __all__ = [
     "PEFT_SUBDIR",
     "PeftFormatError",
     "read_adapter",
-    "read_authors_adapter",
     "save_adapter",
     "verify_merge",
 ]

@@ -19,7 +19,6 @@ adapter, on the adapted model, so that transformers' ``load_adapter`` and PEFT's
 public names in one place. Needs the ``peft`` extra: ``pip install genft-tune[peft]``.
 """
 
-from genft_tune.modules._rope import tune_rows_in_hf_order
 from genft_tune.modules.genft.peft import GenFTPeftConfig, GenFTPeftLinear, GenFTPeftModel
 from genft_tune.modules.wegeft.peft import WeGeFTPeftConfig, WeGeFTPeftLinear, WeGeFTPeftModel
 
@@ -27,7 +26,6 @@ __all__ = [
     "GenFTPeftConfig",
     "GenFTPeftLinear",
     "GenFTPeftModel",
-    "tune_rows_in_hf_order",
     "WeGeFTPeftConfig",
     "WeGeFTPeftLinear",
     "WeGeFTPeftModel",
