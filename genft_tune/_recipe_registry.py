@@ -19,6 +19,7 @@ llama3_2/1B_genft_single_device`` becomes the packaged yaml's path, while a yaml
 is used as given.
 """
 
+import difflib
 import importlib.util
 import re
 from dataclasses import dataclass, field
@@ -135,8 +136,6 @@ def config_path(name: str) -> Path:
 def did_you_mean(name: str) -> str:
     """``" (did you mean 'smollm2/135M_genft_cpu'?)"`` for the closest packaged config
     names (empty when none is close)."""
-    import difflib
-
     known = [c.name for r in _all_recipes() for c in r.configs]
     close = difflib.get_close_matches(str(name), known, n=3, cutoff=0.6)
     return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
