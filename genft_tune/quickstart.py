@@ -24,11 +24,19 @@ import argparse
 import importlib
 import importlib.util
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
+import torch
+from omegaconf import OmegaConf
+
+from genft_tune._recipe_registry import config_path, recipe_path
+from genft_tune.datasets._wordnet import wordnet_instruct_jsonl
+from genft_tune.hub import plot_loss_curve, publish_folder
+from genft_tune.models.smollm2._convert_gguf import convert_smollm2_gguf_to_hf
 
 CONFIG_NAME = "smollm2/135M_genft_cpu"
 RECIPE_NAME = "genft_finetune_single_device"
@@ -52,8 +60,6 @@ QUICKSTART_OVERRIDES = (
 def ensure_base_model(base_dir: Union[str, Path]) -> Path:
     """The converted SmolLM2-135M-Instruct in ``base_dir`` (converted on first use;
     a complete earlier conversion is reused)."""
-    from genft_tune.models.smollm2._convert_gguf import convert_smollm2_gguf_to_hf
-
     base_dir = Path(base_dir)
     convert_smollm2_gguf_to_hf(base_dir)
     return base_dir
@@ -69,10 +75,6 @@ def build_config(
     """The packaged ``smollm2/135M_genft_cpu`` config pointed at ``base_dir`` and
     ``output_dir``, with ``key=value`` ``overrides`` applied last (OmegaConf dotlist;
     ``~key`` deletes a key, as on the ``tune run`` command line)."""
-    from omegaconf import OmegaConf
-
-    from genft_tune._recipe_registry import config_path
-
     cfg = OmegaConf.load(config_path(CONFIG_NAME))
     cfg.output_dir = str(output_dir)
     cfg.checkpointer.checkpoint_dir = str(base_dir)
@@ -98,8 +100,6 @@ def _recipe_module():
     except ModuleNotFoundError as e:
         if e.name != RECIPE_NAME:
             raise
-    from genft_tune._recipe_registry import recipe_path
-
     path = recipe_path(RECIPE_NAME)
     spec = importlib.util.spec_from_file_location(f"_genft_quickstart_{RECIPE_NAME}", path)
     module = importlib.util.module_from_spec(spec)
@@ -140,15 +140,11 @@ def read_metrics(log_file: Union[str, Path]) -> Dict[str, Dict[int, float]]:
 def plot_losses(metrics: Dict[str, Dict[int, float]], path: Union[str, Path]) -> Path:
     """Training loss (raw and smoothed) and ``val_loss`` against the step, as a PNG
     (:func:`genft_tune.hub.plot_loss_curve`, the model card's plot)."""
-    from genft_tune.hub import plot_loss_curve
-
     return plot_loss_curve(metrics, path, title="GenFT fine-tuning of SmolLM2-135M-Instruct on WordNet")
 
 
 def held_out_question(seed: int = 0) -> Dict[str, str]:
     """One WordNet question whose lemma is in the validation split (never trained on)."""
-    from genft_tune.datasets._wordnet import wordnet_instruct_jsonl
-
     path = wordnet_instruct_jsonl(split="validation", max_examples=1, seed=seed)
     with open(path, encoding="utf-8") as f:
         example = json.loads(f.readline())
@@ -164,8 +160,7 @@ def answer(
 ) -> str:
     """Greedy answer of the HF checkpoint in ``model_dir`` to ``question`` (one user
     turn in the tokenizer's chat template), loaded with plain transformers."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # optional: the dev extra
 
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir or model_dir))
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
@@ -216,8 +211,6 @@ def quickstart(
         Dict[str, Any]: ``losses``, ``val_losses``, ``merged_dir``, ``plot``,
         ``question``, ``base_answer``, ``merged_answer``, ``train_seconds``.
     """
-    import shutil
-
     t_total, cpu_total = time.perf_counter(), time.process_time()
     work_dir = Path(work_dir)
     if base_dir is None:
@@ -298,10 +291,6 @@ def preview_adapter_upload(checkpoint_dir: Path, preview_dir: Path) -> Optional[
     """What ``genft-tune publish --adapter-only`` would upload for the run (PEFT's pair,
     megabytes, and its model card), written to ``preview_dir``; prints how to publish.
     Returns the card's path (None when the base's Hub id is unknown: the message says so)."""
-    import shutil
-
-    from genft_tune.hub import publish_folder
-
     shutil.rmtree(preview_dir, ignore_errors=True)
     try:
         publish_folder(checkpoint_dir, repo_id=PREVIEW_REPO_ID, dry_run_dir=preview_dir, adapter_only=True)
