@@ -1,11 +1,13 @@
 """Fixtures more than one test module uses. Plain helpers live in ``_tiny_llama.py``
-(the tiny Llama, its files and configs) and ``_recipe_runs.py`` (running the recipes);
-test modules import those, never each other.
+(the tiny Llama, its files and configs), ``_recipe_runs.py`` (running the recipes) and
+``_layer_references.py`` (GenFT / WeGeFT layers and their references); test modules
+import those, never each other.
 
 Session-scoped fixtures are built once per ``pytest`` run and must be treated as
 read-only: tests write into their own ``tmp_path``.
 """
 
+import functools
 import json
 import os
 import subprocess
@@ -15,7 +17,22 @@ from pathlib import Path
 import pytest
 import torch
 
+from _layer_references import make_adapter_layer as _make_adapter_layer, METHODS
 from _tiny_llama import TINY, trained_adapter, write_tiny_checkpoint
+
+
+@pytest.fixture(params=METHODS)
+def adapter_method(request):
+    """The adapter method a test runs on: each test asking for it runs once per method."""
+    return request.param
+
+
+@pytest.fixture
+def make_adapter_layer(adapter_method):
+    """``make_adapter_layer(in_dim, out_dim, dtype=torch.float32, **cfg)``: an
+    ``AdapterLayer`` (layer, the module holding all its tensors, its reference) of
+    ``adapter_method``; ``cfg`` goes to that method's builder."""
+    return functools.partial(_make_adapter_layer, adapter_method)
 
 
 @pytest.fixture(scope="session")

@@ -1,30 +1,19 @@
 """The eval cache of the merged weight (``genft_tune.modules._cache``) shared by
 GenFTLinear, WeGeFTLinear and the PEFT layers: it must never serve a weight computed
-for other tensors, other dtypes or devices, or under ``torch.inference_mode``."""
+for other tensors, other dtypes or devices, or under ``torch.inference_mode``.
 
-import pytest
+The checks on GenFTLinear and WeGeFTLinear run once per method (conftest's
+``make_adapter_layer`` fixture)."""
+
 import torch
 
-import test_genft_linear as genft_tests
-import test_wegeft as wegeft_tests
 from genft_tune.modules._cache import MergedWeightCache
 
 
-def _genft():
-    layer, gens = genft_tests.make_layer(6, 5, dtype=torch.float32, shared_dim=2, specific_dim=2)
-    return layer, torch.nn.ModuleList([layer, gens]), genft_tests.reference_output
-
-
-def _wegeft():
-    layer, model = wegeft_tests.make_layer(6, 5, dtype=torch.float32)
-    return layer, model, wegeft_tests.reference_output
-
-
-@pytest.mark.parametrize("make", [_genft, _wegeft], ids=["genft", "wegeft"])
-def test_cache_follows_module_to_dtype(make):
+def test_cache_follows_module_to_dtype(make_adapter_layer):
     # Module.to keeps each Parameter object and its version counter: only the data changes
     torch.manual_seed(0)
-    layer, model, reference = make()
+    layer, model, reference = make_adapter_layer(6, 5)
     model.eval()
     x = torch.randn(3, 6)
     with torch.no_grad():
@@ -57,10 +46,9 @@ def test_cache_filled_in_inference_mode_serves_a_later_forward_with_gradients():
     assert torch.equal(x.grad, torch.full((2, 3), 6.0))
 
 
-@pytest.mark.parametrize("make", [_genft, _wegeft], ids=["genft", "wegeft"])
-def test_layer_cached_in_inference_mode_gives_input_gradients_later(make):
+def test_layer_cached_in_inference_mode_gives_input_gradients_later(make_adapter_layer):
     torch.manual_seed(0)
-    layer, model, reference = make()
+    layer, model, reference = make_adapter_layer(6, 5)
     model.requires_grad_(False)
     model.eval()
     x = torch.randn(3, 6)
@@ -71,3 +59,19 @@ def test_layer_cached_in_inference_mode_gives_input_gradients_later(make):
     ref_x = x.detach().clone().requires_grad_(True)
     reference(layer, ref_x).sum().backward()
     torch.testing.assert_close(x.grad, ref_x.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_eval_output_equals_the_merged_layer_bit_for_bit(adapter_method, make_adapter_layer):
+    """The eval cache holds what merge() writes (fp32 math, one cast): in bf16 the
+    cached forward and the merged layer give identical outputs."""
+    torch.manual_seed({"genft": 12, "wegeft": 11}[adapter_method])
+    # each method's layer as its own test built it (WeGeFT: psi drawn too, a larger dW)
+    cfg = {"genft": dict(shared_dim=4, specific_dim=2, scaling=0.5), "wegeft": dict(rank=4, random_psi=True)}
+    layer, _, _ = make_adapter_layer(48, 32, dtype=torch.bfloat16, **cfg[adapter_method])
+    layer.eval()
+    x = torch.randn(5, 48, dtype=torch.bfloat16)
+    with torch.no_grad():
+        cached = layer(x)
+        layer.merge()
+        merged = layer(x)
+    assert torch.equal(cached, merged)

@@ -1,13 +1,19 @@
 """GenFTLinear against a plain fp64 reference of GENFT_SPEC.md's formula."""
 
 import itertools
-import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
+from _layer_references import (
+    genft_reference_delta,
+    genft_reference_output,
+    genft_tensors,
+    make_genft_layer,
+    REF_ACT,
+)
 
 from torchtune.modules.peft import disable_adapter, get_adapter_params, set_trainable_params
 
@@ -20,74 +26,6 @@ from genft_tune.modules import (
 )
 from genft_tune.modules.genft import get_genft_modules
 
-# ---- the reference, written from the spec's equations alone ------------------------
-
-REF_ACT = {
-    "identity": lambda t: t,
-    "relu": lambda t: torch.where(t > 0, t, torch.zeros_like(t)),
-    "leaky_relu": lambda t: torch.where(t > 0, t, 0.01 * t),
-    "gelu": lambda t: 0.5 * t * (1 + torch.erf(t / math.sqrt(2.0))),
-    "tanh": lambda t: (torch.exp(t) - torch.exp(-t)) / (torch.exp(t) + torch.exp(-t)),
-}
-
-
-def stack(*parts, dim):
-    parts = [p for p in parts if p is not None]
-    return torch.cat(parts, dim=dim)
-
-
-def reference_delta(W0, t, cfg, drop=None):
-    """dW from the spec. ``t`` maps names (P1, Q1, A1, ..., d2) to tensors or None;
-    ``drop`` applies the F_row / F_col dropout (identity by default)."""
-    drop = drop or (lambda x: x)
-    act_in, act_out = REF_ACT[cfg.act_in], REF_ACT[cfg.act_out]
-
-    def bias(name):
-        return t.get(name) if t.get(name) is not None else 0.0
-
-    if cfg.stages in ("both", "row"):
-        D1 = stack(t["P1"], t["A1"], dim=0)
-        E1 = stack(t["Q1"], t["B1"], dim=1)
-        H1 = act_in(cfg.ratio * W0 @ D1.T + bias("c1"))
-        F_row = drop(act_out(H1 @ E1.T + bias("d1")))
-        if cfg.stages == "row":
-            return cfg.scaling * F_row
-        col_in = F_row.T
-    else:
-        col_in = cfg.ratio * W0.T
-    D2 = stack(t["P2"], t["A2"], dim=0)
-    E2 = stack(t["Q2"], t["B2"], dim=1)
-    H2 = act_in(col_in @ D2.T + bias("c2"))
-    F_col = drop(act_out(H2 @ E2.T + bias("d2")))
-    return cfg.scaling * F_col.T
-
-
-def tensors_of(layer):
-    """Name -> tensor for the reference, with the square tie applied by hand."""
-    g = layer.generator
-    t = {n: getattr(g, n) for n in ("P1", "Q1", "P2", "Q2", "c1", "d1", "c2", "d2")}
-    t.update(A1=layer.A1, B1=layer.B1, A2=layer.A2, B2=layer.B2)
-    if layer.in_dim == layer.out_dim:
-        t["A2"], t["B2"] = layer.A1, layer.B1
-    return t
-
-
-def make_layer(in_dim, out_dim, dtype=torch.float64, use_bias=False, **cfg_kwargs):
-    cfg_kwargs.setdefault("zero_init", False)
-    cfg = GenFTConfig(**cfg_kwargs)
-    gens = GenFTGenerators(cfg)
-    layer = genft_linear(in_dim, out_dim, generators=gens, use_bias=use_bias)
-    gens.to(dtype)
-    layer.to(dtype)
-    return layer, gens
-
-
-def reference_output(layer, x):
-    W0 = layer.weight.detach()
-    delta = reference_delta(W0, tensors_of(layer), layer.config)
-    return F.linear(x, W0 + delta, layer.bias)
-
-
 SHAPES = [(6, 6), (5, 7), (7, 5)]  # (in, out): square (tied) and both non-square
 DIMS = [(3, 2), (0, 2), (3, 0)]
 
@@ -99,12 +37,12 @@ DIMS = [(3, 2), (0, 2), (3, 0)]
 def test_all_paths_equal_reference(in_dim, out_dim, a, b, generator_bias, stages):
     torch.manual_seed(0)
     for act_out in ("gelu", "identity"):  # dense path, then low-rank path
-        layer, _ = make_layer(
+        layer, _ = make_genft_layer(
             in_dim, out_dim, shared_dim=a, specific_dim=b, generator_bias=generator_bias,
             act_in="tanh", act_out=act_out, ratio=0.7, scaling=1.3, stages=stages, use_bias=True,
         )
         x = torch.randn(3, 4, in_dim, dtype=torch.float64)
-        expected = reference_output(layer, x)
+        expected = genft_reference_output(layer, x)
         # training forward (merged, or low-rank for identity act_out), with and without recompute
         torch.testing.assert_close(layer(x), expected, rtol=1e-10, atol=1e-10)
         object.__setattr__(layer, "config", GenFTConfig(**{**layer.config.to_dict(), "recompute": False}))
@@ -123,24 +61,24 @@ def test_all_paths_equal_reference(in_dim, out_dim, a, b, generator_bias, stages
 @pytest.mark.parametrize("act_in,act_out", list(itertools.product(REF_ACT, REF_ACT)))
 def test_every_activation_pair(act_in, act_out):
     torch.manual_seed(1)
-    layer, _ = make_layer(5, 7, shared_dim=2, specific_dim=2, act_in=act_in, act_out=act_out,
+    layer, _ = make_genft_layer(5, 7, shared_dim=2, specific_dim=2, act_in=act_in, act_out=act_out,
                           generator_bias=True)
     x = torch.randn(4, 5, dtype=torch.float64)
-    torch.testing.assert_close(layer(x), reference_output(layer, x), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(layer(x), genft_reference_output(layer, x), rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("act_out", ["gelu", "identity"])
 @pytest.mark.parametrize("in_dim,out_dim", SHAPES)
 def test_gradients_equal_reference(act_out, in_dim, out_dim):
     torch.manual_seed(2)
-    layer, gens = make_layer(in_dim, out_dim, shared_dim=2, specific_dim=2, act_out=act_out,
+    layer, gens = make_genft_layer(in_dim, out_dim, shared_dim=2, specific_dim=2, act_out=act_out,
                              generator_bias=True)
     params = [p for p in list(layer.parameters()) + list(gens.parameters()) if p.requires_grad]
     x = torch.randn(3, in_dim, dtype=torch.float64, requires_grad=True)
     target = torch.randn(3, out_dim, dtype=torch.float64)
 
     ours = torch.autograd.grad(((layer(x) - target) ** 2).sum(), [x] + params)
-    ref = torch.autograd.grad(((reference_output(layer, x) - target) ** 2).sum(), [x] + params)
+    ref = torch.autograd.grad(((genft_reference_output(layer, x) - target) ** 2).sum(), [x] + params)
     for g_ours, g_ref in zip(ours, ref):
         torch.testing.assert_close(g_ours, g_ref, rtol=1e-9, atol=1e-10)
     # and the analytic gradients agree with finite differences
@@ -162,7 +100,7 @@ def test_recompute_keeps_no_new_weight_sized_tensor(out_dim, in_dim):
     """With recompute the only (out, in) tensor kept for backward is W0 itself (a
     reference, no new memory); without it the generator's intermediates are kept."""
     torch.manual_seed(4)
-    layer, _ = make_layer(in_dim, out_dim, shared_dim=3, specific_dim=2)
+    layer, _ = make_genft_layer(in_dim, out_dim, shared_dim=3, specific_dim=2)
     x = torch.randn(2, 5, in_dim, dtype=torch.float64, requires_grad=True)
 
     def fresh_weight_sized(saved):
@@ -194,7 +132,7 @@ def test_recompute_backward_does_not_redo_the_input_matmul():
     """Backward rebuilds W but never recomputes x @ W.T (the (tokens, out) product)."""
     torch.manual_seed(6)
     tokens, in_dim, out_dim = 9, 7, 5
-    layer, _ = make_layer(in_dim, out_dim, shared_dim=2, specific_dim=2)
+    layer, _ = make_genft_layer(in_dim, out_dim, shared_dim=2, specific_dim=2)
     x = torch.randn(tokens, in_dim, dtype=torch.float64, requires_grad=True)
 
     matmuls = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default}
@@ -219,7 +157,7 @@ def test_recompute_gradients_for_input_bias_and_functional_parameters():
     trainable base bias, and parameters swapped in by ``functional_call`` (it rebuilds
     W from the tensors of the forward, not from the layer's attributes)."""
     torch.manual_seed(5)
-    layer, gens = make_layer(7, 5, shared_dim=2, specific_dim=2, generator_bias=True, use_bias=True)
+    layer, gens = make_genft_layer(7, 5, shared_dim=2, specific_dim=2, generator_bias=True, use_bias=True)
     assert layer.config.recompute
     layer.bias.requires_grad_(True)
     x = torch.randn(2, 3, 7, dtype=torch.float64, requires_grad=True)
@@ -229,8 +167,8 @@ def test_recompute_gradients_for_input_bias_and_functional_parameters():
 
     out = torch.func.functional_call(layer, {"A1": A1}, (x,))
     ours = torch.autograd.grad(out.sin().sum(), [x, A1] + params)
-    t = {**tensors_of(layer), "A1": A1}
-    expected = F.linear(x, layer.weight + reference_delta(layer.weight, t, layer.config), layer.bias)
+    t = {**genft_tensors(layer), "A1": A1}
+    expected = F.linear(x, layer.weight + genft_reference_delta(layer.weight, t, layer.config), layer.bias)
     torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
     ref = torch.autograd.grad(expected.sin().sum(), [x, A1] + params)
     for g_ours, g_ref in zip(ours, ref):
@@ -239,7 +177,7 @@ def test_recompute_gradients_for_input_bias_and_functional_parameters():
 
 def test_dropout_is_on_generator_stages_not_input():
     torch.manual_seed(3)
-    layer, _ = make_layer(6, 4, shared_dim=2, specific_dim=2, dropout=0.4)
+    layer, _ = make_genft_layer(6, 4, shared_dim=2, specific_dim=2, dropout=0.4)
     x = torch.randn(5, 6, dtype=torch.float64)
     torch.manual_seed(123)
     ours = layer(x)
@@ -251,18 +189,18 @@ def test_dropout_is_on_generator_stages_not_input():
             return F.dropout(t, 0.4, training=True)
         return F.dropout(t.T.contiguous(), 0.4, training=True).T
     W0 = layer.weight.detach()
-    expected = F.linear(x, W0 + reference_delta(W0, tensors_of(layer), layer.config, drop=masks))
+    expected = F.linear(x, W0 + genft_reference_delta(W0, genft_tensors(layer), layer.config, drop=masks))
     torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-10)
     # evaluation: no dropout at all
     layer.eval()
-    torch.testing.assert_close(layer(x), reference_output(layer, x), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(layer(x), genft_reference_output(layer, x), rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("in_dim,out_dim", SHAPES)
 @pytest.mark.parametrize("stages", ["both", "row", "column"])
 @pytest.mark.parametrize("act_out", ["gelu", "identity", "tanh"])
 def test_zero_init_is_base_model_at_step_zero(in_dim, out_dim, stages, act_out):
-    layer, _ = make_layer(in_dim, out_dim, dtype=torch.float32, zero_init=True, stages=stages,
+    layer, _ = make_genft_layer(in_dim, out_dim, dtype=torch.float32, zero_init=True, stages=stages,
                           act_out=act_out, generator_bias=True, use_bias=True)
     x = torch.randn(4, in_dim)
     assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))
@@ -275,7 +213,7 @@ def test_zero_init_is_base_model_at_step_zero(in_dim, out_dim, stages, act_out):
 
 def test_merge_unmerge_exact():
     torch.manual_seed(4)
-    layer, _ = make_layer(8, 6, dtype=torch.float32, shared_dim=3, specific_dim=2)
+    layer, _ = make_genft_layer(8, 6, dtype=torch.float32, shared_dim=3, specific_dim=2)
     W0 = layer.weight.detach().clone()
     x = torch.randn(5, 8)
     before = layer(x).detach()
@@ -292,14 +230,14 @@ def test_merge_unmerge_exact():
 @pytest.mark.parametrize("optim_kwargs", [{"foreach": False}, {"foreach": True}, {"fused": True}])
 def test_cache_never_stale(optim_kwargs):
     torch.manual_seed(5)
-    layer, gens = make_layer(6, 6, dtype=torch.float32, shared_dim=2, specific_dim=2)
+    layer, gens = make_genft_layer(6, 6, dtype=torch.float32, shared_dim=2, specific_dim=2)
     params = [p for p in list(layer.parameters()) + list(gens.parameters()) if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-2, **optim_kwargs)
     x = torch.randn(3, 6)
     for _ in range(3):
         layer.eval()
         with torch.no_grad():
-            torch.testing.assert_close(layer(x), reference_output(layer, x))
+            torch.testing.assert_close(layer(x), genft_reference_output(layer, x))
         layer.train()
         layer(x).pow(2).sum().backward()
         opt.step()
@@ -310,16 +248,16 @@ def test_cache_never_stale(optim_kwargs):
         layer(x)
         new_sd = {k: torch.randn_like(v) for k, v in layer.state_dict().items()}
         layer.load_state_dict(new_sd)
-        torch.testing.assert_close(layer(x), reference_output(layer, x))
+        torch.testing.assert_close(layer(x), genft_reference_output(layer, x))
         gens["6x6"].P1.mul_(2.0)  # an in-place edit of a shared tensor
-        torch.testing.assert_close(layer(x), reference_output(layer, x))
+        torch.testing.assert_close(layer(x), genft_reference_output(layer, x))
         # a new tensor object with the same version counter as the one it replaces
         fresh = torch.randn_like(layer.A1)
         while fresh._version < layer.A1._version:
             fresh.add_(0.0)  # each in-place op bumps the version counter
         assert fresh._version == layer.A1._version
         layer.load_state_dict({**layer.state_dict(), "A1": fresh}, assign=True)
-        torch.testing.assert_close(layer(x), reference_output(layer, x))
+        torch.testing.assert_close(layer(x), genft_reference_output(layer, x))
 
 
 def test_generator_shared_once_in_state_dict_and_optimizer():
@@ -359,7 +297,7 @@ def test_generator_shared_once_in_state_dict_and_optimizer():
 def test_state_dict_merge_is_the_layer_merge_bit_for_bit(dtype):
     # one fp32 merge (fp64 for fp64 weights): the state-dict merge computed fp64 bases in fp32 before
     torch.manual_seed(3)
-    layer, gens = make_layer(7, 5, dtype=dtype)
+    layer, gens = make_genft_layer(7, 5, dtype=dtype)
     sd = {"l.weight": layer.weight.detach(), **{f"l.{n}": getattr(layer, n).detach() for n in layer.adapter_params()},
           **{f"genft_generators.{k}": v for k, v in gens.state_dict().items()}}
     merged = merge_genft_state_dict(sd, config=layer.config, target_modules=["l"])["l.weight"]
@@ -398,8 +336,8 @@ def test_nf4_base_forward_backward():
     out.float().sum().backward()
     assert layer.A1.grad is not None and gens["128x256"].P1.grad is not None
     W0 = layer.weight.get_original_weight().double()
-    t = {k: (v.detach().double() if v is not None else None) for k, v in tensors_of(layer).items()}
-    expected = F.linear(x.double(), W0 + reference_delta(W0, t, cfg))
+    t = {k: (v.detach().double() if v is not None else None) for k, v in genft_tensors(layer).items()}
+    expected = F.linear(x.double(), W0 + genft_reference_delta(W0, t, cfg))
     torch.testing.assert_close(out.double(), expected, rtol=0.05, atol=0.05)
     with pytest.raises(RuntimeError, match="NF4"):
         layer.merge()
@@ -473,16 +411,3 @@ def test_recompute_with_dropout_redraws_the_same_mask(out_dim, in_dim):
     for a, b in zip(grads[True], grads[False]):
         torch.testing.assert_close(a, b)
 
-
-def test_bf16_eval_output_equals_the_merged_layer_bit_for_bit():
-    """The eval cache holds what merge() writes (fp32 math, one cast): in bf16 the
-    cached forward and the merged layer give identical outputs."""
-    torch.manual_seed(12)
-    layer, _ = make_layer(48, 32, dtype=torch.bfloat16, shared_dim=4, specific_dim=2, scaling=0.5)
-    layer.eval()
-    x = torch.randn(5, 48, dtype=torch.bfloat16)
-    with torch.no_grad():
-        cached = layer(x)
-        layer.merge()
-        merged = layer(x)
-    assert torch.equal(cached, merged)

@@ -1,7 +1,6 @@
-"""WeGeFTLinear against a plain fp64 reference of WeGeFT's formula.
-
-Reference (arXiv 2312.00700 and the authors' PEFT tuner), written here independently:
-``dW = (alpha / r) * drop(W0) @ phi.T @ psi`` with ``phi, psi`` of shape ``(r, in)``.
+"""WeGeFTLinear against a plain fp64 reference of WeGeFT's formula
+(``_layer_references.wegeft_reference_delta``: ``dW = (alpha / r) * drop(W0) @ phi.T @ psi``
+with ``phi, psi`` of shape ``(r, in)``, from arXiv 2312.00700 and the authors' PEFT tuner).
 """
 
 import pytest
@@ -9,6 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
+from _layer_references import (
+    make_wegeft_layer,
+    TinyWeGeFT,
+    trainable,
+    wegeft_reference_delta,
+    wegeft_reference_output,
+)
 
 from torchtune.modules.peft import disable_adapter, get_adapter_params, set_trainable_params
 
@@ -27,61 +33,6 @@ from genft_tune.modules.wegeft import (
     WeGeFTSharedFactors,
 )
 
-# ---- the reference -------------------------------------------------------------------
-
-
-def reference_delta(W0, phi, psi, alpha, r, mask=None):
-    """dW in fp64 from the formula; ``mask`` is the (already 1/(1-p)-scaled) dropout
-    mask on W0, or None."""
-    W0, phi, psi = (t.detach().double() if not t.requires_grad else t.double() for t in (W0, phi, psi))
-    Wd = W0 if mask is None else W0 * mask
-    return (alpha / r) * Wd @ phi.T @ psi
-
-
-def reference_output(layer, x, mask=None):
-    W0 = layer.base_weight().detach().double()
-    f = layer.factors
-    delta = reference_delta(W0, f.phi, f.psi, layer.config.alpha, layer.config.rank, mask)
-    bias = layer.bias.double() if layer.bias is not None else None
-    # the base term uses the undropped W0; only the generator's input is dropped
-    return F.linear(x.double(), W0, bias) + F.linear(x.double(), delta)
-
-
-class Tiny(nn.Module):
-    """A model root holding the shared factors (when shared) and some layers."""
-
-    def __init__(self, config, shapes, use_bias=False):
-        super().__init__()
-        self.wegeft_factors = WeGeFTSharedFactors(config)
-        self.layers = nn.ModuleDict(
-            {
-                name: wegeft_linear(
-                    i, o, factors=self.wegeft_factors.factors_for(mtype, i), use_bias=use_bias
-                )
-                for name, (mtype, i, o) in shapes.items()
-            }
-        )
-
-
-def make_layer(in_dim, out_dim, *, shared=True, dtype=torch.float64, use_bias=False, random_phi=True, **cfg):
-    cfg.setdefault("rank", 3)
-    cfg.setdefault("alpha", 5.0)
-    config = WeGeFTConfig(shared=shared, **cfg)
-    model = Tiny(config, {"l": ("q_proj", in_dim, out_dim)}, use_bias=use_bias).to(dtype)
-    layer = model.layers["l"]
-    if random_phi:  # phi starts at zero; make dW non-trivial for the checks
-        with torch.no_grad():
-            layer.factors.phi.normal_()
-    if use_bias:
-        with torch.no_grad():
-            layer.bias.normal_()
-    return layer, model
-
-
-def trainable(model):
-    return [p for p in model.parameters() if p.requires_grad]
-
-
 SHAPES = [(6, 6), (5, 7), (7, 5)]  # (in, out): square and both non-square
 
 
@@ -93,9 +44,9 @@ SHAPES = [(6, 6), (5, 7), (7, 5)]  # (in, out): square and both non-square
 @pytest.mark.parametrize("use_bias", [False, True])
 def test_all_paths_equal_reference(in_dim, out_dim, shared, use_bias):
     torch.manual_seed(0)
-    layer, _ = make_layer(in_dim, out_dim, shared=shared, use_bias=use_bias)
+    layer, _ = make_wegeft_layer(in_dim, out_dim, shared=shared, use_bias=use_bias)
     x = torch.randn(3, 4, in_dim, dtype=torch.float64)
-    expected = reference_output(layer, x)
+    expected = wegeft_reference_output(layer, x)
     # training forward (efficient path), with and without recompute
     for recompute in (True, False):
         object.__setattr__(layer, "config", WeGeFTConfig(**{**layer.config.to_dict(), "recompute": recompute}))
@@ -111,7 +62,7 @@ def test_all_paths_equal_reference(in_dim, out_dim, shared, use_bias):
     with torch.no_grad():
         torch.testing.assert_close(layer(x), expected, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(
-        layer.delta_weight(), reference_delta(layer._unmerged_weight, layer.factors.phi,
+        layer.delta_weight(), wegeft_reference_delta(layer._unmerged_weight, layer.factors.phi,
                                               layer.factors.psi, 5.0, 3), rtol=1e-10, atol=1e-10
     )
 
@@ -120,19 +71,19 @@ def test_all_paths_equal_reference(in_dim, out_dim, shared, use_bias):
 @pytest.mark.parametrize("shared", [True, False])
 def test_gradients_equal_reference_and_gradcheck(in_dim, out_dim, shared):
     torch.manual_seed(1)
-    layer, model = make_layer(in_dim, out_dim, shared=shared, rank=2, alpha=3.0, use_bias=True)
+    layer, model = make_wegeft_layer(in_dim, out_dim, shared=shared, rank=2, alpha=3.0, use_bias=True)
     params = trainable(model)
     assert {id(p) for p in params} == {id(layer.factors.phi), id(layer.factors.psi)}
     x = torch.randn(3, in_dim, dtype=torch.float64, requires_grad=True)
     target = torch.randn(3, out_dim, dtype=torch.float64)
     ours = torch.autograd.grad(((layer(x) - target) ** 2).sum(), [x] + params)
-    ref = torch.autograd.grad(((reference_output(layer, x) - target) ** 2).sum(), [x] + params)
+    ref = torch.autograd.grad(((wegeft_reference_output(layer, x) - target) ** 2).sum(), [x] + params)
     for g_ours, g_ref in zip(ours, ref):
         torch.testing.assert_close(g_ours, g_ref, rtol=1e-9, atol=1e-10)
     # the analytic gradients agree with finite differences, for x, phi and psi
     names = [n for n, _ in model.named_parameters() if n.endswith(("phi", "psi"))]
     assert len(names) == 2
-    model.forward = layer.forward  # Tiny is only a container: run the layer through it
+    model.forward = layer.forward  # TinyWeGeFT is only a container: run the layer through it
 
     def run(inp, phi, psi):
         return torch.func.functional_call(model, dict(zip(names, (phi, psi))), (inp,))
@@ -161,7 +112,7 @@ def test_training_forward_never_forms_out_by_in_product():
 
     in_dim, out_dim = 32, 24
     for dropout in (0.0, 0.3):
-        layer, _ = make_layer(in_dim, out_dim, rank=2, dtype=torch.float32, dropout=dropout)
+        layer, _ = make_wegeft_layer(in_dim, out_dim, rank=2, dtype=torch.float32, dropout=dropout)
         x = torch.randn(5, in_dim)
         with MatmulShapes() as mode:
             layer(x).sum().backward()
@@ -176,7 +127,7 @@ def test_training_forward_never_forms_out_by_in_product():
 def test_dropout_is_one_mask_on_w0_per_forward(in_dim, out_dim):
     p = 0.4
     torch.manual_seed(3)
-    layer, model = make_layer(in_dim, out_dim, dropout=p, use_bias=True)
+    layer, model = make_wegeft_layer(in_dim, out_dim, dropout=p, use_bias=True)
     x = torch.randn(5, in_dim, dtype=torch.float64)
     x = torch.cat([x, x[:1]])  # a repeated token sees the same mask
     target = torch.randn(6, out_dim, dtype=torch.float64)
@@ -189,7 +140,7 @@ def test_dropout_is_one_mask_on_w0_per_forward(in_dim, out_dim):
     torch.manual_seed(123)
     mask = F.dropout(torch.ones(out_dim, in_dim, dtype=torch.float64), p, training=True)
     assert (mask == 0).any() and (mask != 0).any()
-    expected = reference_output(layer, x, mask=mask)
+    expected = wegeft_reference_output(layer, x, mask=mask)
     torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(ours[0], ours[-1], rtol=0, atol=0)
     g_ref = torch.autograd.grad(((expected - target) ** 2).sum(), params)
@@ -204,7 +155,7 @@ def test_dropout_is_one_mask_on_w0_per_forward(in_dim, out_dim):
     # two training forwards draw different masks; evaluation has none
     assert not torch.equal(layer(x), layer(x))
     layer.eval()
-    torch.testing.assert_close(layer(x), reference_output(layer, x), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(layer(x), wegeft_reference_output(layer, x), rtol=1e-10, atol=1e-10)
 
 
 # ---- init, merge, cache ------------------------------------------------------------------
@@ -213,7 +164,7 @@ def test_dropout_is_one_mask_on_w0_per_forward(in_dim, out_dim):
 @pytest.mark.parametrize("in_dim,out_dim", SHAPES)
 @pytest.mark.parametrize("shared", [True, False])
 def test_dw_is_zero_at_step_zero(in_dim, out_dim, shared):
-    layer, model = make_layer(in_dim, out_dim, shared=shared, dtype=torch.float32,
+    layer, model = make_wegeft_layer(in_dim, out_dim, shared=shared, dtype=torch.float32,
                               random_phi=False, use_bias=True)
     assert torch.equal(layer.factors.phi, torch.zeros_like(layer.factors.phi))
     assert layer.factors.psi.abs().sum() > 0  # kaiming-uniform, not zero
@@ -229,14 +180,14 @@ def test_dw_is_zero_at_step_zero(in_dim, out_dim, shared):
 
 def test_merge_unmerge_exact():
     torch.manual_seed(4)
-    layer, _ = make_layer(8, 6, dtype=torch.float32)
+    layer, _ = make_wegeft_layer(8, 6, dtype=torch.float32)
     W0 = layer.weight.detach().clone()
     x = torch.randn(5, 8)
     before = layer(x).detach()
     layer.merge()
     assert not torch.equal(layer.weight, W0)
     torch.testing.assert_close(layer(x), before, rtol=1e-5, atol=1e-5)
-    expected = (W0.double() + reference_delta(W0, layer.factors.phi, layer.factors.psi, 5.0, 3)).float()
+    expected = (W0.double() + wegeft_reference_delta(W0, layer.factors.phi, layer.factors.psi, 5.0, 3)).float()
     torch.testing.assert_close(layer.weight.detach(), expected, rtol=1e-6, atol=1e-6)
     with disable_adapter(layer):
         torch.testing.assert_close(layer(x), F.linear(x, W0), rtol=0, atol=0)
@@ -251,13 +202,13 @@ def test_merge_unmerge_exact():
 @pytest.mark.parametrize("shared", [True, False])
 def test_cache_never_stale(optim_kwargs, shared):
     torch.manual_seed(5)
-    layer, model = make_layer(6, 5, shared=shared, dtype=torch.float32)
+    layer, model = make_wegeft_layer(6, 5, shared=shared, dtype=torch.float32)
     opt = torch.optim.AdamW(trainable(model), lr=1e-2, **optim_kwargs)
     x = torch.randn(3, 6)
     for _ in range(3):
         layer.eval()
         with torch.no_grad():
-            torch.testing.assert_close(layer(x), reference_output(layer, x).float())
+            torch.testing.assert_close(layer(x), wegeft_reference_output(layer, x).float())
         layer.train()
         layer(x).pow(2).sum().backward()
         opt.step()
@@ -268,11 +219,11 @@ def test_cache_never_stale(optim_kwargs, shared):
         layer(x)
         new_sd = {k: torch.randn_like(v) for k, v in model.state_dict().items()}
         model.load_state_dict(new_sd)
-        torch.testing.assert_close(layer(x), reference_output(layer, x).float())
+        torch.testing.assert_close(layer(x), wegeft_reference_output(layer, x).float())
         layer.factors.psi.mul_(2.0)  # an in-place edit of a (possibly shared) factor
-        torch.testing.assert_close(layer(x), reference_output(layer, x).float())
+        torch.testing.assert_close(layer(x), wegeft_reference_output(layer, x).float())
         layer.weight.add_(1.0)  # and of the base weight
-        torch.testing.assert_close(layer(x), reference_output(layer, x).float())
+        torch.testing.assert_close(layer(x), wegeft_reference_output(layer, x).float())
 
 
 # ---- sharing, state dict, optimizer -------------------------------------------------------
@@ -287,7 +238,7 @@ SHAPES_MODEL = {
 def test_shared_factors_once_in_state_dict_and_optimizer():
     torch.manual_seed(6)
     cfg = WeGeFTConfig(rank=2, alpha=4.0, shared=True)
-    model = Tiny(cfg, SHAPES_MODEL)
+    model = TinyWeGeFT(cfg, SHAPES_MODEL)
     L = model.layers
     assert L["q0"].factors is L["q1"].factors and L["k0"].factors is not L["q0"].factors
     keys = list(model.state_dict())
@@ -316,7 +267,7 @@ def test_shared_factors_once_in_state_dict_and_optimizer():
 
 def test_per_layer_factors_state_dict_and_adapter_params():
     cfg = WeGeFTConfig(rank=2, shared=False)
-    model = Tiny(cfg, SHAPES_MODEL)
+    model = TinyWeGeFT(cfg, SHAPES_MODEL)
     assert len(model.wegeft_factors) == 0
     keys = [k for k in model.state_dict() if is_wegeft_key(k)]
     assert sorted(keys) == sorted(f"layers.{n}.wegeft.{p}" for n in SHAPES_MODEL for p in ("phi", "psi"))
@@ -331,7 +282,7 @@ def test_per_layer_factors_state_dict_and_adapter_params():
 def test_merge_state_dict_equals_layer_merge(shared, dtype):
     torch.manual_seed(7)
     cfg = WeGeFTConfig(rank=2, alpha=4.0, shared=shared)
-    model = Tiny(cfg, SHAPES_MODEL, use_bias=True)
+    model = TinyWeGeFT(cfg, SHAPES_MODEL, use_bias=True)
     for m in model.modules():
         if isinstance(m, WeGeFTFactors):
             with torch.no_grad():
@@ -343,7 +294,7 @@ def test_merge_state_dict_equals_layer_merge(shared, dtype):
     for name, layer in get_wegeft_modules(model).items():
         W0 = sd[f"{name}.weight"]
         f = layer.factors
-        ref = (W0.double() + reference_delta(W0, f.phi, f.psi, 4.0, 2)).to(dtype)
+        ref = (W0.double() + wegeft_reference_delta(W0, f.phi, f.psi, 4.0, 2)).to(dtype)
         torch.testing.assert_close(merged[f"{name}.weight"], ref)
         layer.merge()
         assert torch.equal(merged[f"{name}.weight"], layer.weight.detach())
@@ -357,7 +308,7 @@ def test_merge_state_dict_equals_layer_merge(shared, dtype):
 def test_merge_state_dict_plain_target_list(shared):
     # a plain list of names: shared factors are found by the name's last component
     cfg = WeGeFTConfig(rank=2, shared=shared)
-    model = Tiny(cfg, {"q_proj": ("q_proj", 8, 8), "v_proj": ("v_proj", 8, 4)})
+    model = TinyWeGeFT(cfg, {"q_proj": ("q_proj", 8, 8), "v_proj": ("v_proj", 8, 4)})
     for m in model.modules():
         if isinstance(m, WeGeFTFactors):
             with torch.no_grad():
@@ -373,7 +324,7 @@ def test_merge_state_dict_plain_target_list(shared):
 
 def test_merge_state_dict_errors_name_the_key():
     cfg = WeGeFTConfig(rank=2, shared=True)
-    model = Tiny(cfg, {"q_proj": ("q_proj", 4, 6)})
+    model = TinyWeGeFT(cfg, {"q_proj": ("q_proj", 4, 6)})
     sd = model.state_dict()
     with pytest.raises(ValueError, match="wegeft_factors.q_proj.psi"):
         merge_wegeft_state_dict({k: v for k, v in sd.items() if not k.endswith("psi")},
@@ -406,7 +357,7 @@ def test_nf4_base_forward_backward():
     out = layer(x)
     out.float().pow(2).sum().backward()
     assert layer.factors.phi.grad is not None and layer.factors.psi.grad is not None
-    expected = reference_output(layer, x)  # from the dequantised W0
+    expected = wegeft_reference_output(layer, x)  # from the dequantised W0
     torch.testing.assert_close(out.double(), expected, rtol=0.05, atol=0.05)
     layer.eval()
     with torch.no_grad():
@@ -437,7 +388,7 @@ def test_nf4_recompute_gives_same_gradients():
 def test_meta_device_construction_then_initialize(shared):
     cfg = WeGeFTConfig(rank=2, shared=shared)
     with torch.device("meta"):
-        model = Tiny(cfg, {"q": ("q_proj", 6, 4)})
+        model = TinyWeGeFT(cfg, {"q": ("q_proj", 6, 4)})
     layer = model.layers["q"]
     layer.weight = nn.Parameter(torch.randn(4, 6), requires_grad=False)  # "loaded from checkpoint"
     for m in model.modules():
@@ -516,7 +467,7 @@ def test_genft_row_only_is_the_wegeft_function_class(in_dim, out_dim):
     gens.double()
     gen = g.generator
     assert g.adapter_params() == [] and sorted(gen.adapter_params()) == ["P1", "Q1"]
-    w, _ = make_layer(in_dim, out_dim, rank=a, alpha=alpha)
+    w, _ = make_wegeft_layer(in_dim, out_dim, rank=a, alpha=alpha)
     with torch.no_grad():
         w.weight.copy_(g.weight)
     W0 = g.weight.detach()
@@ -543,22 +494,6 @@ def test_genft_row_only_is_the_wegeft_function_class(in_dim, out_dim):
     g.clear_cache()
     torch.testing.assert_close(g(x), w(x), rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(g.delta_weight(), w.delta_weight(), rtol=1e-10, atol=1e-12)
-
-
-def test_bf16_eval_output_equals_the_merged_layer_bit_for_bit():
-    """The eval cache holds what merge() writes (fp32 math, one cast): in bf16 the
-    cached forward and the merged layer give identical outputs."""
-    torch.manual_seed(11)
-    layer, _ = make_layer(48, 32, dtype=torch.bfloat16, rank=4)
-    with torch.no_grad():
-        layer.factors.psi.normal_()
-    layer.eval()
-    x = torch.randn(5, 48, dtype=torch.bfloat16)
-    with torch.no_grad():
-        cached = layer(x)
-        layer.merge()
-        merged = layer(x)
-    assert torch.equal(cached, merged)
 
 
 @pytest.mark.parametrize("alpha", [0, 0.0, -1.0])
