@@ -158,7 +158,7 @@ class AdapterLayer(NamedTuple):
     reference: Callable[[nn.Module, torch.Tensor], torch.Tensor]  # (layer, x) -> reference of layer(x)
 
 
-def make_adapter_layer(method, in_dim, out_dim, *, dtype=torch.float32, **cfg):
+def build_adapter_layer(method, in_dim, out_dim, *, dtype=torch.float32, **cfg):
     """A ``method`` layer with a non-zero dW (GenFT: shared_dim = specific_dim = 2 unless
     given, random init; WeGeFT: see ``make_wegeft_layer``); ``cfg`` goes to that builder."""
     if method == "genft":

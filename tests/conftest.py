@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from _layer_references import make_adapter_layer as _make_adapter_layer, METHODS
+from _layer_references import build_adapter_layer, METHODS
 from _tiny_llama import TINY, trained_adapter, write_tiny_checkpoint
 
 
@@ -32,7 +32,7 @@ def make_adapter_layer(adapter_method):
     """``make_adapter_layer(in_dim, out_dim, dtype=torch.float32, **cfg)``: an
     ``AdapterLayer`` (layer, the module holding all its tensors, its reference) of
     ``adapter_method``; ``cfg`` goes to that method's builder."""
-    return functools.partial(_make_adapter_layer, adapter_method)
+    return functools.partial(build_adapter_layer, adapter_method)
 
 
 @pytest.fixture(scope="session")

@@ -3,9 +3,11 @@ GenFTLinear, WeGeFTLinear and the PEFT layers: it must never serve a weight comp
 for other tensors, other dtypes or devices, or under ``torch.inference_mode``.
 
 The checks on GenFTLinear and WeGeFTLinear run once per method (conftest's
-``make_adapter_layer`` fixture)."""
+``make_adapter_layer`` fixture, or WeGeFT shared and per-layer)."""
 
+import pytest
 import torch
+from _layer_references import build_adapter_layer, trainable
 
 from genft_tune.modules._cache import MergedWeightCache
 
@@ -24,6 +26,50 @@ def test_cache_follows_module_to_dtype(make_adapter_layer):
         model.half()
         out = layer(x.half())
         assert out.dtype == torch.float16
+
+
+@pytest.mark.parametrize("optim_kwargs", [{"foreach": False}, {"foreach": True}, {"fused": True}])
+@pytest.mark.parametrize(
+    "method,out_dim,cfg",
+    [("genft", 6, {}), ("wegeft", 5, {"shared": True}), ("wegeft", 5, {"shared": False})],
+    ids=["genft", "wegeft-shared", "wegeft-per-layer"],
+)
+def test_cache_never_stale(method, out_dim, cfg, optim_kwargs):
+    torch.manual_seed(5)
+    layer, model, reference = build_adapter_layer(method, 6, out_dim, **cfg)
+    opt = torch.optim.AdamW(trainable(model), lr=1e-2, **optim_kwargs)
+    x = torch.randn(3, 6)
+
+    def check():
+        torch.testing.assert_close(layer(x), reference(layer, x).to(x.dtype))
+
+    for _ in range(3):
+        layer.eval()
+        with torch.no_grad():
+            check()
+        layer.train()
+        layer(x).pow(2).sum().backward()
+        opt.step()
+        opt.zero_grad()
+    layer.eval()
+    with torch.no_grad():
+        layer(x)
+        # load_state_dict copies in place: the cache must see it
+        model.load_state_dict({k: torch.randn_like(v) for k, v in model.state_dict().items()})
+        check()
+        # an in-place edit of each tensor the layer uses: W0, its own factors, the
+        # (possibly shared) generators / factors
+        for p in model.parameters():
+            p.mul_(2.0)
+            check()
+        # a new tensor object with the same version counter as the one it replaces
+        for name, p in list(model.named_parameters()):
+            fresh = torch.randn_like(p)
+            while fresh._version < p._version:
+                fresh.add_(0.0)  # each in-place op bumps the version counter
+            assert fresh._version == p._version
+            model.load_state_dict({**model.state_dict(), name: fresh}, assign=True)
+            check()
 
 
 def test_cache_key_sees_data_dtype_and_device_not_only_identity():

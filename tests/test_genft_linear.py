@@ -15,7 +15,7 @@ from _layer_references import (
     REF_ACT,
 )
 
-from torchtune.modules.peft import disable_adapter, get_adapter_params, set_trainable_params
+from torchtune.modules.peft import get_adapter_params, set_trainable_params
 
 from genft_tune.modules import (
     GenFTConfig,
@@ -211,53 +211,8 @@ def test_zero_init_is_base_model_at_step_zero(in_dim, out_dim, stages, act_out):
     assert any(g is not None and g.abs().sum() > 0 for g in grads)
 
 
-def test_merge_unmerge_exact():
-    torch.manual_seed(4)
-    layer, _ = make_genft_layer(8, 6, dtype=torch.float32, shared_dim=3, specific_dim=2)
-    W0 = layer.weight.detach().clone()
-    x = torch.randn(5, 8)
-    before = layer(x).detach()
-    layer.merge()
-    assert not torch.equal(layer.weight, W0)
-    torch.testing.assert_close(layer(x), before, rtol=1e-5, atol=1e-6)
-    layer.unmerge()
-    assert torch.equal(layer.weight, W0)  # bit for bit, not W - recomputed dW
-    torch.testing.assert_close(layer(x), before, rtol=0, atol=0)
-    with disable_adapter(layer):
-        torch.testing.assert_close(layer(x), F.linear(x, W0))
-
-
-@pytest.mark.parametrize("optim_kwargs", [{"foreach": False}, {"foreach": True}, {"fused": True}])
-def test_cache_never_stale(optim_kwargs):
-    torch.manual_seed(5)
-    layer, gens = make_genft_layer(6, 6, dtype=torch.float32, shared_dim=2, specific_dim=2)
-    params = [p for p in list(layer.parameters()) + list(gens.parameters()) if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-2, **optim_kwargs)
-    x = torch.randn(3, 6)
-    for _ in range(3):
-        layer.eval()
-        with torch.no_grad():
-            torch.testing.assert_close(layer(x), genft_reference_output(layer, x))
-        layer.train()
-        layer(x).pow(2).sum().backward()
-        opt.step()
-        opt.zero_grad()
-    # load_state_dict copies in place: the cache must see it
-    layer.eval()
-    with torch.no_grad():
-        layer(x)
-        new_sd = {k: torch.randn_like(v) for k, v in layer.state_dict().items()}
-        layer.load_state_dict(new_sd)
-        torch.testing.assert_close(layer(x), genft_reference_output(layer, x))
-        gens["6x6"].P1.mul_(2.0)  # an in-place edit of a shared tensor
-        torch.testing.assert_close(layer(x), genft_reference_output(layer, x))
-        # a new tensor object with the same version counter as the one it replaces
-        fresh = torch.randn_like(layer.A1)
-        while fresh._version < layer.A1._version:
-            fresh.add_(0.0)  # each in-place op bumps the version counter
-        assert fresh._version == layer.A1._version
-        layer.load_state_dict({**layer.state_dict(), "A1": fresh}, assign=True)
-        torch.testing.assert_close(layer(x), genft_reference_output(layer, x))
+# (merge / unmerge / disable_adapter and the eval cache's freshness, the same for both
+# methods: test_adapter_layers.py and test_eval_cache.py)
 
 
 def test_generator_shared_once_in_state_dict_and_optimizer():
