@@ -2,8 +2,8 @@
 outputs, written from each method's equations alone (not from the layers' code).
 
 Used by the method tests (``test_genft_linear.py``, ``test_wegeft.py``) and by the tests
-that run the same check on both methods (``test_eval_cache.py``, through conftest's
-``make_adapter_layer`` fixture).
+that run the same check on both methods (``test_adapter_layers.py``, ``test_eval_cache.py``:
+``build_adapter_layer``, or conftest's ``make_adapter_layer`` fixture).
 """
 
 import math
