@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import yaml
+from matplotlib.figure import Figure
 
 from genft_tune._fs import write_atomically, write_text_atomically
 from genft_tune.cards._base import base_card as read_base_card, front_matter, HUB_ID
@@ -129,20 +130,13 @@ def loss_curves(metrics: Dict[str, Series]) -> Dict[str, Tuple[List[int], List[f
 
 def plot_loss_curve(metrics: Dict[str, Series], path: PathLike, *, title: Optional[str] = None) -> Optional[Path]:
     """Plot the training loss, raw and smoothed, and ``val_loss`` against the step into
-    ``path`` (a temporary name, then renamed); ``None`` when there is no loss or
-    matplotlib is not installed."""
+    ``path`` (a temporary name, then renamed); ``None`` when there is no loss."""
     curves = loss_curves(metrics)
     if not curves:
         return None
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.info("matplotlib is not installed: no loss curve")
-        return None
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    # a Figure of its own, not pyplot: no global backend or figure state is touched
+    fig = Figure(figsize=(7, 4), dpi=100)
+    ax = fig.subplots()
     for name, (steps, values) in curves.items():
         if name == "loss":
             ax.plot(steps, values, color="tab:blue", alpha=0.35, linewidth=1, label="loss (per step)")
@@ -160,10 +154,7 @@ def plot_loss_curve(metrics: Dict[str, Series], path: PathLike, *, title: Option
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fmt = (path.suffix or ".png")[1:]  # the temporary name's suffix says no format
-    try:
-        write_atomically(path, lambda tmp: fig.savefig(tmp, format=fmt, metadata={"Software": None}))
-    finally:
-        plt.close(fig)
+    write_atomically(path, lambda tmp: fig.savefig(tmp, format=fmt, metadata={"Software": None}))
     return path
 
 

@@ -18,6 +18,8 @@ import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Union
 
+from huggingface_hub import get_token, HfApi
+
 from genft_tune._fs import new_folder
 from genft_tune.checkpointing._hf_checkpointer import write_config_dtype, written_dtype
 from genft_tune.checkpointing._peft_format import PEFT_CONFIG_FILE, peft_folder, PEFT_SUBDIR, PEFT_WEIGHTS_FILE
@@ -364,8 +366,6 @@ def publish_folder(
             notes = card_warnings(tmp)
         log.info(f"Dry run: {len(files)} files that would be uploaded to {repo_id} written to {dry_run_dir}")
         return {"files": files, "url": str(dry_run_dir), "warnings": notes}
-
-    from huggingface_hub import get_token, HfApi
 
     token = token or get_token()
     if not token:

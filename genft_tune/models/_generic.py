@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence, Union
 
 from torch import nn
+from torchtune.config._utils import _get_component_from_path
 
 from genft_tune.models._families import FAMILIES, get_family
 from genft_tune.modules import apply_adapter, GenFTConfig, WeGeFTConfig
@@ -32,8 +33,6 @@ Builder = Union[str, Callable[..., nn.Module]]
 def _builder(base: Builder) -> Callable[..., nn.Module]:
     if callable(base):
         return base
-    from torchtune.config._utils import _get_component_from_path
-
     try:
         return _get_component_from_path(str(base))
     except Exception as e:

@@ -11,6 +11,7 @@ config before anything is allocated.
 """
 
 import dataclasses
+import difflib
 import functools
 import inspect
 import re
@@ -113,8 +114,6 @@ def takes_config_fields(
 
 def reject_unknown(name: str, kwargs: Mapping[str, Any], known: set) -> None:
     """Python's "unexpected keyword argument" TypeError, with the closest known name."""
-    import difflib
-
     for key in kwargs:
         if key not in known:
             close = difflib.get_close_matches(key, sorted(known), n=1)

@@ -37,6 +37,9 @@ from typing import Dict, Optional
 
 import numpy as np
 import torch
+from gguf import GGUFReader
+from gguf.quants import dequantize
+from safetensors.torch import save_file
 
 from genft_tune._fs import give_open_mode, new_folder
 
@@ -126,8 +129,6 @@ def read_gguf_metadata(gguf_path: Optional[str] = None) -> Dict[str, object]:
     Returns:
         Dict[str, object]: metadata key -> value, e.g. ``"llama.block_count": 30``.
     """
-    from gguf import GGUFReader
-
     return _metadata(GGUFReader(str(gguf_path or find_smollm2_gguf())))
 
 
@@ -184,8 +185,6 @@ def _hf_config(meta: Dict[str, object], dtype: str, tied: bool) -> Dict[str, obj
 
 def _convert_weights(reader, config: Dict[str, object], dtype: torch.dtype) -> Dict[str, torch.Tensor]:
     """Dequantise every GGUF tensor and map it to its HF name and layout."""
-    from gguf.quants import dequantize
-
     state_dict = {}
     for tensor in reader.tensors:
         # dequantize returns the numpy (row-major) shape, i.e. reversed ggml dims,
@@ -348,9 +347,6 @@ def convert_smollm2_gguf_to_hf(
         FileExistsError: if ``output_dir`` exists, is non-empty and is not a
             complete conversion (and ``overwrite`` is False).
     """
-    from gguf import GGUFReader
-    from safetensors.torch import save_file
-
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got '{dtype}'")
     output_dir = Path(output_dir).expanduser().absolute()

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
+from torchtune.modules.peft import get_adapter_params
 
 from genft_tune.models.vit._checkpoint import read_state_dict, save_json, save_safetensors
 from genft_tune.modules.genft import is_genft_key
@@ -280,8 +281,6 @@ def _resize_pos_embed(pos_embed: torch.Tensor, num_tokens: int, key: str) -> tor
 
 
 def _adapter_keys(model) -> set:
-    from torchtune.modules.peft import get_adapter_params
-
     keys = set(get_adapter_params(model))
     return keys | {k for k in model.state_dict() if is_genft_key(k)}
 
