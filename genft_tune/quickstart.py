@@ -35,7 +35,8 @@ from omegaconf import OmegaConf
 
 from genft_tune._recipe_registry import config_path, recipe_path
 from genft_tune.datasets._wordnet import wordnet_instruct_jsonl
-from genft_tune.hub import plot_loss_curve, publish_folder
+from genft_tune.cards import plot_loss_curve
+from genft_tune.hub import publish_folder
 from genft_tune.models.smollm2._convert_gguf import convert_smollm2_gguf_to_hf
 
 CONFIG_NAME = "smollm2/135M_genft_cpu"
@@ -139,7 +140,7 @@ def read_metrics(log_file: Union[str, Path]) -> Dict[str, Dict[int, float]]:
 
 def plot_losses(metrics: Dict[str, Dict[int, float]], path: Union[str, Path]) -> Path:
     """Training loss (raw and smoothed) and ``val_loss`` against the step, as a PNG
-    (:func:`genft_tune.hub.plot_loss_curve`, the model card's plot)."""
+    (:func:`genft_tune.cards.plot_loss_curve`, the model card's plot)."""
     return plot_loss_curve(metrics, path, title="GenFT fine-tuning of SmolLM2-135M-Instruct on WordNet")
 
 

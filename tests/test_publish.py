@@ -21,7 +21,8 @@ from safetensors.torch import save_file
 
 from genft_tune._cli.genft import main as cli_main
 from genft_tune.checkpointing import save_adapter
-from genft_tune.hub import build_model_card, parse_metric_log, publish_folder
+from genft_tune.cards import build_model_card, parse_metric_log
+from genft_tune.hub import publish_folder
 from genft_tune.modules import genft_linear, GenFTConfig, GenFTGenerators
 from genft_tune.modules.genft import get_genft_adapter_state_dict
 
@@ -228,7 +229,7 @@ def test_publish_without_a_network_is_one_message_and_exit_1(merged_folder, tmp_
 
 
 def test_loss_curve_is_smoothed_as_well_as_raw(tmp_path):
-    from genft_tune.hub import plot_loss_curve
+    from genft_tune.cards import plot_loss_curve
     from genft_tune.cards._model_card import loss_curves, moving_average
 
     assert moving_average([1.0, 2.0, 3.0, 4.0], 2) == [1.0, 1.5, 2.5, 3.5]

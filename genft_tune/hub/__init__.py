@@ -1,8 +1,8 @@
-"""Uploads of merged models and adapters to the Hugging Face Hub (staging, the Hub's
-card, one commit). The cards themselves are built in :mod:`genft_tune.cards`; reading
-checkpoints and adapters goes through :mod:`genft_tune.checkpointing`."""
+"""Uploads of merged models and adapters to the Hugging Face Hub: a staged copy of the
+folder (the Hub's card, the loss curve, no private files) and one commit. The cards
+themselves are built in :mod:`genft_tune.cards`; checkpoints and adapters are read
+through :mod:`genft_tune.checkpointing`."""
 
-from genft_tune.cards._model_card import build_model_card, parse_metric_log, plot_loss_curve
 from genft_tune.hub._upload import publish_folder, stage_folder
 
-__all__ = ["build_model_card", "parse_metric_log", "plot_loss_curve", "publish_folder", "stage_folder"]
+__all__ = ["publish_folder", "stage_folder"]
