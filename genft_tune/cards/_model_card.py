@@ -22,6 +22,7 @@ from genft_tune._fs import write_atomically, write_text_atomically
 from genft_tune.cards._base import base_card as read_base_card, front_matter, HUB_ID
 from genft_tune.models._families import FAMILIES
 from genft_tune.modules import get_adapter_kind
+from genft_tune.modules._method import method_name_in_file
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +193,7 @@ def _config_contradiction(config_path: Path, genft: Dict[str, Any]) -> Optional[
     if not genft or not isinstance(model, dict):
         return None
     try:
-        kind = get_adapter_kind(genft.get("method", "genft"))
+        kind = get_adapter_kind(method_name_in_file(genft))
     except ValueError:
         return None
     hyper = genft.get(f"{kind.name}_config") or {}
@@ -339,7 +340,7 @@ def _sections(
     training configuration (each when known)."""
     lines: List[str] = []
     if genft:
-        kind = get_adapter_kind(genft.get("method", "genft"))
+        kind = get_adapter_kind(method_name_in_file(genft))
         cfg = genft.get(f"{kind.name}_config", {})
         lines += [f"## {kind.label} hyperparameters", "", "| parameter | value |", "|---|---|"]
         lines += [f"| {k} | {_fmt(v)} |" for k, v in cfg.items()]
@@ -454,7 +455,7 @@ def _merged_card(
             raise
         base_model = None
     license = license or base_card.get("license")
-    kind = get_adapter_kind(genft.get("method", "genft"))
+    kind = get_adapter_kind(method_name_in_file(genft))
 
     meta: Dict[str, Any] = {}
     if base_model:

@@ -221,6 +221,12 @@ def validate_missing_and_unexpected(
         raise ValueError(f"Unexpected keys in the checkpoint: {unexpected[:5]}")
 
 
+def method_name_in_file(meta: Mapping[str, Any]) -> str:
+    """The method an adapter file's metadata (``genft_config.json``'s contents) names;
+    files written before a second method existed name none and are GenFT's."""
+    return meta.get("method", "genft")
+
+
 def adapter_kind_for_config(config: Any) -> AdapterKind:
     """The method whose config class ``config`` is.
 
@@ -254,6 +260,7 @@ __all__ = [
     "adapter_layers_by_kind",
     "get_adapter_kind",
     "is_adapter_key",
+    "method_name_in_file",
     "PeftNames",
     "register_adapter_kind",
     "renamed_prefix",

@@ -15,7 +15,7 @@ from torch import nn
 
 from genft_tune.modules import adapter_kinds, adapter_layers, AdapterKind, get_adapter_kind
 from genft_tune.modules._apply import adapter_kind_of
-from genft_tune.modules._method import validate_missing_and_unexpected
+from genft_tune.modules._method import method_name_in_file, validate_missing_and_unexpected
 from genft_tune.training._targets import check_adapter_targets, ATTN_MODULES
 
 
@@ -101,7 +101,7 @@ class ModelAdapter:
             ValueError: naming the saved and current method, or every differing field.
         """
         saved = saved or {}
-        method = saved.get("method", "genft")
+        method = method_name_in_file(saved)
         if method != self.name:
             raise ValueError(
                 f"resume_from_checkpoint: the saved adapter is {method!r}, but the model is "
