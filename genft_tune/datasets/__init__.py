@@ -4,7 +4,9 @@
 # This source code is licensed under the BSD-style license found in the
 # LICENSE file in the root directory of this source tree.
 
-"""Datasets for genft-tune."""
+"""Data sets: WordNet definitions as instructions (``wordnet_instruct_dataset``, the
+quickstart's and the benchmarks' task) and image classification folders and transforms
+(``_image``, the image recipe's). Imports only :mod:`genft_tune._fs`."""
 
 from ._wordnet import build_wordnet_instruct, wordnet_instruct_dataset
 
