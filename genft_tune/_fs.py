@@ -138,6 +138,54 @@ def write_atomically(path: PathLike, write: Callable[[str], None], *, fsync: boo
         raise
 
 
+def write_pair_atomically(
+    folder: PathLike,
+    *,
+    data_name: str,
+    write_data: Callable[[str], None],
+    meta_name: str,
+    meta_text: Callable[[Path], str],
+) -> None:
+    """Write a data file and the file that describes it (e.g. tensors and their json) as a
+    pair: both go to temporary names in ``folder`` (created if needed) and are fsynced;
+    then an existing ``meta_name`` is removed, the data renamed into place and the new
+    ``meta_name`` renamed last, so an interrupted write never leaves a pair that looks
+    complete (a reader that needs both files finds the description missing).
+
+    Args:
+        folder (PathLike): the folder.
+        data_name (str): the data file's name.
+        write_data (Callable[[str], None]): writes the data to the temporary path given
+            (the file gets the mode ``open()`` would give, whatever the writer used).
+        meta_name (str): the describing file's name.
+        meta_text (Callable[[Path], str]): its text (utf-8), given the written temporary
+            data file (e.g. to record its sha256).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp_data = temp_file(folder, prefix=f".{data_name}.", suffix=".tmp")
+    os.close(fd)
+    fd, tmp_meta = temp_file(folder, prefix=f".{meta_name}.", suffix=".tmp")
+    os.close(fd)
+    tmp_data, tmp_meta = Path(tmp_data), Path(tmp_meta)
+    try:
+        write_data(str(tmp_data))
+        give_open_mode(tmp_data)
+        fsync_file(tmp_data)
+        tmp_meta.write_text(meta_text(tmp_data), encoding="utf-8")
+        fsync_file(tmp_meta)
+        # the old pair stops looking complete before the new data replaces the old
+        (folder / meta_name).unlink(missing_ok=True)
+        fsync_dir(folder)
+        os.replace(tmp_data, folder / data_name)
+        fsync_dir(folder)
+        os.replace(tmp_meta, folder / meta_name)
+        fsync_dir(folder)
+    finally:
+        tmp_data.unlink(missing_ok=True)
+        tmp_meta.unlink(missing_ok=True)
+
+
 def write_text_atomically(path: PathLike, text: str) -> None:
     """:func:`write_atomically` of a text file (utf-8)."""
     write_atomically(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
@@ -169,5 +217,6 @@ __all__ = [
     "temp_dir",
     "temp_file",
     "write_atomically",
+    "write_pair_atomically",
     "write_text_atomically",
 ]

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import genft_tune
-from genft_tune._fs import fsync_dir, fsync_file, give_open_mode, temp_file
+from genft_tune._fs import write_pair_atomically
 from genft_tune.modules import adapter_kinds, get_adapter_kind
 from genft_tune.modules._method import adapter_kind_for_config
 from genft_tune.modules._method import is_adapter_key
@@ -130,9 +130,8 @@ def write_file_pair(
 ) -> None:
     """Write a safetensors file and the json that describes it, atomically as a pair.
 
-    Both go to temporary names in ``output_dir`` (created if needed), are fsynced and
-    renamed: an existing json is removed first and the new one is renamed last, so an
-    interrupted save never leaves a complete-looking pair.
+    :func:`genft_tune._fs.write_pair_atomically`: an interrupted save never leaves a
+    complete-looking pair (an existing json is removed first, the new one renamed last).
 
     Args:
         output_dir (PathLike): the directory.
@@ -143,31 +142,13 @@ def write_file_pair(
         config_text (Callable[[Path], str]): the json's text, given the written
             (temporary) tensor file (e.g. to record its sha256).
     """
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    weights_path = output_dir / weights_name
-    config_path = output_dir / config_name
-    fd, tmp_weights = temp_file(output_dir, prefix=f".{weights_name}.", suffix=".tmp")
-    os.close(fd)
-    fd, tmp_config = temp_file(output_dir, prefix=f".{config_name}.", suffix=".tmp")
-    os.close(fd)
-    tmp_weights, tmp_config = Path(tmp_weights), Path(tmp_config)
-    try:
-        save_file(dict(tensors), str(tmp_weights), metadata=tensor_metadata)
-        give_open_mode(tmp_weights)
-        fsync_file(tmp_weights)
-        tmp_config.write_text(config_text(tmp_weights))
-        fsync_file(tmp_config)
-        # the old pair stops looking complete before the new weights replace the old
-        config_path.unlink(missing_ok=True)
-        fsync_dir(output_dir)
-        os.replace(tmp_weights, weights_path)
-        fsync_dir(output_dir)
-        os.replace(tmp_config, config_path)
-        fsync_dir(output_dir)
-    finally:
-        tmp_weights.unlink(missing_ok=True)
-        tmp_config.unlink(missing_ok=True)
+    write_pair_atomically(
+        output_dir,
+        data_name=weights_name,
+        write_data=lambda tmp: save_file(dict(tensors), tmp, metadata=tensor_metadata),
+        meta_name=config_name,
+        meta_text=config_text,
+    )
 
 
 def save_adapter(
