@@ -35,6 +35,16 @@ def make_adapter_layer(adapter_method):
     return functools.partial(build_adapter_layer, adapter_method)
 
 
+@pytest.fixture
+def one_thread():
+    """torch on one intra-op thread for the test, restored after (the benchmark tests
+    ask for it module-wide with ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def genft_run(tmp_path_factory):
     """A tiny Llama base (with a tokenizer and generation config to copy) and a GenFT

@@ -27,14 +27,8 @@ import quality  # noqa: E402
 from genft_tune.modules import GenFTConfig  # noqa: E402
 
 SMALL = _models.Shape("llama3", 64, 2, 4, 2, 64, 96, 64, 10_000)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# every test here runs on one thread (conftest's one_thread fixture)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _split(lemma):

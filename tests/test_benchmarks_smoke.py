@@ -30,14 +30,8 @@ from torchtune.modules.peft import get_adapter_params  # noqa: E402
 from genft_tune.modules import GenFTConfig, WeGeFTConfig  # noqa: E402
 
 SMALL = _models.Shape("llama3", 64, 2, 4, 2, 64, 96, 64, 10_000)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# every test here runs on one thread (conftest's one_thread fixture)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _count(model):
