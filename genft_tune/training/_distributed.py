@@ -1,4 +1,4 @@
-"""Process-group set-up and state gathering for the distributed GenFT recipe."""
+"""Process-group set-up and state gathering for the distributed recipe."""
 
 from typing import Any, Callable, Dict, List, Optional
 
@@ -6,7 +6,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from genft_tune.modules.genft import is_genft_key
+from genft_tune.modules._method import is_adapter_key
 
 
 def distributed_backend(device: torch.device) -> str:
@@ -36,9 +36,9 @@ def gather_adapter_state_dict(
     model: nn.Module,
     is_rank_zero: bool,
     device: Optional[torch.device] = None,
-    is_key: Callable[[str], bool] = is_genft_key,
+    is_key: Callable[[str], bool] = is_adapter_key,
 ) -> Dict[str, torch.Tensor]:
-    """Full (unsharded) GenFT adapter tensors on CPU, on rank 0 only; empty elsewhere.
+    """Full (unsharded) adapter tensors on CPU, on rank 0 only; empty elsewhere.
 
     Only the adapter is all-gathered (each shared generator once plus every layer's
     specific factors), so frequent adapter checkpoints do not gather the frozen base.

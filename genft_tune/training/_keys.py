@@ -18,6 +18,8 @@ import datasets
 from omegaconf import DictConfig, ListConfig
 from torchtune.config._utils import _get_component_from_path
 
+from genft_tune.modules import adapter_kinds
+
 # Every top-level key that genft_finetune_single_device / _distributed read.
 RECIPE_KEYS = frozenset({
     "output_dir", "model", "tokenizer", "checkpointer", "resume_from_checkpoint",
@@ -46,20 +48,25 @@ _HF_FORMATS = {
 
 # Names from other libraries' configs (PEFT, torchtune's LoRA, transformers) -> ours.
 _SYNONYMS = {
-    "targets": ("targets", "genft_attn_modules", "wegeft_attn_modules"),
-    "target_modules": ("targets", "genft_attn_modules", "wegeft_attn_modules"),
-    "lora_attn_modules": ("targets", "genft_attn_modules", "wegeft_attn_modules"),
     "learning_rate": ("lr",),
     "num_epochs": ("epochs",),
     "num_train_epochs": ("epochs",),
     "max_steps": ("max_steps_per_epoch",),
     "per_device_train_batch_size": ("batch_size",),
 }
+_TARGET_SYNONYMS = ("targets", "target_modules", "lora_attn_modules")
+
+
+def _synonyms(key: str) -> tuple:
+    """Our names for another library's ``key``; target keys are every registered method's."""
+    if key in _TARGET_SYNONYMS:
+        return ("targets",) + tuple(f"{kind.name}_attn_modules" for kind in adapter_kinds())
+    return _SYNONYMS.get(key, ())
 
 
 def _closest(path: str, key: str, valid: Iterable[str]) -> str:
     valid = sorted(valid)
-    match = [s for s in _SYNONYMS.get(key, ()) if s in valid][:1]
+    match = [s for s in _synonyms(key) if s in valid][:1]
     match = match or difflib.get_close_matches(key, valid, n=1, cutoff=0.7)
     return f"; did you mean {(f'{path}.{match[0]}' if path else match[0])!r}?" if match else ""
 

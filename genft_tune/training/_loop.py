@@ -10,7 +10,7 @@ from torchtune import training, utils
 from torchtune.data import padded_collate_packed
 
 from genft_tune.training._precision import FP8_TOKEN_MULTIPLE, PadToMultiple
-from genft_tune.training._state import ADAPTER_DIR_KEY, GENFT_CONFIG_KEY, STEPS_IN_EPOCH_KEY, WORLD_SIZE_KEY
+from genft_tune.training._state import ADAPTER_DIR_KEY, ADAPTER_CONFIG_KEY, STEPS_IN_EPOCH_KEY, WORLD_SIZE_KEY
 
 
 def sft_collate(collate_fn: Callable, *, packed: bool, tokenizer, ignore_index: int, fp8: bool) -> Callable:
@@ -92,7 +92,7 @@ def recipe_state_dict(
         training.OPT_KEY: optimizer_state,
         training.RNG_KEY: rng_state,
         ADAPTER_DIR_KEY: adapter_dir_name,
-        GENFT_CONFIG_KEY: recipe._adapter.config.to_dict(),
+        ADAPTER_CONFIG_KEY: recipe._adapter.config.to_dict(),
         WORLD_SIZE_KEY: world_size,
     }
     if dataloader_state is not None:

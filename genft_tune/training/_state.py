@@ -17,7 +17,7 @@ RECIPE_STATE_FNAME = "recipe_state.pt"
 ADAPTER_DIR_KEY = "adapter_dir"
 STEPS_IN_EPOCH_KEY = "steps_in_epoch"
 WORLD_SIZE_KEY = "world_size"
-GENFT_CONFIG_KEY = "genft_config"
+ADAPTER_CONFIG_KEY = "genft_config"  # the stored name stays: old recipe states resume
 
 
 def recipe_state_path(output_dir: Union[str, Path]) -> Path:

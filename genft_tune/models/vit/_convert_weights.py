@@ -22,7 +22,6 @@ import torch
 from torchtune.modules.peft import get_adapter_params
 
 from genft_tune.models.vit._checkpoint import read_state_dict, save_json, save_safetensors
-from genft_tune.modules.genft import is_genft_key
 from genft_tune.modules._method import is_adapter_key
 
 _I, _P = r"(\d+)", r"(weight|bias)"
@@ -282,7 +281,7 @@ def _resize_pos_embed(pos_embed: torch.Tensor, num_tokens: int, key: str) -> tor
 
 def _adapter_keys(model) -> set:
     keys = set(get_adapter_params(model))
-    return keys | {k for k in model.state_dict() if is_genft_key(k)}
+    return keys | {k for k in model.state_dict() if is_adapter_key(k)}
 
 
 def load_vit_state_dict(
