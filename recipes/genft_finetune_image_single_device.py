@@ -48,6 +48,7 @@ from torchtune.recipe_interfaces import FTRecipeInterface
 from tqdm import tqdm
 
 from genft_tune import training as genft_training
+from genft_tune._file_names import PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE
 from genft_tune._recipe_registry import resolve_config_argv
 from genft_tune.datasets._image import image_collate, image_processor_config, top1_correct
 from genft_tune.models.vit import (
@@ -65,8 +66,6 @@ from genft_tune.models.vit import (
 log = utils.get_logger("INFO")
 
 CHECKPOINT_FORMATS = ("hf", "timm", "tune")
-ADAPTER_FILE = "adapter_model.safetensors"
-ADAPTER_CONFIG_FILE = "adapter_config.json"
 EVAL_RESULTS_FILE = "eval_results.json"
 HF_MODEL_DIR = "hf_model"
 
@@ -368,8 +367,8 @@ class GenFTImageClassificationRecipeSingleDevice(FTRecipeInterface):
                 modules_to_save={k: v for k, v in adapter.items() if not is_key(k)},
             )
         else:
-            save_safetensors(adapter, epoch_dir / ADAPTER_FILE)
-            save_json(self._adapter_config(), epoch_dir / ADAPTER_CONFIG_FILE)
+            save_safetensors(adapter, epoch_dir / PEFT_WEIGHTS_FILE)
+            save_json(self._adapter_config(), epoch_dir / PEFT_CONFIG_FILE)
         log.info(f"Adapter and trained modules ({len(adapter)} tensors) saved to {epoch_dir}")
         if self._save_merged and epoch + 1 == self.total_epochs:
             class_names = getattr(self._train_data, "class_names", None)

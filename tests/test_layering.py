@@ -113,7 +113,7 @@ def test_model_families_are_asked_not_named():
 # its lazy ``genft_tune.apply_adapter`` (PEP 562) is the one way up, so that ``import
 # genft_tune`` and ``genft-tune ls`` do not load torch.
 LAYERS = [
-    {"genft_tune", "genft_tune._fs", "genft_tune._torchao_compat"},  # files and I/O, no genft_tune import
+    {"genft_tune", "genft_tune._file_names", "genft_tune._fs", "genft_tune._torchao_compat"},  # files and I/O, no genft_tune import
     {"genft_tune.modules"},  # the methods: config, math, layer, registry entry, PEFT tuner
     {"genft_tune.models"},  # the model families
     {"genft_tune.datasets", "genft_tune.cards"},  # data sets; model cards and run files

@@ -6,6 +6,8 @@ import sys
 from pathlib import Path
 from typing import Dict, Optional, Union
 
+from genft_tune._file_names import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE
+
 PathLike = Union[str, os.PathLike]
 
 USER_ERROR = 2  # as argparse exits for a bad command line
@@ -41,7 +43,7 @@ def merged_not_adapter(path: Path, flag: str) -> None:
     Raises:
         UsageError: naming the folder to pass instead.
     """
-    if (path / "genft_config.json").is_file() and not (path / "genft_adapter.safetensors").is_file() \
+    if (path / ADAPTER_CONFIG_FILE).is_file() and not (path / ADAPTER_WEIGHTS_FILE).is_file() \
             and (path / "config.json").is_file():
         raise UsageError(f"{flag} {path} is a merged model (genft-tune merge output), not an adapter: pass the "
                          "recipe's epoch_N or step_N folder it was merged from")

@@ -19,11 +19,12 @@ import textwrap
 from pathlib import Path
 
 from genft_tune._cli._checks import merged_not_adapter, new_output, output_apart_from, UsageError
+from genft_tune._file_names import (
+    ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, PEFT_CONFIG_FILE, PEFT_SUBDIR, PEFT_WEIGHTS_FILE,
+)
 from genft_tune.cards._base import base_hub_id, HUB_ID
 from genft_tune.checkpointing._lora_export import check_rank_choice, export_lora_adapter, LORA_DTYPES
-from genft_tune.checkpointing._peft_format import (
-    adapter_format, PEFT_CONFIG_FILE, PEFT_SUBDIR, PEFT_WEIGHTS_FILE, PeftFormatError,
-)
+from genft_tune.checkpointing._peft_format import adapter_format, PeftFormatError
 
 PROG = "genft-tune export-lora"
 
@@ -38,7 +39,7 @@ def _user_error(args: argparse.Namespace):
     if not adapter.is_dir():
         return f"adapter directory {adapter} does not exist"
     if adapter_format(adapter) not in ("ours", "peft"):
-        return (f"{adapter} holds no GenFT/WeGeFT adapter: expected genft_adapter.safetensors + genft_config.json "
+        return (f"{adapter} holds no GenFT/WeGeFT adapter: expected {ADAPTER_WEIGHTS_FILE} + {ADAPTER_CONFIG_FILE} "
                 f"or {PEFT_WEIGHTS_FILE} + {PEFT_CONFIG_FILE} (GenFT or WeGeFT; in the folder or its {PEFT_SUBDIR}/)")
     if args.base is None:
         return ("--base is required: the LoRA is computed from the base weights (GenFT's dW is generated from W0, "

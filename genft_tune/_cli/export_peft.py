@@ -18,8 +18,9 @@ from pathlib import Path
 from genft_tune._cli._checks import (
     existing_folder, fail, merged_not_adapter, new_output, output_apart_from, UsageError,
 )
+from genft_tune._file_names import ADAPTER_CONFIG_FILE, PEFT_CONFIG_FILE, PEFT_SUBDIR
 from genft_tune.cards._base import base_hub_id, HUB_ID
-from genft_tune.checkpointing import export_peft_adapter, load_adapter_config, PEFT_SUBDIR
+from genft_tune.checkpointing import export_peft_adapter, load_adapter_config
 from genft_tune.checkpointing._merge import check_adapter_fits_base
 
 
@@ -45,10 +46,10 @@ def _export(args: argparse.Namespace) -> int:
     try:
         adapter = existing_folder(args.adapter, "ADAPTER", "a recipe's epoch_N/step_N folder")
         merged_not_adapter(adapter, "ADAPTER")
-        if not (adapter / "genft_config.json").is_file():
-            hint = (" (it is a PEFT adapter already)" if (adapter / "adapter_config.json").is_file()
+        if not (adapter / ADAPTER_CONFIG_FILE).is_file():
+            hint = (" (it is a PEFT adapter already)" if (adapter / PEFT_CONFIG_FILE).is_file()
                     else ": pass a recipe's epoch_N or step_N folder")
-            raise UsageError(f"ADAPTER {args.adapter} holds no genft_config.json{hint}")
+            raise UsageError(f"ADAPTER {args.adapter} holds no {ADAPTER_CONFIG_FILE}{hint}")
         if args.base:
             base = existing_folder(args.base, "--base", "the Hugging Face base checkpoint, with its config.json")
             if not (base / "config.json").is_file():

@@ -16,6 +16,7 @@ import textwrap
 from pathlib import Path
 
 from genft_tune._cli._checks import existing_folder, fail, UsageError
+from genft_tune._file_names import ADAPTER_CONFIG_FILE, AUTHORS_CONFIG_FILE
 from genft_tune.checkpointing import import_authors_adapter
 
 
@@ -25,9 +26,9 @@ def _import(args: argparse.Namespace) -> int:
     out = Path(args.output)
     try:
         src = existing_folder(args.src, "SRC", "the folder their model.save_pretrained wrote")
-        if not (src / "adapter_config.json").is_file():
-            ours = (src / "genft_config.json").is_file()
-            raise UsageError(f"SRC {args.src} has no adapter_config.json " + (
+        if not (src / AUTHORS_CONFIG_FILE).is_file():
+            ours = (src / ADAPTER_CONFIG_FILE).is_file()
+            raise UsageError(f"SRC {args.src} has no {AUTHORS_CONFIG_FILE} " + (
                 "(it is a genft-tune adapter already: merge it as it is)" if ours
                 else "(expected the folder their model.save_pretrained wrote)"))
         if out.exists() and not out.is_dir():

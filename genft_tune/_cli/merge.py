@@ -21,6 +21,7 @@ import textwrap
 from genft_tune._cli._checks import (
     existing_folder, fail, merged_not_adapter, new_output, output_apart_from, UsageError,
 )
+from genft_tune._file_names import ADAPTER_CONFIG_FILE
 from genft_tune.checkpointing import DTYPES, merge_adapter_checkpoint, parse_size, verify_merge
 from genft_tune.models._families import FAMILIES
 
@@ -35,7 +36,7 @@ def _check_args(args: argparse.Namespace) -> None:
     """
     base = existing_folder(args.base, "--base", "the base checkpoint folder, with config.json and its weights")
     adapter = existing_folder(args.adapter, "--adapter", "a recipe's epoch_N/step_N folder or a PEFT adapter folder")
-    if (base / "genft_config.json").is_file() and not (base / "config.json").is_file():
+    if (base / ADAPTER_CONFIG_FILE).is_file() and not (base / "config.json").is_file():
         raise UsageError(f"--base {args.base} holds an adapter, not a base model: did you swap --base and --adapter?")
     merged_not_adapter(adapter, "--adapter")
     if args.verify and not (base / "config.json").is_file():

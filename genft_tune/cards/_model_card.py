@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import yaml
 from matplotlib.figure import Figure
 
+from genft_tune._file_names import ADAPTER_CONFIG_FILE, PEFT_CONFIG_FILE
 from genft_tune._fs import write_atomically, write_text_atomically
 from genft_tune.cards._base import base_card as read_base_card, front_matter, HUB_ID
 from genft_tune.models._families import FAMILIES
@@ -32,7 +33,6 @@ CARD_FILE = "README.md"
 LOSS_CURVE_FILE = "loss_curve.png"
 TRAINING_CONFIG_FILE = "torchtune_config.yaml"
 TRAINING_LOG_FILE = "training_log.txt"
-GENFT_CONFIG_FILE = "genft_config.json"
 TAGS = ["peft", "torchtune"]  # after the method's own tag (genft, wegeft)
 
 _LOG_LINE = re.compile(r"^Step (\d+) \| (.*)$")
@@ -235,7 +235,7 @@ class RunFiles:
 
 def read_adapter_json(folder: PathLike) -> Dict[str, Any]:
     """The ``genft_config.json`` of a checkpoint folder (``{}`` when absent or unreadable)."""
-    path = Path(folder) / GENFT_CONFIG_FILE
+    path = Path(folder) / ADAPTER_CONFIG_FILE
     try:
         data = json.loads(path.read_text()) if path.is_file() else {}
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -612,7 +612,7 @@ def build_adapter_card(
     Raises:
         BaseModelUnknown: when the base's Hub id is unknown.
     """
-    peft_config = json.loads((Path(peft_dir) / "adapter_config.json").read_text())
+    peft_config = json.loads((Path(peft_dir) / PEFT_CONFIG_FILE).read_text())
     genft, base_card = dict(genft or {}), dict(base_card or {})
     base_model = adapter_base_model(peft_config, genft=genft, base_card=base_card, override=base_model)
     method = str(peft_config.get("peft_type", "GENFT")).lower()

@@ -26,13 +26,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import genft_tune
+from genft_tune._file_names import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE
 from genft_tune._fs import write_pair_atomically
 from genft_tune.modules import adapter_kinds, get_adapter_kind
 from genft_tune.modules._method import adapter_kind_for_config
 from genft_tune.modules._method import is_adapter_key
 
-ADAPTER_WEIGHTS_FILE = "genft_adapter.safetensors"
-ADAPTER_CONFIG_FILE = "genft_config.json"
 FORMAT_NAME = "genft-adapter"
 FORMAT_VERSION = 1
 # The weight layout an adapter was trained on: torchtune's (our recipes), or Hugging

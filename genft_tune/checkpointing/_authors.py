@@ -35,6 +35,7 @@ import torch
 from safetensors.torch import load_file
 from torchtune.models.convert_weights import _FROM_HF, get_mapped_key
 
+from genft_tune._file_names import AUTHORS_CONFIG_FILE, AUTHORS_WEIGHT_FILES
 from genft_tune.checkpointing._adapter import save_adapter
 from genft_tune.modules.genft import FACTOR_INITS, GENERATORS_ATTR, GenFTConfig, generator_key
 
@@ -42,8 +43,6 @@ log = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
 
-AUTHORS_CONFIG_FILE = "adapter_config.json"
-AUTHORS_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 # their Generator's activation names (lower-cased) -> ours; anything else ran as identity
 AUTHORS_ACTIVATIONS = {"relu": "relu", "leakyrelu": "leaky_relu", "gelu": "gelu", "tanh": "tanh"}
 # genft_share_<stage>_<side>.linear.<kind> -> our shared tensor

@@ -32,6 +32,7 @@ from typing import Dict, Iterator, List, Optional, Tuple, Union
 import torch
 from safetensors.torch import save_file
 
+from genft_tune._file_names import PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE
 from genft_tune._fs import give_open_mode, new_folder
 from genft_tune.checkpointing._adapter import _dump_json, check_adapter_matches_model, load_adapter_config
 from genft_tune.checkpointing._base_checkpoint import find_base_checkpoint
@@ -42,9 +43,7 @@ from genft_tune.checkpointing._peft_format import (
     _task_type,
     has_our_adapter,
     read_adapter,
-    PEFT_CONFIG_FILE,
     peft_folder,
-    PEFT_WEIGHTS_FILE,
     PeftFormatError,
 )
 

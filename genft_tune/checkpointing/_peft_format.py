@@ -38,9 +38,15 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 import torch
 from safetensors.torch import load_file
 
-from genft_tune.checkpointing._adapter import (
+from genft_tune._file_names import (
     ADAPTER_CONFIG_FILE,
     ADAPTER_WEIGHTS_FILE,
+    AUTHORS_CONFIG_FILE,
+    PEFT_CONFIG_FILE,
+    PEFT_SUBDIR,
+    PEFT_WEIGHTS_FILE,
+)
+from genft_tune.checkpointing._adapter import (
     _dump_json,
     AdapterFileError,
     AdapterFileConfig,
@@ -57,12 +63,6 @@ log = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
 
-PEFT_CONFIG_FILE = "adapter_config.json"
-PEFT_WEIGHTS_FILE = "adapter_model.safetensors"
-# The recipes put PEFT's pair in this subfolder of a checkpoint: transformers takes a
-# folder with adapter_config.json for an adapter, so beside merged weights it would not
-# load them as the plain model they are.
-PEFT_SUBDIR = "peft"
 TUNER = "base_model."  # PEFT's prefix of the tuner's own tensors (shared ones)
 MODEL = "base_model.model."  # ... and of the wrapped model's
 
@@ -517,7 +517,7 @@ def import_peft_adapter(src_dir: PathLike, output_dir: PathLike, *, base_dir: Pa
 
 def _is_authors_adapter(adapter_dir: Path) -> bool:
     try:
-        return "generator_share_dim" in json.loads((adapter_dir / PEFT_CONFIG_FILE).read_text())
+        return "generator_share_dim" in json.loads((adapter_dir / AUTHORS_CONFIG_FILE).read_text())
     except (OSError, ValueError):
         return False
 

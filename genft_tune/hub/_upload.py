@@ -22,7 +22,10 @@ from huggingface_hub import get_token, HfApi
 
 from genft_tune._fs import new_folder
 from genft_tune.checkpointing._hf_checkpointer import write_config_dtype, written_dtype
-from genft_tune.checkpointing._peft_format import PEFT_CONFIG_FILE, peft_folder, PEFT_SUBDIR, PEFT_WEIGHTS_FILE
+from genft_tune._file_names import (
+    ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, PEFT_CONFIG_FILE, PEFT_SUBDIR, PEFT_WEIGHTS_FILE,
+)
+from genft_tune.checkpointing._peft_format import peft_folder
 from genft_tune.cards._base import base_card, front_matter, HUB_ID
 from genft_tune.cards._model_card import (
     adapter_base_model,
@@ -60,7 +63,7 @@ def _files(folder: Path) -> List[Path]:
 
 # Our adapter pair and PEFT's: not part of a merged model's upload unless asked (a
 # top-level adapter_config.json would even make transformers load the folder as an adapter).
-ADAPTER_FILES = ("genft_adapter.safetensors", "genft_config.json", PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE)
+ADAPTER_FILES = (ADAPTER_WEIGHTS_FILE, ADAPTER_CONFIG_FILE, PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE)
 
 
 def _is_adapter_file(rel: Path) -> bool:
@@ -143,7 +146,7 @@ def check_merged_folder(folder: Path) -> None:
         raise FileNotFoundError(f"--folder {folder} is a file, not a folder")
     weights = [rel for rel in _files(folder) if rel.suffix in (".safetensors", ".bin", ".pt", ".pth")
                and not _is_adapter_file(rel) and len(rel.parts) == 1]
-    has_adapter = (folder / ADAPTER_FILES[1]).is_file() or (folder / PEFT_SUBDIR / PEFT_CONFIG_FILE).is_file() \
+    has_adapter = (folder / ADAPTER_CONFIG_FILE).is_file() or (folder / PEFT_SUBDIR / PEFT_CONFIG_FILE).is_file() \
         or (folder / PEFT_CONFIG_FILE).is_file()
     if not weights and has_adapter:
         raise FileNotFoundError(
@@ -261,10 +264,10 @@ def stage_adapter(
         raise FileNotFoundError(f"--folder {folder} {'is a file, not a folder' if folder.exists() else 'does not exist'}")
     peft_dir = peft_folder(folder)
     if peft_dir is None or not (peft_dir / PEFT_WEIGHTS_FILE).is_file():
-        hint = f"write one with `genft-tune export-peft {folder}`" if (folder / ADAPTER_FILES[1]).is_file() else \
+        hint = f"write one with `genft-tune export-peft {folder}`" if (folder / ADAPTER_CONFIG_FILE).is_file() else \
             "expected a recipe's checkpoint folder or the output of `genft-tune export-peft`"
         raise FileNotFoundError(f"no PEFT GenFT/WeGeFT adapter in {folder} or {folder / PEFT_SUBDIR}: {hint}")
-    genft_path = folder / ADAPTER_FILES[1]
+    genft_path = folder / ADAPTER_CONFIG_FILE
     genft = json.loads(genft_path.read_text()) if genft_path.is_file() else {}
     base_dir = next((p for p in ((genft.get("extra") or {}).get("base_model_path"), genft.get("base_model"))
                      if p and Path(p).is_dir()), None)
