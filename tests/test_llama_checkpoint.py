@@ -23,7 +23,7 @@ from _tiny_llama import (
     tokens,
     write_tiny_checkpoint,
 )
-from genft_tune.models.llama import load_base_checkpoint
+from genft_tune.modules import load_base_checkpoint
 from genft_tune.modules import merge_genft_state_dict
 from genft_tune.modules.genft import (
     get_genft_config,

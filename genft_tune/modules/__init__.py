@@ -11,6 +11,7 @@ are in its package.
 
 from genft_tune.modules._apply import adapter_layers, apply_adapter
 from genft_tune.modules._base import AdapterLinear
+from genft_tune.modules._load_base import load_base_checkpoint
 from genft_tune.modules._method import (
     AdapterKind,
     adapter_kinds,
@@ -34,6 +35,7 @@ __all__ = [
     "adapter_layers",
     "apply_adapter",
     "get_adapter_kind",
+    "load_base_checkpoint",
     "register_adapter_kind",
     "validate_missing_and_unexpected",
     "genft_linear",

@@ -1,7 +1,6 @@
 """Llama-family decoders (Llama 2, 3.1, 3.2 and SmolLM2's architecture) with GenFT
 (and WeGeFT, the weight-generative baseline)."""
 
-from genft_tune.models.llama._checkpoint import check_base_state_dict, load_base_checkpoint
 from genft_tune.models.llama._component_builders import (
     llama,
     llama_decoder,
@@ -26,7 +25,6 @@ from genft_tune.models.llama._model_builders import (
 )
 
 __all__ = [
-    "check_base_state_dict",
     "genft_llama2_7b",
     "genft_llama3_1_405b",
     "genft_llama3_1_70b",
@@ -37,7 +35,6 @@ __all__ = [
     "llama_decoder",
     "llama_genft",
     "llama_wegeft",
-    "load_base_checkpoint",
     "qgenft_llama2_7b",
     "qgenft_llama3_1_405b",
     "qgenft_llama3_1_70b",

@@ -1,4 +1,6 @@
-"""Loading a base (adapter-free) checkpoint into a GenFT model, with clear errors."""
+"""Loading a base (adapter-free) checkpoint into a model with adapters of any method and
+family, with clear errors (what torchtune's LoRA recipes do with ``load_state_dict(strict=False)``
+and ``validate_missing_and_unexpected_for_lora``)."""
 
 from typing import Any, Dict, List, Tuple
 
