@@ -13,6 +13,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
+from _authors_files import D as AUTHORS_DIM, write_authors_adapter, write_base
 from _tiny_llama import adapted_model, save_model_adapter, TINY, write_tiny_checkpoint
 from _tiny_llama import tokens as tiny_tokens
 
@@ -301,6 +302,23 @@ def test_an_adapter_trained_with_peft_converts_in_its_own_rows(tmp_path, tokens)
     rank = cfg.shared_dim + cfg.specific_dim + 1
     export_lora_adapter(tmp_path / "trained_by_peft", base_dir=base, output_dir=tmp_path / "lora", rank=rank)
     assert _max_err(_lora_logits(base, tmp_path / "lora", tokens), ours) < EXACT
+
+
+def test_an_authors_adapter_converts_and_names_the_base_it_records(tmp_path, tokens):
+    """The GenFT authors' folder (read as ``genft-tune import-authors`` converts it) with no
+    base id given (a local base without a card): full rank gives the merged model's
+    logits, and ``base_model_name_or_path`` is the base their config records."""
+    base = write_base(tmp_path / "base")
+    write_authors_adapter(tmp_path / "theirs")
+    export_lora_adapter(tmp_path / "theirs", base_dir=base, output_dir=tmp_path / "lora", rank=AUTHORS_DIM)  # full rank
+    config = json.loads((tmp_path / "lora" / PEFT_CONFIG_FILE).read_text())
+    assert config["base_model_name_or_path"] == "yahma/llama-7b-hf"
+    merged = merge_adapter_checkpoint(base_dir=base, adapter_dir=tmp_path / "theirs", output_dir=tmp_path / "merged")
+    authors_tokens = tokens % 96  # write_base's vocabulary
+    with torch.no_grad():
+        reference = _hf(merged)(authors_tokens).logits
+        lora = peft.PeftModel.from_pretrained(_hf(base), str(tmp_path / "lora")).eval()(authors_tokens).logits
+    assert _max_err(lora, reference) < EXACT
 
 
 def test_a_bf16_base_gets_bf16_factors_from_an_fp32_svd(tmp_path, tokens):

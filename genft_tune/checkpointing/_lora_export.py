@@ -21,7 +21,6 @@ singular values (a narrow GQA ``k_proj``) gets zero rows/columns up to ``r``. Wi
 ``energy`` the rank is the smallest at which every layer keeps at least that fraction.
 """
 
-import json
 import logging
 import math
 import os
@@ -34,16 +33,14 @@ from safetensors.torch import save_file
 
 from genft_tune._file_names import PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE
 from genft_tune._fs import give_open_mode, new_folder
-from genft_tune.checkpointing._adapter import _dump_json, check_adapter_matches_model, load_adapter_config
-from genft_tune.checkpointing._base_checkpoint import find_base_checkpoint
+from genft_tune.checkpointing._adapter import _dump_json, AdapterFileConfig, check_adapter_matches_model
+from genft_tune.checkpointing._base_checkpoint import BaseCheckpoint, find_base_checkpoint
 from genft_tune.checkpointing._merge import merge_base_tensor
 from genft_tune.checkpointing._peft_format import (
     _converter,
     _short_targets,
     _task_type,
-    has_our_adapter,
     read_adapter,
-    peft_folder,
     PeftFormatError,
 )
 
@@ -137,8 +134,9 @@ def delta_weights(adapter_dir: PathLike, *, base_dir: PathLike) -> Iterator[Tupl
     the merge's own code (``genft-tune merge`` writes ``W0 + dW`` for the same tensors).
 
     Args:
-        adapter_dir (PathLike): ours (``genft_adapter.safetensors``) or PEFT's pair (in the
-            folder or its ``peft/`` subfolder), GenFT or WeGeFT.
+        adapter_dir (PathLike): any adapter :func:`read_adapter` reads: ours
+            (``genft_adapter.safetensors``), PEFT's pair (in the folder or its ``peft/``
+            subfolder) or the GenFT authors'; GenFT or WeGeFT.
         base_dir (PathLike): the Hugging Face base (``config.json`` + safetensors).
 
     Raises:
@@ -147,11 +145,29 @@ def delta_weights(adapter_dir: PathLike, *, base_dir: PathLike) -> Iterator[Tupl
             adapter trains whole modules (a LoRA cannot hold them).
         ValueError: if the adapter does not fit the base.
     """
+    source = _hf_base(base_dir)
+    yield from _deltas(source, base_dir, *read_adapter(adapter_dir, base_dir=base_dir))
+
+
+def _hf_base(base_dir: PathLike) -> BaseCheckpoint:
+    """The Hugging Face base checkpoint in ``base_dir``, of a family this package converts.
+
+    Raises:
+        PeftFormatError: naming what it is not.
+    """
     source = find_base_checkpoint(base_dir)
     if source.format != "hf" or source.config is None:
         raise PeftFormatError(f"{base_dir}: a LoRA is written for a Hugging Face base (config.json + safetensors)")
+    _converter(source.config)
+    return source
+
+
+def _deltas(
+    source: BaseCheckpoint, base_dir: PathLike, adapter_sd: Dict[str, torch.Tensor], adapter_cfg: AdapterFileConfig
+) -> Iterator[Tuple[str, torch.Tensor, torch.dtype]]:
+    """:func:`delta_weights` of an adapter already read (:func:`read_adapter`), on the base
+    :func:`_hf_base` found in ``base_dir``."""
     converter = _converter(source.config)
-    adapter_sd, adapter_cfg = read_adapter(adapter_dir, base_dir=base_dir)
     if adapter_cfg.get("modules_to_save"):
         raise PeftFormatError(
             f"the adapter also trains whole modules ({', '.join(adapter_cfg['modules_to_save'][:3])}): a LoRA for "
@@ -211,10 +227,11 @@ def lora_factors(delta: torch.Tensor, rank: int, module: str = "") -> Tuple[torc
     return A, B, LayerCost(module, k, _numerical_rank(S, tuple(delta.shape)), _energy(S, k))
 
 
-def _uniform_rank(adapter_dir: PathLike, base_dir: PathLike, energy: float) -> int:
-    """The smallest rank at which every layer keeps ``energy`` (a first pass, singular
-    values only, so that no layer's factors wait in memory for the others)."""
-    return max(_cutoff(torch.linalg.svdvals(d), energy) for _, d, _ in delta_weights(adapter_dir, base_dir=base_dir))
+def _uniform_rank(deltas: Iterator[Tuple[str, torch.Tensor, torch.dtype]], energy: float) -> int:
+    """The smallest rank at which every layer keeps ``energy`` (a first pass over
+    ``deltas``, singular values only, so that no layer's factors wait in memory for the
+    others)."""
+    return max(_cutoff(torch.linalg.svdvals(d), energy) for _, d, _ in deltas)
 
 
 def export_lora_adapter(
@@ -231,7 +248,7 @@ def export_lora_adapter(
     """Write a GenFT/WeGeFT adapter as a PEFT LoRA of one rank for every layer.
 
     Args:
-        adapter_dir (PathLike): ours or PEFT's pair (see :func:`delta_weights`).
+        adapter_dir (PathLike): ours, PEFT's pair or the GenFT authors' (see :func:`delta_weights`).
         base_dir (PathLike): the Hugging Face base; GenFT's ``dW`` is generated from its
             weights, WeGeFT's is made of them.
         output_dir (PathLike): the LoRA folder (must not exist unless ``overwrite``).
@@ -258,24 +275,22 @@ def export_lora_adapter(
     output_dir = Path(output_dir)
     if output_dir.exists() and not overwrite:
         raise FileExistsError(f"output directory {output_dir} exists (pass overwrite / --overwrite)")
+    source = _hf_base(base_dir)
+    # read once (any format read_adapter reads); its json names the base
+    adapter_sd, adapter_cfg = read_adapter(adapter_dir, base_dir=base_dir)
     if rank is None:
-        rank = _uniform_rank(adapter_dir, base_dir, energy)
+        rank = _uniform_rank(_deltas(source, base_dir, adapter_sd, adapter_cfg), energy)
     tensors: Dict[str, torch.Tensor] = {}
     costs: List[LayerCost] = []
-    for module, delta, base_dtype in delta_weights(adapter_dir, base_dir=base_dir):
+    for module, delta, base_dtype in _deltas(source, base_dir, adapter_sd, adapter_cfg):
         A, B, cost = lora_factors(delta, rank, module)
         out_dtype = LORA_DTYPES[dtype] or base_dtype
         tensors[f"{MODEL}{module}.lora_A.weight"] = A.to(out_dtype).contiguous()
         tensors[f"{MODEL}{module}.lora_B.weight"] = B.to(out_dtype).contiguous()
         costs.append(cost)
-    hf_config = json.loads((Path(base_dir) / "config.json").read_text())
+    hf_config = source.config
     if base_model_name_or_path is None:
-        adapter_dir = Path(adapter_dir)
-        if has_our_adapter(adapter_dir):
-            base_model_name_or_path = load_adapter_config(adapter_dir).base_model
-        else:
-            peft_config = json.loads((peft_folder(adapter_dir) / PEFT_CONFIG_FILE).read_text())
-            base_model_name_or_path = peft_config.get("base_model_name_or_path")
+        base_model_name_or_path = adapter_cfg.base_model
     targets = _short_targets([c.module for c in costs], hf_config)
     if isinstance(targets, str):
         log.warning("The adapter does not cover every layer: target_modules is a regex of module names, which "
