@@ -128,4 +128,4 @@ def gemma2_27b() -> TransformerDecoder:
                   intermediate_dim=36_864, max_seq_len=8192, query_pre_attn_scalar=144)
 
 
-__all__ = ["SoftCappedOutput", "gemma2", "gemma2_2b", "gemma2_9b", "gemma2_27b", "gemma2_hf_to_tune", "gemma2_tune_to_hf"]
+__all__ = ["gemma2", "gemma2_2b", "gemma2_9b", "gemma2_27b", "gemma2_hf_to_tune", "gemma2_tune_to_hf"]

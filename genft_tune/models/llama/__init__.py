@@ -3,7 +3,6 @@
 
 from genft_tune.models.llama._component_builders import (
     llama,
-    llama_decoder,
     llama_genft,
     llama_wegeft,
 )
@@ -32,7 +31,6 @@ __all__ = [
     "genft_llama3_2_1b",
     "genft_llama3_2_3b",
     "llama",
-    "llama_decoder",
     "llama_genft",
     "llama_wegeft",
     "qgenft_llama2_7b",

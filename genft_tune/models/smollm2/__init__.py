@@ -14,12 +14,10 @@ imported here so that importing this package does not require ``gguf``.
 from genft_tune.models.smollm2._model_builders import (
     genft_smollm2_135m,
     qgenft_smollm2_135m,
-    SMOLLM2_135M,
     smollm2_135m,
     wegeft_smollm2_135m,
 )
 from genft_tune.models.smollm2._tokenizer import (
-    SMOLLM2_DEFAULT_SYSTEM_PROMPT,
     SmolLM2Tokenizer,
     smollm2_tokenizer,
 )
@@ -27,8 +25,6 @@ from genft_tune.models.smollm2._tokenizer import (
 __all__ = [
     "genft_smollm2_135m",
     "qgenft_smollm2_135m",
-    "SMOLLM2_135M",
-    "SMOLLM2_DEFAULT_SYSTEM_PROMPT",
     "smollm2_135m",
     "SmolLM2Tokenizer",
     "smollm2_tokenizer",

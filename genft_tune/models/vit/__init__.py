@@ -18,7 +18,7 @@ from genft_tune.models.vit._convert_weights import (
     vit_hf_to_tune,
     vit_tune_to_hf,
 )
-from genft_tune.models.vit._model import StochasticDepth, ViTClassifier
+from genft_tune.models.vit._model import ViTClassifier
 from genft_tune.models.vit._model_builders import (
     vit_b16,
     vit_b16_genft,
@@ -39,7 +39,6 @@ __all__ = [
     "save_hf_vit",
     "save_json",
     "save_safetensors",
-    "StochasticDepth",
     "vit",
     "vit_b16",
     "vit_b16_genft",

@@ -19,13 +19,11 @@ Layout, as HF PEFT's tuners: ``config`` (GenFTConfig), ``generator`` (the shared
 ``import genft_tune.peft`` does), ``_fused``/``_fused_kernels`` (experimental kernels).
 """
 
-from genft_tune.modules.genft.config import ACTIVATIONS, CONVENTIONS, FACTOR_INITS, GenFTConfig, STAGES
+from genft_tune.modules.genft.config import ACTIVATIONS, FACTOR_INITS, GenFTConfig
 from genft_tune.modules.genft.generator import (
-    GenFTGenerator,
     GenFTGenerators,
     generator_key,
     merged_weight_fp32,
-    tie_specific_factors,
 )
 from genft_tune.modules.genft.layer import genft_linear, GenFTLinear
 from genft_tune.modules.genft.model import (
@@ -37,20 +35,17 @@ from genft_tune.modules.genft.model import (
     get_genft_modules,
     is_genft_key,
     merge_genft_state_dict,
-    named_genft_generators,
     validate_missing_and_unexpected_for_genft,
 )
 
 __all__ = [
     "ACTIVATIONS",
-    "CONVENTIONS",
     "FACTOR_INITS",
     "GENERATORS_ATTR",
     "GENFT",
     "genft_adapter_init_state_dict",
     "genft_linear",
     "GenFTConfig",
-    "GenFTGenerator",
     "GenFTGenerators",
     "GenFTLinear",
     "generator_key",
@@ -60,8 +55,5 @@ __all__ = [
     "is_genft_key",
     "merge_genft_state_dict",
     "merged_weight_fp32",
-    "named_genft_generators",
-    "STAGES",
-    "tie_specific_factors",
     "validate_missing_and_unexpected_for_genft",
 ]

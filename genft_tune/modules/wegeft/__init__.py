@@ -51,7 +51,7 @@ WeGeFTLinear), ``model`` (model-level helpers and the ``WEGEFT`` adapter kind), 
 genft_tune.peft`` does).
 """
 
-from genft_tune.modules.wegeft.config import FACTOR_NAMES, FACTORS_ATTR, LAYER_FACTORS_ATTR, WeGeFTConfig
+from genft_tune.modules.wegeft.config import WeGeFTConfig
 from genft_tune.modules.wegeft.layer import (
     WeGeFTFactors,
     WeGeFTLinear,
@@ -67,21 +67,16 @@ from genft_tune.modules.wegeft.model import (
     is_wegeft_key,
     merge_wegeft_state_dict,
     WEGEFT,
-    wegeft_adapter_init_state_dict,
 )
 
 __all__ = [
-    "FACTOR_NAMES",
-    "FACTORS_ATTR",
     "get_wegeft_adapter_state_dict",
     "get_wegeft_config",
     "get_wegeft_modules",
     "get_wegeft_target_modules",
     "is_wegeft_key",
-    "LAYER_FACTORS_ATTR",
     "merge_wegeft_state_dict",
     "WEGEFT",
-    "wegeft_adapter_init_state_dict",
     "wegeft_linear",
     "wegeft_merged_weight",
     "WeGeFTConfig",
