@@ -29,7 +29,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 from safetensors.torch import load_file
@@ -58,6 +58,13 @@ _SHARED_NAMES = {
 }
 _SHARED_KEY = re.compile(r"^(?P<owner>.*?)\.?generator\.genft_share_(?P<stage>[12])_(?P<side>[ab])\.linear\.(?P<kind>weight|bias)$")
 _SPECIFIC_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.genft_individual_weight_(?P<side>[ab])(?:\.[^.]+)?$")
+
+
+def is_authors_config(config: Mapping[str, Any]) -> bool:
+    """Whether an ``adapter_config.json``'s contents are the authors' (their GENFT has
+    ``generator_share_dim``; PEFT's GENFT of this package, read by
+    :mod:`~genft_tune.checkpointing._peft_format`, has ``shared_dim``)."""
+    return "generator_share_dim" in config
 
 
 def _read_weights(src: Path) -> Dict[str, torch.Tensor]:
@@ -222,4 +229,4 @@ def import_authors_adapter(src_dir: PathLike, output_dir: PathLike, *, base_mode
     return out
 
 
-__all__ = ["import_authors_adapter", "read_authors_adapter"]
+__all__ = ["import_authors_adapter", "is_authors_config", "read_authors_adapter"]

@@ -54,9 +54,10 @@ from genft_tune.checkpointing._adapter import (
     save_adapter,
     write_file_pair,
 )
-from genft_tune.checkpointing._authors import import_authors_adapter
+from genft_tune.checkpointing._authors import import_authors_adapter, is_authors_config
 from genft_tune.checkpointing._base_checkpoint import find_base_checkpoint, hf_converter
-from genft_tune.modules import adapter_kinds, AdapterKind, get_adapter_kind
+from genft_tune.modules import get_adapter_kind
+from genft_tune.modules._method import adapter_kind_for_peft_type, peft_adapter_kinds
 from genft_tune.modules._rope import tune_rows_in_hf_order
 
 log = logging.getLogger(__name__)
@@ -69,12 +70,6 @@ MODEL = "base_model.model."  # ... and of the wrapped model's
 
 class PeftFormatError(ValueError):
     """An adapter cannot be written in (or read from) PEFT's format; the message says why."""
-
-
-def _peft_kinds() -> Dict[str, AdapterKind]:
-    """``{peft_type: method}`` of every registered method with a PEFT format (its
-    registry entry's :class:`~genft_tune.modules._method.PeftNames`)."""
-    return {k.peft_names.peft_type: k for k in adapter_kinds() if k.peft_names is not None}
 
 
 def _converter(hf_config: Mapping[str, Any]):
@@ -157,23 +152,6 @@ def _short(module: str) -> str:
     return module.rsplit(".", 1)[-1]
 
 
-def _wegeft_shared_keys(key_of: Mapping[str, str], renamed: Mapping[str, str]) -> Dict[str, str]:
-    """WeGeFT's shared pairs are keyed by module type, which the two namings spell
-    differently (torchtune's ``output_proj`` is Hugging Face's ``o_proj``): each key of
-    ``key_of`` (module -> key) under the other naming (``renamed``: module -> its name
-    there). A key that is its modules' own type becomes their type there; a group key
-    (several types sharing a pair) keeps its name."""
-    members: Dict[str, set] = {}
-    for module, key in key_of.items():
-        members.setdefault(key, set()).add(module)
-    out = {}
-    for key, modules in members.items():
-        theirs = {_short(renamed[m]) for m in modules}
-        own_type = all(_short(m) == key for m in modules) and len(theirs) == 1
-        out[key] = theirs.pop() if own_type else key
-    return out
-
-
 def _task_type(hf_config: Mapping[str, Any]) -> Optional[str]:
     archs = hf_config.get("architectures") or []
     return "CAUSAL_LM" if any(str(a).endswith("ForCausalLM") for a in archs) else None
@@ -204,7 +182,7 @@ def peft_files_from_adapter(
     method = adapter_cfg.method
     names = get_adapter_kind(method).peft_names
     if names is None:
-        writable = sorted(k.name for k in _peft_kinds().values())
+        writable = sorted(k.name for k in peft_adapter_kinds().values())
         raise PeftFormatError(
             f"the {method!r} method has no PEFT format here (PEFT's files are written for {writable})"
         )
@@ -236,7 +214,7 @@ def peft_files_from_adapter(
         shared_keys: Dict[str, str] = {}
         if adapter_cfg.config.shared:  # a target without a recorded key shares by its module type
             key_of = {t: k or _short(t) for t, k in adapter_cfg.target_modules.items()}
-            key_to_peft = _wegeft_shared_keys(key_of, hf_of)
+            key_to_peft = names.rename_shared_keys(key_of, hf_of)
             for t, k in key_of.items():
                 hf_type, peft_key = _short(hf_of[t]), key_to_peft[k]
                 if shared_keys.setdefault(hf_type, peft_key) != peft_key:
@@ -351,8 +329,8 @@ def peft_adapter_method(adapter_dir: PathLike) -> Optional[str]:
         raw = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
-    kind = _peft_kinds().get(str(raw.get("peft_type")))
-    if kind is None or "generator_share_dim" in raw:  # the authors' GENFT: import-authors
+    kind = peft_adapter_kinds().get(str(raw.get("peft_type")))
+    if kind is None or is_authors_config(raw):  # the authors' GENFT: import-authors
         return None
     return kind.name
 
@@ -404,9 +382,10 @@ def adapter_from_peft_files(
     Raises:
         PeftFormatError: if it is not such an adapter or does not fit the base.
     """
-    kind = _peft_kinds().get(str(peft_config.get("peft_type")))
-    if kind is None:
-        raise PeftFormatError(f"peft_type {peft_config.get('peft_type')!r} is not one of {sorted(_peft_kinds())}")
+    try:
+        kind = adapter_kind_for_peft_type(peft_config.get("peft_type"))
+    except ValueError as e:
+        raise PeftFormatError(str(e)) from None
     names = kind.peft_names
     known = {f.name for f in fields(kind.config_cls)}
     try:
@@ -441,10 +420,11 @@ def adapter_from_peft_files(
         if reordered and not recorded:  # trained by PEFT on Hugging Face's rows
             weight_layout = "hf"
 
-    # our WeGeFT shares by torchtune's module type (output_proj), PEFT's by HF's (o_proj)
+    # shared tensors keyed by module type (WeGeFT's pairs): ours by torchtune's type
+    # (output_proj), PEFT's by Hugging Face's (o_proj)
     shared_keys = peft_config.get("shared_keys") or {}
     peft_key_of = {m: shared_keys.get(_short(m), _short(m)) for m in hf_targets}
-    ours_key = _wegeft_shared_keys(peft_key_of, tune_of)
+    ours_key = names.rename_shared_keys(peft_key_of, tune_of) if names.shares_by_module_type else {}
     root = f"{TUNER}{names.root}."
     state: Dict[str, torch.Tensor] = {}
     modules_to_save: Dict[str, torch.Tensor] = {}
@@ -517,7 +497,7 @@ def import_peft_adapter(src_dir: PathLike, output_dir: PathLike, *, base_dir: Pa
 
 def _is_authors_adapter(adapter_dir: Path) -> bool:
     try:
-        return "generator_share_dim" in json.loads((adapter_dir / AUTHORS_CONFIG_FILE).read_text())
+        return is_authors_config(json.loads((adapter_dir / AUTHORS_CONFIG_FILE).read_text()))
     except (OSError, ValueError):
         return False
 

@@ -45,8 +45,12 @@ class PeftNames:
         from_peft (Callable): the inverse (None: not this method's).
         row_order_matters (bool): ``dW`` depends on the row order of ``W0`` (GenFT generates
             it): the files record torchtune's RoPE order (``torchtune_rope_heads``).
-        shares_by_module_type (bool): shared tensors are keyed by module type (WeGeFT's
-            pairs: PEFT's ``shared_keys``; ``output_proj`` is Hugging Face's ``o_proj``).
+        rename_shared_keys (Callable): for a method whose shared tensors are keyed by module
+            type (WeGeFT's pairs: PEFT's ``shared_keys``), which the two namings spell
+            differently (``output_proj`` is Hugging Face's ``o_proj``): ``(key_of,
+            renamed) -> {key: key in the other naming}``, from ``key_of`` (module -> its
+            key) and ``renamed`` (module -> its name in the other naming); None: the
+            method's shared tensors are not keyed by module type.
         prefix (str): PEFT's prefix of the method's tensor names on a tuner layer
             (``genft_``; ``register_peft_method``'s ``prefix``).
     """
@@ -56,8 +60,12 @@ class PeftNames:
     to_peft: Callable[[str], str]
     from_peft: Callable[[str], Optional[str]]
     row_order_matters: bool = False
-    shares_by_module_type: bool = False
+    rename_shared_keys: Optional[Callable[[Mapping[str, str], Mapping[str, str]], Dict[str, str]]] = None
     prefix: str = ""
+
+    @property
+    def shares_by_module_type(self) -> bool:
+        return self.rename_shared_keys is not None
 
 
 class AdapterKind:
@@ -177,6 +185,24 @@ def get_adapter_kind(name: str) -> AdapterKind:
     return _KINDS[name]
 
 
+def peft_adapter_kinds() -> Dict[str, AdapterKind]:
+    """``{peft_type: method}`` of every registered method with a PEFT format (its
+    :attr:`AdapterKind.peft_names`)."""
+    return {k.peft_names.peft_type: k for k in _KINDS.values() if k.peft_names is not None}
+
+
+def adapter_kind_for_peft_type(peft_type: Any) -> AdapterKind:
+    """The registered method whose PEFT files carry ``peft_type`` (``GENFT``, ``WEGEFT``).
+
+    Raises:
+        ValueError: naming the PEFT types of the registered methods.
+    """
+    kind = peft_adapter_kinds().get(str(peft_type))
+    if kind is None:
+        raise ValueError(f"peft_type {peft_type!r} is not one of {sorted(peft_adapter_kinds())}")
+    return kind
+
+
 def is_adapter_key(key: str) -> bool:
     """Whether a state-dict key is a tensor of any registered method's adapter (each
     method's own :meth:`AdapterKind.is_key` says)."""
@@ -256,12 +282,14 @@ __all__ = [
     "AdapterKind",
     "clean_module_name",
     "adapter_kind_for_config",
+    "adapter_kind_for_peft_type",
     "adapter_kinds",
     "adapter_layers_by_kind",
     "get_adapter_kind",
     "is_adapter_key",
     "method_name_in_file",
     "PeftNames",
+    "peft_adapter_kinds",
     "register_adapter_kind",
     "renamed_prefix",
     "validate_missing_and_unexpected",

@@ -157,6 +157,23 @@ def wegeft_adapter_init_state_dict(model: nn.Module, *, seed: int) -> Dict[str, 
     return state
 
 
+def shared_keys_renamed(key_of: Mapping[str, str], renamed: Mapping[str, str]) -> Dict[str, str]:
+    """Shared pairs are keyed by module type, which torchtune's and Hugging Face's namings
+    spell differently (torchtune's ``output_proj`` is Hugging Face's ``o_proj``): each key
+    of ``key_of`` (module -> key) under the other naming (``renamed``: module -> its name
+    there). A key that is its modules' own type becomes their type there; a group key
+    (several types sharing a pair) keeps its name."""
+    members: Dict[str, set] = {}
+    for module, key in key_of.items():
+        members.setdefault(key, set()).add(module)
+    out = {}
+    for key, modules in members.items():
+        theirs = {renamed[m].rsplit(".", 1)[-1] for m in modules}
+        own_type = all(m.rsplit(".", 1)[-1] == key for m in modules) and len(theirs) == 1
+        out[key] = theirs.pop() if own_type else key
+    return out
+
+
 class WeGeFTKind(AdapterKind):
     """WeGeFT as an adapter method (see :class:`~genft_tune.modules.AdapterKind`)."""
 
@@ -173,7 +190,7 @@ class WeGeFTKind(AdapterKind):
         FACTORS_ATTR,
         lambda rest: f"{PEFT_LAYER_FACTORS_ATTR}." + rest[len(f"{LAYER_FACTORS_ATTR}."):],
         renamed_prefix(f"{PEFT_LAYER_FACTORS_ATTR}.", f"{LAYER_FACTORS_ATTR}."),
-        shares_by_module_type=True,
+        rename_shared_keys=shared_keys_renamed,
         prefix=PEFT_PREFIX,
     )
 
