@@ -3,7 +3,8 @@ outputs, written from each method's equations alone (not from the layers' code).
 
 Used by the method tests (``test_genft_linear.py``, ``test_wegeft.py``) and by the tests
 that run the same check on both methods (``test_adapter_layers.py``, ``test_eval_cache.py``:
-``build_adapter_layer``, or conftest's ``make_adapter_layer`` fixture).
+``build_adapter_layer`` or conftest's ``make_adapter_layer`` fixture, ``REFERENCE_OUTPUT``).
+The references of a layer's output are in fp64.
 """
 
 import math
@@ -80,10 +81,12 @@ def make_genft_layer(in_dim, out_dim, dtype=torch.float64, use_bias=False, **cfg
 
 
 def genft_reference_output(layer, x):
-    """The reference of ``layer(x)``, in the layer's dtype."""
-    W0 = layer.weight.detach()
-    delta = genft_reference_delta(W0, genft_tensors(layer), layer.config)
-    return F.linear(x, W0 + delta, layer.bias)
+    """The reference of ``layer(x)``, in fp64 (from the dequantised W0 when NF4)."""
+    W0 = layer.base_weight().detach().double()
+    t = {n: None if v is None else v.double() for n, v in genft_tensors(layer).items()}
+    delta = genft_reference_delta(W0, t, layer.config)
+    bias = layer.bias.double() if layer.bias is not None else None
+    return F.linear(x.double(), W0 + delta, bias)
 
 
 # ---- WeGeFT: dW = (alpha / r) * drop(W0) @ phi.T @ psi ----------------------------------
@@ -150,12 +153,16 @@ def trainable(model):
     return [p for p in model.parameters() if p.requires_grad]
 
 
+# method -> (layer, x) -> the fp64 reference of layer(x)
+REFERENCE_OUTPUT = {"genft": genft_reference_output, "wegeft": wegeft_reference_output}
+
+
 class AdapterLayer(NamedTuple):
     """A layer of one method with what the checks on both methods need."""
 
     layer: nn.Module
     model: nn.Module  # every tensor the layer uses: the layer and its generators / factors
-    reference: Callable[[nn.Module, torch.Tensor], torch.Tensor]  # (layer, x) -> reference of layer(x)
+    reference: Callable[[nn.Module, torch.Tensor], torch.Tensor]  # (layer, x) -> fp64 reference of layer(x)
 
 
 def build_adapter_layer(method, in_dim, out_dim, *, dtype=torch.float32, **cfg):
@@ -164,8 +171,8 @@ def build_adapter_layer(method, in_dim, out_dim, *, dtype=torch.float32, **cfg):
     if method == "genft":
         cfg = {"shared_dim": 2, "specific_dim": 2, **cfg}
         layer, gens = make_genft_layer(in_dim, out_dim, dtype=dtype, **cfg)
-        return AdapterLayer(layer, nn.ModuleList([layer, gens]), genft_reference_output)
+        return AdapterLayer(layer, nn.ModuleList([layer, gens]), REFERENCE_OUTPUT[method])
     if method == "wegeft":
         layer, model = make_wegeft_layer(in_dim, out_dim, dtype=dtype, **cfg)
-        return AdapterLayer(layer, model, wegeft_reference_output)
+        return AdapterLayer(layer, model, REFERENCE_OUTPUT[method])
     raise ValueError(f"unknown method {method!r}, expected one of {METHODS}")

@@ -15,7 +15,7 @@ from _layer_references import (
     REF_ACT,
 )
 
-from torchtune.modules.peft import get_adapter_params, set_trainable_params
+from torchtune.modules.peft import get_adapter_params
 
 from genft_tune.modules import (
     GenFTConfig,
@@ -24,7 +24,6 @@ from genft_tune.modules import (
     genft_linear,
     merge_genft_state_dict,
 )
-from genft_tune.modules.genft import get_genft_modules
 
 SHAPES = [(6, 6), (5, 7), (7, 5)]  # (in, out): square (tied) and both non-square
 DIMS = [(3, 2), (0, 2), (3, 0)]
@@ -211,41 +210,21 @@ def test_zero_init_is_base_model_at_step_zero(in_dim, out_dim, stages, act_out):
     assert any(g is not None and g.abs().sum() > 0 for g in grads)
 
 
-# (merge / unmerge / disable_adapter and the eval cache's freshness, the same for both
-# methods: test_adapter_layers.py and test_eval_cache.py)
+# (merge / unmerge / disable_adapter, the generators once in the state dict and optimizer,
+# the state-dict merge's errors, an NF4 base, meta-device construction, bad configs and the
+# eval cache's freshness, the same for both methods: test_adapter_layers.py and
+# test_eval_cache.py)
 
 
-def test_generator_shared_once_in_state_dict_and_optimizer():
-    cfg = GenFTConfig(shared_dim=3, specific_dim=2)
-
-    class Tiny(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.genft_generators = GenFTGenerators(cfg)
-            self.q = genft_linear(8, 8, generators=self.genft_generators)
-            self.v = genft_linear(8, 4, generators=self.genft_generators)
-            self.o = genft_linear(8, 8, generators=self.genft_generators)
-
-    model = Tiny()
-    keys = list(model.state_dict())
-    assert sorted(k for k in keys if k.startswith("genft_generators")) == sorted(
-        f"genft_generators.{s}.{n}" for s in ("8x8", "4x8") for n in ("P1", "Q1", "P2", "Q2")
-    )
-    assert len(keys) == len(set(keys))
-    assert model.q.generator is model.o.generator
+def test_square_layers_tie_their_second_factors():
+    """A square layer's A2, B2 are its A1, B1 (not adapter tensors of their own); the
+    shared generators in the state dict and optimizer: test_adapter_layers.py."""
+    gens = GenFTGenerators(GenFTConfig(shared_dim=3, specific_dim=2))
+    model = nn.ModuleDict({"q": genft_linear(8, 8, generators=gens),
+                           "v": genft_linear(8, 4, generators=gens)})
     adapter = get_adapter_params(model)
-    assert "genft_generators.8x8.P1" in adapter and "q.A1" in adapter and "v.B2" in adapter
-    assert "q.A2" not in adapter  # tied square weight
-    assert len({id(p) for p in adapter.values()}) == len(adapter)
-    set_trainable_params(model, adapter)
-    assert not model.q.weight.requires_grad and model.q.A1.requires_grad
-    # the state-dict merge equals the layer merge
-    merged = merge_genft_state_dict(model.state_dict(), config=cfg,
-                                    target_modules=list(get_genft_modules(model)))
-    assert set(merged) == {"q.weight", "v.weight", "o.weight"}
-    for name, layer in get_genft_modules(model).items():
-        layer.merge()
-        torch.testing.assert_close(merged[f"{name}.weight"], layer.weight.detach())
+    assert "q.A1" in adapter and "v.B2" in adapter
+    assert "q.A2" not in adapter and "q.A2" not in model.state_dict()
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
@@ -258,79 +237,6 @@ def test_state_dict_merge_is_the_layer_merge_bit_for_bit(dtype):
     merged = merge_genft_state_dict(sd, config=layer.config, target_modules=["l"])["l.weight"]
     assert merged.dtype == dtype
     assert torch.equal(merged, layer._merged_weight_from(layer.weight.detach()))
-
-
-def test_merge_state_dict_errors_name_the_key():
-    cfg = GenFTConfig(shared_dim=2, specific_dim=2)
-    gens = GenFTGenerators(cfg)
-    layer = genft_linear(4, 6, generators=gens)
-    sd = {"l.weight": layer.weight.detach(), **{f"l.{n}": getattr(layer, n).detach() for n in layer.adapter_params()},
-          **{f"genft_generators.{k}": v for k, v in gens.state_dict().items()}}
-    with pytest.raises(ValueError, match="l.A2"):
-        merge_genft_state_dict({k: v for k, v in sd.items() if k != "l.A2"}, config=cfg, target_modules=["l"])
-    with pytest.raises(ValueError, match="nope"):
-        merge_genft_state_dict(sd, config=cfg, target_modules=["nope"])
-    bad = dict(sd, **{"genft_generators.6x4.P1": torch.zeros(3, 4)})
-    with pytest.raises(ValueError, match="P1 has shape"):
-        merge_genft_state_dict(bad, config=cfg, target_modules=["l"])
-
-
-def test_nf4_base_forward_backward():
-    from torchao.dtypes.nf4tensor import NF4Tensor
-
-    torch.manual_seed(6)
-    cfg = GenFTConfig(shared_dim=4, specific_dim=2, zero_init=False)
-    gens = GenFTGenerators(cfg).to(torch.bfloat16)
-    with pytest.raises(ValueError, match="cannot store a \\(64, 128\\) weight in NF4"):
-        genft_linear(128, 64, generators=gens, quantize_base=True)
-    layer = genft_linear(256, 128, generators=gens, quantize_base=True)
-    layer.to(torch.bfloat16)
-    assert isinstance(layer.weight, NF4Tensor)
-    x = torch.randn(3, 256, dtype=torch.bfloat16)
-    out = layer(x)
-    out.float().sum().backward()
-    assert layer.A1.grad is not None and gens["128x256"].P1.grad is not None
-    W0 = layer.weight.get_original_weight().double()
-    t = {k: (v.detach().double() if v is not None else None) for k, v in genft_tensors(layer).items()}
-    expected = F.linear(x.double(), W0 + genft_reference_delta(W0, t, cfg))
-    torch.testing.assert_close(out.double(), expected, rtol=0.05, atol=0.05)
-    with pytest.raises(RuntimeError, match="NF4"):
-        layer.merge()
-
-
-def test_meta_device_construction_then_initialize():
-    cfg = GenFTConfig(shared_dim=2, specific_dim=2)
-    with torch.device("meta"):
-        gens = GenFTGenerators(cfg)
-        layer = genft_linear(6, 4, generators=gens)
-    layer.weight = nn.Parameter(torch.randn(4, 6), requires_grad=False)  # "loaded from checkpoint"
-    for m in (layer, gens["4x6"]):
-        m.to_empty(device="cpu")
-        m.initialize_parameters()
-    x = torch.randn(2, 6)
-    assert all(torch.isfinite(p).all() for p in layer.parameters())
-    assert torch.equal(layer(x), F.linear(x, layer.weight))  # zero_init default
-
-
-@pytest.mark.parametrize(
-    "kwargs,field",
-    [
-        ({"act_in": "swish"}, "act_in"),
-        ({"act_out": "Gelu"}, "act_out"),
-        ({"shared_dim": 0, "specific_dim": 0}, "shared_dim \\+ specific_dim"),
-        ({"shared_dim": -1}, "shared_dim"),
-        ({"specific_dim": 1.5}, "specific_dim"),
-        ({"dropout": 1.0}, "dropout"),
-        ({"dropout": -0.1}, "dropout"),
-        ({"ratio": float("nan")}, "ratio"),
-        ({"scaling": float("inf")}, "scaling"),
-        ({"init_a": "orthogonal"}, "init_a"),
-        ({"stages": "diagonal"}, "stages"),
-    ],
-)
-def test_bad_config_names_the_field(kwargs, field):
-    with pytest.raises(ValueError, match=field):
-        GenFTConfig(**kwargs)
 
 
 def test_unknown_activation_lists_allowed_values():

@@ -16,7 +16,7 @@ from _layer_references import (
     wegeft_reference_output,
 )
 
-from torchtune.modules.peft import get_adapter_params, set_trainable_params
+from torchtune.modules.peft import get_adapter_params
 
 from genft_tune.modules import GenFTConfig, GenFTGenerators, genft_linear
 from genft_tune.modules.wegeft import (
@@ -178,8 +178,10 @@ def test_dw_is_zero_at_step_zero(in_dim, out_dim, shared):
     assert layer.factors.phi.grad.abs().sum() > 0
 
 
-# (merge / unmerge / disable_adapter and the eval cache's freshness, the same for both
-# methods: test_adapter_layers.py and test_eval_cache.py)
+# (merge / unmerge / disable_adapter, the factors once in the state dict and optimizer,
+# the state-dict merge's errors, an NF4 base, meta-device construction, bad configs and the
+# eval cache's freshness, the same for both methods: test_adapter_layers.py and
+# test_eval_cache.py)
 
 
 def test_merge_writes_w0_plus_the_reference_delta():
@@ -200,32 +202,13 @@ SHAPES_MODEL = {
 }
 
 
-def test_shared_factors_once_in_state_dict_and_optimizer():
-    torch.manual_seed(6)
+def test_shared_factors_adapter_state_dict_and_config():
+    """The adapter's state dict and config of a model with shared factors (the factors
+    once in the state dict and optimizer: test_adapter_layers.py)."""
     cfg = WeGeFTConfig(rank=2, alpha=4.0, shared=True)
     model = TinyWeGeFT(cfg, SHAPES_MODEL)
-    L = model.layers
-    assert L["q0"].factors is L["q1"].factors and L["k0"].factors is not L["q0"].factors
-    keys = list(model.state_dict())
-    assert len(keys) == len(set(keys))
-    assert sorted(k for k in keys if is_wegeft_key(k)) == sorted(
-        f"wegeft_factors.{t}.{n}" for t in ("q_proj", "k_proj", "v_proj") for n in ("phi", "psi")
-    )
     adapter = get_adapter_params(model)
-    assert set(adapter) == {k for k in keys if is_wegeft_key(k)}
-    assert len({id(p) for p in adapter.values()}) == len(adapter) == 6
-    set_trainable_params(model, adapter)
-    assert not L["q0"].weight.requires_grad and L["q0"].factors.phi.requires_grad
-    opt = torch.optim.AdamW(trainable(model), lr=1e-3)
-    assert sum(len(g["params"]) for g in opt.param_groups) == 6
-    # both layers of a type feed gradient into the one shared tensor
-    x = torch.randn(2, 8)
-    with torch.no_grad():
-        L["q0"].factors.phi.normal_()
-    g0 = torch.autograd.grad(L["q0"](x).sum(), L["q0"].factors.psi)[0]
-    g1 = torch.autograd.grad(L["q1"](x).sum(), L["q0"].factors.psi)[0]
-    g01 = torch.autograd.grad((L["q0"](x) + L["q1"](x)).sum(), L["q0"].factors.psi)[0]
-    torch.testing.assert_close(g01, g0 + g1)
+    assert len(adapter) == 6  # phi, psi of q_proj, k_proj, v_proj
     assert set(get_wegeft_adapter_state_dict(model.state_dict())) == set(adapter)
     assert get_wegeft_config(model) is cfg
 
@@ -287,48 +270,7 @@ def test_merge_state_dict_plain_target_list(shared):
         assert not torch.equal(by_map[k], sd[k])
 
 
-def test_merge_state_dict_errors_name_the_key():
-    cfg = WeGeFTConfig(rank=2, shared=True)
-    model = TinyWeGeFT(cfg, {"q_proj": ("q_proj", 4, 6)})
-    sd = model.state_dict()
-    with pytest.raises(ValueError, match="wegeft_factors.q_proj.psi"):
-        merge_wegeft_state_dict({k: v for k, v in sd.items() if not k.endswith("psi")},
-                                config=cfg, target_modules=["layers.q_proj"])
-    with pytest.raises(ValueError, match="nope"):
-        merge_wegeft_state_dict(sd, config=cfg, target_modules=["nope"])
-    bad = dict(sd, **{"wegeft_factors.q_proj.phi": torch.zeros(3, 4)})
-    with pytest.raises(ValueError, match="phi has shape \\(3, 4\\), expected \\(2, 4\\)"):
-        merge_wegeft_state_dict(bad, config=cfg, target_modules=["layers.q_proj"])
-
-
-# ---- NF4, meta device ----------------------------------------------------------------
-
-
-def test_nf4_base_forward_backward():
-    from torchao.dtypes.nf4tensor import NF4Tensor
-
-    torch.manual_seed(8)
-    cfg = WeGeFTConfig(rank=4, alpha=8.0, shared=True)
-    shared = WeGeFTSharedFactors(cfg)
-    with pytest.raises(ValueError, match="cannot store a \\(64, 128\\) weight in NF4"):
-        wegeft_linear(128, 64, factors=shared.get("q_proj", 128), quantize_base=True)
-    layer = wegeft_linear(256, 128, factors=shared.get("o_proj", 256), quantize_base=True)
-    layer.to(torch.bfloat16)
-    shared.to(torch.bfloat16)
-    with torch.no_grad():
-        layer.factors.phi.normal_(std=0.05)
-    assert isinstance(layer.weight, NF4Tensor)
-    x = torch.randn(3, 256, dtype=torch.bfloat16)
-    out = layer(x)
-    out.float().pow(2).sum().backward()
-    assert layer.factors.phi.grad is not None and layer.factors.psi.grad is not None
-    expected = wegeft_reference_output(layer, x)  # from the dequantised W0
-    torch.testing.assert_close(out.double(), expected, rtol=0.05, atol=0.05)
-    layer.eval()
-    with torch.no_grad():
-        torch.testing.assert_close(layer(x).double(), expected, rtol=0.05, atol=0.05)
-    with pytest.raises(RuntimeError, match="NF4"):
-        layer.merge()
+# ---- NF4 ---------------------------------------------------------------------------------
 
 
 def test_nf4_recompute_gives_same_gradients():
@@ -349,42 +291,7 @@ def test_nf4_recompute_gives_same_gradients():
         torch.testing.assert_close(a, b)
 
 
-@pytest.mark.parametrize("shared", [True, False])
-def test_meta_device_construction_then_initialize(shared):
-    cfg = WeGeFTConfig(rank=2, shared=shared)
-    with torch.device("meta"):
-        model = TinyWeGeFT(cfg, {"q": ("q_proj", 6, 4)})
-    layer = model.layers["q"]
-    layer.weight = nn.Parameter(torch.randn(4, 6), requires_grad=False)  # "loaded from checkpoint"
-    for m in model.modules():
-        if isinstance(m, (WeGeFTLinear, WeGeFTFactors)):
-            m.to_empty(device="cpu")
-            m.initialize_parameters()
-    assert all(p.device.type == "cpu" and torch.isfinite(p).all() for p in model.parameters())
-    x = torch.randn(2, 6)
-    assert torch.equal(layer(x), F.linear(x, layer.weight))  # phi = 0
-
-
 # ---- configuration and misuse ----------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "kwargs,field",
-    [
-        ({"rank": 0}, "rank"),
-        ({"rank": 2.0}, "rank"),
-        ({"rank": True}, "rank"),
-        ({"alpha": float("nan")}, "alpha"),
-        ({"alpha": "8"}, "alpha"),
-        ({"dropout": 1.0}, "dropout"),
-        ({"dropout": -0.1}, "dropout"),
-        ({"shared": 1}, "shared"),
-        ({"recompute": "yes"}, "recompute"),
-    ],
-)
-def test_bad_config_names_the_field(kwargs, field):
-    with pytest.raises(ValueError, match=field):
-        WeGeFTConfig(**kwargs)
 
 
 def test_config_scaling_and_defaults():
