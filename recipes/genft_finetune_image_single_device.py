@@ -312,8 +312,12 @@ class GenFTImageClassificationRecipeSingleDevice(FTRecipeInterface):
         model = self._model
         adapter = self._adapter
         lora = {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
+        if adapter:  # the method's PEFT type, as its registry entry names it (None: it has no PEFT format)
+            peft_type = adapter.kind.peft_names.peft_type if adapter.kind.peft_names else None
+        else:
+            peft_type = "LORA" if lora else "NONE"
         cfg: Dict[str, Any] = {
-            "peft_type": adapter.name.upper() if adapter else "LORA" if lora else "NONE",
+            "peft_type": peft_type,
             "target_modules": sorted(adapter.target_modules if adapter else lora),
             "trainable_modules": self._trainable_modules,
             "num_classes": model.num_classes,

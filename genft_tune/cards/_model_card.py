@@ -23,7 +23,7 @@ from genft_tune._fs import write_atomically, write_text_atomically
 from genft_tune.cards._base import base_card as read_base_card, front_matter, HUB_ID
 from genft_tune.models._families import FAMILIES
 from genft_tune.modules import get_adapter_kind
-from genft_tune.modules._method import method_name_in_file
+from genft_tune.modules._method import adapter_kind_for_peft_type, method_name_in_file
 
 log = logging.getLogger(__name__)
 
@@ -181,8 +181,8 @@ def _same_value(a: Any, b: Any) -> bool:
     return str(a) == str(b)
 
 
-def _config_contradiction(config_path: Path, genft: Dict[str, Any]) -> Optional[str]:
-    """Why the run's ``torchtune_config.yaml`` does not belong to the adapter ``genft``
+def _config_contradiction(config_path: Path, adapter_meta: Dict[str, Any]) -> Optional[str]:
+    """Why the run's ``torchtune_config.yaml`` does not belong to the adapter ``adapter_meta``
     (a later start in the same ``output_dir`` rewrote it), or None when it agrees with
     every hyperparameter the adapter recorded."""
     try:
@@ -190,13 +190,13 @@ def _config_contradiction(config_path: Path, genft: Dict[str, Any]) -> Optional[
     except yaml.YAMLError:
         return f"the run's {config_path} is not valid YAML"
     model = cfg.get("model") if isinstance(cfg, dict) else None
-    if not genft or not isinstance(model, dict):
+    if not adapter_meta or not isinstance(model, dict):
         return None
     try:
-        kind = get_adapter_kind(method_name_in_file(genft))
+        kind = get_adapter_kind(method_name_in_file(adapter_meta))
     except ValueError:
         return None
-    hyper = genft.get(f"{kind.name}_config") or {}
+    hyper = adapter_meta.get(f"{kind.name}_config") or {}
     for key, value in hyper.items():
         theirs = model.get(key)
         if key in model and not (isinstance(theirs, str) and "${" in theirs) and not _same_value(theirs, value):
@@ -243,15 +243,15 @@ def read_adapter_json(folder: PathLike) -> Dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def find_run_files(folder: PathLike, genft: Optional[Dict[str, Any]] = None) -> RunFiles:
+def find_run_files(folder: PathLike, adapter_meta: Optional[Dict[str, Any]] = None) -> RunFiles:
     """The training run's files for ``folder`` (a merged model or adapter checkpoint), in
     the folder itself or its parent (a recipe's ``output_dir``, whose ``epoch_N``/``step_N``
     the folder is): the config, and every metric log under ``logs/`` (a whole run across
     resumes). The config is left out (``config_problem`` says why) when it contradicts the
-    hyperparameters of the checkpoint's own adapter (``genft``, default: the folder's
-    ``genft_config.json``)."""
+    hyperparameters of the checkpoint's own adapter (``adapter_meta``: its adapter json,
+    default: the folder's ``genft_config.json``)."""
     folder = Path(folder)
-    genft = read_adapter_json(folder) if genft is None else genft
+    adapter_meta = read_adapter_json(folder) if adapter_meta is None else adapter_meta
     found = RunFiles(searched=[folder, folder.parent])
     for parent in (folder, folder.parent):
         if found.config is None and (parent / TRAINING_CONFIG_FILE).is_file():
@@ -262,7 +262,7 @@ def find_run_files(folder: PathLike, genft: Optional[Dict[str, Any]] = None) -> 
             elif (parent / "logs").is_dir():
                 found.logs = sorted((p for p in (parent / "logs").glob("*.txt") if p.is_file()), key=_log_order)
     if found.config is not None:
-        found.config_problem = _config_contradiction(found.config, genft)
+        found.config_problem = _config_contradiction(found.config, adapter_meta)
         if found.config_problem:
             found.config = None
     return found
@@ -278,7 +278,7 @@ def _hub_id(value: Any) -> Optional[str]:
 
 
 def _base_model(
-    genft: Dict[str, Any], base_card: Dict[str, Any], override: Optional[str], *also: Optional[str]
+    adapter_meta: Dict[str, Any], base_card: Dict[str, Any], override: Optional[str], *also: Optional[str]
 ) -> Optional[str]:
     """The base's Hub id: ``override``, else the adapter's recorded ``base_model`` when it
     is a Hub id, else the base card's own ``base_model``, else the first Hub id among
@@ -288,7 +288,7 @@ def _base_model(
         if not HUB_ID.match(override):
             raise ValueError(f"--base-model must be a Hub id like ORG/NAME, got {override!r}")
         return override
-    recorded = genft.get("base_model")
+    recorded = adapter_meta.get("base_model")
     from_card = base_card.get("base_model")
     for candidate in (recorded, from_card if isinstance(from_card, str) else None, *also):
         if _hub_id(candidate):
@@ -334,23 +334,23 @@ def _metric_lines(run_files: RunFiles) -> List[str]:
 
 
 def _sections(
-    genft: Dict[str, Any], run_files: RunFiles, loss_curve: Optional[str], *, run: bool = True
+    adapter_meta: Dict[str, Any], run_files: RunFiles, loss_curve: Optional[str], *, run: bool = True
 ) -> List[str]:
     """The card's body after its usage: hyperparameters, final metrics, loss curve and
     training configuration (each when known)."""
     lines: List[str] = []
-    if genft:
-        kind = get_adapter_kind(method_name_in_file(genft))
-        cfg = genft.get(f"{kind.name}_config", {})
+    if adapter_meta:
+        kind = get_adapter_kind(method_name_in_file(adapter_meta))
+        cfg = adapter_meta.get(f"{kind.name}_config", {})
         lines += [f"## {kind.label} hyperparameters", "", "| parameter | value |", "|---|---|"]
         lines += [f"| {k} | {_fmt(v)} |" for k, v in cfg.items()]
-        targets = genft.get("target_modules", [])
+        targets = adapter_meta.get("target_modules", [])
         suffixes = sorted({t.rsplit(".", 1)[-1] for t in targets})
-        n_params = sum(_numel(s) for s in genft.get("tensor_shapes", {}).values())
+        n_params = sum(_numel(s) for s in adapter_meta.get("tensor_shapes", {}).values())
         lines += [
             f"| target modules | {len(targets)} ({', '.join(suffixes)}) |",
             f"| adapter parameters | {n_params:,} |",
-            f"| genft_tune version | {genft.get('genft_tune_version', 'unknown')} |",
+            f"| genft_tune version | {adapter_meta.get('genft_tune_version', 'unknown')} |",
             "",
         ]
     if not run:
@@ -446,16 +446,16 @@ def _merged_card(
     run_sections: bool = True,
     note: Optional[str] = None,
 ) -> str:
-    genft = find_adapter_json(folder)
+    adapter_meta = find_adapter_json(folder)
     hf_format = (folder / "config.json").is_file()
     try:
-        base_model = _base_model(genft, base_card, base_model)
+        base_model = _base_model(adapter_meta, base_card, base_model)
     except BaseModelUnknown:
         if strict_base:
             raise
         base_model = None
     license = license or base_card.get("license")
-    kind = get_adapter_kind(method_name_in_file(genft))
+    kind = get_adapter_kind(method_name_in_file(adapter_meta))
 
     meta: Dict[str, Any] = {}
     if base_model:
@@ -483,8 +483,8 @@ def _merged_card(
     if hf_format:
         cls = "AutoModelForImageClassification" if meta.get("pipeline_tag") == "image-classification" else "AutoModelForCausalLM"
         lines += ["## Usage", "", "```python", f"from transformers import {cls}", "", f'model = {cls}.from_pretrained("{load_id}")', "```", ""]
-    run_files = find_run_files(folder, genft) if run_files is None and run_sections else run_files
-    lines += _sections(genft, run_files or RunFiles(), loss_curve, run=run_sections)
+    run_files = find_run_files(folder, adapter_meta) if run_files is None and run_sections else run_files
+    lines += _sections(adapter_meta, run_files or RunFiles(), loss_curve, run=run_sections)
     return _card(meta, lines)
 
 
@@ -560,19 +560,20 @@ def _adapter_base_class(peft_config: Dict[str, Any], genft: Dict[str, Any], hf_c
 def adapter_base_model(
     peft_config: Dict[str, Any],
     *,
-    genft: Optional[Dict[str, Any]] = None,
+    adapter_meta: Optional[Dict[str, Any]] = None,
     base_card: Optional[Dict[str, Any]] = None,
     override: Optional[str] = None,
 ) -> str:
     """The Hub id of a PEFT adapter's base (what its card and its published
-    ``adapter_config.json`` name): ``override``, our json's, the base card's, or PEFT's
+    ``adapter_config.json`` name): ``override``, our json's (``adapter_meta``: the
+    ``genft_config.json`` of the same adapter), the base card's, or PEFT's
     ``base_model_name_or_path``.
 
     Raises:
         BaseModelUnknown: when none of them is a Hub id.
     """
     recorded = peft_config.get("base_model_name_or_path")
-    base = _base_model(genft or {}, base_card or {}, override, recorded)
+    base = _base_model(adapter_meta or {}, base_card or {}, override, recorded)
     if base is None:
         raise BaseModelUnknown("the adapter records no base model: pass --base-model ORG/NAME")
     return base
@@ -582,7 +583,7 @@ def build_adapter_card(
     peft_dir: PathLike,
     *,
     repo_id: str,
-    genft: Optional[Dict[str, Any]] = None,
+    adapter_meta: Optional[Dict[str, Any]] = None,
     base_card: Optional[Dict[str, Any]] = None,
     license: Optional[str] = None,
     base_model: Optional[str] = None,
@@ -595,8 +596,8 @@ def build_adapter_card(
     Args:
         peft_dir (PathLike): holds ``adapter_config.json`` + ``adapter_model.safetensors``.
         repo_id (str): the adapter's Hub id, for the title and the usage snippet.
-        genft (Optional[Dict[str, Any]]): our ``genft_config.json`` of the same adapter
-            (hyperparameters table).
+        adapter_meta (Optional[Dict[str, Any]]): our ``genft_config.json`` of the same
+            adapter (hyperparameters table).
         base_card (Optional[Dict[str, Any]]): front matter of the base's own card.
         license (Optional[str]): overrides the base card's license.
         base_model (Optional[str]): the base's Hub id, overriding ``base_model_name_or_path``.
@@ -613,11 +614,12 @@ def build_adapter_card(
         BaseModelUnknown: when the base's Hub id is unknown.
     """
     peft_config = json.loads((Path(peft_dir) / PEFT_CONFIG_FILE).read_text())
-    genft, base_card = dict(genft or {}), dict(base_card or {})
-    base_model = adapter_base_model(peft_config, genft=genft, base_card=base_card, override=base_model)
-    method = str(peft_config.get("peft_type", "GENFT")).lower()
-    kind = get_adapter_kind(method)
-    pipeline_tag, cls, load_kwargs = _adapter_base_class(peft_config, genft, hf_config or {})
+    adapter_meta, base_card = dict(adapter_meta or {}), dict(base_card or {})
+    base_model = adapter_base_model(peft_config, adapter_meta=adapter_meta, base_card=base_card, override=base_model)
+    # the method whose PEFT type the config names (a config without one: our json's method)
+    peft_type = peft_config.get("peft_type")
+    kind = adapter_kind_for_peft_type(peft_type) if peft_type else get_adapter_kind(method_name_in_file(adapter_meta))
+    pipeline_tag, cls, load_kwargs = _adapter_base_class(peft_config, adapter_meta, hf_config or {})
     meta: Dict[str, Any] = {"base_model": base_model, "library_name": "peft", "tags": _tags(kind.name, base_card)}
     license = license or base_card.get("license")
     if license:
@@ -647,7 +649,7 @@ def build_adapter_card(
         "```",
         "",
     ]
-    lines += _sections(genft, run_files or RunFiles(), loss_curve)
+    lines += _sections(adapter_meta, run_files or RunFiles(), loss_curve)
     return _card(meta, lines)
 
 

@@ -267,21 +267,21 @@ def stage_adapter(
         hint = f"write one with `genft-tune export-peft {folder}`" if (folder / ADAPTER_CONFIG_FILE).is_file() else \
             "expected a recipe's checkpoint folder or the output of `genft-tune export-peft`"
         raise FileNotFoundError(f"no PEFT GenFT/WeGeFT adapter in {folder} or {folder / PEFT_SUBDIR}: {hint}")
-    genft_path = folder / ADAPTER_CONFIG_FILE
-    genft = json.loads(genft_path.read_text()) if genft_path.is_file() else {}
-    base_dir = next((p for p in ((genft.get("extra") or {}).get("base_model_path"), genft.get("base_model"))
-                     if p and Path(p).is_dir()), None)
-    run_files = find_run_files(folder, genft)
+    adapter_config_path = folder / ADAPTER_CONFIG_FILE
+    adapter_meta = json.loads(adapter_config_path.read_text()) if adapter_config_path.is_file() else {}
+    recorded = ((adapter_meta.get("extra") or {}).get("base_model_path"), adapter_meta.get("base_model"))
+    base_dir = next((p for p in recorded if p and Path(p).is_dir()), None)
+    run_files = find_run_files(folder, adapter_meta)
     card = base_card(base_dir) or folder_base_card(folder)
     peft_config = json.loads((peft_dir / PEFT_CONFIG_FILE).read_text())
     # the published config names the base by its Hub id (not the trainer's local path)
     peft_config["base_model_name_or_path"] = adapter_base_model(
-        peft_config, genft=genft, base_card=card, override=base_model
+        peft_config, adapter_meta=adapter_meta, base_card=card, override=base_model
     )
     staging.mkdir(parents=True, exist_ok=True)
     hf_config_path = Path(base_dir) / "config.json" if base_dir else None
     hf_config = json.loads(hf_config_path.read_text()) if hf_config_path and hf_config_path.is_file() else {}
-    build = dict(repo_id=repo_id, genft=genft, base_card=card, license=license,
+    build = dict(repo_id=repo_id, adapter_meta=adapter_meta, base_card=card, license=license,
                  base_model=peft_config["base_model_name_or_path"], run_files=run_files, hf_config=hf_config)
     (staging / PEFT_CONFIG_FILE).write_text(json.dumps(peft_config, indent=2) + "\n")
     _place(peft_dir / PEFT_WEIGHTS_FILE, staging / PEFT_WEIGHTS_FILE, copy)
