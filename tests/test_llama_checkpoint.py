@@ -23,13 +23,12 @@ from _tiny_llama import (
     tokens,
     write_tiny_checkpoint,
 )
-from genft_tune.modules import load_base_checkpoint
+from genft_tune.modules import load_base_checkpoint, validate_missing_and_unexpected
 from genft_tune.modules import merge_genft_state_dict
 from genft_tune.modules.genft import (
     get_genft_config,
     get_genft_modules,
     is_genft_key,
-    validate_missing_and_unexpected_for_genft,
 )
 
 ATOL = 1e-5
@@ -87,8 +86,8 @@ def test_checkpointer_keys_load_with_only_genft_missing(ckpt):
     result = model.load_state_dict(ckpt["state_dict"], strict=False)
     assert result.missing_keys and all(is_genft_key(k) for k in result.missing_keys)
     assert result.unexpected_keys == []
-    validate_missing_and_unexpected_for_genft(
-        missing_keys=result.missing_keys, unexpected_keys=result.unexpected_keys
+    validate_missing_and_unexpected(
+        missing_keys=result.missing_keys, unexpected_keys=result.unexpected_keys, is_key=is_genft_key
     )
     assert ("output.weight" in ckpt["state_dict"]) == (not ckpt["tie"])
 

@@ -13,7 +13,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from genft_tune.modules import adapter_kinds, adapter_layers, AdapterKind, get_adapter_kind
+from genft_tune.modules import adapter_layers, AdapterKind, get_adapter_kind
 from genft_tune.modules._apply import adapter_kind_of
 from genft_tune.modules._method import method_name_in_file, validate_missing_and_unexpected
 from genft_tune.training._targets import check_adapter_targets, ATTN_MODULES

@@ -11,7 +11,7 @@ Any other size: ``llama_genft(...)`` with its numbers, or
 """
 
 from functools import partial
-from typing import Any, Callable, Dict
+from typing import Callable, Dict
 
 from torchtune.modules import TransformerDecoder
 

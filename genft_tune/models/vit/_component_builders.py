@@ -22,7 +22,7 @@ from torchtune.modules.peft import LoRALinear
 
 from genft_tune.modules import apply_adapter, GenFTConfig, WeGeFTConfig
 from genft_tune.modules._builder_args import shared_args_doc, takes_config_fields
-from genft_tune.modules._apply import ATTN_MODULES, check_attn_modules
+from genft_tune.modules._apply import check_attn_modules
 from genft_tune.modules.wegeft.config import BUILDER_KEYWORDS
 from genft_tune.models.vit._model import StochasticDepth, ViTClassifier
 

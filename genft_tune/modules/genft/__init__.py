@@ -35,7 +35,6 @@ from genft_tune.modules.genft.model import (
     get_genft_modules,
     is_genft_key,
     merge_genft_state_dict,
-    validate_missing_and_unexpected_for_genft,
 )
 
 __all__ = [
@@ -55,5 +54,4 @@ __all__ = [
     "is_genft_key",
     "merge_genft_state_dict",
     "merged_weight_fp32",
-    "validate_missing_and_unexpected_for_genft",
 ]

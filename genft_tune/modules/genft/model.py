@@ -1,11 +1,12 @@
 """GenFT at the model level: its layers, its state-dict keys, merging ``dW`` into plain
 weights, a fresh adapter for a model, and :data:`GENFT`, its :class:`AdapterKind`.
 
-torchtune's ``get_merged_lora_ckpt`` and ``validate_missing_and_unexpected_for_lora``
-hard-code LoRA's key names and merge formula; these are GenFT's counterparts.
+torchtune's ``get_merged_lora_ckpt`` hard-codes LoRA's key names and merge formula;
+:func:`merge_genft_state_dict` is GenFT's counterpart (loading checks serve every method:
+:func:`genft_tune.modules.validate_missing_and_unexpected`).
 """
 
-from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -16,7 +17,6 @@ from genft_tune.modules._method import (
     PeftNames,
     register_adapter_kind,
     renamed_prefix,
-    validate_missing_and_unexpected,
 )
 from genft_tune.modules.genft.config import GenFTConfig
 from genft_tune.modules.genft.generator import (
@@ -66,27 +66,6 @@ def get_genft_adapter_state_dict(
         for k, v in state_dict.items()
         if is_genft_key(k)
     }
-
-
-def validate_missing_and_unexpected_for_genft(
-    *,
-    missing_keys: Iterable[str],
-    unexpected_keys: Iterable[str],
-    base_loaded: bool = True,
-    adapter_loaded: bool = False,
-    is_key: Callable[[str], bool] = is_genft_key,
-    label: str = "GenFT",
-) -> None:
-    """torchtune's ``validate_missing_and_unexpected_for_lora`` for GenFT: see
-    :func:`genft_tune.modules.validate_missing_and_unexpected`."""
-    validate_missing_and_unexpected(
-        missing_keys=missing_keys,
-        unexpected_keys=unexpected_keys,
-        base_loaded=base_loaded,
-        adapter_loaded=adapter_loaded,
-        is_key=is_key,
-        label=label,
-    )
 
 
 def _check_tensors(found, expected, prefix: str, what: str) -> None:
