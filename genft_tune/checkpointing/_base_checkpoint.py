@@ -1,5 +1,6 @@
-"""Reading a base checkpoint directory: its weight files, its ``config.json`` and the
-model family's key converter between its layout and torchtune's.
+"""Reading a base checkpoint directory: its weight files (read by
+:mod:`genft_tune._weights`), its ``config.json`` and the model family's key converter
+between its layout and torchtune's.
 
 The bottom of :mod:`genft_tune.checkpointing`: merge, verify, PEFT export and LoRA export
 all read bases through this module; it imports none of them.
@@ -12,17 +13,24 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
-from safetensors import safe_open
 from torchtune.models import convert_weights
 
+from genft_tune._weights import (
+    iter_tensors,
+    SAFETENSORS_INDEX_FILE,
+    slice_shape,
+    tensor_shapes,
+    TORCH_BIN_FILE,
+    TORCH_SUFFIXES,
+    weight_files,
+    WEIGHT_SUFFIXES,
+)
 from genft_tune.models._families import Family, get_family
 
 PathLike = Union[str, os.PathLike]
 StateDictFn = Callable[[Dict[str, torch.Tensor]], Dict[str, torch.Tensor]]
 
-HF_INDEX_FILE = "model.safetensors.index.json"
-TORCH_SUFFIXES = (".pth", ".pt")
-WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+HF_INDEX_FILE = SAFETENSORS_INDEX_FILE
 
 
 @dataclass
@@ -80,45 +88,25 @@ def torch_converter(keys: List[str]) -> KeyConverter:
 class BaseCheckpoint:
     """The weight files of a base checkpoint directory."""
 
-    format: str  # "hf" (safetensors) or "torch" (.pt/.pth)
+    format: str  # "hf" (Hugging Face's layout: safetensors or pytorch_model.bin) or "torch" (.pt/.pth...)
     files: List[Path]
     config: Optional[Dict[str, Any]]
 
     def iter_file(self, path: Path, lazy: bool = False) -> Iterator[Tuple[str, Any]]:
         """``(key, tensor)`` of one file, one tensor in memory at a time (safetensors)
         or memory-mapped (torch); ``lazy`` yields safetensors slices instead."""
-        if self.format == "hf":
-            try:
-                with safe_open(str(path), framework="pt") as f:
-                    for key in f.keys():
-                        yield key, (f.get_slice(key) if lazy else f.get_tensor(key))
-            except Exception as e:
-                if isinstance(e, (KeyboardInterrupt, GeneratorExit)):
-                    raise
-                raise ValueError(f"cannot read base checkpoint file {path}: {e}") from e
-        else:
-            try:
-                sd = torch.load(str(path), map_location="cpu", mmap=True, weights_only=True)
-            except Exception as e:
-                raise ValueError(f"cannot read base checkpoint file {path}: {e}") from e
-            if "model" in sd and isinstance(sd["model"], dict):
-                sd = sd["model"]
-            for key, tensor in sd.items():
-                yield key, tensor
+        return iter_tensors(path, lazy=lazy)
 
     def shapes(self) -> Dict[str, Tuple[int, ...]]:
         """``{key: shape}`` of every tensor, read from the headers (safetensors) or
         memory-mapped (torch)."""
-        return {k: slice_shape(v) for path in self.files for k, v in self.iter_file(path, lazy=True)}
-
-
-def slice_shape(value: Any) -> Tuple[int, ...]:
-    """The shape of a tensor or of a lazy safetensors slice."""
-    return tuple(value.get_shape()) if hasattr(value, "get_shape") else tuple(value.shape)
+        return tensor_shapes(self.files)
 
 
 def find_base_checkpoint(base_dir: PathLike) -> BaseCheckpoint:
-    """Detect the format and weight files of a base checkpoint directory.
+    """Detect the format and weight files of a base checkpoint directory
+    (:func:`genft_tune._weights.weight_files`): Hugging Face's layout for safetensors and
+    ``pytorch_model.bin``, torchtune's or Meta's for other torch files.
 
     Raises:
         FileNotFoundError: if the directory has no supported weight files.
@@ -129,24 +117,14 @@ def find_base_checkpoint(base_dir: PathLike) -> BaseCheckpoint:
         raise FileNotFoundError(f"base checkpoint directory {base_dir} {what}")
     config_path = base_dir / "config.json"
     config = json.loads(config_path.read_text()) if config_path.is_file() else None
-    index = base_dir / HF_INDEX_FILE
-    if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        files = [base_dir / name for name in sorted(set(weight_map.values()))]
-        missing = [str(f) for f in files if not f.is_file()]
-        if missing:
-            raise FileNotFoundError(f"{index} names missing shard(s) {missing[:3]}")
-        return BaseCheckpoint("hf", files, config)
-    safetensors_files = sorted(base_dir.glob("*.safetensors"))
-    if safetensors_files:
-        return BaseCheckpoint("hf", safetensors_files, config)
-    torch_files = sorted(p for p in base_dir.iterdir() if p.suffix in TORCH_SUFFIXES)
-    if torch_files:
-        return BaseCheckpoint("torch", torch_files, config)
-    raise FileNotFoundError(
-        f"no base weights in {base_dir}: expected {HF_INDEX_FILE}, *.safetensors, "
-        "or consolidated.00.pth / *.pt"
-    )
+    files = weight_files(base_dir)
+    if not files:
+        raise FileNotFoundError(
+            f"no base weights in {base_dir}: expected {HF_INDEX_FILE}, *.safetensors, {TORCH_BIN_FILE}, "
+            "or consolidated.00.pth / *.pt"
+        )
+    hf = files[0].suffix == ".safetensors" or files == [base_dir / TORCH_BIN_FILE]
+    return BaseCheckpoint("hf" if hf else "torch", files, config)
 
 
 def base_layout(source: BaseCheckpoint, base_dir: Path):

@@ -66,6 +66,19 @@ def decoder_dims(config: Dict[str, Any]) -> Dict[str, Any]:
     )
 
 
+def decoder_sizes(config: Dict[str, Any]) -> Dict[str, Any]:
+    """What a torchtune decoder builder takes to build the size of a Hugging Face
+    ``config.json`` (the pre-flight's advice): :func:`decoder_dims` less ``norm_eps`` (not
+    a size), plus ``head_dim`` and ``tie_word_embeddings`` where the config gives them."""
+    kwargs = decoder_dims(config)
+    kwargs.pop("norm_eps", None)
+    if config.get("head_dim"):
+        kwargs["head_dim"] = config["head_dim"]
+    if config.get("tie_word_embeddings") is not None:
+        kwargs["tie_word_embeddings"] = bool(config["tie_word_embeddings"])
+    return kwargs
+
+
 def prompt_input(base_dir: Path, config: Dict[str, Any], prompt: str) -> torch.Tensor:
     """A decoder's ``--verify`` input: ``prompt`` tokenized with the checkpoint's tokenizer
     when it has one, else its bytes."""
@@ -138,6 +151,10 @@ class Family:
         checkpointer_types (Tuple[str, ...]): the ``checkpointer.model_type`` values of
             torchtune's checkpointers that read the family's checkpoints, the one to
             suggest first; empty: read by the family's own code only (ViT).
+        sizes (Callable): ``config -> keyword arguments`` of the family's builder that give
+            the checkpoint's size (:func:`decoder_sizes`; the pre-flight's advice).
+        classifier_key (str): the torchtune key of a classifier's output weight, which an
+            adapter may train and save (ViT's ``head.weight``); None for decoders.
     """
 
     name: str
@@ -155,6 +172,8 @@ class Family:
     output_names: Callable[[Iterable[str], Mapping[str, torch.Tensor]], Tuple[NameMap, NameMap]] = same_names
     torchtune_checkpointer: Optional[TorchtuneCheckpointer] = None
     checkpointer_types: Tuple[str, ...] = ()
+    sizes: Callable[[Dict[str, Any]], Dict[str, Any]] = decoder_sizes
+    classifier_key: Optional[str] = None
 
     @property
     def is_decoder(self) -> bool:
@@ -240,8 +259,9 @@ def _build_qwen3(config):
     )
 
 
-def _build_vit(config: Dict[str, Any], num_classes: Optional[int] = None) -> nn.Module:
-    return vit(
+def _vit_sizes(config: Dict[str, Any]) -> Dict[str, Any]:
+    """:func:`~genft_tune.models.vit.vit`'s sizes of a ``config.json``."""
+    return dict(
         image_size=config["image_size"],
         patch_size=config["patch_size"],
         num_channels=config.get("num_channels", 3),
@@ -249,6 +269,12 @@ def _build_vit(config: Dict[str, Any], num_classes: Optional[int] = None) -> nn.
         num_layers=config["num_hidden_layers"],
         num_heads=config["num_attention_heads"],
         mlp_dim=config["intermediate_size"],
+    )
+
+
+def _build_vit(config: Dict[str, Any], num_classes: Optional[int] = None) -> nn.Module:
+    return vit(
+        **_vit_sizes(config),
         num_classes=num_classes or len(config.get("id2label") or {}) or 2,
         norm_eps=config.get("layer_norm_eps", 1e-12),
     )
@@ -343,6 +369,8 @@ FAMILIES: Dict[str, Family] = {
             plain_model=_vit_plain_model,
             merged_config=_vit_merged_config,
             output_names=_vit_output_names,
+            sizes=_vit_sizes,
+            classifier_key="head.weight",
         ),
     )
 }
@@ -352,6 +380,12 @@ def family_read_by(checkpointer_type: str) -> Optional[Family]:
     """The family whose checkpoints torchtune's checkpointer reads with
     ``model_type=checkpointer_type`` (``LLAMA3_2`` -> llama), or None."""
     return next((f for f in FAMILIES.values() if checkpointer_type in f.checkpointer_types), None)
+
+
+def find_family(config: Optional[Dict[str, Any]]) -> Optional[Family]:
+    """The family of a ``config.json``, or None (no config, or a model type no family
+    converts)."""
+    return FAMILIES.get((config or {}).get("model_type"))
 
 
 def get_family(config: Dict[str, Any]) -> Family:
@@ -368,9 +402,11 @@ def get_family(config: Dict[str, Any]) -> Family:
 
 __all__ = [
     "decoder_dims",
+    "decoder_sizes",
     "FAMILIES",
     "Family",
     "family_read_by",
+    "find_family",
     "get_family",
     "prompt_input",
     "rope_theta",

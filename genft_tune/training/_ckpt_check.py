@@ -9,15 +9,16 @@ import inspect
 import json
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from omegaconf import DictConfig
-from safetensors import safe_open
 from torchtune.config import instantiate
 from torchtune.config._utils import _get_component_from_path
 
-from genft_tune.models._families import decoder_dims, FAMILIES, family_read_by
+from genft_tune._weights import is_safetensors, tensor_shapes
+from genft_tune.checkpointing._base_checkpoint import hf_converter
+from genft_tune.models._families import decoder_sizes, family_read_by, find_family
 from genft_tune.training._model_adapter import find_model_adapter
 from genft_tune.training._state import ADAPTER_DIR_KEY, load_recipe_state, recipe_state_path
 
@@ -27,76 +28,48 @@ _DIM_NAMES = {
 }
 
 
-def _header_shapes(ckpt_dir: Path, files: Sequence[str]) -> Dict[str, List[int]]:
-    shapes: Dict[str, List[int]] = {}
-    for name in files:
-        if not name.endswith(".safetensors"):
-            return {}
-        with safe_open(str(ckpt_dir / name), framework="pt") as f:
-            for key in f.keys():
-                shapes[key] = list(f.get_slice(key).get_shape())
-    return shapes
+def _header_shapes(ckpt_dir: Path, files: Sequence[str]) -> Dict[str, Tuple[int, ...]]:
+    """``{key: shape}`` from the safetensors headers; empty for torch files (reading one
+    would cost a load)."""
+    paths = [ckpt_dir / name for name in files]
+    return tensor_shapes(paths) if all(is_safetensors(p) for p in paths) else {}
 
 
-def _checkpoint_dims(shapes: Dict[str, List[int]]) -> Dict[str, int]:
-    """The decoder's sizes from Hugging Face (or torchtune) tensor names."""
+def _tune_shapes(shapes: Dict[str, Tuple[int, ...]], config: Optional[Dict[str, Any]]) -> Dict[str, Tuple[int, ...]]:
+    """The checkpoint's shapes under torchtune's keys: through its family's key converter
+    (Hugging Face names; fused tensors such as Phi-3's ``gate_up_proj`` split); as they
+    are without a family (torchtune's own names)."""
+    if find_family(config) is None:
+        return shapes
+    converter = hf_converter(config)
+    return {t: s for k, v in shapes.items() for t, s in converter.tune_shapes(k, v).items()}
+
+
+def _dims(shapes: Dict[str, Tuple[int, ...]]) -> Dict[str, int]:
+    """The decoder's sizes from its torchtune tensor names (a checkpoint's or a model's)."""
     dims: Dict[str, int] = {}
-    layers = {int(m.group(1)) for k in shapes for m in [re.search(r"(?:^|\.)layers\.(\d+)\.", k)] if m}
+    layers = {int(m.group(1)) for k in shapes for m in [re.match(r"layers\.(\d+)\.", k)] if m}
     if layers:
         dims["num_layers"] = max(layers) + 1
-
-    def find(*suffixes: str) -> Optional[List[int]]:
-        for key, shape in shapes.items():
-            if any(key.endswith(s) for s in suffixes):
-                return shape
-        return None
-
-    emb = find("embed_tokens.weight", "tok_embeddings.weight")
-    if emb:
-        dims["vocab_size"], dims["embed_dim"] = emb
-    q, k = find("layers.0.self_attn.q_proj.weight", "layers.0.attn.q_proj.weight"), find(
-        "layers.0.self_attn.k_proj.weight", "layers.0.attn.k_proj.weight")
+    if "tok_embeddings.weight" in shapes:
+        dims["vocab_size"], dims["embed_dim"] = shapes["tok_embeddings.weight"]
+    q, k = shapes.get("layers.0.attn.q_proj.weight"), shapes.get("layers.0.attn.k_proj.weight")
     if q and k:
         dims["q_out"], dims["kv_out"] = q[0], k[0]
-    gate = find("layers.0.mlp.gate_proj.weight", "layers.0.mlp.w1.weight")
-    gate_up = find("layers.0.mlp.gate_up_proj.weight")
-    if gate:
-        dims["intermediate_dim"] = gate[0]
-    elif gate_up:
-        dims["intermediate_dim"] = gate_up[0] // 2
+    if "layers.0.mlp.w1.weight" in shapes:
+        dims["intermediate_dim"] = shapes["layers.0.mlp.w1.weight"][0]
     return dims
 
 
 def _model_dims(model: torch.nn.Module) -> Dict[str, int]:
-    dims: Dict[str, int] = {}
-    sd = {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()}
-    layers = {int(m.group(1)) for k in sd for m in [re.match(r"layers\.(\d+)\.", k)] if m}
-    if layers:
-        dims["num_layers"] = max(layers) + 1
-    if "tok_embeddings.weight" in sd:
-        dims["vocab_size"], dims["embed_dim"] = sd["tok_embeddings.weight"]
-    q, k = sd.get("layers.0.attn.q_proj.weight"), sd.get("layers.0.attn.k_proj.weight")
-    if q and k:
-        dims["q_out"], dims["kv_out"] = q[0], k[0]
-    if "layers.0.mlp.w1.weight" in sd:
-        dims["intermediate_dim"] = sd["layers.0.mlp.w1.weight"][0]
-    return dims
-
-
-def _fitting_kwargs(config: Dict[str, Any]) -> Dict[str, Any]:
-    kwargs = decoder_dims(config)
-    kwargs.pop("norm_eps", None)
-    if config.get("head_dim"):
-        kwargs["head_dim"] = config["head_dim"]
-    if config.get("tie_word_embeddings") is not None:
-        kwargs["tie_word_embeddings"] = bool(config["tie_word_embeddings"])
-    return kwargs
+    return _dims({k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()})
 
 
 def _suggestion(cfg_model: DictConfig, config: Optional[Dict[str, Any]], ckpt_dir: Path) -> str:
     if not config or "hidden_size" not in config:
         return "use the model config of the checkpoint's family and size (genft-tune ls)"
-    kwargs = _fitting_kwargs(config)
+    family = find_family(config)
+    kwargs = (family.sizes if family else decoder_sizes)(config)
 
     def accepted(fn_path: str) -> Optional[set]:
         try:
@@ -158,7 +131,7 @@ def checkpoint_problems(cfg: DictConfig, checkpoint_files: Sequence[str]) -> Lis
     problems: List[ValueError] = []
     model_type = str(cfg.checkpointer.get("model_type", "") or "")
     have = (config or {}).get("model_type")
-    want, found = family_read_by(model_type), FAMILIES.get(have)
+    want, found = family_read_by(model_type), find_family(config)
     if want is not None and found is not None and found is not want and found.checkpointer_types:
         problems.append(ValueError(
             f"checkpointer.model_type is {model_type}, but the checkpoint's config.json says model_type "
@@ -181,7 +154,7 @@ def checkpoint_problems(cfg: DictConfig, checkpoint_files: Sequence[str]) -> Lis
         shapes = _header_shapes(ckpt_dir, checkpoint_files)
     except Exception as e:  # noqa: BLE001
         return [ValueError(f"checkpointer.checkpoint_files: cannot read the safetensors header of {ckpt_dir}: {e}")]
-    got, built = _checkpoint_dims(shapes), _model_dims(model)
+    got, built = _dims(_tune_shapes(shapes, config)), _model_dims(model)
     diff = {k: (got[k], built[k]) for k in _DIM_NAMES if k in got and k in built and got[k] != built[k]}
     if diff:
         text = ", ".join(f"{_DIM_NAMES[k]} {a} (the model config builds {b})" for k, (a, b) in diff.items())
