@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from genft_tune._file_names import ADAPTER_CONFIG_FILE, PEFT_CONFIG_FILE
 from genft_tune._fs import write_atomically, write_text_atomically
 from genft_tune.cards._base import base_card as read_base_card, front_matter, HUB_ID
-from genft_tune.models._families import FAMILIES
+from genft_tune.models._families import find_family
 from genft_tune.modules import get_adapter_kind
 from genft_tune.modules._method import adapter_kind_for_peft_type, method_name_in_file
 
@@ -465,7 +465,7 @@ def _merged_card(
     if license:
         meta["license"] = license
     if hf_format:
-        family = FAMILIES.get(json.loads((folder / "config.json").read_text()).get("model_type"))
+        family = find_family(json.loads((folder / "config.json").read_text()))
         meta["pipeline_tag"] = family.pipeline_tag if family else "text-generation"
 
     lines = [*intro, f"# {title}", ""]
@@ -481,7 +481,7 @@ def _merged_card(
     if note:
         lines += [note, ""]
     if hf_format:
-        cls = "AutoModelForImageClassification" if meta.get("pipeline_tag") == "image-classification" else "AutoModelForCausalLM"
+        cls = family.auto_class if family else "AutoModelForCausalLM"
         lines += ["## Usage", "", "```python", f"from transformers import {cls}", "", f'model = {cls}.from_pretrained("{load_id}")', "```", ""]
     run_files = find_run_files(folder, adapter_meta) if run_files is None and run_sections else run_files
     lines += _sections(adapter_meta, run_files or RunFiles(), loss_curve, run=run_sections)
@@ -549,9 +549,9 @@ def _adapter_base_class(peft_config: Dict[str, Any], genft: Dict[str, Any], hf_c
     (the base's own head, if any, is replaced: ``ignore_mismatched_sizes``)."""
     if peft_config.get("task_type") == "CAUSAL_LM":
         return "text-generation", "AutoModelForCausalLM", ""
-    family = FAMILIES.get(hf_config.get("model_type"))
+    family = find_family(hf_config)
     if family is not None and not family.is_decoder:  # a classifier (ViT)
-        head = (genft.get("tensor_shapes") or {}).get("head.weight")
+        head = (genft.get("tensor_shapes") or {}).get(family.classifier_key)
         kwargs = f", num_labels={head[0]}, ignore_mismatched_sizes=True" if head else ""
         return family.pipeline_tag, family.auto_class, kwargs
     return None, "AutoModel", ""

@@ -117,9 +117,12 @@ def verify_merge(
             "(imported from the authors' code or trained by PEFT), which the torchtune model that --verify builds "
             "cannot run; the merge itself applied it to the Hugging Face tensors as trained"
         )
-    inputs = get_family(config).example_input(base_dir, config, prompt)
+    family = get_family(config)
+    inputs = family.example_input(base_dir, config, prompt)
 
-    head = adapter_sd.get("head.weight") if "head.weight" in (adapter_cfg.get("modules_to_save") or []) else None
+    # a classifier the adapter trained replaces the base's (its class count may differ)
+    key = family.classifier_key
+    head = adapter_sd.get(key) if key is not None and key in (adapter_cfg.get("modules_to_save") or []) else None
     adapted = _add_adapter(_plain_model(base_dir, config, head=head), adapter_cfg, adapter_sd)
     reference = adapted.float().eval()(inputs)
     del adapted
