@@ -50,7 +50,7 @@ from tqdm import tqdm
 from genft_tune import training as genft_training
 from genft_tune._file_names import PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE
 from genft_tune._recipe_registry import resolve_config_argv
-from genft_tune.datasets._image import image_collate, image_processor_config, top1_correct
+from genft_tune.datasets import image_collate, image_processor_config, top1_correct
 from genft_tune.models.vit import (
     load_hf_vit_state_dict,
     load_timm_vit_state_dict,

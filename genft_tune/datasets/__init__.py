@@ -6,8 +6,23 @@
 
 """Data sets: WordNet definitions as instructions (``wordnet_instruct_dataset``, the
 quickstart's and the benchmarks' task) and image classification folders and transforms
-(``_image``, the image recipe's). Imports only :mod:`genft_tune._fs`."""
+(``image_classification_dataset``, the image recipe's). Imports only :mod:`genft_tune._fs`."""
 
-from ._wordnet import build_wordnet_instruct, wordnet_instruct_dataset
+from genft_tune.datasets._image import (
+    image_classification_dataset,
+    image_collate,
+    image_processor_config,
+    ImageClassificationTransform,
+    top1_correct,
+)
+from genft_tune.datasets._wordnet import build_wordnet_instruct, wordnet_instruct_dataset
 
-__all__ = ["build_wordnet_instruct", "wordnet_instruct_dataset"]
+__all__ = [
+    "build_wordnet_instruct",
+    "image_classification_dataset",
+    "image_collate",
+    "image_processor_config",
+    "ImageClassificationTransform",
+    "top1_correct",
+    "wordnet_instruct_dataset",
+]
