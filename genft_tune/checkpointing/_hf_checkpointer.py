@@ -26,7 +26,7 @@ from torchtune.training import FullModelHFCheckpointer
 
 from genft_tune._fs import give_open_modes, write_text_atomically
 from genft_tune.cards import write_local_card
-from genft_tune.models._families import FAMILIES
+from genft_tune.models._families import family_read_by
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ class HFCheckpointer(FullModelHFCheckpointer):
     """
 
     def __init__(self, *, model_type: str, **kwargs: Any):
-        family = FAMILIES.get(str(model_type).lower())
+        family = family_read_by(str(model_type))
         self._extra = family.torchtune_checkpointer if family else None  # (its model family says)
         super().__init__(model_type=self._extra.model_type if self._extra else model_type, **kwargs)
 

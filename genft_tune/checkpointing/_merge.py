@@ -41,7 +41,7 @@ from genft_tune.checkpointing._base_checkpoint import (
     WEIGHT_SUFFIXES,
 )
 from genft_tune.checkpointing._peft_format import read_adapter
-from genft_tune.models._families import FAMILIES, same_names
+from genft_tune.models._families import find_family, same_names
 from genft_tune.modules import get_adapter_kind
 
 log = logging.getLogger(__name__)
@@ -247,7 +247,7 @@ def merge_adapter_checkpoint(
     for tune_key in adapter_cfg.get("modules_to_save") or []:
         (src_key, value), = converter.from_tune({tune_key: adapter_sd[tune_key]}).items()
         replacements[src_key] = value
-    family = FAMILIES.get((source.config or {}).get("model_type"))
+    family = find_family(source.config)
     config_updates = family.merged_config(source.config, replacements, adapter_cfg.get("extra") or {}) if family else {}
     out_name, back_name = (converter.family.output_names if converter.family else same_names)(shapes, replacements)
     log.info(

@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 from torchtune.config import instantiate
 from torchtune.config._utils import _get_component_from_path
 
+from genft_tune._file_names import ADAPTER_CONFIG_FILE
 from genft_tune._weights import is_safetensors, tensor_shapes
 from genft_tune.checkpointing._base_checkpoint import hf_converter
 from genft_tune.models._families import decoder_sizes, family_read_by, find_family
@@ -181,7 +182,7 @@ def _resume_problems(cfg: DictConfig, model: torch.nn.Module) -> List[ValueError
     except Exception as e:  # noqa: BLE001
         return [ValueError(f"resume_from_checkpoint: cannot read {recipe_state_path(out)}: {type(e).__name__}: {e}")]
     adapter = find_model_adapter(model)
-    saved_config = saved_dir / "genft_config.json"
+    saved_config = saved_dir / ADAPTER_CONFIG_FILE
     if adapter is None or not saved_config.is_file():
         return []
     advice = "resume with the interrupted run's model settings, or start a new output_dir"
