@@ -24,7 +24,8 @@ from genft_tune._file_names import (
 )
 from genft_tune.cards._base import base_hub_id, HUB_ID
 from genft_tune.checkpointing._lora_export import check_rank_choice, export_lora_adapter, LORA_DTYPES
-from genft_tune.checkpointing._peft_format import adapter_format, PeftFormatError
+from genft_tune.checkpointing._peft_format import PeftFormatError
+from genft_tune.checkpointing._read_adapter import adapter_format
 
 PROG = "genft-tune export-lora"
 

@@ -3,11 +3,11 @@
 merging adapters into base checkpoints (and ``--verify``), LoRA export, and
 torchtune's HF checkpointer for the families it lacks.
 
-Inside, imports run one way: ``_base_checkpoint`` (reading bases: files, ``config.json``,
-the family's key converter) and ``_adapter`` (our pair) at the bottom; ``_authors`` and
-``_peft_format`` (the other formats; its ``read_adapter`` reads any folder: ours, PEFT's,
-the authors') on them; ``_merge``, ``_verify``, ``_lora_export`` and ``_hf_checkpointer``
-on top. Model cards come from :mod:`genft_tune.cards`, below this package;
+Inside, imports run one way: ``_base_checkpoint`` (a base checkpoint's files, through
+:mod:`genft_tune._weights`, and its family's key converter) and ``_adapter`` (our pair) at
+the bottom; ``_authors`` and ``_peft_format`` (the other formats) on them;
+``_read_adapter`` (``read_adapter``: any folder, in our layout) on those; ``_merge``,
+``_verify``, ``_lora_export`` and ``_hf_checkpointer`` on top. Model cards come from :mod:`genft_tune.cards`, below this package;
 :mod:`genft_tune.hub` is above.
 """
 
@@ -28,8 +28,8 @@ from genft_tune.checkpointing._peft_format import (
     import_peft_adapter,
     PEFT_SUBDIR,
     PeftFormatError,
-    read_adapter,
 )
+from genft_tune.checkpointing._read_adapter import read_adapter
 from genft_tune.checkpointing._verify import verify_merge
 
 __all__ = [

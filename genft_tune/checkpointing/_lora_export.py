@@ -40,9 +40,9 @@ from genft_tune.checkpointing._peft_format import (
     _converter,
     _short_targets,
     _task_type,
-    read_adapter,
     PeftFormatError,
 )
+from genft_tune.checkpointing._read_adapter import read_adapter
 
 log = logging.getLogger(__name__)
 

@@ -40,7 +40,7 @@ from genft_tune.checkpointing._base_checkpoint import (
     KeyConverter,
     WEIGHT_SUFFIXES,
 )
-from genft_tune.checkpointing._peft_format import read_adapter
+from genft_tune.checkpointing._read_adapter import read_adapter
 from genft_tune.models._families import find_family, same_names
 from genft_tune.modules import get_adapter_kind
 

@@ -22,7 +22,7 @@ from torch import nn
 
 from genft_tune.checkpointing._adapter import AdapterFileConfig
 from genft_tune.checkpointing._base_checkpoint import find_base_checkpoint, hf_converter
-from genft_tune.checkpointing._peft_format import read_adapter
+from genft_tune.checkpointing._read_adapter import read_adapter
 from genft_tune.models._families import get_family
 from genft_tune.modules import apply_adapter, get_adapter_kind
 

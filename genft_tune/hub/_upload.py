@@ -25,7 +25,7 @@ from genft_tune.checkpointing._hf_checkpointer import write_config_dtype, writte
 from genft_tune._file_names import (
     ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, PEFT_CONFIG_FILE, PEFT_SUBDIR, PEFT_WEIGHTS_FILE,
 )
-from genft_tune.checkpointing._peft_format import peft_folder
+from genft_tune.checkpointing._read_adapter import peft_folder
 from genft_tune.cards._base import base_card, front_matter, HUB_ID
 from genft_tune.cards._model_card import (
     adapter_base_model,
