@@ -48,8 +48,10 @@ from torchtune.recipe_interfaces import FTRecipeInterface
 from tqdm import tqdm
 
 from genft_tune import training as genft_training
-from genft_tune._file_names import PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE
 from genft_tune._recipe_registry import resolve_config_argv
+from genft_tune.cards import base_hub_id
+from genft_tune.checkpointing import PeftFormatError
+from genft_tune.checkpointing._peft_lora import save_peft_lora
 from genft_tune.datasets import image_collate, image_processor_config, top1_correct
 from genft_tune.models.vit import (
     load_hf_vit_state_dict,
@@ -67,6 +69,9 @@ log = utils.get_logger("INFO")
 
 CHECKPOINT_FORMATS = ("hf", "timm", "tune")
 EVAL_RESULTS_FILE = "eval_results.json"
+# linear probing / full fine-tuning: the trained tensors (torchtune naming) and their json
+TRAINED_MODULES_WEIGHTS_FILE = "trained_modules.safetensors"
+TRAINED_MODULES_CONFIG_FILE = "trained_modules.json"
 HF_MODEL_DIR = "hf_model"
 
 
@@ -93,9 +98,19 @@ class GenFTImageClassificationRecipeSingleDevice(FTRecipeInterface):
           ``epoch_{n}/genft_adapter.safetensors`` + ``genft_config.json``
           (:func:`genft_tune.training.save_adapter_files`; the trained head as
           ``modules_to_save``, so ``genft-tune merge`` can fold it into the base);
-          LoRA and plain models write ``adapter_model.safetensors`` +
-          ``adapter_config.json``; at the end a merged Hugging Face ``ViTForImageClassification`` in
-          ``hf_model/`` (``save_merged``) that loads without this package.
+          LoRA models write PEFT's own LoRA of the Hugging Face ViT,
+          ``adapter_model.safetensors`` + ``adapter_config.json``
+          (:func:`genft_tune.checkpointing._peft_lora.save_peft_lora`: Hugging Face module
+          names, the trained head as ``modules_to_save: [classifier]``), which
+          ``PeftModel.from_pretrained`` loads onto ``ViTForImageClassification``; plain
+          models (linear probing, full fine-tuning), and LoRA runs that PEFT's LoRA cannot
+          hold (e.g. ``trainable_modules: all``), write the trained tensors in our naming
+          (``layers.0.attn.q_proj.weight``, ``head.weight``) as
+          ``trained_modules.safetensors`` + ``trained_modules.json`` (``trainable_modules``,
+          ``num_classes``, the ``model`` config; LoRA's ``target_modules``, ``r``,
+          ``lora_alpha``), not under PEFT's file names: they are no PEFT adapter. At the end
+          a merged Hugging Face ``ViTForImageClassification`` in ``hf_model/``
+          (``save_merged``) that loads without this package.
 
     Resuming a run mid-way is not supported.
 
@@ -248,6 +263,7 @@ class GenFTImageClassificationRecipeSingleDevice(FTRecipeInterface):
             raise ValueError("nothing to train: the model has no adapter and trainable_modules is empty")
         set_trainable_params(model, trainable)
         self._trainable_modules = names
+        self._adapter_keys = set(adapter)
         self._trainable_names = set(trainable)
         training.validate_expected_param_dtype(
             [(n, p) for n, p in model.named_parameters() if p.requires_grad], dtype=self._dtype
@@ -312,17 +328,15 @@ class GenFTImageClassificationRecipeSingleDevice(FTRecipeInterface):
         model = self._model
         adapter = self._adapter
         lora = {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
+        cfg: Dict[str, Any] = {}
         if adapter:  # the method's PEFT type, as its registry entry names it (None: it has no PEFT format)
-            peft_type = adapter.kind.peft_names.peft_type if adapter.kind.peft_names else None
-        else:
-            peft_type = "LORA" if lora else "NONE"
-        cfg: Dict[str, Any] = {
-            "peft_type": peft_type,
-            "target_modules": sorted(adapter.target_modules if adapter else lora),
-            "trainable_modules": self._trainable_modules,
-            "num_classes": model.num_classes,
-            "model": OmegaConf.to_container(self._cfg.model, resolve=True),
-        }
+            cfg["peft_type"] = adapter.kind.peft_names.peft_type if adapter.kind.peft_names else None
+        cfg.update(
+            target_modules=sorted(adapter.target_modules if adapter else lora),
+            trainable_modules=self._trainable_modules,
+            num_classes=model.num_classes,
+            model=OmegaConf.to_container(self._cfg.model, resolve=True),
+        )
         if adapter:
             cfg[f"{adapter.name}_config"] = adapter.config.to_dict()
         if lora:
@@ -347,6 +361,25 @@ class GenFTImageClassificationRecipeSingleDevice(FTRecipeInterface):
             state_dict = get_merged_lora_ckpt(state_dict, rank=lora[0].rank, alpha=lora[0].alpha)
         return state_dict
 
+    def _save_peft_lora(self, epoch_dir: Path, trained: Dict[str, torch.Tensor]) -> bool:
+        """PEFT's LoRA of the Hugging Face ViT, for a LoRA model whose other trained
+        tensors PEFT can hold as ``modules_to_save``; False (nothing written) otherwise."""
+        if not any(isinstance(m, LoRALinear) for m in self._model.modules()):
+            return False
+        base_dir = self._cfg.get("checkpoint", {}).get("path")
+        try:
+            save_peft_lora(
+                epoch_dir,
+                self._model,
+                hf_config=vit_hf_config(self._model),
+                modules_to_save={k: v for k, v in trained.items() if k not in self._adapter_keys},
+                base_model_name_or_path=base_hub_id(base_dir) or (str(base_dir) if base_dir else None),
+            )
+        except PeftFormatError as e:
+            log.info(f"No PEFT LoRA files ({e}): the trained tensors go to {TRAINED_MODULES_WEIGHTS_FILE}")
+            return False
+        return True
+
     def save_checkpoint(self, epoch: int) -> None:
         """Save the adapter and trained modules for ``epoch``; after the last epoch
         also the merged Hugging Face model."""
@@ -370,9 +403,10 @@ class GenFTImageClassificationRecipeSingleDevice(FTRecipeInterface):
                 extra=extra,
                 modules_to_save={k: v for k, v in adapter.items() if not is_key(k)},
             )
-        else:
-            save_safetensors(adapter, epoch_dir / PEFT_WEIGHTS_FILE)
-            save_json(self._adapter_config(), epoch_dir / PEFT_CONFIG_FILE)
+        elif not self._save_peft_lora(epoch_dir, adapter):
+            # not PEFT's file names: these are no PEFT adapter
+            save_safetensors(adapter, epoch_dir / TRAINED_MODULES_WEIGHTS_FILE)
+            save_json(self._adapter_config(), epoch_dir / TRAINED_MODULES_CONFIG_FILE)
         log.info(f"Adapter and trained modules ({len(adapter)} tensors) saved to {epoch_dir}")
         if self._save_merged and epoch + 1 == self.total_epochs:
             class_names = getattr(self._train_data, "class_names", None)

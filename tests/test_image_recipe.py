@@ -256,32 +256,85 @@ def test_gradient_accumulation_equals_a_bigger_batch(recipe_module, folder, base
         torch.testing.assert_close(p, p2[name], atol=1e-6, rtol=1e-5, msg=name)
 
 
-@pytest.mark.parametrize(
-    "component,trainable,peft",
-    [
-        ("genft_tune.models.vit.vit_tiny_lora", ["head"], "LORA"),
-        ("genft_tune.models.vit.vit_tiny", ["head"], "NONE"),
-        ("genft_tune.models.vit.vit_tiny", "all", "NONE"),
-    ],
-)
-def test_recipe_baselines(recipe_module, folder, base_ckpt, tmp_path, component, trainable, peft):
-    model = {
-        "_component_": component,
-        "num_classes": len(CLASSES),
-        "image_size": SIZE,
-        "patch_size": 4,
-    }
+def _baseline_cfg(tmp_path, folder, base_ckpt, component, trainable, **overrides):
+    model = {"_component_": component, "num_classes": len(CLASSES), "image_size": SIZE, "patch_size": 4}
     if "lora" in component:
         model.update(lora_attn_modules=["q_proj", "v_proj"], lora_rank=2, lora_alpha=4)
-    cfg = _cfg(tmp_path, folder, base_ckpt, epochs=1, max_steps_per_epoch=2, trainable_modules=trainable)
+    overrides = {"epochs": 1, "max_steps_per_epoch": 2, **overrides}
+    cfg = _cfg(tmp_path, folder, base_ckpt, trainable_modules=trainable, **overrides)
     cfg.model = OmegaConf.create(model)
+    return cfg
+
+
+@pytest.mark.parametrize(
+    "component,trainable",
+    [
+        ("genft_tune.models.vit.vit_tiny_lora", ["head"]),
+        ("genft_tune.models.vit.vit_tiny_lora", "all"),  # trained base weights: no LoRA holds them
+        ("genft_tune.models.vit.vit_tiny", ["head"]),
+        ("genft_tune.models.vit.vit_tiny", "all"),
+    ],
+)
+def test_recipe_baselines(recipe_module, folder, base_ckpt, tmp_path, component, trainable):
+    """LoRA runs write PEFT's pair (see test_lora_run_writes_a_peft_lora_of_the_hf_vit);
+    linear probing, full fine-tuning and a LoRA run that also trains its base weights write
+    the trained tensors under names of their own, not PEFT's (they are no PEFT adapter)."""
+    cfg = _baseline_cfg(tmp_path, folder, base_ckpt, component, trainable)
     recipe = recipe_module.run(cfg)
-    out = Path(cfg.output_dir)
-    assert json.loads((out / "epoch_0" / "adapter_config.json").read_text())["peft_type"] == peft
+    epoch_dir = Path(cfg.output_dir) / "epoch_0"
+    lora = "lora" in component and trainable != "all"
+    assert (epoch_dir / "adapter_config.json").is_file() == lora
+    assert (epoch_dir / "adapter_model.safetensors").is_file() == lora
+    assert (epoch_dir / "trained_modules.safetensors").is_file() != lora
+    if not lora:
+        info = json.loads((epoch_dir / "trained_modules.json").read_text())
+        assert "peft_type" not in info and info["trainable_modules"] == (["all"] if trainable == "all" else trainable)
+        assert info["num_classes"] == len(CLASSES)
+        if "lora" in component:
+            assert (info["r"], info["lora_alpha"], info["target_modules"][0]) == (2, 4, "layers.0.attn.q_proj")
+        saved = load_file(str(epoch_dir / "trained_modules.safetensors"))
+        trained = {n: p for n, p in recipe._model.named_parameters() if p.requires_grad}
+        assert saved.keys() == trained.keys() and all(torch.equal(saved[k], trained[k].detach()) for k in saved)
     trainable_count = sum(p.requires_grad for p in recipe._model.parameters())
     total = sum(1 for _ in recipe._model.parameters())
     assert (trainable_count == total) == (trainable == "all")
-    assert (out / "hf_model" / "model.safetensors").is_file()
+    assert (Path(cfg.output_dir) / "hf_model" / "model.safetensors").is_file()
+
+
+def test_lora_run_writes_a_peft_lora_of_the_hf_vit(recipe_module, folder, base_ckpt, tmp_path):
+    """The LoRA baseline's epoch folder is PEFT's own LoRA format for transformers'
+    ViTForImageClassification (what PEFT 0.21's save_pretrained writes for
+    LoraConfig(target_modules=[q_proj, v_proj], modules_to_save=[classifier])):
+    PeftModel.from_pretrained on the Hugging Face base gives the trained model's logits."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("peft")
+    from peft import PeftConfig, PeftModel
+
+    cfg = _baseline_cfg(tmp_path, folder, base_ckpt, "genft_tune.models.vit.vit_tiny_lora", ["head"],
+                        max_steps_per_epoch=3, save_merged=False)
+    recipe = recipe_module.run(cfg)
+    epoch_dir = Path(cfg.output_dir) / "epoch_0"
+    tensors = load_file(str(epoch_dir / "adapter_model.safetensors"))
+    layers = range(len(recipe._model.layers))
+    lora_keys = {f"base_model.model.vit.layers.{i}.attention.{m}.lora_{ab}.weight"
+                 for i in layers for m in ("q_proj", "v_proj") for ab in "AB"}
+    assert set(tensors) == lora_keys | {"base_model.model.classifier.weight", "base_model.model.classifier.bias"}
+    assert any(torch.count_nonzero(v) for k, v in tensors.items() if "lora_B" in k)  # the LoRA trained
+    config = json.loads((epoch_dir / "adapter_config.json").read_text())
+    assert {k: config[k] for k in ("peft_type", "task_type", "r", "lora_alpha", "lora_dropout", "target_modules",
+                                   "modules_to_save", "base_model_name_or_path")} == {
+        "peft_type": "LORA", "task_type": None, "r": 2, "lora_alpha": 4, "lora_dropout": 0.0,
+        "target_modules": ["q_proj", "v_proj"], "modules_to_save": ["classifier"],
+        "base_model_name_or_path": str(base_ckpt)}
+    assert type(PeftConfig.from_pretrained(epoch_dir)).__name__ == "LoraConfig"
+
+    base = transformers.ViTForImageClassification.from_pretrained(
+        base_ckpt, num_labels=len(CLASSES), ignore_mismatched_sizes=True)
+    peft_model = PeftModel.from_pretrained(base, epoch_dir).eval()
+    pixels = torch.randn(4, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(peft_model(pixel_values=pixels).logits, recipe._model.eval()(pixels),
+                                   atol=1e-5, rtol=1e-5)
 
 
 def test_recipe_trains_and_merges_a_wegeft_vit(recipe_module, folder, base_ckpt, tmp_path):
