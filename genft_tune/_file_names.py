@@ -24,6 +24,11 @@ PEFT_SUBDIR = "peft"
 AUTHORS_CONFIG_FILE = PEFT_CONFIG_FILE
 AUTHORS_WEIGHT_FILES = (PEFT_WEIGHTS_FILE, "adapter_model.bin")
 
+# the image recipe's runs without a GenFT/WeGeFT adapter (linear probing, full fine-tuning):
+# the trained tensors in torchtune naming, no adapter of any library
+TRAINED_MODULES_WEIGHTS_FILE = "trained_modules.safetensors"
+TRAINED_MODULES_CONFIG_FILE = "trained_modules.json"
+
 __all__ = [
     "ADAPTER_CONFIG_FILE",
     "ADAPTER_WEIGHTS_FILE",
@@ -32,4 +37,6 @@ __all__ = [
     "PEFT_CONFIG_FILE",
     "PEFT_SUBDIR",
     "PEFT_WEIGHTS_FILE",
+    "TRAINED_MODULES_CONFIG_FILE",
+    "TRAINED_MODULES_WEIGHTS_FILE",
 ]

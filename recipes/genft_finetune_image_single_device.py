@@ -48,10 +48,10 @@ from torchtune.recipe_interfaces import FTRecipeInterface
 from tqdm import tqdm
 
 from genft_tune import training as genft_training
+from genft_tune._file_names import TRAINED_MODULES_CONFIG_FILE, TRAINED_MODULES_WEIGHTS_FILE
 from genft_tune._recipe_registry import resolve_config_argv
 from genft_tune.cards import base_hub_id
-from genft_tune.checkpointing import PeftFormatError
-from genft_tune.checkpointing._peft_lora import save_peft_lora
+from genft_tune.checkpointing import PeftFormatError, save_peft_lora
 from genft_tune.datasets import image_collate, image_processor_config, top1_correct
 from genft_tune.models.vit import (
     load_hf_vit_state_dict,
@@ -70,8 +70,6 @@ log = utils.get_logger("INFO")
 CHECKPOINT_FORMATS = ("hf", "timm", "tune")
 EVAL_RESULTS_FILE = "eval_results.json"
 # linear probing / full fine-tuning: the trained tensors (torchtune naming) and their json
-TRAINED_MODULES_WEIGHTS_FILE = "trained_modules.safetensors"
-TRAINED_MODULES_CONFIG_FILE = "trained_modules.json"
 HF_MODEL_DIR = "hf_model"
 
 
@@ -100,7 +98,7 @@ class GenFTImageClassificationRecipeSingleDevice(FTRecipeInterface):
           ``modules_to_save``, so ``genft-tune merge`` can fold it into the base);
           LoRA models write PEFT's own LoRA of the Hugging Face ViT,
           ``adapter_model.safetensors`` + ``adapter_config.json``
-          (:func:`genft_tune.checkpointing._peft_lora.save_peft_lora`: Hugging Face module
+          (:func:`genft_tune.checkpointing.save_peft_lora`: Hugging Face module
           names, the trained head as ``modules_to_save: [classifier]``), which
           ``PeftModel.from_pretrained`` loads onto ``ViTForImageClassification``; plain
           models (linear probing, full fine-tuning), and LoRA runs that PEFT's LoRA cannot

@@ -226,3 +226,22 @@ def test_merging_two_peft_adapters_generates_both_from_the_original_weight(tmp_p
     torch.testing.assert_close(layer.get_base_layer().weight, want, rtol=1e-5, atol=1e-6)
     layer.unmerge()
     torch.testing.assert_close(layer.get_base_layer().weight, W0, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "files, message",
+    [
+        ({"adapter_config.json": '{"peft_type": "LORA", "r": 8}', "adapter_model.safetensors": ""},
+         "holds a PEFT LORA adapter, not a GenFT or WeGeFT one: load it with PEFT"),
+        ({"trained_modules.json": "{}", "trained_modules.safetensors": ""},
+         "holds the trained modules of a run without a GenFT or WeGeFT adapter"),
+    ],
+    ids=["peft-lora", "trained-modules"],
+)
+def test_read_adapter_names_what_a_folder_of_other_files_holds(tmp_path, files, message):
+    """The image recipe's LoRA and linear-probe runs write these: merge, verify and export
+    say what the folder is instead of "holds no adapter" beside files that look like one."""
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(FileNotFoundError, match=message):
+        read_adapter(tmp_path)

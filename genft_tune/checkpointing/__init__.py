@@ -29,6 +29,7 @@ from genft_tune.checkpointing._peft_format import (
     PEFT_SUBDIR,
     PeftFormatError,
 )
+from genft_tune.checkpointing._peft_lora import save_peft_lora
 from genft_tune.checkpointing._read_adapter import read_adapter
 from genft_tune.checkpointing._verify import verify_merge
 
@@ -51,5 +52,6 @@ __all__ = [
     "PeftFormatError",
     "read_adapter",
     "save_adapter",
+    "save_peft_lora",
     "verify_merge",
 ]

@@ -17,6 +17,8 @@ from genft_tune._file_names import (
     PEFT_CONFIG_FILE,
     PEFT_SUBDIR,
     PEFT_WEIGHTS_FILE,
+    TRAINED_MODULES_CONFIG_FILE,
+    TRAINED_MODULES_WEIGHTS_FILE,
 )
 from genft_tune.checkpointing._adapter import AdapterFileConfig, load_adapter
 from genft_tune.checkpointing._authors import import_authors_adapter, is_authors_config
@@ -56,6 +58,25 @@ def adapter_format(adapter_dir: PathLike) -> Optional[str]:
     return None
 
 
+def _refuse_other_files(adapter_dir: Path) -> None:
+    """A folder with files that look like an adapter but are not one of ours: say what it is."""
+    if (adapter_dir / PEFT_CONFIG_FILE).is_file():
+        try:
+            peft_type = json.loads((adapter_dir / PEFT_CONFIG_FILE).read_text()).get("peft_type")
+        except (OSError, ValueError, AttributeError):
+            peft_type = None
+        raise FileNotFoundError(
+            f"{adapter_dir} holds a PEFT {peft_type or 'adapter of another method'} adapter, not a GenFT or "
+            "WeGeFT one: load it with PEFT (PeftModel.from_pretrained, then merge_and_unload)"
+        )
+    if (adapter_dir / TRAINED_MODULES_CONFIG_FILE).is_file():
+        raise FileNotFoundError(
+            f"{adapter_dir} holds the trained modules of a run without a GenFT or WeGeFT adapter "
+            f"({TRAINED_MODULES_WEIGHTS_FILE}): nothing to merge; the run's merged model is its "
+            "hf_model/ folder (save_merged=True)"
+        )
+
+
 @contextlib.contextmanager
 def adapter_in_our_format(adapter_dir: PathLike, *, base_dir: Optional[PathLike]) -> Iterator[Path]:
     """``adapter_dir`` itself when it holds our files, else a temporary directory with
@@ -76,6 +97,7 @@ def adapter_in_our_format(adapter_dir: PathLike, *, base_dir: Optional[PathLike]
         return
     if found != "peft":
         if found is None and adapter_dir.is_dir():
+            _refuse_other_files(adapter_dir)
             raise FileNotFoundError(
                 f"{adapter_dir} holds no adapter: expected {ADAPTER_WEIGHTS_FILE} + {ADAPTER_CONFIG_FILE} "
                 f"(this package's) or {PEFT_WEIGHTS_FILE} + {PEFT_CONFIG_FILE} (PEFT's, GenFT or WeGeFT)"
