@@ -254,7 +254,8 @@ def test_a_folder_without_an_adapter_is_named(tmp_path, capsys):
     capsys.readouterr()
     assert cli_main(["export-lora", str(base), "--rank", "8", "--base", str(base)]) == 2
     err = capsys.readouterr().err
-    assert "holds no GenFT/WeGeFT adapter" in err and len(err.strip().splitlines()) == 1
+    assert "holds no GenFT/WeGeFT adapter" in err and "the GenFT authors'" in err
+    assert len(err.strip().splitlines()) == 1
     assert cli_main(["export-lora", str(tmp_path / "nowhere"), "--rank", "8", "--base", str(base)]) == 2
     assert "does not exist" in capsys.readouterr().err
 
@@ -319,6 +320,31 @@ def test_an_authors_adapter_converts_and_names_the_base_it_records(tmp_path, tok
         reference = _hf(merged)(authors_tokens).logits
         lora = peft.PeftModel.from_pretrained(_hf(base), str(tmp_path / "lora")).eval()(authors_tokens).logits
     assert _max_err(lora, reference) < EXACT
+
+
+def test_export_lora_cli_takes_an_authors_adapter(tmp_path, capsys):
+    """The command accepts every format the library reads: the GenFT authors' folder too."""
+    from genft_tune._cli.genft import main as cli_main
+
+    base = write_base(tmp_path / "base")
+    write_authors_adapter(tmp_path / "theirs")
+    capsys.readouterr()
+    out = tmp_path / "lora"
+    assert cli_main(["export-lora", str(tmp_path / "theirs"), "--rank", "4", "--base", str(base),
+                     "--output", str(out)]) == 0, capsys.readouterr().err
+    assert "LoRA rank 4" in capsys.readouterr().out
+    config = json.loads((out / PEFT_CONFIG_FILE).read_text())
+    assert config["r"] == 4 and config["base_model_name_or_path"] == "yahma/llama-7b-hf"
+
+
+def test_export_lora_usage_shows_base_as_required(capsys):
+    from genft_tune._cli.genft import main as cli_main
+
+    with pytest.raises(SystemExit):
+        cli_main(["export-lora", "--help"])
+    usage = capsys.readouterr().out.split("\n\n")[0]
+    assert " --base BASE " in usage and "[--base BASE]" not in usage
+    assert "(--rank RANK | --energy ENERGY)" in usage
 
 
 def test_a_bf16_base_gets_bf16_factors_from_an_fp32_svd(tmp_path, tokens):

@@ -39,9 +39,10 @@ def _user_error(args: argparse.Namespace):
     adapter = Path(args.adapter)
     if not adapter.is_dir():
         return f"adapter directory {adapter} does not exist"
-    if adapter_format(adapter) not in ("ours", "peft"):
+    if adapter_format(adapter) is None:  # ours, PEFT's pair or the GenFT authors': the library reads all three
         return (f"{adapter} holds no GenFT/WeGeFT adapter: expected {ADAPTER_WEIGHTS_FILE} + {ADAPTER_CONFIG_FILE} "
-                f"or {PEFT_WEIGHTS_FILE} + {PEFT_CONFIG_FILE} (GenFT or WeGeFT; in the folder or its {PEFT_SUBDIR}/)")
+                f"or {PEFT_WEIGHTS_FILE} + {PEFT_CONFIG_FILE} (GenFT or WeGeFT; in the folder or its {PEFT_SUBDIR}/; "
+                "or the GenFT authors' adapter_config.json + adapter_model.safetensors/.bin)")
     if args.base is None:
         return ("--base is required: the LoRA is computed from the base weights (GenFT's dW is generated from W0, "
                 "WeGeFT's is W0 phi^T psi); pass the Hugging Face base checkpoint directory")
@@ -87,8 +88,13 @@ def register(subparsers: argparse._SubParsersAction, command: str, help_line: st
     """Add the ``export-lora`` subcommand (``command``), with ``help_line`` as its line in ``genft-tune --help``."""
     parser = subparsers.add_parser(
         command,
+        # --base is checked in _user_error (one line saying why it is needed), so argparse
+        # would show it optional: the usage says it is required, as are --rank or --energy
+        usage=f"{PROG} [-h] (--rank RANK | --energy ENERGY) --base BASE [--output OUTPUT]\n"
+              "       [--dtype {auto,fp32,bf16,fp16}] [--base-model BASE_MODEL] [--per-layer] [--overwrite]\n"
+              "       adapter",
         help=help_line,
-        description="Convert a GenFT/WeGeFT adapter (ours or its PEFT files) into a LoRA "
+        description="Convert a GenFT/WeGeFT adapter (ours, its PEFT files or the GenFT authors') into a LoRA "
         "(adapter_config.json + adapter_model.safetensors): truncated SVD of each layer's dW, "
         "one rank for every layer, scaling 1. Prints the energy of dW kept per layer.",
         epilog=textwrap.dedent(
@@ -101,11 +107,13 @@ def register(subparsers: argparse._SubParsersAction, command: str, help_line: st
         ),
         formatter_class=argparse.RawTextHelpFormatter,
     )
-    parser.add_argument("adapter", help="adapter directory (genft_adapter.* or PEFT's GenFT/WeGeFT files)")
+    parser.add_argument("adapter", help="adapter directory (genft_adapter.*, PEFT's GenFT/WeGeFT files or the GenFT "
+                        "authors' adapter_config.json + adapter_model.*)")
     parser.add_argument("--rank", type=int, default=None, help="LoRA rank (every layer)")
     parser.add_argument("--energy", type=float, default=None,
                         help="instead of --rank: keep at least this fraction of each layer's squared singular values")
-    parser.add_argument("--base", default=None, help="Hugging Face base checkpoint directory (required)")
+    parser.add_argument("--base", default=None, help="Hugging Face base checkpoint directory (required, whatever the "
+                        "adapter records: the LoRA is computed from its weights)")
     parser.add_argument("--output", default=None, help="output directory (default: ADAPTER/lora)")
     parser.add_argument("--dtype", default="auto", choices=list(LORA_DTYPES),
                         help="dtype of the LoRA factors (default: the base's)")
