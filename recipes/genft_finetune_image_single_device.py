@@ -69,7 +69,6 @@ log = utils.get_logger("INFO")
 
 CHECKPOINT_FORMATS = ("hf", "timm", "tune")
 EVAL_RESULTS_FILE = "eval_results.json"
-# linear probing / full fine-tuning: the trained tensors (torchtune naming) and their json
 HF_MODEL_DIR = "hf_model"
 
 

@@ -315,7 +315,7 @@ def _build(model_cfg: dict, *, device: str = "cpu", dtype=torch.float32, seed: i
         return tt_config.instantiate(OmegaConf.create(model_cfg))
 
 
-def test_adapter_method_detects_wegeft_and_genft(tmp_path):
+def test_model_adapter_detects_wegeft_and_genft(tmp_path):
     from genft_tune.modules.genft import is_genft_key
     from genft_tune.modules.wegeft import get_wegeft_target_modules, is_wegeft_key
     from genft_tune.modules import get_adapter_kind
@@ -339,7 +339,7 @@ def test_adapter_method_detects_wegeft_and_genft(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_adapter_method_refuses_neither_and_both(tmp_path):
+def test_model_adapter_refuses_neither_and_both(tmp_path):
     from torch import nn
 
     from genft_tune.training import find_model_adapter, get_model_adapter

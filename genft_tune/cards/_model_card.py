@@ -543,7 +543,7 @@ def write_local_card(folder: PathLike, *, base_dir: Optional[PathLike], final_pa
     return path
 
 
-def _adapter_base_class(peft_config: Dict[str, Any], genft: Dict[str, Any], hf_config: Dict[str, Any]):
+def _adapter_base_class(peft_config: Dict[str, Any], adapter_meta: Dict[str, Any], hf_config: Dict[str, Any]):
     """``(pipeline_tag, transformers class, from_pretrained keywords)`` the adapter's
     base loads with: a causal LM, or a ViT classifier with the trained head's classes
     (the base's own head, if any, is replaced: ``ignore_mismatched_sizes``)."""
@@ -551,7 +551,7 @@ def _adapter_base_class(peft_config: Dict[str, Any], genft: Dict[str, Any], hf_c
         return "text-generation", "AutoModelForCausalLM", ""
     family = find_family(hf_config)
     if family is not None and not family.is_decoder:  # a classifier (ViT)
-        head = (genft.get("tensor_shapes") or {}).get(family.classifier_key)
+        head = (adapter_meta.get("tensor_shapes") or {}).get(family.classifier_key)
         kwargs = f", num_labels={head[0]}, ignore_mismatched_sizes=True" if head else ""
         return family.pipeline_tag, family.auto_class, kwargs
     return None, "AutoModel", ""

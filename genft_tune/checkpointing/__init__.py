@@ -5,10 +5,11 @@ torchtune's HF checkpointer for the families it lacks.
 
 Inside, imports run one way: ``_base_checkpoint`` (a base checkpoint's files, through
 :mod:`genft_tune._weights`, and its family's key converter) and ``_adapter`` (our pair) at
-the bottom; ``_authors`` and ``_peft_format`` (the other formats) on them;
-``_read_adapter`` (``read_adapter``: any folder, in our layout) on those; ``_merge``,
-``_verify``, ``_lora_export`` and ``_hf_checkpointer`` on top. Model cards come from :mod:`genft_tune.cards`, below this package;
-:mod:`genft_tune.hub` is above.
+the bottom; ``_authors`` (the authors' format) on ``_adapter``; ``_peft_format`` (PEFT's
+pair) on all three; ``_read_adapter`` (``read_adapter``: any folder, in our layout) on
+those; ``_merge``, ``_verify`` and ``_lora_export`` on it; ``_peft_lora`` (a genuine PEFT
+LoRA) on ``_lora_export`` and ``_peft_format``; ``_hf_checkpointer`` on top. Model cards
+come from :mod:`genft_tune.cards`, below this package; :mod:`genft_tune.hub` is above.
 """
 
 from genft_tune.checkpointing._adapter import (

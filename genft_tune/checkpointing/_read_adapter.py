@@ -1,6 +1,7 @@
 """The one reader of an adapter folder: which format it holds (ours, Hugging Face PEFT's,
 the GenFT authors') and its tensors and config in our layout, whatever the format. Merge,
-``--verify``, the LoRA export, publish and the recipes read adapters through it."""
+``--verify``, the LoRA export and the recipes read adapters through it (publish only uses
+:func:`peft_folder`, to find PEFT's pair)."""
 
 import contextlib
 import json

@@ -9,7 +9,8 @@ format, cards and the checkpointer ask the entry. Sub-packages hold what torchtu
 lacks or gets wrong: Llama-family builders with GenFT/WeGeFT (``llama``), SmolLM2's GGUF
 weights and tokenizer (``smollm2``), Qwen3 (``qwen3``), Gemma 2 (``gemma2``) and ViT
 classifiers (``vit``, import it as ``genft_tune.models.vit``). Imports only the methods
-(:mod:`genft_tune.modules`) and :mod:`genft_tune._fs`."""
+(:mod:`genft_tune.modules`) and the files layer (:mod:`genft_tune._fs`,
+:mod:`genft_tune._weights`, :mod:`genft_tune._file_names`)."""
 
 from genft_tune.models._generic import adapter_model, checkpoint_decoder, genft_model, wegeft_model
 

@@ -50,7 +50,7 @@ def gather_adapter_state_dict(
         device (Optional[torch.device]): the process group's device; CPU-offloaded
             shards are moved there for the all-gather.
         is_key (Callable[[str], bool]): which state-dict keys are the adapter's
-            (default: GenFT's; ``ModelAdapter.is_key`` for either method).
+            (default: every method's, :func:`is_adapter_key`; ``ModelAdapter.is_key`` for one).
 
     Returns:
         Dict[str, torch.Tensor]: adapter key to full CPU tensor (empty off rank 0).

@@ -155,16 +155,15 @@ def get_model_adapter(model: nn.Module) -> ModelAdapter:
         ValueError: if the model has no GenFT or WeGeFT layer (nothing to fine-tune),
             or has both.
     """
-    method = find_model_adapter(model)
-    if method is not None:
-        return method
+    adapter = find_model_adapter(model)
+    if adapter is not None:
+        return adapter
     raise ValueError(
         f"the model ({type(model).__name__}) has no GenFT or WeGeFT layers: nothing to fine-tune. "
         "Use a genft_* / qgenft_* / wegeft_* model builder with at least one target "
         "(model.genft_attn_modules or model.wegeft_attn_modules, "
         f"any of {list(ATTN_MODULES)}; or the apply_*_to_mlp / apply_*_to_output switches)."
     )
-
 
 
 __all__ = ["find_model_adapter", "get_model_adapter", "ModelAdapter"]

@@ -5,7 +5,7 @@
 The shared generators live once, on the model (``base_model.genft_generators.<OUT>x<IN>.*``
 in the saved file; :mod:`genft_tune.modules._peft_tuner`), not per layer; each adapted
 linear holds its specific factors (``genft_A1`` ...). The maths is
-:class:`~genft_tune.modules.GenFTGenerator`'s; the names are the registry entry's
+:class:`~genft_tune.modules.genft.generator.GenFTGenerator`'s; the names are the registry entry's
 (:data:`~genft_tune.modules.genft.model.GENFT`'s ``peft_names``).
 
 Adapters trained by this package's torchtune recipes saw ``q_proj``/``k_proj`` rows of
