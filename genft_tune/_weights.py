@@ -7,14 +7,19 @@ only; which model family the keys belong to is decided above it
 
 The files of a folder, first match wins (transformers' order, safetensors before pickles):
 ``model.safetensors``; the shards ``model.safetensors.index.json`` names; every other
-``*.safetensors`` (shards without an index); ``pytorch_model.bin``; every ``.pt`` /
-``.pth`` / ``.ckpt`` / ``.bin`` file (``consolidated.00.pth``, a training script's save).
+``*.safetensors`` (shards without an index: their keys must not repeat);
+``pytorch_model.bin``; the shards ``pytorch_model.bin.index.json`` names (all of these
+are Hugging Face's layout, :func:`is_hf_layout`); every other ``.pt`` / ``.pth`` /
+``.ckpt`` / ``.bin`` file (``consolidated.00.pth``, a training script's save) but the
+trainers' files that hold no weights (``training_args.bin``, ``optimizer.pt``,
+``rng_state*.pth``...).
 """
 
+import fnmatch
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Tuple, Union
 
 import torch
 from safetensors import safe_open
@@ -24,10 +29,29 @@ PathLike = Union[str, os.PathLike]
 SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX_FILE = "model.safetensors.index.json"
 TORCH_BIN_FILE = "pytorch_model.bin"
+TORCH_BIN_INDEX_FILE = "pytorch_model.bin.index.json"
 TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 WEIGHT_SUFFIXES = (".safetensors",) + TORCH_SUFFIXES
 # where training scripts nest the weights in what they torch.save
 _WRAPPERS = ("model", "state_dict", "module")
+# what Hugging Face's Trainer and torchtune save next to the weights: never weights
+_NOT_WEIGHTS = ("training_args.bin", "optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state*.pth", "recipe_state.pt")
+# a Hugging Face .bin shard, which is read through its index only
+_BIN_SHARD = "pytorch_model-*-of-*.bin"
+
+
+def _indexed_files(index: Path) -> List[Path]:
+    """The shards a ``*.index.json`` names.
+
+    Raises:
+        FileNotFoundError: if one is missing.
+    """
+    folder = index.parent
+    files = [folder / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{index} names missing shard(s) {missing[:3]}")
+    return files
 
 
 def weight_files(folder: PathLike) -> List[Path]:
@@ -35,24 +59,39 @@ def weight_files(folder: PathLike) -> List[Path]:
     has none.
 
     Raises:
-        FileNotFoundError: if ``model.safetensors.index.json`` names a missing shard.
+        FileNotFoundError: if an index names a missing shard, or for Hugging Face ``.bin``
+            shards without their ``pytorch_model.bin.index.json``.
     """
     folder = Path(folder)
     if (folder / SAFETENSORS_FILE).is_file():
         return [folder / SAFETENSORS_FILE]
-    index = folder / SAFETENSORS_INDEX_FILE
-    if index.is_file():
-        files = [folder / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
-        missing = [str(f) for f in files if not f.is_file()]
-        if missing:
-            raise FileNotFoundError(f"{index} names missing shard(s) {missing[:3]}")
-        return files
+    if (folder / SAFETENSORS_INDEX_FILE).is_file():
+        return _indexed_files(folder / SAFETENSORS_INDEX_FILE)
     safetensors_files = sorted(folder.glob("*.safetensors"))
     if safetensors_files:
         return safetensors_files
     if (folder / TORCH_BIN_FILE).is_file():
         return [folder / TORCH_BIN_FILE]
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in TORCH_SUFFIXES)
+    if (folder / TORCH_BIN_INDEX_FILE).is_file():
+        return _indexed_files(folder / TORCH_BIN_INDEX_FILE)
+    files = sorted(
+        p for p in folder.iterdir()
+        if p.is_file() and p.suffix in TORCH_SUFFIXES and not any(fnmatch.fnmatch(p.name, n) for n in _NOT_WEIGHTS)
+    )
+    shards = [p.name for p in files if fnmatch.fnmatch(p.name, _BIN_SHARD)]
+    if shards:  # read as loose torch files they would be taken for torchtune's layout
+        raise FileNotFoundError(f"{folder} has Hugging Face weight shards {shards[:3]} but no {TORCH_BIN_INDEX_FILE}")
+    return files
+
+
+def is_hf_layout(folder: PathLike, files: List[Path]) -> bool:
+    """Whether :func:`weight_files` found the folder's weights in Hugging Face's layout
+    (safetensors, ``pytorch_model.bin`` or its index's shards) rather than torchtune's or
+    Meta's (other torch files)."""
+    folder = Path(folder)
+    return bool(files) and (
+        is_safetensors(files[0]) or files == [folder / TORCH_BIN_FILE] or (folder / TORCH_BIN_INDEX_FILE).is_file()
+    )
 
 
 def is_safetensors(path: PathLike) -> bool:
@@ -104,8 +143,6 @@ def iter_tensors(path: PathLike, *, lazy: bool = False) -> Iterator[Tuple[str, A
             return
         sd = load_torch_file(path)
     except Exception as e:
-        if isinstance(e, (KeyboardInterrupt, GeneratorExit)):
-            raise
         raise ValueError(f"cannot read weight file {path}: {e}") from e
     yield from sd.items()
 
@@ -115,18 +152,47 @@ def slice_shape(value: Any) -> Tuple[int, ...]:
     return tuple(value.get_shape()) if hasattr(value, "get_shape") else tuple(value.shape)
 
 
+def _all_tensors(files: Iterable[PathLike], value: Callable[[Any], Any], *, lazy: bool) -> Dict[str, Any]:
+    """``{key: value(tensor)}`` of every tensor of the files.
+
+    Raises:
+        ValueError: if two files hold the same key (shards hold disjoint keys; two
+            copies of a model would silently give the last one's tensors).
+    """
+    out: Dict[str, Any] = {}
+    first: Dict[str, Path] = {}
+    for path in files:
+        for key, tensor in iter_tensors(path, lazy=lazy):
+            if key in first:
+                raise ValueError(
+                    f"{Path(path).name} and {first[key].name} both hold {key!r}: the weight files of "
+                    f"{Path(path).parent} are not shards of one model; keep one copy, or name the file to read"
+                )
+            first[key], out[key] = Path(path), value(tensor)
+    return out
+
+
 def tensor_shapes(files: Iterable[PathLike]) -> Dict[str, Tuple[int, ...]]:
     """``{key: shape}`` of every tensor of the files, from the headers (safetensors) or
-    memory-mapped (torch)."""
-    return {k: slice_shape(v) for path in files for k, v in iter_tensors(path, lazy=True)}
+    memory-mapped (torch).
+
+    Raises:
+        ValueError: if two files hold the same key.
+    """
+    return _all_tensors(files, slice_shape, lazy=True)
 
 
 def read_tensors(files: Iterable[PathLike]) -> Dict[str, torch.Tensor]:
-    """Every tensor of the files, on CPU."""
-    return {k: v for path in files for k, v in iter_tensors(path)}
+    """Every tensor of the files, on CPU.
+
+    Raises:
+        ValueError: if two files hold the same key.
+    """
+    return _all_tensors(files, lambda t: t, lazy=False)
 
 
 __all__ = [
+    "is_hf_layout",
     "is_safetensors",
     "iter_tensors",
     "load_torch_file",
@@ -136,6 +202,7 @@ __all__ = [
     "slice_shape",
     "tensor_shapes",
     "TORCH_BIN_FILE",
+    "TORCH_BIN_INDEX_FILE",
     "TORCH_SUFFIXES",
     "unwrap_state_dict",
     "weight_files",

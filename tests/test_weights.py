@@ -73,6 +73,55 @@ def test_torch_files_are_read_alike_by_every_reader(tmp_path, name, wrap):
     assert base.shapes() == {"a.weight": (3, 2), "b.bias": (3,)}
 
 
+def _save_bin_shards(folder, sd=SD):
+    """``sd`` as Hugging Face's ``.bin`` checkpoint in two shards with their index, next
+    to the Trainer's ``training_args.bin``."""
+    names = ["pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin"]
+    keys = list(sd)
+    parts = [keys[: (len(keys) + 1) // 2], keys[(len(keys) + 1) // 2:]]
+    for name, part in zip(names, parts):
+        torch.save({k: sd[k] for k in part}, folder / name)
+    index = {"metadata": {}, "weight_map": {k: name for name, part in zip(names, parts) for k in part}}
+    (folder / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    torch.save({"lr": 0.1}, folder / "training_args.bin")
+    return [folder / name for name in names]
+
+
+def test_sharded_bin_checkpoint_is_read_through_its_index(tmp_path):
+    """Before: all three ``.bin`` read as torchtune's layout, which failed later."""
+    shards = _save_bin_shards(tmp_path)
+    assert weight_files(tmp_path) == shards
+    base = find_base_checkpoint(tmp_path)
+    assert base.format == "hf" and base.files == shards
+    assert base.shapes() == {"a.weight": (3, 2), "b.bias": (3,)}
+    assert _equal(read_state_dict(tmp_path), SD)
+    (tmp_path / "pytorch_model.bin.index.json").unlink()  # shards without their index
+    for reader in (weight_files, find_base_checkpoint, read_state_dict):
+        with pytest.raises(FileNotFoundError, match=r"shards .*pytorch_model-00001-of-00002\.bin.* no pytorch_model\.bin\.index\.json"):
+            reader(tmp_path)
+
+
+def test_trainer_files_are_not_weights(tmp_path):
+    for name in ("training_args.bin", "optimizer.pt", "scheduler.pt", "rng_state_0.pth", "rng_state.pth"):
+        torch.save({"lr": torch.ones(1)}, tmp_path / name)
+    assert weight_files(tmp_path) == []
+    with pytest.raises(FileNotFoundError, match=r"no base weights in .*\.pt / \.pth / \.ckpt / \.bin"):
+        find_base_checkpoint(tmp_path)
+    torch.save(SD, tmp_path / "model.pt")
+    assert weight_files(tmp_path) == [tmp_path / "model.pt"]
+    assert find_base_checkpoint(tmp_path).format == "torch"
+
+
+def test_loose_safetensors_must_hold_disjoint_keys(tmp_path):
+    """Shards without an index are read together; two copies of a model are refused
+    (before: the last file's tensors won silently)."""
+    save_file(SD, tmp_path / "copy_a.safetensors")
+    save_file(SD, tmp_path / "copy_b.safetensors")
+    for read in (read_state_dict, lambda d: find_base_checkpoint(d).shapes()):
+        with pytest.raises(ValueError, match=r"copy_b\.safetensors and copy_a\.safetensors both hold 'a\.weight'"):
+            read(tmp_path)
+
+
 def test_a_file_without_a_state_dict_is_named(tmp_path):
     torch.save({"epoch": 3, "optimizer": {"lr": 0.1}}, tmp_path / "model.pt")
     with pytest.raises(ValueError, match="does not hold a state dict of tensors"):
@@ -123,16 +172,22 @@ def test_preflight_sizes_come_through_the_family_converter():
     assert _dims(_tune_shapes(tune, None)) == dict(num_layers=1, vocab_size=100, embed_dim=32, intermediate_dim=48)
 
 
-def test_merge_of_a_pytorch_model_bin_base_equals_the_safetensors_one(genft_run, tmp_path):
-    """A Hugging Face base saved as ``pytorch_model.bin`` (before: "no base weights")
-    merges into the same tensors as its safetensors twin."""
+@pytest.mark.parametrize("sharded", [False, True], ids=["pytorch_model.bin", "bin_shards"])
+def test_merge_of_a_pytorch_model_bin_base_equals_the_safetensors_one(genft_run, tmp_path, sharded):
+    """A Hugging Face base saved as ``pytorch_model.bin`` (before: "no base weights"), or
+    as ``.bin`` shards with their index and the Trainer's ``training_args.bin``, merges
+    into the same tensors as its safetensors twin; no ``.bin`` file or index is copied."""
     base = tmp_path / "bin_base"
     shutil.copytree(genft_run["base"], base)
-    torch.save(load_file(str(base / "model.safetensors")), base / "pytorch_model.bin")
+    sd = load_file(str(base / "model.safetensors"))
+    if sharded:
+        _save_bin_shards(base, sd)
+    else:
+        torch.save(sd, base / "pytorch_model.bin")
     (base / "model.safetensors").unlink()
     want = merge_adapter_checkpoint(base_dir=genft_run["base"], adapter_dir=genft_run["adapter"], output_dir=tmp_path / "a")
     got = merge_adapter_checkpoint(base_dir=base, adapter_dir=genft_run["adapter"], output_dir=tmp_path / "b")
-    assert not (got / "pytorch_model.bin").exists()
+    assert not list(got.glob("*.bin")) and not (got / "pytorch_model.bin.index.json").exists()
     assert _equal(load_file(str(got / "model.safetensors")), load_file(str(want / "model.safetensors")))
 
 

@@ -16,12 +16,12 @@ import torch
 from torchtune.models import convert_weights
 
 from genft_tune._weights import (
+    is_hf_layout,
     iter_tensors,
     SAFETENSORS_INDEX_FILE,
-    slice_shape,
     tensor_shapes,
     TORCH_BIN_FILE,
-    TORCH_SUFFIXES,
+    TORCH_BIN_INDEX_FILE,
     weight_files,
     WEIGHT_SUFFIXES,
 )
@@ -29,8 +29,6 @@ from genft_tune.models._families import Family, get_family
 
 PathLike = Union[str, os.PathLike]
 StateDictFn = Callable[[Dict[str, torch.Tensor]], Dict[str, torch.Tensor]]
-
-HF_INDEX_FILE = SAFETENSORS_INDEX_FILE
 
 
 @dataclass
@@ -88,7 +86,7 @@ def torch_converter(keys: List[str]) -> KeyConverter:
 class BaseCheckpoint:
     """The weight files of a base checkpoint directory."""
 
-    format: str  # "hf" (Hugging Face's layout: safetensors or pytorch_model.bin) or "torch" (.pt/.pth...)
+    format: str  # "hf" (Hugging Face's layout: safetensors or pytorch_model*.bin) or "torch" (.pt/.pth...)
     files: List[Path]
     config: Optional[Dict[str, Any]]
 
@@ -106,7 +104,7 @@ class BaseCheckpoint:
 def find_base_checkpoint(base_dir: PathLike) -> BaseCheckpoint:
     """Detect the format and weight files of a base checkpoint directory
     (:func:`genft_tune._weights.weight_files`): Hugging Face's layout for safetensors and
-    ``pytorch_model.bin``, torchtune's or Meta's for other torch files.
+    ``pytorch_model.bin`` (or its index's shards), torchtune's or Meta's for other torch files.
 
     Raises:
         FileNotFoundError: if the directory has no supported weight files.
@@ -120,11 +118,10 @@ def find_base_checkpoint(base_dir: PathLike) -> BaseCheckpoint:
     files = weight_files(base_dir)
     if not files:
         raise FileNotFoundError(
-            f"no base weights in {base_dir}: expected {HF_INDEX_FILE}, *.safetensors, {TORCH_BIN_FILE}, "
-            "or consolidated.00.pth / *.pt"
+            f"no base weights in {base_dir}: expected {SAFETENSORS_INDEX_FILE}, *.safetensors, {TORCH_BIN_FILE}, "
+            f"{TORCH_BIN_INDEX_FILE}, or a .pt / .pth / .ckpt / .bin file (consolidated.00.pth)"
         )
-    hf = files[0].suffix == ".safetensors" or files == [base_dir / TORCH_BIN_FILE]
-    return BaseCheckpoint("hf" if hf else "torch", files, config)
+    return BaseCheckpoint("hf" if is_hf_layout(base_dir, files) else "torch", files, config)
 
 
 def base_layout(source: BaseCheckpoint, base_dir: Path):
@@ -144,11 +141,8 @@ __all__ = [
     "base_layout",
     "BaseCheckpoint",
     "find_base_checkpoint",
-    "HF_INDEX_FILE",
     "hf_converter",
     "KeyConverter",
-    "slice_shape",
     "torch_converter",
-    "TORCH_SUFFIXES",
     "WEIGHT_SUFFIXES",
 ]

@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import save_file
 
 from genft_tune._fs import give_open_mode, new_folder
+from genft_tune._weights import SAFETENSORS_INDEX_FILE, TORCH_BIN_INDEX_FILE
 from genft_tune.cards._model_card import find_run_files, TRAINING_CONFIG_FILE, TRAINING_LOG_FILE, write_local_card
 from genft_tune.checkpointing._adapter import (
     _dump_json,
@@ -36,7 +37,6 @@ from genft_tune.checkpointing._base_checkpoint import (
     base_layout,
     BaseCheckpoint,
     find_base_checkpoint,
-    HF_INDEX_FILE,
     KeyConverter,
     WEIGHT_SUFFIXES,
 )
@@ -182,7 +182,7 @@ class _ShardWriter:
             weight_map.update({k: name for k in keys})
         if n > 1:
             index = {"metadata": {"total_size": self.total}, "weight_map": dict(sorted(weight_map.items()))}
-            (self.out_dir / HF_INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+            (self.out_dir / SAFETENSORS_INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
         return names
 
 
@@ -315,7 +315,7 @@ def _copy_non_weights(
     ``config.json``'s ``torch_dtype``. Subdirectories holding weights (e.g. the
     ``original/`` Meta copy of Llama 3 repos) are skipped: they would be unmerged, and so
     is the base's model card (``README.md``): it describes the base (:func:`_write_card`)."""
-    weight_names = {p.name for p in source.files} | {HF_INDEX_FILE, "README.md"}
+    weight_names = {p.name for p in source.files} | {SAFETENSORS_INDEX_FILE, TORCH_BIN_INDEX_FILE, "README.md"}
     for path in sorted(base_dir.iterdir()):
         if path.name in weight_names or path.name.startswith("."):
             continue
