@@ -192,12 +192,13 @@ def test_torchtune_gemma2_differs_from_the_checkpoint(tmp_path):
         assert (model.eval()(tokens) - _hf_logits(ckpt, tokens)).abs().max() > 1e-2
 
 
-def test_hf_checkpointer_round_trips_qwen3(tmp_path):
+@pytest.mark.parametrize("model_type", ["QWEN3", "qwen3"])  # as before family_read_by: any case
+def test_hf_checkpointer_round_trips_qwen3(tmp_path, model_type):
     from genft_tune.checkpointing import HFCheckpointer
 
     ckpt = write_family_checkpoint("qwen3", tmp_path / "ckpt")
     checkpointer = HFCheckpointer(checkpoint_dir=str(ckpt), checkpoint_files=["model.safetensors"],
-                                  model_type="QWEN3", output_dir=str(tmp_path / "out"))
+                                  model_type=model_type, output_dir=str(tmp_path / "out"))
     sd = checkpointer.load_checkpoint()["model"]
     assert "layers.0.attn.q_norm.scale" in sd and "output.weight" not in sd  # tied
     checkpointer.save_checkpoint({"model": sd}, epoch=0)

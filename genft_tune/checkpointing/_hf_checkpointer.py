@@ -102,12 +102,13 @@ class HFCheckpointer(FullModelHFCheckpointer):
     torchtune's own path with the corrected converters.
 
     Args:
-        model_type (str): a torchtune ``ModelType`` name, or ``QWEN3``.
+        model_type (str): a torchtune ``ModelType`` name, or ``QWEN3`` (``QWEN3`` and ``GEMMA2`` in
+            any case).
         **kwargs: as :class:`torchtune.training.FullModelHFCheckpointer`.
     """
 
     def __init__(self, *, model_type: str, **kwargs: Any):
-        family = family_read_by(str(model_type))
+        family = family_read_by(str(model_type).upper())  # any case, as `model_type: qwen3` always was
         self._extra = family.torchtune_checkpointer if family else None  # (its model family says)
         super().__init__(model_type=self._extra.model_type if self._extra else model_type, **kwargs)
 
