@@ -29,8 +29,7 @@ import genft_tune
 from genft_tune._file_names import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE
 from genft_tune._fs import write_pair_atomically
 from genft_tune.modules import adapter_kinds, get_adapter_kind
-from genft_tune.modules._method import adapter_kind_for_config
-from genft_tune.modules._method import is_adapter_key
+from genft_tune.modules._method import adapter_kind_for_config, is_adapter_key
 
 FORMAT_NAME = "genft-adapter"
 FORMAT_VERSION = 1

@@ -34,7 +34,7 @@ from safetensors.torch import save_file
 from genft_tune._file_names import PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE
 from genft_tune._fs import give_open_mode, new_folder
 from genft_tune.checkpointing._adapter import _dump_json, AdapterFileConfig, check_adapter_matches_model
-from genft_tune.checkpointing._base_checkpoint import BaseCheckpoint, find_base_checkpoint
+from genft_tune.checkpointing._base_checkpoint import BaseCheckpoint, find_base_checkpoint, KeyConverter
 from genft_tune.checkpointing._merge import merge_base_tensor
 from genft_tune.checkpointing._peft_format import (
     _converter,
@@ -145,12 +145,13 @@ def delta_weights(adapter_dir: PathLike, *, base_dir: PathLike) -> Iterator[Tupl
             adapter trains whole modules (a LoRA cannot hold them).
         ValueError: if the adapter does not fit the base.
     """
-    source = _hf_base(base_dir)
-    yield from _deltas(source, base_dir, *read_adapter(adapter_dir, base_dir=base_dir))
+    source, converter = _hf_base(base_dir)
+    yield from _deltas(source, converter, base_dir, *read_adapter(adapter_dir, base_dir=base_dir))
 
 
-def _hf_base(base_dir: PathLike) -> BaseCheckpoint:
-    """The Hugging Face base checkpoint in ``base_dir``, of a family this package converts.
+def _hf_base(base_dir: PathLike) -> Tuple[BaseCheckpoint, KeyConverter]:
+    """The Hugging Face base checkpoint in ``base_dir`` and its family's key converter
+    (found before the adapter is read, so a base of no known family is refused first).
 
     Raises:
         PeftFormatError: naming what it is not.
@@ -158,16 +159,18 @@ def _hf_base(base_dir: PathLike) -> BaseCheckpoint:
     source = find_base_checkpoint(base_dir)
     if source.format != "hf" or source.config is None:
         raise PeftFormatError(f"{base_dir}: a LoRA is written for a Hugging Face base (config.json + safetensors)")
-    _converter(source.config)
-    return source
+    return source, _converter(source.config)
 
 
 def _deltas(
-    source: BaseCheckpoint, base_dir: PathLike, adapter_sd: Dict[str, torch.Tensor], adapter_cfg: AdapterFileConfig
+    source: BaseCheckpoint,
+    converter: KeyConverter,
+    base_dir: PathLike,
+    adapter_sd: Dict[str, torch.Tensor],
+    adapter_cfg: AdapterFileConfig,
 ) -> Iterator[Tuple[str, torch.Tensor, torch.dtype]]:
     """:func:`delta_weights` of an adapter already read (:func:`read_adapter`), on the base
-    :func:`_hf_base` found in ``base_dir``."""
-    converter = _converter(source.config)
+    and converter :func:`_hf_base` found in ``base_dir``."""
     if adapter_cfg.get("modules_to_save"):
         raise PeftFormatError(
             f"the adapter also trains whole modules ({', '.join(adapter_cfg['modules_to_save'][:3])}): a LoRA for "
@@ -275,14 +278,14 @@ def export_lora_adapter(
     output_dir = Path(output_dir)
     if output_dir.exists() and not overwrite:
         raise FileExistsError(f"output directory {output_dir} exists (pass overwrite / --overwrite)")
-    source = _hf_base(base_dir)
+    source, converter = _hf_base(base_dir)
     # read once (any format read_adapter reads); its json names the base
     adapter_sd, adapter_cfg = read_adapter(adapter_dir, base_dir=base_dir)
     if rank is None:
-        rank = _uniform_rank(_deltas(source, base_dir, adapter_sd, adapter_cfg), energy)
+        rank = _uniform_rank(_deltas(source, converter, base_dir, adapter_sd, adapter_cfg), energy)
     tensors: Dict[str, torch.Tensor] = {}
     costs: List[LayerCost] = []
-    for module, delta, base_dtype in _deltas(source, base_dir, adapter_sd, adapter_cfg):
+    for module, delta, base_dtype in _deltas(source, converter, base_dir, adapter_sd, adapter_cfg):
         A, B, cost = lora_factors(delta, rank, module)
         out_dtype = LORA_DTYPES[dtype] or base_dtype
         tensors[f"{MODEL}{module}.lora_A.weight"] = A.to(out_dtype).contiguous()

@@ -51,7 +51,7 @@ def _heads(config: Dict[str, Any]) -> Dict[str, Any]:
     )
 
 
-def decoder_dims(config: Dict[str, Any]) -> Dict[str, Any]:
+def _decoder_dims(config: Dict[str, Any]) -> Dict[str, Any]:
     """A torchtune decoder builder's sizes (``vocab_size``, ``num_layers``, ``embed_dim``...)
     from a Hugging Face ``config.json``."""
     return dict(
@@ -68,9 +68,9 @@ def decoder_dims(config: Dict[str, Any]) -> Dict[str, Any]:
 
 def decoder_sizes(config: Dict[str, Any]) -> Dict[str, Any]:
     """What a torchtune decoder builder takes to build the size of a Hugging Face
-    ``config.json`` (the pre-flight's advice): :func:`decoder_dims` less ``norm_eps`` (not
+    ``config.json`` (the pre-flight's advice): :func:`_decoder_dims` less ``norm_eps`` (not
     a size), plus ``head_dim`` and ``tie_word_embeddings`` where the config gives them."""
-    kwargs = decoder_dims(config)
+    kwargs = _decoder_dims(config)
     kwargs.pop("norm_eps", None)
     if config.get("head_dim"):
         kwargs["head_dim"] = config["head_dim"]
@@ -186,7 +186,7 @@ def _llama_convert(sd, config, *, back=False):
 
 
 def _build_llama(config):
-    kwargs = decoder_dims(config)
+    kwargs = _decoder_dims(config)
     kwargs["rope_base"] = int(rope_theta(config, 10000))
     tied = bool(config.get("tie_word_embeddings", False))
     scaling = config.get("rope_scaling") or {}
@@ -206,7 +206,7 @@ def _qwen2_convert(sd, config, *, back=False):
 
 def _build_qwen2(config):
     return qwen2(
-        **decoder_dims(config),
+        **_decoder_dims(config),
         rope_base=rope_theta(config, 1_000_000.0),
         tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
     )
@@ -218,7 +218,7 @@ def _gemma2_convert(sd, config, *, back=False):
 
 
 def _build_gemma2(config):
-    dims = decoder_dims(config)
+    dims = _decoder_dims(config)
     dims["norm_eps"] = config.get("rms_norm_eps", 1e-6)
     return gemma2(
         **dims,
@@ -241,7 +241,7 @@ def _phi3_convert(sd, config, *, back=False):
 
 
 def _build_phi3(config):
-    return phi3(**decoder_dims(config), rope_base=rope_theta(config, 10_000))
+    return phi3(**_decoder_dims(config), rope_base=rope_theta(config, 10_000))
 
 
 def _qwen3_convert(sd, config, *, back=False):
@@ -252,7 +252,7 @@ def _qwen3_convert(sd, config, *, back=False):
 
 def _build_qwen3(config):
     return qwen3(
-        **decoder_dims(config),
+        **_decoder_dims(config),
         head_dim=config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"],
         rope_base=rope_theta(config, 1_000_000.0),
         tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
@@ -401,7 +401,6 @@ def get_family(config: Dict[str, Any]) -> Family:
 
 
 __all__ = [
-    "decoder_dims",
     "decoder_sizes",
     "FAMILIES",
     "Family",

@@ -14,9 +14,9 @@ from omegaconf import DictConfig
 from torch import nn
 
 from genft_tune.modules import adapter_layers, AdapterKind, get_adapter_kind
-from genft_tune.modules._apply import adapter_kind_of
+from genft_tune.modules._apply import adapter_kind_of, ATTN_MODULES
 from genft_tune.modules._method import method_name_in_file, validate_missing_and_unexpected
-from genft_tune.training._targets import check_adapter_targets, ATTN_MODULES
+from genft_tune.training._targets import check_adapter_targets
 
 
 @dataclass(frozen=True)

@@ -102,7 +102,6 @@ def validate_model_config(cfg_model: DictConfig) -> None:
 
 
 __all__ = [
-    "ATTN_MODULES",
     "adapter_target_modules",
     "check_adapter_targets",
     "check_requested_targets",
