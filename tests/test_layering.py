@@ -118,12 +118,14 @@ def test_model_families_are_asked_not_named():
 # its lazy ``genft_tune.apply_adapter`` (PEP 562) is the one way up, so that ``import
 # genft_tune`` and ``genft-tune ls`` do not load torch.
 LAYERS = [
-    {"genft_tune", "genft_tune._file_names", "genft_tune._fs", "genft_tune._torchao_compat", "genft_tune._weights"},  # files and I/O, no genft_tune import
+    # files and I/O, the configs catalog; no genft_tune import
+    {"genft_tune", "genft_tune._file_names", "genft_tune._fs", "genft_tune._recipe_registry",
+     "genft_tune._torchao_compat", "genft_tune._weights"},
     {"genft_tune.modules"},  # the methods: config, math, layer, registry entry, PEFT tuner
     {"genft_tune.models"},  # the model families
     {"genft_tune.datasets", "genft_tune.cards"},  # data sets; model cards and run files
     {"genft_tune.checkpointing"},  # adapter files, merge, verify, PEFT/LoRA/authors' formats
-    {"genft_tune.training", "genft_tune.hub", "genft_tune.peft", "genft_tune._recipe_registry"},  # recipe helpers, publish, PEFT registration, configs
+    {"genft_tune.training", "genft_tune.hub", "genft_tune.peft"},  # recipe helpers, publish, PEFT registration, configs
     {"genft_tune._cli", "genft_tune.quickstart"},  # commands
 ]
 
@@ -140,3 +142,14 @@ def test_subpackages_import_only_layers_below():
         if target != "genft_tune" and rank[target] >= rank[unit] and target != unit
     ]
     assert not upward, "imports that do not run downwards:\n" + "\n".join(sorted(upward))
+
+
+def test_the_package_imports_without_docstrings():
+    """``python -OO`` strips docstrings (``__doc__`` is None): the builders that document
+    themselves from other docstrings must still import."""
+    import subprocess
+    import sys
+
+    code = "import genft_tune.models, genft_tune.models.vit, genft_tune.training, genft_tune.checkpointing"
+    run = subprocess.run([sys.executable, "-OO", "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]

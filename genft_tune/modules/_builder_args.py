@@ -189,7 +189,8 @@ def shared_args_doc(placeholder: str, text: str) -> Callable[[Callable], Callabl
     builder."""
 
     def document(build: Callable) -> Callable:
-        build.__doc__ = build.__doc__.replace("{" + placeholder + "}", text)
+        if build.__doc__:  # None under python -OO
+            build.__doc__ = build.__doc__.replace("{" + placeholder + "}", text)
         return build
 
     return document

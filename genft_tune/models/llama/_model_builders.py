@@ -57,7 +57,8 @@ def _sized(component: Callable[..., TransformerDecoder], method: str, size: str)
 def _quantized(builder: Callable[..., TransformerDecoder]) -> Callable[..., TransformerDecoder]:
     """``builder`` with ``quantize_base=True``, documented like torchtune's ``qlora_*``."""
     quantized = partial(builder, quantize_base=True)
-    quantized.__doc__ = f"""
+    if builder.__doc__:  # None under python -OO
+        quantized.__doc__ = f"""
 Builder for {builder.__doc__.splitlines()[0].split(':')[0]} on an NF4-quantized base (QGenFT):
 the frozen weights of the attention and MLP linears are torchao NF4 tensors, the adapter
 trains in the model's dtype. Please see `{builder.__name__}` for full API arguments.

