@@ -79,7 +79,8 @@ def validate_model_config(cfg_model: DictConfig) -> None:
         ValueError: if ``genft_attn_modules`` or ``wegeft_attn_modules`` is not a list
             or names an unknown projection.
     """
-    for field in [f"{kind.name}_attn_modules" for kind in adapter_kinds()]:
+    for kind in adapter_kinds():
+        field = f"{kind.name}_attn_modules"
         attn = cfg_model.get(field, None)
         if attn is None:
             continue
@@ -92,7 +93,7 @@ def validate_model_config(cfg_model: DictConfig) -> None:
                 alias = target_alias(name)
                 hint = (
                     f"; {name!r} is called {alias!r} here" if alias in ATTN_MODULES
-                    else f"; the MLP ({name}) is adapted with model.apply_{field.split('_')[0]}_to_mlp=True"
+                    else f"; the MLP ({name}) is adapted with model.apply_{kind.name}_to_mlp=True"
                     if alias in ("w1", "w2", "w3") else ""
                 )
                 raise ValueError(
