@@ -10,7 +10,8 @@ rewrites it).
 
 Placeholders: ``{file}`` an existing file, ``{tmp}`` the case's folder, ``{data}`` a folder
 of bad data files (see ``write_bad_data``), ``{big}`` a Llama checkpoint of another size,
-``{sharded}`` the tiny checkpoint in two shards.
+``{sharded}`` the tiny checkpoint in two shards, ``{tied}`` a tiny Llama checkpoint with
+tied embeddings, ``{gemma2}`` a tiny Gemma 2 checkpoint.
 A case starting with ``[genft_model]`` runs on a ``genft_tune.models.genft_model`` config.
 """
 
@@ -33,7 +34,7 @@ from _recipe_runs import (
     subprocess_env,
     write_config,
 )
-from _tiny_llama import base_config, TINY
+from _tiny_llama import base_config, TINY, write_tiny_checkpoint
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "bad_inputs.md"
 
@@ -104,6 +105,8 @@ BAD_INPUTS = [
     ("tokenizer.path={tmp}/nope.model", "tokenizer: file not found: {tmp}/nope.model; check tokenizer.path"),
     ("tokenizer._component_=torchtune.models.qwen2_5.qwen2_5_tokenizer", "tokenizer: cannot load it (torchtune.models.qwen2_5.qwen2_5_tokenizer): TypeError"),
     ("checkpointer.model_type=QWEN2", "checkpointer.model_type is QWEN2, but the checkpoint's config.json says model_type 'llama': set checkpointer.model_type=LLAMA3"),
+    ("checkpointer.model_type=GEMMA checkpointer.checkpoint_dir={gemma2}", "checkpointer.model_type is GEMMA, but the checkpoint's config.json says model_type 'gemma2': set checkpointer.model_type=GEMMA2"),
+    ("checkpointer.model_type=QWEN2 checkpointer.checkpoint_dir={tied}", "checkpointer.model_type is QWEN2, but the checkpoint's config.json says model_type 'llama': set checkpointer.model_type=LLAMA3_2"),
     ("output_dir={tmp}/base/run", "output_dir '{tmp}/base/run' is inside checkpointer.checkpoint_dir '{tmp}/base'"),
     ("checkpointer.checkpoint_dir={sharded} checkpointer.checkpoint_files=[model-00001-of-00002.safetensors]", "checkpointer.checkpoint_files lists 1 of the 2 shards that model.safetensors.index.json names; add ['model-00002-of-00002.safetensors']"),
     ("metric_logger._component_=torchtune.training.metric_logging.CometLogger ~metric_logger.filename", "metric_logger: CometLogger needs the 'comet_ml' package (pip install comet_ml)"),
@@ -178,7 +181,7 @@ def _case_config(tmp_path, overrides):
         overrides = overrides[len("[genft_model] "):]
         cfg["model"] = dict(GENERIC_MODEL)
     places = {"file": tmp_path / "a_file", "tmp": tmp_path, "data": tmp_path / "bad_data", "big": tmp_path / "big",
-              "sharded": tmp_path / "sharded"}
+              "sharded": tmp_path / "sharded", "tied": tmp_path / "tied", "gemma2": tmp_path / "gemma2"}
     if "{data}" in overrides:
         write_bad_data(places["data"])
     if "{big}" in overrides:
@@ -188,6 +191,15 @@ def _case_config(tmp_path, overrides):
 
         places["sharded"] = tmp_path / "sharded"
         LlamaForCausalLM.from_pretrained(str(tmp_path / "base")).save_pretrained(places["sharded"], max_shard_size="300KB")
+    if "{tied}" in overrides:  # as SmolLM2 / Llama 3.2
+        write_tiny_checkpoint(places["tied"], tie_word_embeddings=True)
+    if "{gemma2}" in overrides:
+        from transformers import Gemma2Config, Gemma2ForCausalLM
+
+        Gemma2ForCausalLM(Gemma2Config(
+            vocab_size=TINY["vocab_size"], hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+        )).save_pretrained(places["gemma2"])
     cfg_path = write_config(cfg, tmp_path / "c.yaml")
     return cfg_path, [a.format(**places) for a in overrides.split()], places
 
@@ -403,7 +415,8 @@ def docs_text() -> str:
         "exits with status 2, prints no traceback (`GENFT_TUNE_DEBUG=1` shows it), and several\n"
         "mistakes in one run are reported together. `{file}` is an existing file, `{tmp}` a folder,\n"
         "`{data}` a folder of data files (`qa.jsonl` has the columns `question,answer`), `{big}` a\n"
-        "checkpoint of another size; `[genft_model]` marks a config built with\n"
+        "checkpoint of another size, `{tied}` a Llama checkpoint with tied embeddings, `{gemma2}` a\n"
+        "Gemma 2 checkpoint; `[genft_model]` marks a config built with\n"
         "`genft_tune.models.genft_model`.\n\n"
         + _table("| input (command-line override) | message (excerpt) |", [(f"`{o}`", m) for o, m in BAD_INPUTS])
         + "\n### Handled during a run\n\n"

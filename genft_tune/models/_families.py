@@ -151,6 +151,9 @@ class Family:
         checkpointer_types (Tuple[str, ...]): the ``checkpointer.model_type`` values of
             torchtune's checkpointers that read the family's checkpoints, the one to
             suggest first; empty: read by the family's own code only (ViT).
+        checkpointer_for (Callable): ``config -> checkpointer.model_type`` to suggest for
+            one checkpoint of the family (Llama: ``LLAMA3_2`` for tied embeddings); None:
+            the first of ``checkpointer_types``.
         sizes (Callable): ``config -> keyword arguments`` of the family's builder that give
             the checkpoint's size (:func:`decoder_sizes`; the pre-flight's advice).
         classifier_key (str): the torchtune key of a classifier's output weight, which an
@@ -172,6 +175,7 @@ class Family:
     output_names: Callable[[Iterable[str], Mapping[str, torch.Tensor]], Tuple[NameMap, NameMap]] = same_names
     torchtune_checkpointer: Optional[TorchtuneCheckpointer] = None
     checkpointer_types: Tuple[str, ...] = ()
+    checkpointer_for: Optional[Callable[[Dict[str, Any]], str]] = None
     sizes: Callable[[Dict[str, Any]], Dict[str, Any]] = decoder_sizes
     classifier_key: Optional[str] = None
 
@@ -179,10 +183,23 @@ class Family:
     def is_decoder(self) -> bool:
         return self.pipeline_tag == "text-generation"
 
+    def checkpointer_type(self, config: Dict[str, Any]) -> Optional[str]:
+        """The ``checkpointer.model_type`` that reads this ``config.json``'s checkpoint,
+        None for a family read by its own code only."""
+        if self.checkpointer_for is not None:
+            return self.checkpointer_for(config)
+        return self.checkpointer_types[0] if self.checkpointer_types else None
+
 
 def _llama_convert(sd, config, *, back=False):
     fn = convert_weights.tune_to_hf if back else convert_weights.hf_to_tune
     return fn(sd, **_heads(config), head_dim=config.get("head_dim"))
+
+
+def _llama_checkpointer(config):
+    # tied embeddings (SmolLM2, Llama 3.2) are LLAMA3_2 in torchtune's configs: the type
+    # that knows there is no separate output.weight
+    return "LLAMA3_2" if config.get("tie_word_embeddings", False) else "LLAMA3"
 
 
 def _build_llama(config):
@@ -339,7 +356,10 @@ def _family(name, convert, build, **more) -> Family:
 FAMILIES: Dict[str, Family] = {
     f.name: f
     for f in (
-        _family("llama", _llama_convert, _build_llama, checkpointer_types=("LLAMA3", "LLAMA2", "LLAMA3_2")),
+        _family(
+            "llama", _llama_convert, _build_llama, checkpointer_types=("LLAMA3", "LLAMA2", "LLAMA3_2"),
+            checkpointer_for=_llama_checkpointer,
+        ),
         _family("mistral", _llama_convert, _build_llama, checkpointer_types=("MISTRAL",)),
         _family("qwen2", _qwen2_convert, _build_qwen2, checkpointer_types=("QWEN2",)),
         _family(

@@ -15,6 +15,7 @@ import torch
 from omegaconf import DictConfig
 from torchtune.config import instantiate
 from torchtune.config._utils import _get_component_from_path
+from torchtune.training import ModelType
 
 from genft_tune._file_names import ADAPTER_CONFIG_FILE
 from genft_tune._weights import is_safetensors, tensor_shapes
@@ -111,6 +112,22 @@ def _read_config_json(ckpt_dir: Path) -> Optional[Dict[str, Any]]:
         return None
 
 
+def _model_type_problems(model_type: str, config: Optional[Dict[str, Any]]) -> List[ValueError]:
+    """``checkpointer.model_type`` against the checkpoint's ``config.json``: a checkpointer
+    type (torchtune's or a family's) that does not read the family's checkpoints
+    (``GEMMA`` for Gemma 2, ``QWEN2`` for Llama) is refused with the one that does."""
+    family = find_family(config)
+    wanted = model_type.upper()
+    known = wanted in ModelType.__members__ or family_read_by(wanted) is not None
+    if family is None or not family.checkpointer_types or wanted in family.checkpointer_types or not known:
+        return []
+    have = config.get("model_type")
+    return [ValueError(
+        f"checkpointer.model_type is {model_type}, but the checkpoint's config.json says model_type "
+        f"{have!r}: set checkpointer.model_type={family.checkpointer_type(config)} (and a {have} model config)"
+    )]
+
+
 def build_on_meta(cfg_model: DictConfig) -> torch.nn.Module:
     """The model config's model on the meta device (sizes only, no memory)."""
     with torch.device("meta"):
@@ -130,14 +147,7 @@ def checkpoint_problems(cfg: DictConfig, checkpoint_files: Sequence[str]) -> Lis
     ckpt_dir = Path(str(cfg.checkpointer.checkpoint_dir))
     config = _read_config_json(ckpt_dir)
     problems: List[ValueError] = []
-    model_type = str(cfg.checkpointer.get("model_type", "") or "")
-    have = (config or {}).get("model_type")
-    want, found = family_read_by(model_type), find_family(config)
-    if want is not None and found is not None and found is not want and found.checkpointer_types:
-        problems.append(ValueError(
-            f"checkpointer.model_type is {model_type}, but the checkpoint's config.json says model_type "
-            f"{have!r}: set checkpointer.model_type={found.checkpointer_types[0]} (and a {have} model config)"
-        ))
+    problems.extend(_model_type_problems(str(cfg.checkpointer.get("model_type", "") or ""), config))
     try:
         model = build_on_meta(cfg.model)
     except (ValueError, TypeError) as e:
