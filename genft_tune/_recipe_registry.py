@@ -22,10 +22,13 @@ is used as given.
 import difflib
 import importlib.util
 import re
+import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import List, Optional
+
+import yaml
 
 import genft_tune
 
@@ -162,10 +165,16 @@ def recipe_path(name: str) -> Path:
     raise ValueError(f"recipe {name!r} is registered, but its file {recipe.file_path} is not installed")
 
 
-def resolve_config_argv(argv: List[str]) -> List[str]:
-    """Turn ``--config <packaged name>`` in ``argv`` (in place) into the packaged yaml's path.
+# Components a recipe runs without: ``X=null`` switches one off (torchtune's CLI sets
+# ``X._component_`` to null; the recipes' pre-flight reads that as "none"), and so does
+# ``~X``, which torchtune itself refuses for a component.
+OPTIONAL_COMPONENTS = ("dataset_val", "eval_dataset", "lr_scheduler")
 
-    A value that is an existing file is left alone, so yaml paths work as usual.
+
+def resolve_config_argv(argv: List[str]) -> List[str]:
+    """Turn ``--config <packaged name>`` in ``argv`` (in place) into the packaged yaml's
+    path (a value that is an existing file is left alone), and ``~X`` of an optional
+    component ``X`` into ``X=null``.
 
     Args:
         argv (List[str]): ``sys.argv`` of a recipe.
@@ -174,9 +183,10 @@ def resolve_config_argv(argv: List[str]) -> List[str]:
         List[str]: ``argv``, modified in place.
 
     Raises:
-        SystemExit: with a clear message when the value is neither a file nor a packaged
-            config name.
+        SystemExit: with a clear message (status 2) when the value is neither a file nor
+            a packaged config name, or ``~X`` would remove a component the recipe needs.
     """
+    config_file = None
     for i, arg in enumerate(argv):
         if arg == "--config" and i + 1 < len(argv):
             index, value = i + 1, argv[i + 1]
@@ -185,13 +195,40 @@ def resolve_config_argv(argv: List[str]) -> List[str]:
         else:
             continue
         if Path(value).is_file():
-            return argv
-        if get_config(value) is not None:
-            path = str(config_path(value))
-            argv[index] = path if index != i else f"--config={path}"
-            return argv
-        raise SystemExit(
-            f"--config {value!r} is neither a yaml file nor a packaged config name{did_you_mean(value)}; "
-            "`genft-tune ls` lists the packaged configs"
-        )
+            config_file = Path(value)
+        elif get_config(value) is not None:
+            config_file = config_path(value)
+            argv[index] = str(config_file) if index != i else f"--config={config_file}"
+        else:
+            _usage_error(argv, f"--config {value!r} is neither a yaml file nor a packaged config name"
+                         f"{did_you_mean(value)}; `genft-tune ls` lists the packaged configs")
+        break
+    if config_file is not None:
+        _switch_off_components(argv, config_file)
     return argv
+
+
+def _switch_off_components(argv: List[str], config_file: Path) -> None:
+    """``~X`` of a component: ``X=null`` for an optional one, one message for another."""
+    try:
+        cfg = yaml.safe_load(config_file.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return  # torchtune's own parsing reports it
+    for i, arg in enumerate(argv):
+        key = arg[1:].split("=", 1)[0] if arg.startswith("~") else None
+        node = cfg
+        for part in (key or "").split(".") if key else ():
+            node = node.get(part) if isinstance(node, dict) else None
+        if key is None or not (isinstance(node, dict) and "_component_" in node):
+            continue
+        if key in OPTIONAL_COMPONENTS:
+            argv[i] = f"{key}=null"
+        else:
+            _usage_error(argv, f"{arg}: {key} is a component the recipe needs, and torchtune does not remove "
+                         f"components from the command line; replace it with {key}._component_=<dotted path>, "
+                         "or copy the config (genft-tune cp) and edit it")
+
+
+def _usage_error(argv: List[str], message: str) -> None:
+    print(f"{Path(argv[0]).stem if argv else 'recipe'}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)

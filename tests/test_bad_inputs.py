@@ -137,6 +137,8 @@ HANDLED = [
     ("Ctrl-C during training", "exit status 130, `genft_finetune_single_device: interrupted at step N; resume with resume_from_checkpoint=True (last checkpoint step_M)`, no traceback; a checkpoint being written is finished first"),
     ("`resume_from_checkpoint=True` with a changed adapter setting (`model.shared_dim=8`)", "exit status 2 before anything loads: `resume_from_checkpoint: the saved adapter's GenFT config differs from the model's (field: (saved, config)): {'shared_dim': (4, 8)}; resume with the interrupted run's model settings, or start a new output_dir`"),
     ("`resume_from_checkpoint=True` with other targets (`model.genft_attn_modules=[q_proj,k_proj,v_proj]`)", "exit status 2 before anything loads: `resume_from_checkpoint: the model config adapts other layers than the saved adapter (new: ['layers.0.attn.k_proj', ...], gone: []); ...` (before: `ValueError: Missing GenFT adapter key` traceback after loading)"),
+    ("`resume_from_checkpoint=True` on a run that finished its epochs", "exit status 2 before anything loads: `resume_from_checkpoint: the run in '...' has already finished its 1 epoch(s) and epochs=1; raise epochs (e.g. epochs=2) to train further` (before: loaded everything, trained nothing, exit 0)"),
+    ("`~dataset_val` or `dataset_val=null` (train without validation)", "trains without validation; `run_val_every_n_steps` is dropped with it (before: `~dataset_val` was a torchtune traceback, `Could not find key dataset_val in yaml config to remove`)"),
     ("any failed start in the `output_dir` of a finished run", "the finished run's `torchtune_config.yaml`, `logs/` and checkpoints are left as they were (the metric logger is created once everything is loaded)"),
 ]
 
@@ -346,6 +348,9 @@ def test_a_failed_start_leaves_a_finished_run_untouched(tmp_path, monkeypatch):
     code, err = _main_in_process(cfg_path, ["resume_from_checkpoint=True", "model.genft_attn_modules=[q_proj,k_proj,v_proj]"])
     assert code == 2 and "adapts other layers than the saved adapter (new: ['layers.0.attn.k_proj'" in err, err
     assert _tree(out) == before
+    code, err = _main_in_process(cfg_path, ["resume_from_checkpoint=True"])  # before: loaded, did nothing, exit 0
+    assert code == 2 and "has already finished its 1 epoch(s) and epochs=1; raise epochs (e.g. epochs=2)" in err, err
+    assert _tree(out) == before
     time.sleep(1.1)  # a new DiskLogger file would get another name
     module = load_recipe_module(SINGLE_DEVICE_RECIPE)
 
@@ -441,3 +446,21 @@ def test_docs_table_is_the_tested_list():
     if os.environ.get("GENFT_TUNE_UPDATE_DOCS") == "1":
         DOC.write_text(text)
     assert DOC.is_file() and DOC.read_text() == text, "run GENFT_TUNE_UPDATE_DOCS=1 pytest tests/test_bad_inputs.py"
+
+
+def test_validation_switches_off_from_the_command_line(tmp_path):
+    """``~dataset_val`` (torchtune: a traceback, "Could not find key dataset_val") and
+    ``dataset_val=null`` (before: "dataset_val._component_ must be a dotted import path")
+    train without validation, run_val_every_n_steps dropped with it."""
+    cfg = base_config(tmp_path, **{"max_steps_per_epoch": 2, "run_val_every_n_steps": 1})
+    cfg["dataset_val"] = dict(cfg["dataset"])
+    cfg_path = write_config(cfg, tmp_path / "c.yaml")
+    for i, switch in enumerate(["~dataset_val", "dataset_val=null"]):
+        out = tmp_path / f"out{i}"
+        proc = subprocess.run(
+            [sys.executable, str(SINGLE_DEVICE_RECIPE), "--config", str(cfg_path), switch, f"output_dir={out}"],
+            capture_output=True, text=True, env=subprocess_env(), timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        (log,) = (out / "logs").glob("*.txt")
+        assert len(losses(log)) == 2 and "val_loss" not in log.read_text()

@@ -119,7 +119,7 @@ def test_cat_recipe_or_unknown(capsys):
         _run(["cat", "nope/none"], capsys)
 
 
-def test_resolve_config_argv(tmp_path):
+def test_resolve_config_argv(tmp_path, capsys):
     argv = ["x.py", "--config", "llama3_2/1B_genft_single_device", "batch_size=2"]
     registry.resolve_config_argv(argv)
     assert Path(argv[2]) == registry.config_path("llama3_2/1B_genft_single_device")
@@ -130,8 +130,23 @@ def test_resolve_config_argv(tmp_path):
     own.write_text("a: 1\n")
     argv = ["x.py", "--config", str(own)]
     assert registry.resolve_config_argv(argv)[2] == str(own)
-    with pytest.raises(SystemExit, match="neither a yaml file nor a packaged config"):
+    with pytest.raises(SystemExit) as exit_:
         registry.resolve_config_argv(["x.py", "--config", "nope/none"])
+    assert exit_.value.code == 2 and "neither a yaml file nor a packaged config" in capsys.readouterr().err
+
+
+def test_tilde_switches_off_an_optional_component_and_names_a_needed_one(tmp_path, capsys):
+    """torchtune refuses ``~dataset_val`` ("Could not find key dataset_val", a traceback):
+    an optional component becomes ``dataset_val=null`` (the pre-flight reads it as none);
+    a needed one is one message, status 2."""
+    own = tmp_path / "own.yaml"
+    own.write_text("model:\n  _component_: a.b\ndataset_val:\n  _component_: c.d\n  split: train\nseed: 1\n")
+    argv = ["x.py", "--config", str(own), "~dataset_val", "~seed"]
+    assert registry.resolve_config_argv(argv)[3:] == ["dataset_val=null", "~seed"]
+    with pytest.raises(SystemExit) as exit_:
+        registry.resolve_config_argv(["genft_finetune_single_device.py", "--config", str(own), "~model"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "~model: model is a component the recipe needs" in err
 
 
 def test_configs_use_the_measured_defaults():
@@ -257,8 +272,9 @@ def test_authors_presets_hold_their_script_settings():
                                              ("smolm2/135M_genft_cpu", "smollm2/135M_genft_cpu"),
                                              ("qwen2_5/1.5B_genft_single", "qwen2_5/1.5B_genft_single_device")])
 def test_config_typos_get_the_closest_names(typo, suggestion, capsys):
-    with pytest.raises(SystemExit, match=rf"did you mean .*'{suggestion}'"):
+    with pytest.raises(SystemExit) as exit_:
         registry.resolve_config_argv(["x.py", "--config", typo])
+    assert exit_.value.code == 2 and f"did you mean '{suggestion}'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         _run(["cat", typo], capsys)
     assert f"'{suggestion}'" in capsys.readouterr().err

@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from omegaconf import DictConfig
 from torchtune.config import instantiate
+from torchtune import training
 from torchtune.config._utils import _get_component_from_path
 from torchtune.training import ModelType
 
@@ -194,7 +195,7 @@ def _resume_problems(cfg: DictConfig, model: torch.nn.Module) -> List[ValueError
     adapter = find_model_adapter(model)
     saved_config = saved_dir / ADAPTER_CONFIG_FILE
     if adapter is None or not saved_config.is_file():
-        return []
+        return _finished(state, cfg, out)
     advice = "resume with the interrupted run's model settings, or start a new output_dir"
     try:
         saved = json.loads(saved_config.read_text())
@@ -208,6 +209,18 @@ def _resume_problems(cfg: DictConfig, model: torch.nn.Module) -> List[ValueError
             f"resume_from_checkpoint: the model config adapts other layers than the saved adapter "
             f"(new: {added[:4]}{'...' if len(added) > 4 else ''}, gone: {dropped[:4]}"
             f"{'...' if len(dropped) > 4 else ''}); {advice}"
+        )]
+    return _finished(state, cfg, out)
+
+
+def _finished(state, cfg: DictConfig, out: Path) -> List[ValueError]:
+    """A run that has done all its epochs: torchtune's loop would load everything and stop
+    at once, saying nothing."""
+    done, epochs = state.get(training.EPOCHS_KEY), cfg.get("epochs", None)
+    if isinstance(done, int) and isinstance(epochs, int) and done >= epochs:
+        return [ValueError(
+            f"resume_from_checkpoint: the run in {str(out)!r} has already finished its {done} epoch(s) "
+            f"and epochs={epochs}; raise epochs (e.g. epochs={done + 1}) to train further"
         )]
     return []
 

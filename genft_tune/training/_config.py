@@ -16,6 +16,7 @@ from omegaconf import DictConfig, ListConfig
 from torchtune.config._utils import _get_component_from_path
 from torchtune.training import FormattedCheckpointFiles
 
+from genft_tune._recipe_registry import OPTIONAL_COMPONENTS
 from genft_tune.modules import adapter_kinds
 from genft_tune.training._ckpt_check import checkpoint_problems
 from genft_tune.training._data_check import data_problems
@@ -329,6 +330,18 @@ def output_dir_problems(cfg: DictConfig) -> List[ValueError]:
     return []
 
 
+def switch_off_null_components(cfg: DictConfig) -> None:
+    """``dataset_val=null`` (torchtune's CLI sets ``dataset_val._component_`` to null; a
+    ``~dataset_val`` is rewritten so) means no such component: the entry becomes None, and
+    with no validation data ``run_val_every_n_steps`` is dropped too."""
+    for key in OPTIONAL_COMPONENTS:
+        value = cfg.get(key, None)
+        if isinstance(value, DictConfig) and "_component_" in value and value["_component_"] is None:
+            cfg[key] = None
+            if key == "dataset_val" and "run_val_every_n_steps" in cfg:
+                cfg["run_val_every_n_steps"] = None
+
+
 def validate_recipe_config(cfg: DictConfig) -> None:
     """All pre-flight checks shared by the GenFT recipes, run before any logger, file or
     checkpoint is touched; every problem is reported, not only the first.
@@ -338,6 +351,7 @@ def validate_recipe_config(cfg: DictConfig) -> None:
             :class:`ConfigError` (a ValueError) listing several. Either is marked
             ``user_error`` (see :func:`user_errors`).
     """
+    switch_off_null_components(cfg)
     problems: List[BaseException] = []
     for key in ("model", "checkpointer", "tokenizer", "dataset", "optimizer", "loss", "output_dir"):
         if cfg.get(key, None) is None:
@@ -389,6 +403,7 @@ def validate_image_recipe_config(cfg: DictConfig) -> None:
     Raises:
         ValueError / FileNotFoundError / ConfigError: marked ``user_error``.
     """
+    switch_off_null_components(cfg)
     problems: List[BaseException] = []
     for key in ("model", "dataset", "optimizer", "output_dir"):
         if cfg.get(key, None) is None:
