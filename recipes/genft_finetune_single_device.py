@@ -230,13 +230,11 @@ class GenFTFinetuneRecipeSingleDevice(FTRecipeInterface):
                 )
                 self.max_steps_per_epoch = ckpt_dict[training.MAX_STEPS_KEY]
 
-            # on mismatch, warn the user but allow the override
+            # more epochs is how a finished run trains further (docs/own_data.md): say so, no warning
             if self.total_epochs != ckpt_dict[training.TOTAL_EPOCHS_KEY]:
-                warn(
-                    message=(
-                        "Config value for total_epochs does not match the checkpoint value, "
-                        f"using the config value: {self.total_epochs}"
-                    )
+                log.info(
+                    f"Training to epochs={self.total_epochs} (the checkpoint's run was set for "
+                    f"{ckpt_dict[training.TOTAL_EPOCHS_KEY]})"
                 )
 
         except KeyError as e:
