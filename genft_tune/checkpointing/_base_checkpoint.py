@@ -23,7 +23,6 @@ from genft_tune._weights import (
     TORCH_BIN_FILE,
     TORCH_BIN_INDEX_FILE,
     weight_files,
-    WEIGHT_SUFFIXES,
 )
 from genft_tune.models._families import Family, get_family
 
@@ -144,5 +143,4 @@ __all__ = [
     "hf_converter",
     "KeyConverter",
     "torch_converter",
-    "WEIGHT_SUFFIXES",
 ]

@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import save_file
 
 from genft_tune._fs import give_open_mode, new_folder
-from genft_tune._weights import SAFETENSORS_INDEX_FILE, TORCH_BIN_INDEX_FILE
+from genft_tune._weights import SAFETENSORS_INDEX_FILE, TORCH_BIN_INDEX_FILE, WEIGHT_SUFFIXES
 from genft_tune.cards._model_card import find_run_files, TRAINING_CONFIG_FILE, TRAINING_LOG_FILE, write_local_card
 from genft_tune.checkpointing._adapter import (
     _dump_json,
@@ -38,7 +38,6 @@ from genft_tune.checkpointing._base_checkpoint import (
     BaseCheckpoint,
     find_base_checkpoint,
     KeyConverter,
-    WEIGHT_SUFFIXES,
 )
 from genft_tune.checkpointing._read_adapter import read_adapter
 from genft_tune.models._families import find_family, same_names
