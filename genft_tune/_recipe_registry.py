@@ -215,12 +215,14 @@ def _switch_off_components(argv: List[str], config_file: Path) -> None:
     except (OSError, yaml.YAMLError):
         return  # torchtune's own parsing reports it
     for i, arg in enumerate(argv):
-        key = arg[1:].split("=", 1)[0] if arg.startswith("~") else None
-        node = cfg
-        for part in (key or "").split(".") if key else ():
-            node = node.get(part) if isinstance(node, dict) else None
-        if key is None or not (isinstance(node, dict) and "_component_" in node):
+        if not arg.startswith("~"):
             continue
+        key = arg[1:].split("=", 1)[0]
+        node = cfg
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if not (isinstance(node, dict) and "_component_" in node):
+            continue  # not a component: torchtune removes it
         if key in OPTIONAL_COMPONENTS:
             argv[i] = f"{key}=null"
         else:
